@@ -1,0 +1,557 @@
+//! Stack environment variables: parsing a PATCH body, the merge, the size rule and masking
+//! (`shared/spec/env.md`).
+
+use crate::ids::EnvKey;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// Largest allowed map, measured as its compact JSON encoding.
+pub const MAX_ENV_BYTES: usize = 65_536;
+
+/// Why a PATCH body or its effect was rejected. Messages name keys, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the env object is empty; send at least one key (use \"\" or null to delete one)")]
+    MissingEnv,
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("env key {0:?} appears more than once in the request body")]
+    DuplicateKey(String),
+    #[error("{0}")]
+    InvalidValue(String),
+    #[error("the env map would be {size} bytes as JSON after this change; the limit is 65536")]
+    TooLarge { size: usize },
+}
+
+impl EnvError {
+    /// The API error code for this rejection.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnvError::InvalidBody(_) => "invalid_body",
+            EnvError::MissingEnv => "missing_env",
+            EnvError::InvalidKey(_) => "invalid_env_key",
+            EnvError::DuplicateKey(_) => "duplicate_env_key",
+            EnvError::InvalidValue(_) => "invalid_env_value",
+            EnvError::TooLarge { .. } => "env_too_large",
+        }
+    }
+}
+
+/// A validated env map plus the length of its compact JSON encoding, kept up to date on every
+/// change so the 64 KiB rule costs O(changed keys), not O(map), per patch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvMap {
+    vars: BTreeMap<String, String>,
+    encoded_len: usize,
+}
+
+/// Length of `s` as a JSON string literal, quotes included.
+fn json_str_len(s: &str) -> usize {
+    let mut n = 2;
+    for c in s.chars() {
+        n += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+    }
+    n
+}
+
+fn entry_len(k: &str, v: &str) -> usize {
+    json_str_len(k) + 1 + json_str_len(v)
+}
+
+impl EnvMap {
+    pub fn new() -> Self {
+        Self { vars: BTreeMap::new(), encoded_len: 2 }
+    }
+
+    /// Builds a map from stored pairs. Stored maps were validated on the way in; this only
+    /// recomputes the encoded length.
+    pub fn from_map(vars: BTreeMap<String, String>) -> Self {
+        let mut m = Self::new();
+        for (k, v) in vars {
+            m.insert(k, v);
+        }
+        m
+    }
+
+    /// Parses a stored map (`{"K":"V",...}`).
+    pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_map(serde_json::from_str(s)?))
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising a map of strings cannot fail.
+        serde_json::to_string(&self.vars).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    pub fn vars(&self) -> &BTreeMap<String, String> {
+        &self.vars
+    }
+
+    pub fn into_vars(self) -> BTreeMap<String, String> {
+        self.vars
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.vars.get(k).map(String::as_str)
+    }
+
+    /// Bytes of the compact JSON encoding (`{}` is 2).
+    pub fn encoded_len(&self) -> usize {
+        self.encoded_len
+    }
+
+    fn insert(&mut self, k: String, v: String) {
+        let add = entry_len(&k, &v);
+        let had = !self.vars.is_empty();
+        match self.vars.insert(k.clone(), v) {
+            Some(old) => {
+                self.encoded_len = self.encoded_len - entry_len(&k, &old) + add;
+            }
+            None => {
+                self.encoded_len += add + usize::from(had);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &str) -> bool {
+        match self.vars.remove(k) {
+            Some(old) => {
+                self.encoded_len -= entry_len(k, &old) + usize::from(!self.vars.is_empty());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies `patch` as a merge. On `TooLarge` the map is left exactly as it was.
+    pub fn apply(&mut self, patch: &EnvPatch) -> Result<EnvChange, EnvError> {
+        let mut change = EnvChange::default();
+        let mut undo: Vec<(String, Option<String>)> = Vec::new();
+        for (k, v) in &patch.entries {
+            let key = k.as_str();
+            match v {
+                Some(v) => {
+                    if self.get(key) != Some(v.as_str()) {
+                        undo.push((key.to_owned(), self.vars.get(key).cloned()));
+                        self.insert(key.to_owned(), v.clone());
+                        change.set.push(key.to_owned());
+                    }
+                }
+                None => {
+                    if let Some(old) = self.vars.get(key).cloned() {
+                        undo.push((key.to_owned(), Some(old)));
+                        self.remove(key);
+                        change.deleted.push(key.to_owned());
+                    }
+                }
+            }
+        }
+        if self.encoded_len > MAX_ENV_BYTES {
+            let size = self.encoded_len;
+            for (k, old) in undo.into_iter().rev() {
+                match old {
+                    Some(v) => self.insert(k, v),
+                    None => {
+                        self.remove(&k);
+                    }
+                }
+            }
+            return Err(EnvError::TooLarge { size });
+        }
+        change.set.sort();
+        change.deleted.sort();
+        Ok(change)
+    }
+
+    /// The patch that turns `self` into `target` (used by rollback).
+    pub fn diff_to(&self, target: &EnvMap) -> EnvPatch {
+        let mut entries = Vec::new();
+        for (k, v) in &target.vars {
+            if self.get(k) != Some(v.as_str()) {
+                entries.push((EnvKey::trusted(k), Some(v.clone())));
+            }
+        }
+        for k in self.vars.keys() {
+            if !target.vars.contains_key(k) {
+                entries.push((EnvKey::trusted(k), None));
+            }
+        }
+        EnvPatch { entries }
+    }
+
+    /// The map with secret-looking values replaced by `***`.
+    pub fn masked(&self) -> BTreeMap<String, String> {
+        self.vars
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret(k, v) { MASK.to_owned() } else { v.clone() };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+}
+
+/// The replacement shown for a masked value.
+pub const MASK: &str = "***";
+
+/// Whether a value must be masked when read: the key looks secret or the value is a URL that
+/// carries credentials.
+pub fn is_secret(key: &str, value: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    const CONTAINS: [&str; 8] =
+        ["SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY"];
+    const ENDS: [&str; 3] = ["URL", "URI", "DSN"];
+    CONTAINS.iter().any(|p| k.contains(p))
+        || ENDS.iter().any(|p| k.ends_with(p))
+        || url_has_credentials(value)
+}
+
+fn url_has_credentials(v: &str) -> bool {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return false;
+    };
+    if scheme.is_empty() || !scheme.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c)) {
+        return false;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
+}
+
+/// What a patch really changed: keys created or given a new value, and keys that existed and
+/// were removed. Both sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvChange {
+    pub set: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl EnvChange {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// A validated PATCH: each key at most once, `None` meaning delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvPatch {
+    entries: Vec<(EnvKey, Option<String>)>,
+}
+
+impl EnvPatch {
+    /// Builds a patch from already-validated parts (tests, rollback); rejects duplicates and
+    /// bad values like `parse` does.
+    pub fn from_entries(entries: Vec<(EnvKey, Option<String>)>) -> Result<Self, EnvError> {
+        let mut seen = HashSet::new();
+        for (k, v) in &entries {
+            if !seen.insert(k.as_str().to_owned()) {
+                return Err(EnvError::DuplicateKey(k.to_string()));
+            }
+            if let Some(v) = v {
+                check_value(k.as_str(), v)?;
+            }
+        }
+        if entries.is_empty() {
+            return Err(EnvError::MissingEnv);
+        }
+        Ok(Self { entries })
+    }
+
+    pub fn entries(&self) -> &[(EnvKey, Option<String>)] {
+        &self.entries
+    }
+
+    /// Parses a PATCH body `{"env": {...}}`. Rejects, in this order: a body that is not a JSON
+    /// object with an object `env` (`invalid_body`), a key given twice, a bad key, a value that
+    /// is neither a string nor null or holds NUL, and an empty map. `""` and `null` both delete.
+    pub fn parse(body: &[u8]) -> Result<Self, EnvError> {
+        let raw: RawBody = serde_json::from_slice(body).map_err(|e| {
+            EnvError::InvalidBody(if e.is_data() {
+                "the body must be a JSON object whose `env` field is an object of strings".into()
+            } else {
+                format!("the body is not valid JSON ({})", describe_json_error(&e))
+            })
+        })?;
+        let Some(RawEnv(pairs)) = raw.env else {
+            return Err(EnvError::InvalidBody(
+                "the body must be a JSON object with an `env` object".into(),
+            ));
+        };
+        let mut seen = HashSet::with_capacity(pairs.len());
+        for (k, _) in &pairs {
+            if !seen.insert(k.as_str()) {
+                return Err(EnvError::DuplicateKey(crate::ids::truncate_for_message(k)));
+            }
+        }
+        let mut entries = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let key = EnvKey::parse(&k).map_err(|e| EnvError::InvalidKey(e.0))?;
+            let value = match v {
+                RawValue::Null => None,
+                RawValue::Str(s) if s.is_empty() => None,
+                RawValue::Str(s) => {
+                    check_value(key.as_str(), &s)?;
+                    Some(s)
+                }
+                RawValue::Other => {
+                    return Err(EnvError::InvalidValue(format!(
+                        "the value of env key {key:?} must be a string or null"
+                    )));
+                }
+            };
+            entries.push((key, value));
+        }
+        if entries.is_empty() {
+            return Err(EnvError::MissingEnv);
+        }
+        Ok(Self { entries })
+    }
+}
+
+fn check_value(key: &str, v: &str) -> Result<(), EnvError> {
+    if v.contains('\0') {
+        return Err(EnvError::InvalidValue(format!(
+            "the value of env key {key:?} contains a NUL byte, which no process can receive"
+        )));
+    }
+    Ok(())
+}
+
+/// The position of a JSON syntax error, never the text around it (it may hold a secret).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    format!("line {}, column {}", e.line(), e.column())
+}
+
+#[derive(Deserialize)]
+struct RawBody {
+    env: Option<RawEnv>,
+}
+
+/// The `env` object as its pairs in body order, duplicates kept so we can reject them.
+struct RawEnv(Vec<(String, RawValue)>);
+
+enum RawValue {
+    Null,
+    Str(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for RawValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or null")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValue, E> {
+                Ok(RawValue::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawValue, E> {
+                Ok(RawValue::Str(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawValue, E> {
+                Ok(RawValue::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawValue, E> {
+                Ok(RawValue::Null)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawValue, E> {
+                Ok(RawValue::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawValue, E> {
+                Ok(RawValue::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawValue, E> {
+                Ok(RawValue::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawValue, E> {
+                Ok(RawValue::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<RawValue, A::Error> {
+                while a.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(RawValue::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RawValue, A::Error> {
+                while a.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(RawValue::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEnv;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RawEnv, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, RawValue>()? {
+                    pairs.push((k, v));
+                }
+                Ok(RawEnv(pairs))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn patch(body: &str) -> Result<EnvPatch, EnvError> {
+        EnvPatch::parse(body.as_bytes())
+    }
+
+    #[test]
+    fn parse_rejects_each_bad_body_with_its_code() {
+        let cases = [
+            ("not json", "invalid_body"),
+            ("[]", "invalid_body"),
+            (r#"{"env": 3}"#, "invalid_body"),
+            (r#"{"env": ["A"]}"#, "invalid_body"),
+            (r#"{"nope": {}}"#, "invalid_body"),
+            (r#"{"env": {}}"#, "missing_env"),
+            (r#"{"env": {"A": "1", "A": "2"}}"#, "duplicate_env_key"),
+            (r#"{"env": {"A-B": "1"}}"#, "invalid_env_key"),
+            (r#"{"env": {"1A": "1"}}"#, "invalid_env_key"),
+            (r#"{"env": {"A": 1}}"#, "invalid_env_value"),
+            (r#"{"env": {"A": "x\u0000y"}}"#, "invalid_env_value"),
+        ];
+        for (body, code) in cases {
+            assert_eq!(patch(body).unwrap_err().code(), code, "{body}");
+        }
+        let long = format!(r#"{{"env": {{"{}": "1"}}}}"#, "K".repeat(257));
+        assert_eq!(patch(&long).unwrap_err().code(), "invalid_env_key");
+    }
+
+    #[test]
+    fn messages_never_echo_values() {
+        let secret = "hunter2-very-secret";
+        for body in [
+            format!(r#"{{"env": {{"A": "{secret}\u0000"}}}}"#),
+            format!(r#"{{"env": {{"A": "{secret}", "A": "x"}}}}"#),
+            format!(r#"{{"env": {{"A": "{secret}" "#),
+        ] {
+            let e = patch(&body).unwrap_err();
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
+
+    #[test]
+    fn merge_sets_overwrites_and_deletes() {
+        let mut m = EnvMap::new();
+        let c = m.apply(&patch(r#"{"env": {"A": "1", "B": "2"}}"#).unwrap()).unwrap();
+        assert_eq!(c.set, ["A", "B"]);
+        let c = m.apply(&patch(r#"{"env": {"A": "1", "B": "3", "C": null, "D": ""}}"#).unwrap()).unwrap();
+        assert_eq!(c, EnvChange { set: vec!["B".into()], deleted: vec![] });
+        let c = m.apply(&patch(r#"{"env": {"A": null, "B": ""}}"#).unwrap()).unwrap();
+        assert_eq!(c.deleted, ["A", "B"]);
+        assert!(m.is_empty());
+        assert_eq!(m.encoded_len(), 2);
+    }
+
+    #[test]
+    fn size_limit_is_inclusive_and_leaves_the_map_unchanged() {
+        // {"K":"<v>"} is 8 bytes of framing plus the value.
+        let mut m = EnvMap::new();
+        let exact = EnvPatch::from_entries(vec![(EnvKey::parse("K").unwrap(), Some("v".repeat(MAX_ENV_BYTES - 8)))]).unwrap();
+        m.apply(&exact).unwrap();
+        assert_eq!(m.encoded_len(), MAX_ENV_BYTES);
+        assert_eq!(m.to_json().len(), MAX_ENV_BYTES);
+        let before = m.clone();
+        let over = EnvPatch::from_entries(vec![
+            (EnvKey::parse("A").unwrap(), None),
+            (EnvKey::parse("K").unwrap(), Some("v".repeat(MAX_ENV_BYTES - 7))),
+        ])
+        .unwrap();
+        assert_eq!(m.apply(&over).unwrap_err(), EnvError::TooLarge { size: MAX_ENV_BYTES + 1 });
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn masking_hides_secret_keys_and_credentialed_urls() {
+        let m = EnvMap::from_map(
+            [
+                ("DATABASE_URL", "postgres://u:p@h/db"),
+                ("API_KEY", "k"),
+                ("GITHUB_TOKEN", "t"),
+                ("LOG_LEVEL", "info"),
+                ("UPSTREAM", "https://user:pw@example.com/x"),
+                ("HOMEPAGE", "https://example.com/@me"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        let masked = m.masked();
+        assert_eq!(masked["DATABASE_URL"], MASK);
+        assert_eq!(masked["API_KEY"], MASK);
+        assert_eq!(masked["GITHUB_TOKEN"], MASK);
+        assert_eq!(masked["UPSTREAM"], MASK);
+        assert_eq!(masked["LOG_LEVEL"], "info");
+        assert_eq!(masked["HOMEPAGE"], "https://example.com/@me");
+    }
+
+    fn arb_value() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            "[a-z\"\\\\\n\u{1}é]{0,12}".prop_map(Some),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_len_always_matches_serde_json(
+            ops in proptest::collection::vec(
+                proptest::collection::btree_map("[A-D]", arb_value(), 1..4), 1..40)
+        ) {
+            let mut m = EnvMap::new();
+            for op in ops {
+                let entries = op.into_iter()
+                    .map(|(k, v)| (EnvKey::parse(&k).unwrap(), v.filter(|s| !s.is_empty())))
+                    .collect();
+                let p = EnvPatch::from_entries(entries).unwrap();
+                m.apply(&p).unwrap();
+                prop_assert_eq!(m.encoded_len(), m.to_json().len());
+            }
+        }
+
+        #[test]
+        fn diff_to_reaches_the_target(
+            a in proptest::collection::btree_map("[A-F]", "[a-c]{1,3}", 0..6),
+            b in proptest::collection::btree_map("[A-F]", "[a-c]{1,3}", 0..6),
+        ) {
+            let mut from = EnvMap::from_map(a);
+            let to = EnvMap::from_map(b);
+            let p = from.diff_to(&to);
+            if !p.entries().is_empty() {
+                from.apply(&p).unwrap();
+            }
+            prop_assert_eq!(from, to);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The records the store keeps and hands back. Plain data; invariants are stated per type.
+
+use crate::env::{EnvChange, EnvMap};
+use crate::ids::{ServiceName, StackSlug};
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TeamId(pub i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StackId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Team {
+    pub id: TeamId,
+    pub name: String,
+    pub tier: String,
+    /// `None`: no cap.
+    pub max_stacks: Option<i64>,
+    pub created_at: Millis,
+}
+
+/// A token's metadata; the secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub team_id: TeamId,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// An authenticated caller: the team and the token it presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub team: Team,
+    pub token: TokenInfo,
+}
+
+/// Which stacks a caller may see: a team sees its own, an anonymous caller sees only anonymous
+/// stacks (the slug is the secret). Every store read and write of a stack filters by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Anonymous,
+    Team(TeamId),
+}
+
+/// Who did something, as recorded in audit rows: `token:<id>`, `anonymous`, `system`, `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn token(id: i64) -> Self {
+        Actor(format!("token:{id}"))
+    }
+    pub fn anonymous() -> Self {
+        Actor("anonymous".into())
+    }
+    pub fn system() -> Self {
+        Actor("system".into())
+    }
+    pub fn admin() -> Self {
+        Actor("admin".into())
+    }
+}
+
+/// Who and when, for the audit row written with a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCtx {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub now: Millis,
+}
+
+macro_rules! str_enum {
+    ($(#[$meta:meta])* $name:ident { $($var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($var),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+            /// Parses the stored form; `None` for anything we never write.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$var),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// `building → deploying → healthy | failed`; any of those → `deleting` → gone.
+    StackStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Failed = "failed", Deleting = "deleting" }
+);
+str_enum!(
+    /// `building → deploying → healthy | failed`; `stopped` after teardown.
+    ServiceStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Failed = "failed", Stopped = "stopped" }
+);
+str_enum!(ReleaseStatus { Pending = "pending", Live = "live", Failed = "failed", Superseded = "superseded" });
+str_enum!(
+    /// What a durable job does. Only one job per stack runs at a time.
+    JobKind { Deploy = "deploy", Teardown = "teardown" }
+);
+str_enum!(
+    /// `queued → running → done | failed`; `superseded` when a teardown replaced it while queued.
+    JobState { Queued = "queued", Running = "running", Done = "done", Failed = "failed", Superseded = "superseded" }
+);
+
+impl StackStatus {
+    /// The stack status implied by its services' statuses during a deploy.
+    pub fn from_services<'a>(services: impl IntoIterator<Item = &'a ServiceStatus>) -> StackStatus {
+        let mut any = false;
+        let (mut building, mut deploying, mut failed) = (false, false, false);
+        for s in services {
+            any = true;
+            match s {
+                ServiceStatus::Failed => failed = true,
+                ServiceStatus::Building => building = true,
+                ServiceStatus::Deploying => deploying = true,
+                ServiceStatus::Healthy | ServiceStatus::Stopped => {}
+            }
+        }
+        if failed {
+            StackStatus::Failed
+        } else if building || !any {
+            StackStatus::Building
+        } else if deploying {
+            StackStatus::Deploying
+        } else {
+            StackStatus::Healthy
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stack {
+    pub id: StackId,
+    pub slug: StackSlug,
+    pub name: String,
+    /// The deployment environment label (`development`, …), the API's `env` field.
+    pub environment: String,
+    pub team_id: Option<TeamId>,
+    pub tier: String,
+    pub status: StackStatus,
+    pub error: Option<String>,
+    pub env_version: i64,
+    /// The newest release's number (`vN`); 0 before the first.
+    pub release: i64,
+    /// Bumped by every new operation (deploy, redeploy, teardown); a job may write statuses only
+    /// while the stack's generation still equals its own.
+    pub op_generation: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub expires_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: ServiceName,
+    pub status: ServiceStatus,
+    pub expose: bool,
+    pub port: u16,
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackDetail {
+    pub stack: Stack,
+    pub services: Vec<Service>,
+    /// The newest release, if any.
+    pub release: Option<ReleaseInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseInfo {
+    pub version: i64,
+    pub status: ReleaseStatus,
+    pub env_version: i64,
+    pub created_at: Millis,
+}
+
+/// One service as a release fixes it: which code, how to start it, its manifest settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseService {
+    pub name: ServiceName,
+    /// SHA-256 of the service's tarball, hex.
+    pub artifact: String,
+    /// The resolved start command (manifest `command`, Procfile or Dockerfile).
+    pub command: String,
+    /// Working directory relative to the unpacked tarball root (`Dockerfile` `WORKDIR`), "" for the root.
+    #[serde(default)]
+    pub workdir: String,
+    pub port: u16,
+    pub expose: bool,
+    pub health: Option<String>,
+    /// The manifest's `env:` for this service, `service://x` still unresolved.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    pub info: ReleaseInfo,
+    pub services: Vec<ReleaseService>,
+}
+
+/// A claimed job. `claim` fences every write the worker makes: once the claim is lost (lease
+/// expired and re-claimed elsewhere) those writes change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub stack_id: StackId,
+    pub slug: StackSlug,
+    pub kind: JobKind,
+    /// The stack operation generation this job belongs to.
+    pub generation: i64,
+    /// For deploys, the release to roll out.
+    pub release: i64,
+    pub attempts: i64,
+    pub claim: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Millis,
+    pub actor: String,
+    pub kind: String,
+    pub stack_id: Option<String>,
+    pub request_id: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// A page of results and the opaque cursor of the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+    pub total: i64,
+}
+
+/// The result of one env write as committed (or, for a dry run, as it would be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvOutcome {
+    pub version: i64,
+    pub changed: EnvChange,
+    pub env: EnvMap,
+    pub updated_at: Millis,
+}
+
+/// One row of env history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvVersionInfo {
+    pub version: i64,
+    pub created_at: Millis,
+    pub actor: String,
+    pub set: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_status_follows_the_slowest_service() {
+        use ServiceStatus::*;
+        assert_eq!(StackStatus::from_services(&[Healthy, Building]), StackStatus::Building);
+        assert_eq!(StackStatus::from_services(&[Healthy, Deploying]), StackStatus::Deploying);
+        assert_eq!(StackStatus::from_services(&[Healthy, Healthy]), StackStatus::Healthy);
+        assert_eq!(StackStatus::from_services(&[Healthy, Failed, Building]), StackStatus::Failed);
+        assert_eq!(StackStatus::from_services(&[]), StackStatus::Building);
+    }
+
+    #[test]
+    fn enums_round_trip_their_stored_form() {
+        for s in [StackStatus::Building, StackStatus::Deleting] {
+            assert_eq!(StackStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobKind::parse("teardown"), Some(JobKind::Teardown));
+        assert_eq!(JobState::parse("nope"), None);
+    }
+}
