@@ -68,7 +68,10 @@ fn entry_len(k: &str, v: &str) -> usize {
 
 impl EnvMap {
     pub fn new() -> Self {
-        Self { vars: BTreeMap::new(), encoded_len: 2 }
+        Self {
+            vars: BTreeMap::new(),
+            encoded_len: 2,
+        }
     }
 
     /// Builds a map from stored pairs. Stored maps were validated on the way in; this only
@@ -200,7 +203,11 @@ impl EnvMap {
         self.vars
             .iter()
             .map(|(k, v)| {
-                let shown = if is_secret(k, v) { MASK.to_owned() } else { v.clone() };
+                let shown = if is_secret(k, v) {
+                    MASK.to_owned()
+                } else {
+                    v.clone()
+                };
                 (k.clone(), shown)
             })
             .collect()
@@ -214,8 +221,9 @@ pub const MASK: &str = "***";
 /// carries credentials.
 pub fn is_secret(key: &str, value: &str) -> bool {
     let k = key.to_ascii_uppercase();
-    const CONTAINS: [&str; 8] =
-        ["SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY"];
+    const CONTAINS: [&str; 8] = [
+        "SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY",
+    ];
     const ENDS: [&str; 3] = ["URL", "URI", "DSN"];
     CONTAINS.iter().any(|p| k.contains(p))
         || ENDS.iter().any(|p| k.ends_with(p))
@@ -226,7 +234,11 @@ fn url_has_credentials(v: &str) -> bool {
     let Some((scheme, rest)) = v.split_once("://") else {
         return false;
     };
-    if scheme.is_empty() || !scheme.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c)) {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+    {
         return false;
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -463,11 +475,23 @@ mod tests {
     #[test]
     fn merge_sets_overwrites_and_deletes() {
         let mut m = EnvMap::new();
-        let c = m.apply(&patch(r#"{"env": {"A": "1", "B": "2"}}"#).unwrap()).unwrap();
+        let c = m
+            .apply(&patch(r#"{"env": {"A": "1", "B": "2"}}"#).unwrap())
+            .unwrap();
         assert_eq!(c.set, ["A", "B"]);
-        let c = m.apply(&patch(r#"{"env": {"A": "1", "B": "3", "C": null, "D": ""}}"#).unwrap()).unwrap();
-        assert_eq!(c, EnvChange { set: vec!["B".into()], deleted: vec![] });
-        let c = m.apply(&patch(r#"{"env": {"A": null, "B": ""}}"#).unwrap()).unwrap();
+        let c = m
+            .apply(&patch(r#"{"env": {"A": "1", "B": "3", "C": null, "D": ""}}"#).unwrap())
+            .unwrap();
+        assert_eq!(
+            c,
+            EnvChange {
+                set: vec!["B".into()],
+                deleted: vec![]
+            }
+        );
+        let c = m
+            .apply(&patch(r#"{"env": {"A": null, "B": ""}}"#).unwrap())
+            .unwrap();
         assert_eq!(c.deleted, ["A", "B"]);
         assert!(m.is_empty());
         assert_eq!(m.encoded_len(), 2);
@@ -477,17 +501,29 @@ mod tests {
     fn size_limit_is_inclusive_and_leaves_the_map_unchanged() {
         // {"K":"<v>"} is 8 bytes of framing plus the value.
         let mut m = EnvMap::new();
-        let exact = EnvPatch::from_entries(vec![(EnvKey::parse("K").unwrap(), Some("v".repeat(MAX_ENV_BYTES - 8)))]).unwrap();
+        let exact = EnvPatch::from_entries(vec![(
+            EnvKey::parse("K").unwrap(),
+            Some("v".repeat(MAX_ENV_BYTES - 8)),
+        )])
+        .unwrap();
         m.apply(&exact).unwrap();
         assert_eq!(m.encoded_len(), MAX_ENV_BYTES);
         assert_eq!(m.to_json().len(), MAX_ENV_BYTES);
         let before = m.clone();
         let over = EnvPatch::from_entries(vec![
             (EnvKey::parse("A").unwrap(), None),
-            (EnvKey::parse("K").unwrap(), Some("v".repeat(MAX_ENV_BYTES - 7))),
+            (
+                EnvKey::parse("K").unwrap(),
+                Some("v".repeat(MAX_ENV_BYTES - 7)),
+            ),
         ])
         .unwrap();
-        assert_eq!(m.apply(&over).unwrap_err(), EnvError::TooLarge { size: MAX_ENV_BYTES + 1 });
+        assert_eq!(
+            m.apply(&over).unwrap_err(),
+            EnvError::TooLarge {
+                size: MAX_ENV_BYTES + 1
+            }
+        );
         assert_eq!(m, before);
     }
 

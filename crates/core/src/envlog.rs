@@ -129,7 +129,10 @@ pub fn plan_batch(
                 version += 1;
                 let values = change_values(&map, &change);
                 let (audit_kind, audit_metadata) = match rollback_to {
-                    None => (AUDIT_ENV_UPDATED, updated_metadata(version, &change, map.len())),
+                    None => (
+                        AUDIT_ENV_UPDATED,
+                        updated_metadata(version, &change, map.len()),
+                    ),
                     Some(to) => (
                         AUDIT_ENV_ROLLED_BACK,
                         json!({
@@ -159,11 +162,21 @@ pub fn plan_batch(
                 if wanted_later.contains(&version) {
                     produced.insert(version, map.clone());
                 }
-                outcomes.push(Ok(EnvOutcome { version, changed: change, env: map.clone(), updated_at: now }));
+                outcomes.push(Ok(EnvOutcome {
+                    version,
+                    changed: change,
+                    env: map.clone(),
+                    updated_at: now,
+                }));
             }
         }
     }
-    BatchPlan { outcomes, records, map, version }
+    BatchPlan {
+        outcomes,
+        records,
+        map,
+        version,
+    }
 }
 
 /// Audit metadata of `stack.env.updated` (spec: counts and key names only).
@@ -227,7 +240,11 @@ mod tests {
     use crate::model::AuditCtx;
 
     fn ctx() -> AuditCtx {
-        AuditCtx { actor: Actor::token(1), request_id: None, now: Millis(5) }
+        AuditCtx {
+            actor: Actor::token(1),
+            request_id: None,
+            now: Millis(5),
+        }
     }
 
     fn write(body: &str) -> EnvWrite {
@@ -247,7 +264,11 @@ mod tests {
             write(r#"{"env":{"B":"2","Z":null}}"#),
         ];
         let plan = plan_batch(EnvMap::new(), 7, &writes, &BTreeMap::new(), Millis(5));
-        let versions: Vec<i64> = plan.outcomes.iter().map(|o| o.as_ref().unwrap().version).collect();
+        let versions: Vec<i64> = plan
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap().version)
+            .collect();
         assert_eq!(versions, [8, 8, 9]);
         assert_eq!(plan.records.len(), 2);
         assert_eq!(plan.records[1].write_index, 2);
@@ -260,11 +281,22 @@ mod tests {
         let big = format!(r#"{{"env":{{"BIG":"{}"}}}}"#, "x".repeat(70_000));
         let mut stale = write(r#"{"env":{"C":"3"}}"#);
         stale.if_match = Some(7);
-        let writes = vec![write(r#"{"env":{"A":"1"}}"#), write(&big), stale, write(r#"{"env":{"B":"2"}}"#)];
+        let writes = vec![
+            write(r#"{"env":{"A":"1"}}"#),
+            write(&big),
+            stale,
+            write(r#"{"env":{"B":"2"}}"#),
+        ];
         let plan = plan_batch(EnvMap::new(), 7, &writes, &BTreeMap::new(), Millis(5));
         assert!(plan.outcomes[0].is_ok());
-        assert_eq!(plan.outcomes[1].as_ref().unwrap_err(), &EnvWriteError::Invalid(crate::env::EnvError::TooLarge { size: 70_018 }));
-        assert_eq!(plan.outcomes[2].as_ref().unwrap_err(), &EnvWriteError::VersionMismatch { current: 8 });
+        assert_eq!(
+            plan.outcomes[1].as_ref().unwrap_err(),
+            &EnvWriteError::Invalid(crate::env::EnvError::TooLarge { size: 70_018 })
+        );
+        assert_eq!(
+            plan.outcomes[2].as_ref().unwrap_err(),
+            &EnvWriteError::VersionMismatch { current: 8 }
+        );
         assert_eq!(plan.outcomes[3].as_ref().unwrap().version, 9);
         assert_eq!(plan.map.vars().keys().collect::<Vec<_>>(), ["A", "B"]);
     }
@@ -272,13 +304,26 @@ mod tests {
     #[test]
     fn rollback_restores_an_older_map_as_a_new_version() {
         let mut old = EnvMap::new();
-        old.apply(&EnvPatch::parse(br#"{"env":{"A":"1"}}"#).unwrap()).unwrap();
+        old.apply(&EnvPatch::parse(br#"{"env":{"A":"1"}}"#).unwrap())
+            .unwrap();
         let mut base = old.clone();
-        base.apply(&EnvPatch::parse(br#"{"env":{"A":"2","B":"3"}}"#).unwrap()).unwrap();
-        let rb = EnvWrite { op: EnvOp::Rollback { to_version: 1 }, if_match: None, ctx: ctx(), idempotency: None };
-        let missing = EnvWrite { op: EnvOp::Rollback { to_version: 0 }, ..rb.clone() };
+        base.apply(&EnvPatch::parse(br#"{"env":{"A":"2","B":"3"}}"#).unwrap())
+            .unwrap();
+        let rb = EnvWrite {
+            op: EnvOp::Rollback { to_version: 1 },
+            if_match: None,
+            ctx: ctx(),
+            idempotency: None,
+        };
+        let missing = EnvWrite {
+            op: EnvOp::Rollback { to_version: 0 },
+            ..rb.clone()
+        };
         let targets = BTreeMap::from([(1, old.clone())]);
-        assert_eq!(rollback_targets(&[rb.clone(), missing.clone()], 2), BTreeSet::from([0, 1]));
+        assert_eq!(
+            rollback_targets(&[rb.clone(), missing.clone()], 2),
+            BTreeSet::from([0, 1])
+        );
         let plan = plan_batch(base, 2, &[rb, missing], &targets, Millis(5));
         let out = plan.outcomes[0].as_ref().unwrap();
         assert_eq!(out.version, 3);
@@ -290,17 +335,39 @@ mod tests {
 
     #[test]
     fn rollback_to_a_version_made_earlier_in_the_batch_is_honoured() {
-        let rb = EnvWrite { op: EnvOp::Rollback { to_version: 1 }, if_match: None, ctx: ctx(), idempotency: None };
-        let plan = plan_batch(EnvMap::new(), 0, &[write(r#"{"env":{"A":"1"}}"#), write(r#"{"env":{"A":"2"}}"#), rb], &BTreeMap::new(), Millis(1));
+        let rb = EnvWrite {
+            op: EnvOp::Rollback { to_version: 1 },
+            if_match: None,
+            ctx: ctx(),
+            idempotency: None,
+        };
+        let plan = plan_batch(
+            EnvMap::new(),
+            0,
+            &[
+                write(r#"{"env":{"A":"1"}}"#),
+                write(r#"{"env":{"A":"2"}}"#),
+                rb,
+            ],
+            &BTreeMap::new(),
+            Millis(1),
+        );
         assert_eq!(plan.map.get("A"), Some("1"));
         assert_eq!(plan.version, 3);
     }
 
     #[test]
     fn snapshots_every_hundred_versions_and_replay_rebuilds() {
-        let writes: Vec<EnvWrite> = (0..3).map(|i| write(&format!(r#"{{"env":{{"K{i}":"v"}}}}"#))).collect();
+        let writes: Vec<EnvWrite> = (0..3)
+            .map(|i| write(&format!(r#"{{"env":{{"K{i}":"v"}}}}"#)))
+            .collect();
         let plan = plan_batch(EnvMap::new(), 98, &writes, &BTreeMap::new(), Millis(1));
-        let snaps: Vec<i64> = plan.records.iter().filter(|r| r.snapshot.is_some()).map(|r| r.version).collect();
+        let snaps: Vec<i64> = plan
+            .records
+            .iter()
+            .filter(|r| r.snapshot.is_some())
+            .map(|r| r.version)
+            .collect();
         assert_eq!(snaps, [100]);
         let rebuilt = replay(EnvMap::new(), plan.records.iter().map(|r| r.values.clone()));
         assert_eq!(rebuilt, plan.map);
@@ -308,7 +375,13 @@ mod tests {
 
     #[test]
     fn audit_metadata_never_holds_values() {
-        let plan = plan_batch(EnvMap::new(), 0, &[write(r#"{"env":{"PASSWORD":"hunter2"}}"#)], &BTreeMap::new(), Millis(1));
+        let plan = plan_batch(
+            EnvMap::new(),
+            0,
+            &[write(r#"{"env":{"PASSWORD":"hunter2"}}"#)],
+            &BTreeMap::new(),
+            Millis(1),
+        );
         let md = plan.records[0].audit_metadata.to_string();
         assert!(!md.contains("hunter2"));
         assert!(md.contains("PASSWORD"));

@@ -167,7 +167,8 @@ impl EnvironmentName {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -280,7 +281,13 @@ mod tests {
 
     #[test]
     fn slugs_reject_short_upper_and_foreign() {
-        for bad in ["stk-abc", "STK-0123456789abcdef0123", "stk-0123456789ABCDEF0123", "x-0123456789abcdef01234", "stk-0123456789abcdef012/"] {
+        for bad in [
+            "stk-abc",
+            "STK-0123456789abcdef0123",
+            "stk-0123456789ABCDEF0123",
+            "x-0123456789abcdef01234",
+            "stk-0123456789abcdef012/",
+        ] {
             assert!(StackSlug::parse(bad).is_err(), "{bad}");
         }
     }

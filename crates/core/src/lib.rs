@@ -19,4 +19,6 @@ pub use ids::{
     ApiToken, EnvKey, EnvironmentName, ParseError, ServiceName, StackName, StackSlug, TeamName,
     TokenDigest,
 };
+pub use manifest::{Manifest, ManifestError, ServiceSpec};
+pub use tarball::{StartCommand, StartSource, TarballError, TarballInfo, TarballLimits};
 pub use time::Millis;

@@ -278,10 +278,22 @@ mod tests {
     #[test]
     fn stack_status_follows_the_slowest_service() {
         use ServiceStatus::*;
-        assert_eq!(StackStatus::from_services(&[Healthy, Building]), StackStatus::Building);
-        assert_eq!(StackStatus::from_services(&[Healthy, Deploying]), StackStatus::Deploying);
-        assert_eq!(StackStatus::from_services(&[Healthy, Healthy]), StackStatus::Healthy);
-        assert_eq!(StackStatus::from_services(&[Healthy, Failed, Building]), StackStatus::Failed);
+        assert_eq!(
+            StackStatus::from_services(&[Healthy, Building]),
+            StackStatus::Building
+        );
+        assert_eq!(
+            StackStatus::from_services(&[Healthy, Deploying]),
+            StackStatus::Deploying
+        );
+        assert_eq!(
+            StackStatus::from_services(&[Healthy, Healthy]),
+            StackStatus::Healthy
+        );
+        assert_eq!(
+            StackStatus::from_services(&[Healthy, Failed, Building]),
+            StackStatus::Failed
+        );
         assert_eq!(StackStatus::from_services(&[]), StackStatus::Building);
     }
 

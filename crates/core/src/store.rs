@@ -55,7 +55,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { lock_timeout: Duration::from_secs(3), env_history: 1000, max_connections: 16 }
+        Self {
+            lock_timeout: Duration::from_secs(3),
+            env_history: 1000,
+            max_connections: 16,
+        }
     }
 }
 
