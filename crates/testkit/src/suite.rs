@@ -1,0 +1,2723 @@
+//! The `Store` test suite both backends run. Each `pub async fn` checks one behaviour through
+//! the trait alone, on a fresh, empty database; `store_suite!` turns every one of them into a
+//! `#[tokio::test]` for a backend, given its factory:
+//!
+//! ```ignore
+//! async fn factory(opts: StoreOptions) -> Option<(Guard, MyStore)> { … }
+//! stackyard_testkit::store_suite!(factory);
+//! ```
+//!
+//! The factory returns `None` when its backend is unavailable (having printed why); the test
+//! then passes without running. The guard lives until the test ends (a temp dir, a database to
+//! drop). Concurrency tests start their tasks behind a `tokio::sync::Barrier` so they overlap.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+use stackyard_core::env::{EnvError, EnvMap, EnvPatch, MAX_ENV_BYTES};
+use stackyard_core::ids::{ApiToken, ServiceName, StackSlug, TeamName};
+use stackyard_core::model::*;
+pub use stackyard_core::store::StoreOptions;
+use stackyard_core::store::*;
+use stackyard_core::time::Millis;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Barrier;
+
+/// Generates one `#[tokio::test]` per suite function for a backend. `$factory` is a path to
+/// `async fn(StoreOptions) -> Option<(G, S)>`; tests that need other options name them here.
+#[macro_export]
+macro_rules! store_suite {
+    ($factory:path) => {
+        $crate::store_suite!(@each $factory;
+            bootstrap_creates_default_team_once,
+            bootstrap_is_skipped_when_a_team_exists,
+            create_team_rejects_a_taken_name,
+            authenticate_rejects_unknown_and_revoked_tokens,
+            tokens_are_listed_per_team_only,
+            create_stack_writes_stack_services_release_job_and_audit_atomically,
+            create_stack_enforces_max_stacks_under_concurrent_creates,
+            stacks_are_visible_only_to_their_team_or_to_anonymous_callers,
+            list_stacks_pages_newest_first_with_cursor_and_total,
+            request_deletion_supersedes_queued_jobs_and_queues_one_teardown,
+            claim_job_runs_one_job_per_stack_at_a_time,
+            claim_job_reclaims_an_expired_lease,
+            claim_job_concurrent_claimers_never_share_a_job,
+            fencing_a_lost_claim_cannot_finish_renew_or_retry,
+            record_service_status_moves_the_stack_and_ignores_stale_generations,
+            finish_deploy_ok_marks_release_live_and_stack_healthy,
+            finish_deploy_failure_fails_release_stack_and_unfinished_services,
+            finish_deploy_for_a_superseded_generation_only_closes_the_job,
+            finish_teardown_removes_the_stack_but_keeps_its_audit,
+            retry_job_requeues_until_run_after,
+            retry_job_give_up_marks_a_current_deploy_failed,
+            requeue_running_jobs_returns_claimed_jobs_to_the_queue,
+            deploy_context_returns_release_and_current_env,
+            idempotency_begin_reserves_then_reports_in_progress_mismatch_and_replay,
+            idempotency_stale_reservation_is_taken_over,
+            idempotency_expired_record_counts_as_absent,
+            idempotency_abandon_frees_only_pending_records,
+            idempotency_concurrent_begins_start_exactly_once,
+            list_audit_filters_pages_and_scopes_by_team,
+            audit_metadata_never_contains_env_values,
+            apply_env_writes_applies_in_order_with_one_version_per_change,
+            apply_env_writes_if_match_refuses_only_the_stale_write,
+            apply_env_writes_too_large_write_is_refused_alone,
+            apply_env_writes_rollback_restores_an_older_map_as_a_new_version,
+            apply_env_writes_refuses_deleting_and_missing_stacks,
+            apply_env_writes_completes_idempotency_records_in_the_batch,
+            apply_env_writes_concurrent_batches_lose_nothing,
+            env_history_is_pruned_but_keeps_the_configured_window = $crate::suite::small_history_options,
+            env_model_random_patches_match_a_btreemap,
+            get_env_with_reveal_writes_an_audit_row,
+            list_env_versions_pages_newest_first,
+            preview_env_write_writes_nothing,
+        );
+    };
+    (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let opts = $crate::store_suite!(@opts $($opts)?);
+                let Some((_guard, store)) = $factory(opts).await else {
+                    return;
+                };
+                $crate::suite::$name(store).await;
+            }
+        )*
+    };
+    (@opts) => {
+        $crate::suite::StoreOptions::default()
+    };
+    (@opts $opts:path) => {
+        $opts()
+    };
+}
+
+/// Options for the pruning test: a history window small enough to prune within a test.
+pub fn small_history_options() -> StoreOptions {
+    StoreOptions {
+        env_history: 150,
+        ..StoreOptions::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/// A fixed epoch so that every time in the suite is deterministic.
+const T0: i64 = 1_800_000_000_000;
+const LEASE: Duration = Duration::from_secs(30);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn at(ms: i64) -> Millis {
+    Millis(T0 + ms)
+}
+
+fn ctx(now: i64) -> AuditCtx {
+    AuditCtx {
+        actor: Actor::token(1),
+        request_id: Some(format!("req-{now}")),
+        now: at(now),
+    }
+}
+
+fn new_token(name: &str) -> (ApiToken, NewToken) {
+    let t = ApiToken::generate();
+    let digest = t.digest();
+    (
+        t,
+        NewToken {
+            name: name.into(),
+            digest,
+        },
+    )
+}
+
+async fn team<S: Store>(store: &S, name: &str, max_stacks: Option<i64>) -> Team {
+    let (_, token) = new_token("first");
+    let (team, _) = store
+        .create_team(&TeamName::parse(name).unwrap(), max_stacks, token, ctx(0))
+        .await
+        .expect("create_team");
+    team
+}
+
+fn services() -> Vec<ReleaseService> {
+    let svc = |name: &str, port: u16, expose: bool| ReleaseService {
+        name: ServiceName::parse(name).unwrap(),
+        artifact: format!("{:0>64}", name.len()),
+        command: format!("./run-{name}"),
+        workdir: String::new(),
+        port,
+        expose,
+        health: expose.then(|| "/healthz".to_owned()),
+        env: BTreeMap::from([("LOG_LEVEL".to_owned(), "info".to_owned())]),
+    };
+    vec![svc("api", 3000, true), svc("worker", 8080, false)]
+}
+
+fn new_stack(team: Option<TeamId>, now: i64) -> NewStack {
+    let services = services();
+    let artifacts = services
+        .iter()
+        .map(|s| (s.artifact.clone(), 1234))
+        .collect();
+    NewStack {
+        slug: StackSlug::generate(),
+        name: "My app".into(),
+        environment: "development".into(),
+        team_id: team,
+        fingerprint: team.is_none().then(|| "203.0.113.0/24".to_owned()),
+        tier: if team.is_some() {
+            "team".into()
+        } else {
+            "anonymous".into()
+        },
+        expires_at: team.is_none().then(|| at(now + 6 * 3_600_000)),
+        manifest: "services:\n  api: {}\n  worker: {}\n".into(),
+        services,
+        artifacts,
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+async fn stack<S: Store>(store: &S, team: Option<TeamId>, now: i64) -> Stack {
+    store
+        .create_stack(new_stack(team, now))
+        .await
+        .expect("create_stack")
+}
+
+fn access(s: &Stack) -> Access {
+    s.team_id.map_or(Access::Anonymous, Access::Team)
+}
+
+async fn detail<S: Store>(store: &S, s: &Stack) -> StackDetail {
+    store
+        .get_stack(access(s), &s.slug)
+        .await
+        .unwrap()
+        .expect("stack exists")
+}
+
+/// An env merge from the `env` object of a PATCH body (`""` and `null` delete).
+fn patch(env: Value, now: i64) -> EnvWrite {
+    let body = json!({ "env": env }).to_string();
+    EnvWrite {
+        op: EnvOp::Patch(EnvPatch::parse(body.as_bytes()).expect("valid patch")),
+        if_match: None,
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+fn rollback(to_version: i64, now: i64) -> EnvWrite {
+    EnvWrite {
+        op: EnvOp::Rollback { to_version },
+        if_match: None,
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+fn if_match(mut w: EnvWrite, version: i64) -> EnvWrite {
+    w.if_match = Some(version);
+    w
+}
+
+fn with_key(mut w: EnvWrite, scope: &str, key: &str) -> EnvWrite {
+    w.idempotency = Some(IdempotencyPending {
+        scope: scope.into(),
+        key: key.into(),
+    });
+    w
+}
+
+/// The response body idempotent env writes store: deterministic, so tests can predict it.
+fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
+    json!({ "stack": slug.as_str(), "version": o.version, "set": o.changed.set, "deleted": o.changed.deleted })
+        .to_string()
+}
+
+async fn apply<S: Store>(
+    store: &S,
+    s: &Stack,
+    writes: Vec<EnvWrite>,
+) -> Vec<Result<EnvOutcome, EnvWriteError>> {
+    store
+        .apply_env_writes(s.id, writes, render)
+        .await
+        .expect("apply_env_writes")
+}
+
+async fn apply_one<S: Store>(
+    store: &S,
+    s: &Stack,
+    w: EnvWrite,
+) -> Result<EnvOutcome, EnvWriteError> {
+    apply(store, s, vec![w]).await.remove(0)
+}
+
+fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn keys(ks: &[&str]) -> Vec<String> {
+    ks.iter().map(|k| k.to_string()).collect()
+}
+
+async fn current_env<S: Store>(store: &S, s: &Stack) -> EnvOutcome {
+    store
+        .get_env(s.id, None)
+        .await
+        .unwrap()
+        .expect("stack exists")
+}
+
+fn idem<'a>(scope: &'a str, key: &'a str, hash: &'a str, now: i64) -> IdempotencyRequest<'a> {
+    IdempotencyRequest {
+        scope,
+        key,
+        request_hash: hash,
+        now: at(now),
+        ttl: DAY,
+        stale_after: Duration::from_secs(60),
+    }
+}
+
+/// Every audit entry of `team` matching the filters, newest first, following cursors.
+async fn audit_all<S: Store>(
+    store: &S,
+    team: TeamId,
+    stack: Option<&str>,
+    kind: Option<&str>,
+) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list_audit(
+                team,
+                AuditFilter {
+                    stack: stack.map(str::to_owned),
+                    kind: kind.map(str::to_owned),
+                    limit: 100,
+                    cursor: cursor.clone(),
+                },
+            )
+            .await
+            .expect("list_audit");
+        let done = page.items.is_empty() || page.next_cursor.is_none();
+        out.extend(page.items);
+        cursor = page.next_cursor;
+        if done {
+            return out;
+        }
+    }
+    panic!("audit paging never ended");
+}
+
+fn deployed() -> DeployResult {
+    DeployResult {
+        ok: true,
+        error: None,
+    }
+}
+
+fn failed(error: &str) -> DeployResult {
+    DeployResult {
+        ok: false,
+        error: Some(error.into()),
+    }
+}
+
+async fn claim<S: Store>(store: &S, now: i64) -> Option<Job> {
+    store
+        .claim_job("worker-1", at(now), LEASE)
+        .await
+        .expect("claim_job")
+}
+
+async fn release_status<S: Store>(store: &S, s: &Stack, version: i64) -> ReleaseStatus {
+    let releases = store.list_releases(s.id).await.unwrap();
+    releases
+        .iter()
+        .find(|r| r.info.version == version)
+        .expect("release exists")
+        .info
+        .status
+}
+
+// ---------------------------------------------------------------------------------------------
+// teams and tokens
+
+pub async fn bootstrap_creates_default_team_once<S: Store>(store: S) {
+    // Several servers starting at once: exactly one bootstraps.
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let (token, new) = new_token("admin");
+            barrier.wait().await;
+            let created = store
+                .bootstrap_default_team(new, at(i))
+                .await
+                .expect("bootstrap");
+            (created, token)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for t in tasks {
+        let (created, token) = t.await.unwrap();
+        if created {
+            winners.push(token)
+        } else {
+            losers.push(token)
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one bootstrap creates the default team"
+    );
+    let p = store
+        .authenticate(&winners[0].digest())
+        .await
+        .unwrap()
+        .expect("admin token works");
+    assert_eq!(p.team.name, "default");
+    assert_eq!(p.team.max_stacks, None);
+    assert_eq!(p.team.tier, "team");
+    assert_eq!(p.token.name, "admin");
+    for t in &losers {
+        assert!(
+            store.authenticate(&t.digest()).await.unwrap().is_none(),
+            "a losing bootstrap stored no token"
+        );
+    }
+    let (again, token) = new_token("admin");
+    assert!(!store.bootstrap_default_team(token, at(100)).await.unwrap());
+    assert!(store.authenticate(&again.digest()).await.unwrap().is_none());
+    let created = audit_all(&store, p.team.id, None, Some("team.created")).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].actor, "system");
+    assert_eq!(created[0].metadata["team"], "default");
+    assert_eq!(store.list_tokens(p.team.id).await.unwrap().len(), 1);
+}
+
+pub async fn bootstrap_is_skipped_when_a_team_exists<S: Store>(store: S) {
+    let acme = team(&store, "acme", None).await;
+    let (token, new) = new_token("admin");
+    assert!(!store.bootstrap_default_team(new, at(1)).await.unwrap());
+    assert!(store.authenticate(&token.digest()).await.unwrap().is_none());
+    assert_eq!(store.list_tokens(acme.id).await.unwrap().len(), 1);
+}
+
+pub async fn create_team_rejects_a_taken_name<S: Store>(store: S) {
+    let name = TeamName::parse("acme").unwrap();
+    let (first, token) = new_token("first");
+    let (t, info) = store
+        .create_team(&name, Some(3), token, ctx(5))
+        .await
+        .unwrap();
+    assert_eq!(t.name, "acme");
+    assert_eq!(t.max_stacks, Some(3));
+    assert_eq!(t.tier, "team");
+    assert_eq!(t.created_at, at(5));
+    assert_eq!(info.team_id, t.id);
+    assert_eq!(info.name, "first");
+
+    let (second, token) = new_token("second");
+    let err = store
+        .create_team(&name, None, token, ctx(6))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Conflict("team"));
+    // The refused team's token was not written, the first one still works.
+    assert!(
+        store
+            .authenticate(&second.digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let p = store.authenticate(&first.digest()).await.unwrap().unwrap();
+    assert_eq!(p.team, t);
+    assert_eq!(p.token, info);
+    let created = audit_all(&store, t.id, None, Some("team.created")).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].metadata["team"], "acme");
+    assert_eq!(created[0].metadata["max_stacks"], 3);
+}
+
+pub async fn authenticate_rejects_unknown_and_revoked_tokens<S: Store>(store: S) {
+    let a = team(&store, "alpha", None).await;
+    let b = team(&store, "beta", None).await;
+    assert!(
+        store
+            .authenticate(&ApiToken::generate().digest())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let (tok, new) = new_token("ci");
+    let info = store.create_token(a.id, new, ctx(10)).await.unwrap();
+    let p = store
+        .authenticate(&tok.digest())
+        .await
+        .unwrap()
+        .expect("new token works");
+    assert_eq!(p.team.id, a.id);
+    assert_eq!(p.token, info);
+
+    // Another team cannot revoke it.
+    assert!(!store.revoke_token(b.id, info.id, ctx(11)).await.unwrap());
+    assert!(store.authenticate(&tok.digest()).await.unwrap().is_some());
+
+    assert!(store.revoke_token(a.id, info.id, ctx(12)).await.unwrap());
+    assert!(
+        store.authenticate(&tok.digest()).await.unwrap().is_none(),
+        "revoked tokens stop working at once"
+    );
+    assert!(
+        !store.revoke_token(a.id, info.id, ctx(13)).await.unwrap(),
+        "a revoked token is not live"
+    );
+    assert!(!store.revoke_token(a.id, 987_654, ctx(14)).await.unwrap());
+
+    let revoked = audit_all(&store, a.id, None, Some("token.revoked")).await;
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].metadata["token_id"], info.id);
+    assert!(
+        audit_all(&store, b.id, None, Some("token.revoked"))
+            .await
+            .is_empty()
+    );
+}
+
+pub async fn tokens_are_listed_per_team_only<S: Store>(store: S) {
+    let a = team(&store, "alpha", None).await;
+    let b = team(&store, "beta", None).await;
+    let t2 = store
+        .create_token(a.id, new_token("deploy").1, ctx(20))
+        .await
+        .unwrap();
+    let t3 = store
+        .create_token(a.id, new_token("laptop").1, ctx(30))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list_tokens(a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["first", "deploy", "laptop"], "oldest first");
+    let b_tokens = store.list_tokens(b.id).await.unwrap();
+    assert_eq!(b_tokens.len(), 1);
+    assert!(b_tokens.iter().all(|t| t.team_id == b.id));
+
+    assert!(store.revoke_token(a.id, t2.id, ctx(40)).await.unwrap());
+    let ids: Vec<i64> = store
+        .list_tokens(a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(!ids.contains(&t2.id), "revoked tokens are not listed");
+    assert!(ids.contains(&t3.id));
+
+    let created = audit_all(&store, a.id, None, Some("token.created")).await;
+    assert_eq!(created.len(), 2);
+    assert_eq!(
+        created[0].metadata,
+        json!({ "token_id": t3.id, "name": "laptop" })
+    );
+    assert_eq!(created[0].actor, "token:1");
+    assert_eq!(created[0].request_id.as_deref(), Some("req-30"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// stacks
+
+pub async fn create_stack_writes_stack_services_release_job_and_audit_atomically<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let scope = format!("team:{}", t.id.0);
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "create-1", "h1", 10))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+
+    let mut new = new_stack(Some(t.id), 10);
+    new.idempotency = Some(IdempotencyCompletion {
+        scope: scope.clone(),
+        key: "create-1".into(),
+        status: 202,
+        body: r#"{"ok":true}"#.into(),
+    });
+    let s = store.create_stack(new.clone()).await.unwrap();
+    assert_eq!(s.slug, new.slug);
+    assert_eq!(s.name, "My app");
+    assert_eq!(s.environment, "development");
+    assert_eq!(s.team_id, Some(t.id));
+    assert_eq!(s.tier, "team");
+    assert_eq!(s.status, StackStatus::Building);
+    assert_eq!(s.error, None);
+    assert_eq!((s.env_version, s.release, s.op_generation), (0, 1, 1));
+    assert_eq!(
+        (s.created_at, s.updated_at, s.expires_at),
+        (at(10), at(10), None)
+    );
+
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack, s);
+    let names: Vec<&str> = d.services.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker"], "services in manifest order");
+    assert!(
+        d.services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Building && x.url.is_none() && x.error.is_none())
+    );
+    assert_eq!((d.services[0].expose, d.services[0].port), (true, 3000));
+    assert_eq!((d.services[1].expose, d.services[1].port), (false, 8080));
+    assert_eq!(
+        d.release,
+        Some(ReleaseInfo {
+            version: 1,
+            status: ReleaseStatus::Pending,
+            env_version: 0,
+            created_at: at(10)
+        })
+    );
+    let releases = store.list_releases(s.id).await.unwrap();
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].services, new.services);
+
+    let env = current_env(&store, &s).await;
+    assert_eq!((env.version, env.env.is_empty()), (0, true));
+    let versions = store.list_env_versions(s.id, 10, None).await.unwrap();
+    assert_eq!(
+        (versions.total, versions.items.len()),
+        (0, 0),
+        "version 0 is not listed"
+    );
+
+    let job = claim(&store, 10).await.expect("the deploy job is queued");
+    assert_eq!(job.kind, JobKind::Deploy);
+    assert_eq!((job.stack_id, &job.slug), (s.id, &s.slug));
+    assert_eq!((job.generation, job.release, job.attempts), (1, 1, 1));
+    assert_eq!(job.claim.len(), 32);
+    assert!(claim(&store, 10).await.is_none(), "one job only");
+
+    let created = audit_all(&store, t.id, Some(s.slug.as_str()), Some("stack.created")).await;
+    assert_eq!(created.len(), 1);
+    let e = &created[0];
+    assert_eq!(e.stack_id.as_deref(), Some(s.slug.as_str()));
+    assert_eq!(
+        (e.actor.as_str(), e.request_id.as_deref(), e.at),
+        ("token:1", Some("req-10"), at(10))
+    );
+    assert_eq!(
+        e.metadata,
+        json!({ "name": "My app", "env": "development", "tier": "team", "services": ["api", "worker"], "release": 1 })
+    );
+
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "create-1", "h1", 20))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 202,
+            body: r#"{"ok":true}"#.into()
+        }
+    );
+    assert_eq!(store.count_stacks(t.id).await.unwrap(), 1);
+
+    let anon = stack(&store, None, 20).await;
+    assert_eq!(
+        (anon.team_id, anon.tier.as_str(), anon.expires_at),
+        (None, "anonymous", Some(at(20 + 6 * 3_600_000)))
+    );
+}
+
+pub async fn create_stack_enforces_max_stacks_under_concurrent_creates<S: Store>(store: S) {
+    let t = team(&store, "capped", Some(5)).await;
+    let barrier = Arc::new(Barrier::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let new = new_stack(Some(t.id), i);
+            barrier.wait().await;
+            store.create_stack(new).await
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(CreateStackError::LimitReached { max }) => {
+                assert_eq!(max, 5);
+                limited += 1;
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!((ok, limited), (5, 15));
+    assert_eq!(store.count_stacks(t.id).await.unwrap(), 5);
+    assert_eq!(
+        store.list_stacks(t.id, 50, None).await.unwrap().total,
+        5,
+        "refused creates wrote nothing"
+    );
+    assert_eq!(
+        audit_all(&store, t.id, None, Some("stack.created"))
+            .await
+            .len(),
+        5
+    );
+
+    // Stacks being deleted do not count against the cap.
+    let victim = store
+        .list_stacks(t.id, 1, None)
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    store
+        .request_deletion(Access::Team(t.id), &victim.slug, ctx(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.count_stacks(t.id).await.unwrap(), 4);
+    store
+        .create_stack(new_stack(Some(t.id), 101))
+        .await
+        .expect("a slot was freed");
+    assert_eq!(
+        store
+            .create_stack(new_stack(Some(t.id), 102))
+            .await
+            .unwrap_err(),
+        CreateStackError::LimitReached { max: 5 }
+    );
+}
+
+pub async fn stacks_are_visible_only_to_their_team_or_to_anonymous_callers<S: Store>(store: S) {
+    let a = team(&store, "alpha", None).await;
+    let b = team(&store, "beta", None).await;
+    let sa = stack(&store, Some(a.id), 1).await;
+    let anon = stack(&store, None, 2).await;
+
+    assert!(
+        store
+            .get_stack(Access::Team(a.id), &sa.slug)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_stack(Access::Anonymous, &sa.slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_stack(Access::Team(b.id), &sa.slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_stack(Access::Anonymous, &anon.slug)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_stack(Access::Team(a.id), &anon.slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_stack(Access::Anonymous, &StackSlug::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(
+        store
+            .request_deletion(Access::Team(b.id), &sa.slug, ctx(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .request_deletion(Access::Anonymous, &sa.slug, ctx(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .request_deletion(Access::Team(a.id), &anon.slug, ctx(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        detail(&store, &sa).await.stack.status,
+        StackStatus::Building,
+        "a refused deletion changed nothing"
+    );
+    assert_eq!(
+        detail(&store, &anon).await.stack.status,
+        StackStatus::Building
+    );
+
+    assert_eq!(store.list_stacks(b.id, 10, None).await.unwrap().total, 0);
+    assert_eq!(store.count_stacks(b.id).await.unwrap(), 0);
+    let a_audit = audit_all(&store, a.id, None, None).await;
+    assert!(
+        a_audit
+            .iter()
+            .all(|e| e.stack_id.as_deref() != Some(anon.slug.as_str())),
+        "anonymous audit is nobody's"
+    );
+    assert!(
+        audit_all(&store, b.id, None, None)
+            .await
+            .iter()
+            .all(|e| e.stack_id.is_none())
+    );
+}
+
+pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let other = team(&store, "other", None).await;
+    let mut made = Vec::new();
+    for created in [10, 20, 20, 30, 40, 40, 50] {
+        made.push(stack(&store, Some(t.id), created).await);
+        stack(&store, Some(other.id), created).await;
+    }
+    made.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
+    let expected: Vec<StackId> = made.iter().map(|s| s.id).collect();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_stacks(t.id, 3, cursor.as_deref()).await.unwrap();
+        assert_eq!(page.total, 7);
+        assert!(page.items.len() <= 3);
+        assert!(page.items.iter().all(|s| s.team_id == Some(t.id)));
+        seen.extend(page.items.iter().map(|s| s.id));
+        pages += 1;
+        assert!(pages <= 4, "paging must end");
+        match page.next_cursor {
+            Some(c) if !page.items.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        seen, expected,
+        "newest first by (created_at, id), each stack once"
+    );
+
+    let first = store.list_stacks(t.id, 3, None).await.unwrap();
+    let garbage = store
+        .list_stacks(t.id, 3, Some("not-a-cursor"))
+        .await
+        .unwrap();
+    assert_eq!(
+        garbage.items, first.items,
+        "an unreadable cursor starts from the top"
+    );
+
+    // Deleting stacks are still listed (with their status).
+    store
+        .request_deletion(Access::Team(t.id), &made[0].slug, ctx(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let page = store.list_stacks(t.id, 1, None).await.unwrap();
+    assert_eq!(page.total, 7);
+    assert_eq!(page.items[0].status, StackStatus::Deleting);
+}
+
+pub async fn request_deletion_supersedes_queued_jobs_and_queues_one_teardown<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 10).await;
+    let d = store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, StackStatus::Deleting);
+    assert_eq!(d.op_generation, 2);
+    assert_eq!(d.updated_at, at(20));
+    assert_eq!(detail(&store, &s).await.stack, d);
+    assert_eq!(store.count_stacks(t.id).await.unwrap(), 0);
+
+    let again = store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, d, "repeating it changes nothing");
+
+    let job = claim(&store, 40).await.expect("the teardown is queued");
+    assert_eq!(job.kind, JobKind::Teardown);
+    assert_eq!(job.generation, 2);
+    assert_eq!(job.stack_id, s.id);
+    assert!(
+        claim(&store, 40).await.is_none(),
+        "the deploy was superseded and only one teardown queued"
+    );
+
+    let requested = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.deletion_requested"),
+    )
+    .await;
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0].metadata["previous_status"], "building");
+
+    // An anonymous stack can be deleted by an anonymous caller.
+    let anon = stack(&store, None, 50).await;
+    let d = store
+        .request_deletion(Access::Anonymous, &anon.slug, ctx(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, StackStatus::Deleting);
+}
+
+pub async fn claim_job_runs_one_job_per_stack_at_a_time<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let a = stack(&store, Some(t.id), 1).await;
+    let b = stack(&store, Some(t.id), 2).await;
+    let deploy_a = claim(&store, 10).await.unwrap();
+    assert_eq!(deploy_a.stack_id, a.id, "oldest job first");
+    store
+        .request_deletion(Access::Team(t.id), &a.slug, ctx(11))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let deploy_b = claim(&store, 12).await.unwrap();
+    assert_eq!(
+        deploy_b.stack_id, b.id,
+        "a's teardown waits for a's running deploy"
+    );
+    assert!(claim(&store, 13).await.is_none());
+
+    // The deploy of the old generation ends: only its job is closed, the stack stays deleting.
+    assert!(
+        store
+            .finish_deploy(&deploy_a, deployed(), at(14))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &a).await;
+    assert_eq!(d.stack.status, StackStatus::Deleting);
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Pending);
+
+    let teardown = claim(&store, 15).await.expect("a's teardown can run now");
+    assert_eq!(
+        (teardown.stack_id, teardown.kind),
+        (a.id, JobKind::Teardown)
+    );
+    assert!(claim(&store, 16).await.is_none());
+}
+
+pub async fn claim_job_reclaims_an_expired_lease<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    let first = store
+        .claim_job("w1", at(0), Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.stack_id, first.attempts), (s.id, 1));
+    assert!(
+        store
+            .claim_job("w2", at(500), LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "lease still live"
+    );
+    let second = store
+        .claim_job("w2", at(2_000), LEASE)
+        .await
+        .unwrap()
+        .expect("expired lease is reclaimed");
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempts, 2);
+    assert_ne!(second.claim, first.claim);
+}
+
+pub async fn claim_job_concurrent_claimers_never_share_a_job<S: Store>(store: S) {
+    let mut stacks = BTreeSet::new();
+    for i in 0..12 {
+        stacks.insert(stack(&store, None, i).await.id);
+    }
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut got = Vec::new();
+            while let Some(job) = store
+                .claim_job(&format!("w{w}"), at(100), LEASE)
+                .await
+                .expect("claim_job")
+            {
+                got.push(job);
+            }
+            got
+        }));
+    }
+    let mut jobs = Vec::new();
+    for t in tasks {
+        jobs.extend(t.await.unwrap());
+    }
+    // Claimers that gave up early (rows locked by others) leave work for a final sweep.
+    while let Some(job) = claim(&store, 100).await {
+        jobs.push(job);
+    }
+    let ids: BTreeSet<i64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids.len(), jobs.len(), "no job was handed out twice");
+    assert_eq!(jobs.len(), 12);
+    let claimed_stacks: BTreeSet<StackId> = jobs.iter().map(|j| j.stack_id).collect();
+    assert_eq!(claimed_stacks, stacks);
+    assert!(jobs.iter().all(|j| j.attempts == 1));
+}
+
+pub async fn fencing_a_lost_claim_cannot_finish_renew_or_retry<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let old = store
+        .claim_job("w1", at(0), Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = store
+        .claim_job("w2", at(5_000), LEASE)
+        .await
+        .unwrap()
+        .expect("reclaimed after the lease");
+    assert_eq!(new.id, old.id);
+
+    assert!(!store.renew_job_lease(&old, at(5_001), LEASE).await.unwrap());
+    assert!(
+        !store
+            .finish_deploy(&old, failed("x"), at(5_002))
+            .await
+            .unwrap()
+    );
+    assert!(!store.retry_job(&old, "x", at(5_003), true).await.unwrap());
+    assert!(!store.retry_job(&old, "x", at(5_003), false).await.unwrap());
+    assert!(!store.finish_teardown(&old, at(5_004)).await.unwrap());
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        d.stack.status,
+        StackStatus::Building,
+        "the lost claim changed nothing"
+    );
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Pending);
+    assert!(
+        audit_all(&store, t.id, None, Some("stack.deploy_failed"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        claim(&store, 5_005).await.is_none(),
+        "the job is still held by the new claim"
+    );
+
+    assert!(store.renew_job_lease(&new, at(5_006), LEASE).await.unwrap());
+    assert!(
+        store
+            .finish_deploy(&new, deployed(), at(5_007))
+            .await
+            .unwrap()
+    );
+    assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Healthy);
+    assert!(
+        !store
+            .finish_deploy(&old, deployed(), at(5_008))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.renew_job_lease(&new, at(5_009), LEASE).await.unwrap(),
+        "a finished job has no lease"
+    );
+    assert_eq!(
+        audit_all(&store, t.id, None, Some("stack.deployed"))
+            .await
+            .len(),
+        1
+    );
+}
+
+pub async fn record_service_status_moves_the_stack_and_ignores_stale_generations<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    let worker = ServiceName::parse("worker").unwrap();
+    let status = |d: &StackDetail| d.stack.status;
+
+    assert!(
+        store
+            .record_service_status(&job, &api, ServiceStatus::Deploying, None, None, at(2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        status(&detail(&store, &s).await),
+        StackStatus::Building,
+        "worker is still building"
+    );
+    assert!(
+        store
+            .record_service_status(&job, &worker, ServiceStatus::Deploying, None, None, at(3))
+            .await
+            .unwrap()
+    );
+    assert_eq!(status(&detail(&store, &s).await), StackStatus::Deploying);
+    let url = "http://api-x.localhost:8080";
+    assert!(
+        store
+            .record_service_status(&job, &api, ServiceStatus::Healthy, Some(url), None, at(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(status(&detail(&store, &s).await), StackStatus::Deploying);
+    assert!(
+        store
+            .record_service_status(&job, &worker, ServiceStatus::Healthy, None, None, at(5))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Healthy);
+    assert_eq!(d.stack.updated_at, at(5));
+    assert_eq!(d.services[0].url.as_deref(), Some(url));
+
+    assert!(
+        store
+            .record_service_status(
+                &job,
+                &worker,
+                ServiceStatus::Failed,
+                None,
+                Some("exit 1"),
+                at(6)
+            )
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Failed);
+    assert_eq!(d.stack.error.as_deref(), Some("exit 1"));
+    assert_eq!(d.services[1].error.as_deref(), Some("exit 1"));
+    assert!(
+        store
+            .record_service_status(&job, &worker, ServiceStatus::Healthy, None, None, at(7))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        (
+            d.stack.status,
+            d.stack.error.as_deref(),
+            d.services[1].error.as_deref()
+        ),
+        (StackStatus::Healthy, None, None)
+    );
+
+    // A newer operation owns the stack: the old job's writes are ignored.
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !store
+            .record_service_status(&job, &api, ServiceStatus::Failed, None, Some("late"), at(9))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Deleting);
+    assert_eq!(d.services[0].status, ServiceStatus::Healthy);
+    assert_eq!(d.services[0].error, None);
+}
+
+pub async fn finish_deploy_ok_marks_release_live_and_stack_healthy<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    for name in ["api", "worker"] {
+        let svc = ServiceName::parse(name).unwrap();
+        store
+            .record_service_status(&job, &svc, ServiceStatus::Healthy, None, None, at(2))
+            .await
+            .unwrap();
+    }
+    assert!(store.finish_deploy(&job, deployed(), at(3)).await.unwrap());
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error.as_deref(), d.stack.updated_at),
+        (StackStatus::Healthy, None, at(3))
+    );
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Live);
+    assert_eq!(release_status(&store, &s, 1).await, ReleaseStatus::Live);
+    let rows = audit_all(&store, t.id, Some(s.slug.as_str()), Some("stack.deployed")).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].metadata["release"], 1);
+    assert_eq!(rows[0].at, at(3));
+    assert!(claim(&store, 4).await.is_none(), "the job is done");
+    assert!(!store.finish_deploy(&job, deployed(), at(5)).await.unwrap());
+}
+
+pub async fn finish_deploy_failure_fails_release_stack_and_unfinished_services<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    store
+        .record_service_status(&job, &api, ServiceStatus::Healthy, None, None, at(2))
+        .await
+        .unwrap();
+    let result = failed("worker exited");
+    assert!(store.finish_deploy(&job, result, at(3)).await.unwrap());
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Failed);
+    assert_eq!(d.stack.error.as_deref(), Some("worker exited"));
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Failed);
+    assert_eq!(
+        d.services[0].status,
+        ServiceStatus::Healthy,
+        "healthy services stay healthy"
+    );
+    assert_eq!(d.services[1].status, ServiceStatus::Failed);
+    let failed = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.deploy_failed"),
+    )
+    .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].metadata,
+        json!({ "release": 1, "error": "worker exited" })
+    );
+    assert!(claim(&store, 4).await.is_none());
+}
+
+pub async fn finish_deploy_for_a_superseded_generation_only_closes_the_job<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .finish_deploy(&job, failed("late"), at(3))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error),
+        (StackStatus::Deleting, None)
+    );
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Pending);
+    assert!(
+        d.services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Building)
+    );
+    assert!(
+        audit_all(&store, t.id, None, Some("stack.deploy_failed"))
+            .await
+            .is_empty()
+    );
+    let teardown = claim(&store, 4).await.expect("the teardown runs next");
+    assert_eq!(teardown.kind, JobKind::Teardown);
+}
+
+pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let job = claim(&store, 3).await.unwrap();
+    assert_eq!(job.kind, JobKind::Teardown);
+    assert!(store.finish_teardown(&job, at(4)).await.unwrap());
+
+    assert!(
+        store
+            .get_stack(Access::Team(t.id), &s.slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.list_releases(s.id).await.unwrap().is_empty());
+    assert!(store.get_env(s.id, None).await.unwrap().is_none());
+    assert_eq!(
+        store.list_env_versions(s.id, 10, None).await.unwrap().total,
+        0
+    );
+    assert!(store.deploy_context(&job).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 5)], render)
+            .await,
+        Err(EnvBatchError::NotFound)
+    ));
+    assert!(
+        store
+            .request_deletion(Access::Team(t.id), &s.slug, ctx(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.list_stacks(t.id, 10, None).await.unwrap().total, 0);
+    assert!(
+        !store.finish_teardown(&job, at(6)).await.unwrap(),
+        "the job is done"
+    );
+    assert!(claim(&store, 7).await.is_none());
+
+    let kinds: Vec<String> = audit_all(&store, t.id, Some(s.slug.as_str()), None)
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "stack.deleted",
+            "stack.deletion_requested",
+            "stack.env.updated",
+            "stack.created"
+        ]
+    );
+    let deleted = audit_all(&store, t.id, None, Some("stack.deleted")).await;
+    assert_eq!(deleted[0].stack_id.as_deref(), Some(s.slug.as_str()));
+    assert_eq!(deleted[0].at, at(4));
+}
+
+pub async fn retry_job_requeues_until_run_after<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    let job = claim(&store, 0).await.unwrap();
+    assert!(
+        store
+            .retry_job(&job, "image pull failed", at(10_000), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.renew_job_lease(&job, at(1), LEASE).await.unwrap(),
+        "the old claim is gone"
+    );
+    assert!(claim(&store, 5_000).await.is_none(), "not before run_after");
+    let again = claim(&store, 10_000).await.expect("runnable at run_after");
+    assert_eq!(
+        (again.id, again.attempts, again.stack_id),
+        (job.id, 2, s.id)
+    );
+    assert_eq!(
+        detail(&store, &s).await.stack.status,
+        StackStatus::Building,
+        "a retry is not a failure"
+    );
+}
+
+pub async fn retry_job_give_up_marks_a_current_deploy_failed<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    store
+        .record_service_status(&job, &api, ServiceStatus::Healthy, None, None, at(2))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .retry_job(&job, "gave up after 5 attempts", at(3), true)
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Failed);
+    assert_eq!(d.stack.error.as_deref(), Some("gave up after 5 attempts"));
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Failed);
+    assert_eq!(d.services[0].status, ServiceStatus::Healthy);
+    assert_eq!(d.services[1].status, ServiceStatus::Failed);
+    assert_eq!(
+        d.services[1].error.as_deref(),
+        Some("gave up after 5 attempts")
+    );
+    let failed = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.deploy_failed"),
+    )
+    .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].metadata["release"], 1);
+    assert!(
+        claim(&store, 1_000_000).await.is_none(),
+        "a failed job is never claimed again"
+    );
+}
+
+pub async fn requeue_running_jobs_returns_claimed_jobs_to_the_queue<S: Store>(store: S) {
+    assert_eq!(store.requeue_running_jobs().await.unwrap(), 0);
+    stack(&store, None, 0).await;
+    stack(&store, None, 1).await;
+    let a = claim(&store, 2).await.unwrap();
+    let b = claim(&store, 2).await.unwrap();
+    assert_eq!(store.requeue_running_jobs().await.unwrap(), 2);
+    assert!(!store.renew_job_lease(&a, at(3), LEASE).await.unwrap());
+    assert!(!store.finish_deploy(&b, deployed(), at(3)).await.unwrap());
+    let a2 = claim(&store, 4).await.unwrap();
+    let b2 = claim(&store, 4).await.unwrap();
+    assert_eq!((a2.id, b2.id), (a.id, b.id));
+    assert_eq!((a2.attempts, b2.attempts), (2, 2));
+    assert!(claim(&store, 4).await.is_none());
+}
+
+pub async fn deploy_context_returns_release_and_current_env<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let new = new_stack(Some(t.id), 0);
+    let s = store.create_stack(new.clone()).await.unwrap();
+    apply_one(
+        &store,
+        &s,
+        patch(
+            json!({ "A": "1", "DATABASE_URL": "postgres://u:p@h/db" }),
+            1,
+        ),
+    )
+    .await
+    .unwrap();
+    let job = claim(&store, 2).await.unwrap();
+    let (stack, release, env) = store
+        .deploy_context(&job)
+        .await
+        .unwrap()
+        .expect("stack exists");
+    assert_eq!(stack.id, s.id);
+    assert_eq!(stack.env_version, 1);
+    assert_eq!(release.info.version, 1);
+    assert_eq!(release.info.env_version, 0);
+    assert_eq!(release.services, new.services);
+    assert_eq!(
+        env.vars(),
+        &vars(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// idempotency
+
+pub async fn idempotency_begin_reserves_then_reports_in_progress_mismatch_and_replay<S: Store>(
+    store: S,
+) {
+    let s = stack(&store, None, 0).await;
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:1", "k", "h1", 1))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:1", "k", "h1", 2))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:1", "k", "h2", 3))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:2", "k", "h2", 3))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started,
+        "keys are scoped"
+    );
+
+    let out = apply_one(
+        &store,
+        &s,
+        with_key(patch(json!({ "A": "1" }), 4), "anon:1", "k"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:1", "k", "h1", 5))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 200,
+            body: render(&s.slug, &out)
+        }
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("anon:1", "k", "h2", 6))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+}
+
+pub async fn idempotency_stale_reservation_is_taken_over<S: Store>(store: S) {
+    // stale_after is 60 s in `idem`.
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h", 0))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h", 30_000))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h", 61_000))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h", 62_000))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress,
+        "the takeover is a fresh reservation"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "other", 200_000))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Mismatch
+    );
+}
+
+pub async fn idempotency_expired_record_counts_as_absent<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h1", 0))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    apply_one(
+        &store,
+        &s,
+        with_key(patch(json!({ "A": "1" }), 1), "t", "k"),
+    )
+    .await
+    .unwrap();
+    let day = i64::try_from(DAY.as_millis()).unwrap();
+    assert!(matches!(
+        store
+            .idempotency_begin(idem("t", "k", "h1", day - 1))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay { status: 200, .. }
+    ));
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h2", day + 1))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started,
+        "an expired record is treated as absent, whatever its hash"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k", "h2", day + 2))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress
+    );
+}
+
+pub async fn idempotency_abandon_frees_only_pending_records<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "pending", "h", 1))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    store.idempotency_abandon("t", "pending").await.unwrap();
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "pending", "other", 2))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started,
+        "an abandoned key can be used again"
+    );
+
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "done", "h", 3))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    apply_one(
+        &store,
+        &s,
+        with_key(patch(json!({ "A": "1" }), 4), "t", "done"),
+    )
+    .await
+    .unwrap();
+    store.idempotency_abandon("t", "done").await.unwrap();
+    assert!(matches!(
+        store
+            .idempotency_begin(idem("t", "done", "h", 5))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay { .. }
+    ));
+    store
+        .idempotency_abandon("t", "never-seen")
+        .await
+        .expect("abandoning an unknown key is harmless");
+}
+
+pub async fn idempotency_concurrent_begins_start_exactly_once<S: Store>(store: S) {
+    let barrier = Arc::new(Barrier::new(10));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .idempotency_begin(idem("team:1", "same-key", "h", 1))
+                .await
+                .expect("idempotency_begin")
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| **a == IdempotencyBegin::Started)
+            .count(),
+        1
+    );
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| **a == IdempotencyBegin::InProgress)
+            .count(),
+        9
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// audit
+
+pub async fn list_audit_filters_pages_and_scopes_by_team<S: Store>(store: S) {
+    let a = team(&store, "alpha", None).await;
+    let b = team(&store, "beta", None).await;
+    let s1 = stack(&store, Some(a.id), 1).await;
+    let s2 = stack(&store, Some(a.id), 2).await;
+    let sb = stack(&store, Some(b.id), 3).await;
+    for i in 0..3 {
+        apply_one(&store, &s1, patch(json!({ "K": format!("v{i}") }), 10 + i))
+            .await
+            .unwrap();
+    }
+    apply_one(&store, &s2, patch(json!({ "K": "x" }), 20))
+        .await
+        .unwrap();
+    apply_one(&store, &sb, patch(json!({ "K": "y" }), 21))
+        .await
+        .unwrap();
+    store
+        .create_token(a.id, new_token("ci").1, ctx(22))
+        .await
+        .unwrap();
+
+    // Paging through everything: ids strictly descending, each row once, total constant.
+    let everything = audit_all(&store, a.id, None, None).await;
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_audit(
+                a.id,
+                AuditFilter {
+                    stack: None,
+                    kind: None,
+                    limit: 2,
+                    cursor: cursor.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, everything.len() as i64);
+        assert!(page.items.len() <= 2);
+        let full = page.items.len() == 2;
+        paged.extend(page.items);
+        if !full {
+            assert!(
+                page.next_cursor.is_none(),
+                "a page that is not full has no next cursor"
+            );
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(paged.len() <= everything.len());
+    }
+    assert_eq!(paged, everything);
+    assert!(paged.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    // team.created, 2 × stack.created, 4 × stack.env.updated, token.created
+    assert_eq!(everything.len(), 8);
+    assert!(
+        everything
+            .iter()
+            .all(|e| e.stack_id.as_deref() != Some(sb.slug.as_str())),
+        "team-scoped"
+    );
+
+    let created = audit_all(&store, a.id, None, Some("stack.created")).await;
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().all(|e| e.kind == "stack.created"));
+    let s1_rows = audit_all(&store, a.id, Some(s1.slug.as_str()), None).await;
+    assert_eq!(s1_rows.len(), 4);
+    assert!(
+        s1_rows
+            .iter()
+            .all(|e| e.stack_id.as_deref() == Some(s1.slug.as_str()))
+    );
+    let both = audit_all(
+        &store,
+        a.id,
+        Some(s1.slug.as_str()),
+        Some("stack.env.updated"),
+    )
+    .await;
+    let versions: Vec<i64> = both
+        .iter()
+        .map(|e| e.metadata["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 2, 1]);
+    assert!(
+        audit_all(&store, b.id, Some(s1.slug.as_str()), None)
+            .await
+            .is_empty(),
+        "other teams see nothing"
+    );
+    assert_eq!(
+        audit_all(&store, b.id, Some(sb.slug.as_str()), None)
+            .await
+            .len(),
+        2
+    );
+
+    let page = store
+        .list_audit(
+            a.id,
+            AuditFilter {
+                stack: None,
+                kind: None,
+                limit: 3,
+                cursor: Some("garbage".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items,
+        everything[..3].to_vec(),
+        "an unreadable cursor starts from the newest"
+    );
+}
+
+pub async fn audit_metadata_never_contains_env_values<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let secrets = [
+        "hunter2-super-secret",
+        "sk_live_0123456789",
+        "postgres://admin:pa55@db/prod",
+    ];
+    apply_one(
+        &store,
+        &s,
+        patch(json!({ "PASSWORD": secrets[0], "API_KEY": secrets[1] }), 1),
+    )
+    .await
+    .unwrap();
+    apply_one(
+        &store,
+        &s,
+        patch(json!({ "DATABASE_URL": secrets[2], "PASSWORD": null }), 2),
+    )
+    .await
+    .unwrap();
+    apply_one(&store, &s, rollback(1, 3)).await.unwrap();
+    store.get_env(s.id, Some(ctx(4))).await.unwrap().unwrap();
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = audit_all(&store, t.id, None, None).await;
+    assert!(rows.len() >= 6);
+    for e in rows {
+        let text = e.metadata.to_string();
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{} audit metadata leaks a value",
+                e.kind
+            );
+        }
+    }
+    let updated = audit_all(&store, t.id, None, Some("stack.env.updated")).await;
+    assert_eq!(
+        updated[0].metadata["set"],
+        json!(["DATABASE_URL"]),
+        "key names are recorded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// env
+
+pub async fn apply_env_writes_applies_in_order_with_one_version_per_change<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            patch(json!({ "A": "1" }), 10),
+            patch(json!({ "A": "1" }), 11),
+            patch(json!({ "B": "2", "Z": null }), 12),
+            patch(json!({ "A": "" }), 13),
+        ],
+    )
+    .await;
+    let out: Vec<EnvOutcome> = out.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(
+        out.iter().map(|o| o.version).collect::<Vec<_>>(),
+        [1, 1, 2, 3]
+    );
+    assert_eq!(
+        (out[0].changed.set.clone(), out[0].env.vars().clone()),
+        (keys(&["A"]), vars(&[("A", "1")]))
+    );
+    assert!(out[1].changed.is_empty(), "same value is a no-op");
+    assert_eq!(
+        (out[2].changed.set.clone(), out[2].changed.deleted.clone()),
+        (keys(&["B"]), keys(&[]))
+    );
+    assert_eq!(out[3].changed.deleted, keys(&["A"]));
+    assert_eq!(out[3].env.vars(), &vars(&[("B", "2")]));
+
+    let env = current_env(&store, &s).await;
+    assert_eq!(
+        (env.version, env.env.vars().clone()),
+        (3, vars(&[("B", "2")]))
+    );
+    assert_eq!(
+        env.updated_at,
+        at(13),
+        "the batch commits at its latest write's time"
+    );
+    assert_eq!(detail(&store, &s).await.stack.env_version, 3);
+
+    let versions = store.list_env_versions(s.id, 10, None).await.unwrap();
+    assert_eq!(versions.total, 3);
+    let got: Vec<(i64, Vec<String>, Vec<String>)> = versions
+        .items
+        .iter()
+        .map(|v| (v.version, v.set.clone(), v.deleted.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, keys(&[]), keys(&["A"])),
+            (2, keys(&["B"]), keys(&[])),
+            (1, keys(&["A"]), keys(&[]))
+        ]
+    );
+    assert!(versions.items.iter().all(|v| v.actor == "token:1"));
+
+    let audit = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.env.updated"),
+    )
+    .await;
+    assert_eq!(audit.len(), 3, "one audit row per effective write");
+    assert_eq!(
+        audit[1].metadata,
+        json!({ "version": 2, "keys_set": 1, "keys_deleted": 0, "total_after": 2, "set": ["B"], "deleted": [] })
+    );
+    assert_eq!(audit[1].request_id.as_deref(), Some("req-12"));
+    assert_eq!(
+        audit[1].at,
+        at(13),
+        "a batch stamps its rows with its latest write's time"
+    );
+
+    // A batch of no-ops writes nothing.
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            patch(json!({ "B": "2" }), 20),
+            patch(json!({ "GONE": null }), 21),
+        ],
+    )
+    .await;
+    assert!(
+        out.iter()
+            .all(|o| o.as_ref().unwrap().version == 3 && o.as_ref().unwrap().changed.is_empty())
+    );
+    assert_eq!(
+        store.list_env_versions(s.id, 10, None).await.unwrap().total,
+        3
+    );
+    assert_eq!(
+        audit_all(
+            &store,
+            t.id,
+            Some(s.slug.as_str()),
+            Some("stack.env.updated")
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(current_env(&store, &s).await.updated_at, at(13));
+    assert!(apply(&store, &s, vec![]).await.is_empty());
+}
+
+pub async fn apply_env_writes_if_match_refuses_only_the_stale_write<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            if_match(patch(json!({ "C": "3" }), 2), 1),
+            if_match(patch(json!({ "D": "4" }), 2), 1),
+            if_match(patch(json!({ "E": "5" }), 2), 2),
+            patch(json!({ "F": "6" }), 2),
+        ],
+    )
+    .await;
+    assert_eq!(out[0].as_ref().unwrap().version, 2);
+    assert_eq!(out[1], Err(EnvWriteError::VersionMismatch { current: 2 }));
+    assert_eq!(out[2].as_ref().unwrap().version, 3);
+    assert_eq!(out[3].as_ref().unwrap().version, 4);
+    assert_eq!(
+        current_env(&store, &s).await.env.vars(),
+        &vars(&[("A", "1"), ("C", "3"), ("E", "5"), ("F", "6")])
+    );
+    assert_eq!(
+        apply_one(&store, &s, if_match(patch(json!({ "G": "7" }), 3), 0)).await,
+        Err(EnvWriteError::VersionMismatch { current: 4 })
+    );
+}
+
+pub async fn apply_env_writes_too_large_write_is_refused_alone<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    let big = "x".repeat(70_000);
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            patch(json!({ "A": "1" }), 1),
+            patch(json!({ "BIG": big }), 1),
+            patch(json!({ "B": "2" }), 1),
+        ],
+    )
+    .await;
+    assert_eq!(out[0].as_ref().unwrap().version, 1);
+    assert!(matches!(
+        out[1],
+        Err(EnvWriteError::Invalid(EnvError::TooLarge { .. }))
+    ));
+    assert_eq!(out[2].as_ref().unwrap().version, 2);
+
+    // {"A":"1","B":"2"} plus ,"K":"<v>" is exactly the limit when v has this many bytes:
+    let base = r#"{"A":"1","B":"2"}"#.len() + r#","K":"""#.len();
+    let exact = "v".repeat(MAX_ENV_BYTES - base);
+    let over = "v".repeat(MAX_ENV_BYTES - base + 1);
+    assert_eq!(
+        apply_one(&store, &s, patch(json!({ "K": over }), 2)).await,
+        Err(EnvWriteError::Invalid(EnvError::TooLarge {
+            size: MAX_ENV_BYTES + 1
+        }))
+    );
+    let ok = apply_one(&store, &s, patch(json!({ "K": exact }), 3))
+        .await
+        .expect("exactly 65,536 bytes fits");
+    assert_eq!((ok.version, ok.env.encoded_len()), (3, MAX_ENV_BYTES));
+    let env = current_env(&store, &s).await;
+    assert_eq!((env.version, env.env.to_json().len()), (3, MAX_ENV_BYTES));
+    assert!(matches!(
+        apply_one(&store, &s, patch(json!({ "C": "3" }), 4)).await,
+        Err(EnvWriteError::Invalid(EnvError::TooLarge { .. }))
+    ));
+    assert_eq!(
+        current_env(&store, &s).await.version,
+        3,
+        "a refused write leaves the map alone"
+    );
+}
+
+pub async fn apply_env_writes_rollback_restores_an_older_map_as_a_new_version<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    apply_one(&store, &s, patch(json!({ "A": "2", "B": "3" }), 2))
+        .await
+        .unwrap();
+    apply_one(&store, &s, patch(json!({ "A": null }), 3))
+        .await
+        .unwrap();
+
+    let out = apply_one(&store, &s, rollback(1, 4)).await.unwrap();
+    assert_eq!(out.version, 4, "history is never rewritten");
+    assert_eq!(out.env.vars(), &vars(&[("A", "1")]));
+    assert_eq!(
+        (out.changed.set.clone(), out.changed.deleted.clone()),
+        (keys(&["A"]), keys(&["B"]))
+    );
+    let rolled = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.env.rolled_back"),
+    )
+    .await;
+    assert_eq!(rolled.len(), 1);
+    assert_eq!(rolled[0].metadata["from_version"], 3);
+    assert_eq!(rolled[0].metadata["to_version"], 1);
+
+    assert_eq!(
+        apply_one(&store, &s, rollback(99, 5)).await,
+        Err(EnvWriteError::VersionNotFound(99))
+    );
+    assert_eq!(
+        apply_one(&store, &s, rollback(-1, 5)).await,
+        Err(EnvWriteError::VersionNotFound(-1))
+    );
+    let same = apply_one(&store, &s, rollback(4, 5)).await.unwrap();
+    assert_eq!(
+        (same.version, same.changed.is_empty()),
+        (4, true),
+        "rolling back to the current map is a no-op"
+    );
+
+    // Version 0 is the empty map; a rollback may target a version made earlier in its batch.
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            rollback(0, 6),
+            patch(json!({ "Q": "1" }), 6),
+            patch(json!({ "Q": "2" }), 6),
+            rollback(6, 6),
+        ],
+    )
+    .await;
+    assert_eq!(out[0].as_ref().unwrap().env.vars(), &BTreeMap::new());
+    assert_eq!(out[3].as_ref().unwrap().version, 8);
+    assert_eq!(
+        current_env(&store, &s).await.env.vars(),
+        &vars(&[("Q", "1")])
+    );
+    assert_eq!(
+        apply_one(&store, &s, rollback(2, 7))
+            .await
+            .unwrap()
+            .env
+            .vars(),
+        &vars(&[("A", "2"), ("B", "3")])
+    );
+}
+
+pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 3)], render)
+            .await,
+        Err(EnvBatchError::Deleting)
+    );
+    assert_eq!(
+        store
+            .preview_env_write(s.id, patch(json!({ "B": "2" }), 3))
+            .await,
+        Err(EnvBatchError::Deleting)
+    );
+    let env = current_env(&store, &s).await;
+    assert_eq!(
+        (env.version, env.env.vars().clone()),
+        (1, vars(&[("A", "1")]))
+    );
+    assert_eq!(
+        audit_all(&store, t.id, None, Some("stack.env.updated"))
+            .await
+            .len(),
+        1
+    );
+
+    let missing = StackId(i64::from(i32::MAX));
+    assert_eq!(
+        store
+            .apply_env_writes(missing, vec![patch(json!({ "B": "2" }), 3)], render)
+            .await,
+        Err(EnvBatchError::NotFound)
+    );
+    assert_eq!(
+        store
+            .preview_env_write(missing, patch(json!({ "B": "2" }), 3))
+            .await,
+        Err(EnvBatchError::NotFound)
+    );
+    assert!(store.get_env(missing, None).await.unwrap().is_none());
+}
+
+pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    for k in ["k1", "k2", "k3"] {
+        assert_eq!(
+            store.idempotency_begin(idem("t", k, k, 2)).await.unwrap(),
+            IdempotencyBegin::Started
+        );
+    }
+    let out = apply(
+        &store,
+        &s,
+        vec![
+            with_key(patch(json!({ "B": "2" }), 3), "t", "k1"),
+            with_key(patch(json!({ "A": "1" }), 3), "t", "k2"),
+            with_key(if_match(patch(json!({ "C": "3" }), 3), 1), "t", "k3"),
+        ],
+    )
+    .await;
+    let o1 = out[0].clone().unwrap();
+    let o2 = out[1].clone().unwrap();
+    assert!(out[2].is_err());
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k1", "k1", 4))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 200,
+            body: render(&s.slug, &o1)
+        }
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k2", "k2", 4))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 200,
+            body: render(&s.slug, &o2)
+        },
+        "a no-op write completes its record too"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k3", "k3", 4))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress,
+        "a refused write leaves its reservation for the caller to abandon"
+    );
+
+    // A batch whose only effect is completing a record still commits it.
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k4", "k4", 5))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    let o4 = apply_one(
+        &store,
+        &s,
+        with_key(patch(json!({ "B": "2" }), 6), "t", "k4"),
+    )
+    .await
+    .unwrap();
+    assert!(o4.changed.is_empty());
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "k4", "k4", 7))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 200,
+            body: render(&s.slug, &o4)
+        }
+    );
+    assert_eq!(current_env(&store, &s).await.version, 2);
+}
+
+pub async fn apply_env_writes_concurrent_batches_lose_nothing<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let barrier = Arc::new(Barrier::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (store, barrier, id) = (store.clone(), barrier.clone(), s.id);
+        tasks.push(tokio::spawn(async move {
+            let writes: Vec<EnvWrite> = (0..4)
+                .map(|j| patch(json!({ format!("T{i}_{j}"): format!("v{i}.{j}") }), i))
+                .collect();
+            barrier.wait().await;
+            store.apply_env_writes(id, writes, render).await
+        }));
+    }
+    let mut versions = BTreeSet::new();
+    for task in tasks {
+        for o in task.await.unwrap().expect("the batch commits") {
+            assert!(
+                versions.insert(o.expect("every write applies").version),
+                "versions are unique"
+            );
+        }
+    }
+    assert_eq!(versions, (1..=256).collect::<BTreeSet<i64>>());
+    let env = current_env(&store, &s).await;
+    assert_eq!(env.version, 256, "env_version counts every effective write");
+    assert_eq!(env.env.len(), 256, "no write was lost");
+    for i in 0..64 {
+        for j in 0..4 {
+            assert_eq!(
+                env.env.get(&format!("T{i}_{j}")),
+                Some(format!("v{i}.{j}").as_str())
+            );
+        }
+    }
+    assert_eq!(
+        store.list_env_versions(s.id, 10, None).await.unwrap().total,
+        256
+    );
+    let page = store
+        .list_audit(
+            t.id,
+            AuditFilter {
+                stack: Some(s.slug.to_string()),
+                kind: Some("stack.env.updated".into()),
+                limit: 1,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 256);
+}
+
+pub async fn env_history_is_pruned_but_keeps_the_configured_window<S: Store>(store: S) {
+    // The factory was given env_history = 150.
+    let s = stack(&store, None, 0).await;
+    let mut model: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+    let mut map = BTreeMap::new();
+    for batch in 0..12 {
+        let mut writes = Vec::new();
+        for j in 0..25 {
+            let n = batch * 25 + j + 1;
+            let key = format!("K{}", n % 7);
+            let value = format!("v{n}");
+            map.insert(key.clone(), value.clone());
+            model.push(map.clone());
+            writes.push(patch(json!({ key: value }), n));
+        }
+        for o in apply(&store, &s, writes).await {
+            o.unwrap();
+        }
+    }
+    assert_eq!(current_env(&store, &s).await.version, 300);
+
+    // Every version of the newest 150 is listed, newest first, without gaps.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_env_versions(s.id, 100, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.total >= 150 && page.total <= 300);
+        listed.extend(page.items.iter().map(|v| v.version));
+        match page.next_cursor {
+            Some(c) if !page.items.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    assert!(
+        listed.len() >= 150 && listed.len() < 300,
+        "old versions were pruned ({} kept)",
+        listed.len()
+    );
+    assert!(listed.windows(2).all(|w| w[0] == w[1] + 1));
+    assert_eq!(listed[0], 300);
+    let oldest = *listed.last().unwrap();
+
+    for (i, to) in [151, 200, 300, oldest].into_iter().enumerate() {
+        let out = apply_one(&store, &s, rollback(to, 1_000 + i as i64))
+            .await
+            .expect("kept versions restore");
+        assert_eq!(out.env.vars(), &model[to as usize], "version {to}");
+    }
+    assert_eq!(
+        apply_one(&store, &s, rollback(1, 2_000)).await,
+        Err(EnvWriteError::VersionNotFound(1))
+    );
+    assert_eq!(
+        apply_one(&store, &s, rollback(0, 2_000)).await,
+        Err(EnvWriteError::VersionNotFound(0))
+    );
+    assert_eq!(
+        apply_one(&store, &s, rollback(oldest - 1, 2_000)).await,
+        Err(EnvWriteError::VersionNotFound(oldest - 1))
+    );
+}
+
+/// A small deterministic generator (SplitMix64), so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The model of one write: what the map, version and answer must be after it.
+struct Model {
+    map: BTreeMap<String, String>,
+    history: Vec<BTreeMap<String, String>>,
+}
+
+impl Model {
+    fn version(&self) -> i64 {
+        self.history.len() as i64 - 1
+    }
+
+    fn json_len(map: &BTreeMap<String, String>) -> usize {
+        serde_json::to_string(map).unwrap().len()
+    }
+
+    /// Applies one write to the model and returns the answer the store must give.
+    fn apply(&mut self, w: &EnvWrite, now: Millis) -> Result<EnvOutcome, EnvWriteError> {
+        if let Some(v) = w.if_match
+            && v != self.version()
+        {
+            return Err(EnvWriteError::VersionMismatch {
+                current: self.version(),
+            });
+        }
+        let target: BTreeMap<String, String> = match &w.op {
+            EnvOp::Patch(p) => {
+                let mut next = self.map.clone();
+                for (k, v) in p.entries() {
+                    match v {
+                        Some(v) => next.insert(k.to_string(), v.clone()),
+                        None => next.remove(k.as_str()),
+                    };
+                }
+                next
+            }
+            EnvOp::Rollback { to_version } => match usize::try_from(*to_version)
+                .ok()
+                .and_then(|i| self.history.get(i))
+            {
+                Some(m) => m.clone(),
+                None => return Err(EnvWriteError::VersionNotFound(*to_version)),
+            },
+        };
+        let size = Self::json_len(&target);
+        if size > MAX_ENV_BYTES {
+            return Err(EnvWriteError::Invalid(EnvError::TooLarge { size }));
+        }
+        let set: Vec<String> = target
+            .iter()
+            .filter(|(k, v)| self.map.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let deleted: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| !target.contains_key(*k))
+            .cloned()
+            .collect();
+        let changed = stackyard_core::env::EnvChange { set, deleted };
+        if !changed.is_empty() {
+            self.map = target;
+            self.history.push(self.map.clone());
+        }
+        Ok(EnvOutcome {
+            version: self.version(),
+            changed,
+            env: EnvMap::from_map(self.map.clone()),
+            updated_at: now,
+        })
+    }
+}
+
+const MODEL_KEYS: [&str; 8] = [
+    "A",
+    "B",
+    "C",
+    "DATABASE_URL",
+    "E_1",
+    "_F",
+    "LONG_KEY_NAME_G",
+    "h",
+];
+
+fn random_value(rng: &mut Rng) -> String {
+    const CHARS: [&str; 10] = ["a", "b", "z", "0", "\"", "\\", "\n", "é", "😀", " "];
+    let len = 1 + rng.below(12);
+    (0..len).map(|_| CHARS[rng.below(CHARS.len())]).collect()
+}
+
+/// A random write against `model`: merges with sets, `""` and `null` deletes and no-ops, values
+/// sized to land the map exactly on, just below or just above the 65,536-byte limit, If-Match
+/// preconditions (current or stale) and rollbacks (existing or not).
+fn random_write(rng: &mut Rng, model: &Model, now: i64) -> EnvWrite {
+    let mut w = match rng.below(10) {
+        0 => {
+            let to = rng.below(model.history.len() + 2) as i64 - 1;
+            rollback(to, now)
+        }
+        1 | 2 => {
+            // One key sized so that the whole map is MAX-1, MAX or MAX+1 bytes.
+            let key = MODEL_KEYS[rng.below(MODEL_KEYS.len())];
+            let mut probe = model.map.clone();
+            probe.insert(key.to_owned(), String::new());
+            let target = MAX_ENV_BYTES - 1 + rng.below(3);
+            let len = target.saturating_sub(Model::json_len(&probe)).max(1);
+            patch(json!({ key: "x".repeat(len) }), now)
+        }
+        _ => {
+            let mut env = serde_json::Map::new();
+            for _ in 0..1 + rng.below(4) {
+                let key = MODEL_KEYS[rng.below(MODEL_KEYS.len())];
+                let value = match rng.below(6) {
+                    0 => Value::Null,
+                    1 => Value::String(String::new()),
+                    // Re-set the current value: a no-op for that key.
+                    2 => model
+                        .map
+                        .get(key)
+                        .map_or(Value::Null, |v| Value::String(v.clone())),
+                    _ => Value::String(random_value(rng)),
+                };
+                env.insert(key.to_owned(), value);
+            }
+            patch(Value::Object(env), now)
+        }
+    };
+    if rng.chance(15) {
+        w.if_match = Some(model.version() - rng.below(2) as i64);
+    }
+    w
+}
+
+pub async fn env_model_random_patches_match_a_btreemap<S: Store>(store: S) {
+    for seed in 1..=6u64 {
+        let s = stack(&store, None, 0).await;
+        let mut rng = Rng(seed);
+        let mut model = Model {
+            map: BTreeMap::new(),
+            history: vec![BTreeMap::new()],
+        };
+        for step in 0..40 {
+            let now = step + 1;
+            let batch: Vec<EnvWrite> = (0..1 + rng.below(4))
+                .map(|_| random_write(&mut rng, &model, now))
+                .collect();
+            let expected: Vec<_> = batch.iter().map(|w| model.apply(w, at(now))).collect();
+            let got = apply(&store, &s, batch).await;
+            assert_eq!(got, expected, "seed {seed} step {step}");
+            let env = current_env(&store, &s).await;
+            assert_eq!(env.version, model.version(), "seed {seed} step {step}");
+            assert_eq!(env.env.vars(), &model.map, "seed {seed} step {step}");
+        }
+        let versions = store.list_env_versions(s.id, 1, None).await.unwrap();
+        assert_eq!(
+            versions.total,
+            model.version(),
+            "seed {seed}: one history row per effective write"
+        );
+    }
+}
+
+pub async fn get_env_with_reveal_writes_an_audit_row<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "PASSWORD": "hunter2" }), 1))
+        .await
+        .unwrap();
+    let plain = store.get_env(s.id, None).await.unwrap().unwrap();
+    assert_eq!((plain.version, plain.updated_at), (1, at(1)));
+    assert!(plain.changed.is_empty());
+    assert_eq!(
+        plain.env.get("PASSWORD"),
+        Some("hunter2"),
+        "the store returns values; masking is the API's job"
+    );
+    assert!(
+        audit_all(&store, t.id, None, Some("stack.env.revealed"))
+            .await
+            .is_empty()
+    );
+
+    let revealed = store.get_env(s.id, Some(ctx(2))).await.unwrap().unwrap();
+    assert_eq!(revealed, plain);
+    let rows = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.env.revealed"),
+    )
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].metadata, json!({ "version": 1 }));
+    assert_eq!(
+        (
+            rows[0].actor.as_str(),
+            rows[0].request_id.as_deref(),
+            rows[0].at
+        ),
+        ("token:1", Some("req-2"), at(2))
+    );
+
+    assert!(
+        store
+            .get_env(StackId(i64::from(i32::MAX)), Some(ctx(3)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        audit_all(&store, t.id, None, Some("stack.env.revealed"))
+            .await
+            .len(),
+        1
+    );
+}
+
+pub async fn list_env_versions_pages_newest_first<S: Store>(store: S) {
+    let s = stack(&store, None, 0).await;
+    for i in 1..=7 {
+        let w = if i % 3 == 0 {
+            patch(json!({ format!("K{}", i - 1): null }), i)
+        } else {
+            patch(json!({ format!("K{i}"): "v" }), i)
+        };
+        apply_one(&store, &s, w).await.unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_env_versions(s.id, 3, cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(page.total, 7);
+        pages.push(page.items.iter().map(|v| v.version).collect::<Vec<_>>());
+        match page.next_cursor {
+            Some(c) if !page.items.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+        assert!(pages.len() <= 4);
+    }
+    let flat: Vec<i64> = pages.concat();
+    assert_eq!(flat, [7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(&pages[..3], &[vec![7, 6, 5], vec![4, 3, 2], vec![1]]);
+    let first = store.list_env_versions(s.id, 3, None).await.unwrap();
+    assert_eq!(first.items[1].version, 6);
+    assert_eq!(
+        (first.items[1].set.clone(), first.items[1].deleted.clone()),
+        (keys(&[]), keys(&["K5"]))
+    );
+    assert_eq!(
+        (first.items[0].set.clone(), first.items[0].created_at),
+        (keys(&["K7"]), at(7))
+    );
+    let garbage = store.list_env_versions(s.id, 3, Some("x")).await.unwrap();
+    assert_eq!(
+        garbage.items, first.items,
+        "an unreadable cursor starts from the newest"
+    );
+}
+
+pub async fn preview_env_write_writes_nothing<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
+        .await
+        .unwrap();
+    let p = store
+        .preview_env_write(s.id, patch(json!({ "A": "2", "B": "3" }), 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.version, 2);
+    assert_eq!(p.changed.set, keys(&["A", "B"]));
+    assert_eq!(p.env.vars(), &vars(&[("A", "2"), ("B", "3")]));
+    assert_eq!(
+        store
+            .preview_env_write(s.id, if_match(patch(json!({ "A": "2" }), 2), 0))
+            .await
+            .unwrap(),
+        Err(EnvWriteError::VersionMismatch { current: 1 })
+    );
+    let back = store
+        .preview_env_write(s.id, rollback(0, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.version, back.changed.deleted.clone()),
+        (2, keys(&["A"]))
+    );
+    let noop = store
+        .preview_env_write(s.id, patch(json!({ "A": "1" }), 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((noop.version, noop.changed.is_empty()), (1, true));
+
+    let env = current_env(&store, &s).await;
+    assert_eq!(
+        (env.version, env.env.vars().clone()),
+        (1, vars(&[("A", "1")]))
+    );
+    assert_eq!(
+        store.list_env_versions(s.id, 10, None).await.unwrap().total,
+        1
+    );
+    assert_eq!(
+        audit_all(&store, t.id, None, Some("stack.env.updated"))
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        audit_all(&store, t.id, None, Some("stack.env.rolled_back"))
+            .await
+            .is_empty()
+    );
+}

@@ -1,0 +1,371 @@
+//! The shared store suite on SQLite (a new file per test), plus SQLite-only checks: the
+//! pragmas, lock waits bounded by `busy_timeout`, rows that outlive a stack.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use stackyard_core::env::EnvPatch;
+use stackyard_core::ids::StackSlug;
+use stackyard_core::model::*;
+use stackyard_core::store::*;
+use stackyard_core::time::Millis;
+use stackyard_store_sqlite::SqliteStore;
+use stackyard_testkit::sqlite::{SqliteTestDb, fresh};
+use std::time::{Duration, Instant};
+
+async fn factory(opts: StoreOptions) -> Option<(SqliteTestDb, SqliteStore)> {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, opts)
+        .await
+        .expect("connect to a fresh SQLite file");
+    Some((db, store))
+}
+
+stackyard_testkit::store_suite!(factory);
+
+fn ctx(now: i64) -> AuditCtx {
+    AuditCtx {
+        actor: Actor::system(),
+        request_id: None,
+        now: Millis(now),
+    }
+}
+
+fn new_stack(now: i64) -> NewStack {
+    NewStack {
+        slug: StackSlug::generate(),
+        name: "app".into(),
+        environment: "development".into(),
+        team_id: None,
+        fingerprint: None,
+        tier: "anonymous".into(),
+        expires_at: None,
+        manifest: String::new(),
+        services: vec![],
+        artifacts: vec![],
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+fn set(key: &str, value: &str) -> EnvWrite {
+    let body = json!({ "env": { key: value } }).to_string();
+    EnvWrite {
+        op: EnvOp::Patch(EnvPatch::parse(body.as_bytes()).unwrap()),
+        if_match: None,
+        ctx: ctx(1),
+        idempotency: None,
+    }
+}
+
+fn render(_: &StackSlug, o: &EnvOutcome) -> String {
+    o.version.to_string()
+}
+
+async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
+    let db = fresh();
+    let opts = StoreOptions {
+        lock_timeout: Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let store = SqliteStore::connect(&db.url, opts).await.unwrap();
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+
+    // Another connection (think: another process) holds the write lock.
+    let mut holder = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("UPDATE stacks SET updated_at = updated_at")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let err = store
+        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err, EnvBatchError::Store(StoreError::LockTimeout));
+    assert!(
+        waited >= Duration::from_millis(250),
+        "waited only {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+
+    let started = Instant::now();
+    let err = store
+        .request_deletion(Access::Anonymous, &s.slug, ctx(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::LockTimeout);
+    assert!(err.is_retryable());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    holder.rollback().await.unwrap();
+    let out = store
+        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap().version, 1);
+    let d = store
+        .request_deletion(Access::Anonymous, &s.slug, ctx(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, StackStatus::Deleting);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_connect_sets_wal_full_sync_and_foreign_keys() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(busy, 3000);
+    assert!(db.dir.path().join("stackyard.db").exists());
+    assert_eq!(store.backend(), "sqlite");
+    assert!(!store.is_shared());
+    store.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_in_memory_url_works_on_one_connection() {
+    let store = SqliteStore::connect("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+    store
+        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .await
+        .unwrap();
+    let d = store
+        .get_stack(Access::Anonymous, &s.slug)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.stack.env_version, 1);
+    assert_eq!(
+        store
+            .get_env(s.id, Some(ctx(1)))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+    store
+        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .await
+        .unwrap();
+    drop(store);
+    let again = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let env = again.get_env(s.id, None).await.unwrap().unwrap();
+    assert_eq!((env.version, env.env.get("A")), (1, Some("1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut new = new_stack(0);
+    new.services = vec![ReleaseService {
+        name: stackyard_core::ids::ServiceName::parse("web").unwrap(),
+        artifact: "ab".repeat(32),
+        command: "./web".into(),
+        workdir: String::new(),
+        port: 8080,
+        expose: true,
+        health: None,
+        env: Default::default(),
+    }];
+    let s = store.create_stack(new).await.unwrap();
+    store
+        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .await
+        .unwrap();
+    store
+        .request_deletion(Access::Anonymous, &s.slug, ctx(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let job = store
+        .claim_job("w", Millis(2), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.finish_teardown(&job, Millis(3)).await.unwrap());
+
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM stacks").await, 0);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM services").await, 0);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM releases").await, 0);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM env_versions").await, 0);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM jobs").await,
+        2,
+        "deploy (superseded) and teardown (done)"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM jobs WHERE state = 'superseded'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM audit_log").await, 4);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM artifacts").await,
+        0,
+        "no artifacts were declared"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_errors_and_debug_never_show_the_path() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let shown = format!("{store:?}");
+    assert!(
+        !shown.contains("stackyard.db") && !shown.contains("sqlite-"),
+        "{shown}"
+    );
+
+    let missing_dir = db.dir.path().join("no/such/dir/x.db");
+    let url = format!("sqlite://{}", missing_dir.display());
+    let err = SqliteStore::connect(&url, StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("no/such/dir"), "{err}");
+
+    let err = SqliteStore::connect("postgres://user:secret@host/db", StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_env_batch_rows_are_stored_in_version_order() {
+    // The batch inserts its version and audit rows through json_each: check what lands.
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+    let writes: Vec<EnvWrite> = (0..50).map(|i| set(&format!("K{i}"), "v")).collect();
+    let out = store.apply_env_writes(s.id, writes, render).await.unwrap();
+    assert_eq!(out.len(), 50);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM env_versions").await, 51);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM audit_log WHERE kind = 'stack.env.updated'"
+        )
+        .await,
+        50
+    );
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM audit_log WHERE kind = 'stack.env.updated' ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT json_extract(metadata, '$.version') FROM audit_log WHERE kind = 'stack.env.updated' ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        (1..=50).collect::<Vec<i64>>(),
+        "audit ids follow version order"
+    );
+    assert_eq!(ids.len(), 50);
+    let snapshot: Option<String> =
+        sqlx::query_scalar("SELECT snapshot FROM env_versions WHERE version = 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(snapshot, None, "JSON null is stored as SQL NULL");
+    let changes: String = sqlx::query_scalar("SELECT changes FROM env_versions WHERE version = 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(changes, r#"{"K0":"v"}"#);
+}
+
+/// Not a correctness test: batched env throughput with synchronous=FULL, for comparing
+/// implementations. `cargo test -p stackyard-store-sqlite --release -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn sqlite_env_batch_throughput() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+    // A realistic map: 200 keys of 100 bytes (~22 KiB of JSON).
+    let fill: Vec<EnvWrite> = (0..200)
+        .map(|i| set(&format!("BASE_{i}"), &"x".repeat(100)))
+        .collect();
+    store.apply_env_writes(s.id, fill, render).await.unwrap();
+    for batch_size in [1usize, 8, 32, 128] {
+        let batches = 400 / batch_size.min(100) + 20;
+        let started = Instant::now();
+        for b in 0..batches {
+            let writes: Vec<EnvWrite> = (0..batch_size)
+                .map(|i| set(&format!("K{}", i % 50), &format!("v{b}.{i}")))
+                .collect();
+            store.apply_env_writes(s.id, writes, render).await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "batch {batch_size:>3}: {:>8.1} batches/s {:>9.1} writes/s ({:.2} ms/batch)",
+            batches as f64 / secs,
+            (batches * batch_size) as f64 / secs,
+            secs * 1000.0 / batches as f64
+        );
+    }
+}
