@@ -93,11 +93,9 @@ pub fn plan_batch(
     let mut records = Vec::new();
 
     for (i, w) in writes.iter().enumerate() {
-        if let Some(expected) = w.if_match {
-            if expected != version {
-                outcomes.push(Err(EnvWriteError::VersionMismatch { current: version }));
-                continue;
-            }
+        if w.if_match.is_some_and(|expected| expected != version) {
+            outcomes.push(Err(EnvWriteError::VersionMismatch { current: version }));
+            continue;
         }
         let (patch, rollback_to): (EnvPatch, Option<i64>) = match &w.op {
             EnvOp::Patch(p) => (p.clone(), None),

@@ -335,37 +335,3 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         .unwrap();
     assert_eq!(changes, r#"{"K0":"v"}"#);
 }
-
-/// Not a correctness test: batched env throughput with synchronous=FULL, for comparing
-/// implementations. `cargo test -p stackyard-store-sqlite --release -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore]
-async fn sqlite_env_batch_throughput() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
-    let s = store.create_stack(new_stack(0)).await.unwrap();
-    // A realistic map: 200 keys of 100 bytes (~22 KiB of JSON).
-    let fill: Vec<EnvWrite> = (0..200)
-        .map(|i| set(&format!("BASE_{i}"), &"x".repeat(100)))
-        .collect();
-    store.apply_env_writes(s.id, fill, render).await.unwrap();
-    for batch_size in [1usize, 8, 32, 128] {
-        let batches = 400 / batch_size.min(100) + 20;
-        let started = Instant::now();
-        for b in 0..batches {
-            let writes: Vec<EnvWrite> = (0..batch_size)
-                .map(|i| set(&format!("K{}", i % 50), &format!("v{b}.{i}")))
-                .collect();
-            store.apply_env_writes(s.id, writes, render).await.unwrap();
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "batch {batch_size:>3}: {:>8.1} batches/s {:>9.1} writes/s ({:.2} ms/batch)",
-            batches as f64 / secs,
-            (batches * batch_size) as f64 / secs,
-            secs * 1000.0 / batches as f64
-        );
-    }
-}

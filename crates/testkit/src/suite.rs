@@ -2,7 +2,7 @@
 //! the trait alone, on a fresh, empty database; `store_suite!` turns every one of them into a
 //! `#[tokio::test]` for a backend, given its factory:
 //!
-//! ```ignore
+//! ```text
 //! async fn factory(opts: StoreOptions) -> Option<(Guard, MyStore)> { … }
 //! stackyard_testkit::store_suite!(factory);
 //! ```

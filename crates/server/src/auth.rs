@@ -1,0 +1,210 @@
+//! Who is calling: `Caller` for routes where a token is optional, `TeamCaller` where it is
+//! required. A token that is present but unknown, revoked or malformed is always 401, never a
+//! silent downgrade to anonymous.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::middleware::RequestId;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use stackyard_core::model::{Access, Actor, AuditCtx, Principal};
+use stackyard_core::store::Store;
+use stackyard_core::{ApiToken, TokenDigest};
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No token. `fingerprint` is the client network (IPv4 /24 or IPv6 /64).
+    Anonymous {
+        fingerprint: String,
+    },
+    Team(Principal),
+}
+
+impl Caller {
+    pub fn access(&self) -> Access {
+        match self {
+            Caller::Anonymous { .. } => Access::Anonymous,
+            Caller::Team(p) => Access::Team(p.team.id),
+        }
+    }
+
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Anonymous { .. } => Actor::anonymous(),
+            Caller::Team(p) => Actor::token(p.token.id),
+        }
+    }
+
+    /// The namespace of this caller's idempotency keys.
+    pub fn idempotency_scope(&self) -> String {
+        match self {
+            Caller::Anonymous { fingerprint } => format!("anon:{fingerprint}"),
+            Caller::Team(p) => format!("team:{}", p.team.id.0),
+        }
+    }
+}
+
+/// A caller that presented a valid token.
+#[derive(Debug, Clone)]
+pub struct TeamCaller(pub Principal);
+
+impl TeamCaller {
+    pub fn caller(&self) -> Caller {
+        Caller::Team(self.0.clone())
+    }
+}
+
+/// The client's network, the unit of anonymous rate limits: IPv4 /24, IPv6 /64.
+pub fn fingerprint(addr: Option<SocketAddr>) -> String {
+    match addr.map(|a| a.ip()) {
+        Some(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => fingerprint(Some(SocketAddr::new(IpAddr::V4(v4), 0))),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        None => "unknown".to_owned(),
+    }
+}
+
+/// The bearer token in the request, if any; `Err` when the header is present but malformed.
+fn bearer(parts: &Parts) -> Result<Option<ApiToken>, ApiError> {
+    let Some(v) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || ApiError::unauthorized("The Authorization header must be `Bearer <token>`.");
+    let s = v.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = s.split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 512 {
+        return Err(malformed());
+    }
+    Ok(Some(ApiToken::from_presented(token)))
+}
+
+async fn principal<S: Store>(state: &AppState<S>, token: &ApiToken) -> Result<Principal, ApiError> {
+    let digest = token.digest();
+    if let Some(p) = state.auth_cache.get(&digest) {
+        return Ok(p);
+    }
+    let p = state
+        .store
+        .authenticate(&digest)
+        .await
+        .map_err(|e| ApiError::store("auth_unavailable", &e))?
+        .ok_or_else(|| ApiError::unauthorized("The API token is invalid or has been revoked."))?;
+    state.auth_cache.put(digest, p.clone());
+    Ok(p)
+}
+
+/// Valid tokens seen recently, for a store no other server shares (SQLite). Only this process
+/// revokes tokens there, and it drops the entry in the same request, so a revoked token still
+/// stops working at once; unknown tokens are never cached. With a shared store (PostgreSQL)
+/// another server may revoke a token, so the cache is off and every request asks the database.
+pub struct AuthCache {
+    enabled: bool,
+    map: std::sync::Mutex<std::collections::HashMap<TokenDigest, (Principal, std::time::Instant)>>,
+}
+
+impl AuthCache {
+    /// Entries are re-checked against the store after this long regardless.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX: usize = 10_000;
+
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            map: Default::default(),
+        }
+    }
+
+    fn get(&self, digest: &TokenDigest) -> Option<Principal> {
+        if !self.enabled {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(digest)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, digest: TokenDigest, p: Principal) {
+        if !self.enabled {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(digest, (p, std::time::Instant::now()));
+    }
+
+    /// Forgets a token (after its revoke committed, before the response is sent).
+    pub fn forget_token(&self, token_id: i64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (p, _)| p.token.id != token_id);
+    }
+}
+
+impl<S: Store> FromRequestParts<AppState<S>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
+        match bearer(parts)? {
+            Some(token) => Ok(Caller::Team(principal(state, &token).await?)),
+            None => {
+                let peer = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                Ok(Caller::Anonymous {
+                    fingerprint: fingerprint(peer),
+                })
+            }
+        }
+    }
+}
+
+impl<S: Store> FromRequestParts<AppState<S>> for TeamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
+        match bearer(parts)? {
+            Some(token) => Ok(TeamCaller(principal(state, &token).await?)),
+            None => Err(ApiError::unauthorized("This route requires an API token.")),
+        }
+    }
+}
+
+/// Who and when, for the audit row of a change made by this request.
+pub fn audit_ctx(caller: &Caller, request_id: &RequestId) -> AuditCtx {
+    AuditCtx {
+        actor: caller.actor(),
+        request_id: Some(request_id.0.clone()),
+        now: crate::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_group_networks() {
+        let a: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+        let b: SocketAddr = "203.0.113.200:1".parse().unwrap();
+        assert_eq!(fingerprint(Some(a)), "203.0.113.0/24");
+        assert_eq!(fingerprint(Some(a)), fingerprint(Some(b)));
+        let v6: SocketAddr = "[2001:db8:1:2:3:4:5:6]:80".parse().unwrap();
+        assert_eq!(fingerprint(Some(v6)), "2001:db8:1:2::/64");
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+        assert_eq!(fingerprint(Some(mapped)), "10.1.2.0/24");
+    }
+}

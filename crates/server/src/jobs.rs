@@ -1,0 +1,265 @@
+//! Job workers: claim durable jobs from the store and drive the runtime. A claimed job carries
+//! a lease the worker keeps renewing; if this process dies the lease runs out and any server
+//! sharing the database takes the job over (on an unshared SQLite store, start-up requeues it at
+//! once). Every write a job makes is fenced by its claim and its operation generation, so a job
+//! taken over, or superseded by a newer operation, can no longer change anything.
+
+use crate::now;
+use stackyard_core::ServiceName;
+use stackyard_core::model::{Job, JobKind, ServiceStatus};
+use stackyard_core::runtime::{BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink};
+use stackyard_core::store::{DeployResult, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// A deploy that keeps failing for infrastructure reasons is given up after this many tries;
+/// a teardown is retried forever (giving up would leave a stack stuck in `deleting`).
+const MAX_DEPLOY_ATTEMPTS: i64 = 5;
+/// How often an idle worker looks for jobs queued by other servers.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Workers<S: Store> {
+    pub store: S,
+    pub runtime: Arc<dyn Runtime>,
+    pub ready: Arc<Notify>,
+    pub worker_id: String,
+    pub lease: Duration,
+    pub slots: usize,
+}
+
+impl<S: Store> Workers<S> {
+    /// Claims and runs jobs until `shutdown` turns true. Jobs still running then are left to
+    /// their leases (another server, or this one after a restart, resumes them).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.slots.max(1)));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = crate::stopped(&mut shutdown) => break,
+            };
+            match this
+                .store
+                .claim_job(&this.worker_id, now(), this.lease)
+                .await
+            {
+                Ok(Some(job)) => {
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        this.execute(job).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = this.ready.notified() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = crate::stopped(&mut shutdown) => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "could not claim a job");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = crate::stopped(&mut shutdown) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one job while a heartbeat renews its lease; stops work as soon as the claim is lost.
+    async fn execute(self: &Arc<Self>, job: Job) {
+        let span = tracing::info_span!("job", id = job.id, kind = %job.kind, stack = %job.slug);
+        let _guard = span.enter();
+        drop(_guard);
+        let lost = Arc::new(Notify::new());
+        let heartbeat = {
+            let (this, job, lost) = (self.clone(), job.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(this.lease / 3).await;
+                    match this.store.renew_job_lease(&job, now(), this.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.notify_one();
+                            return;
+                        }
+                        // A passing database error: the next beat may succeed before the lease ends.
+                        Err(e) => {
+                            tracing::warn!(error = %e, job = job.id, "could not renew a job lease")
+                        }
+                    }
+                }
+            })
+        };
+        tokio::select! {
+            _ = self.run_job(&job) => {}
+            _ = lost.notified() => tracing::warn!(job = job.id, "job claim lost; another worker owns it now"),
+        }
+        heartbeat.abort();
+    }
+
+    async fn run_job(&self, job: &Job) {
+        let started = std::time::Instant::now();
+        let result = match job.kind {
+            JobKind::Deploy => self.deploy(job).await,
+            JobKind::Teardown => self.teardown(job).await,
+        };
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(e) => {
+                // The job stays claimed; its lease runs out and it is retried.
+                tracing::warn!(error = %e, job = job.id, "job could not record its result");
+                "store_error"
+            }
+        };
+        metrics::counter!("stackyard_jobs_total", "kind" => job.kind.as_str(), "outcome" => outcome).increment(1);
+        metrics::histogram!("stackyard_job_seconds", "kind" => job.kind.as_str())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    async fn deploy(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+        let Some((stack, release, env)) = self.store.deploy_context(job).await? else {
+            // The stack is gone (torn down meanwhile): nothing to deploy.
+            self.store
+                .finish_deploy(
+                    job,
+                    DeployResult {
+                        ok: false,
+                        error: Some("the stack no longer exists".into()),
+                    },
+                    now(),
+                )
+                .await?;
+            return Ok(());
+        };
+        let plan = DeployPlan {
+            slug: stack.slug.clone(),
+            release: release.info.version,
+            env_version: release.info.env_version,
+            services: release.services,
+            env,
+        };
+        let sink = JobSink {
+            store: self.store.clone(),
+            job: job.clone(),
+        };
+        match self.runtime.deploy(&plan, &sink).await {
+            Ok(()) => {
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: true,
+                            error: None,
+                        },
+                        now(),
+                    )
+                    .await?;
+                tracing::info!(stack = %job.slug, release = plan.release, "deploy finished");
+            }
+            Err(RuntimeError::Failed(msg)) => {
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: false,
+                            error: Some(msg),
+                        },
+                        now(),
+                    )
+                    .await?;
+                tracing::info!(stack = %job.slug, release = plan.release, "deploy failed");
+            }
+            Err(RuntimeError::Transient(msg)) => {
+                let give_up = job.attempts >= MAX_DEPLOY_ATTEMPTS;
+                self.store
+                    .retry_job(
+                        job,
+                        &msg,
+                        now().saturating_add_ms(backoff_ms(job.attempts)),
+                        give_up,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+        match self.runtime.teardown(&job.slug).await {
+            Ok(()) => {
+                self.store.finish_teardown(job, now()).await?;
+                tracing::info!(stack = %job.slug, "teardown finished");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, stack = %job.slug, "teardown failed; will retry");
+                self.store
+                    .retry_job(
+                        job,
+                        &e.to_string(),
+                        now().saturating_add_ms(backoff_ms(job.attempts)),
+                        false,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1 s, 2 s, 4 s … capped at 60 s.
+fn backoff_ms(attempts: i64) -> i64 {
+    1000i64
+        .saturating_mul(1 << attempts.clamp(0, 6))
+        .min(60_000)
+}
+
+/// Turns runtime progress into fenced status writes.
+struct JobSink<S: Store> {
+    store: S,
+    job: Job,
+}
+
+impl<S: Store> StatusSink for JobSink<S> {
+    fn service_status<'a>(
+        &'a self,
+        service: &'a ServiceName,
+        status: ServiceStatus,
+        url: Option<&'a str>,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match self
+                .store
+                .record_service_status(&self.job, service, status, url, error, now())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    job = self.job.id,
+                    "status write skipped: a newer operation owns the stack"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, job = self.job.id, "could not record a service status")
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_ms(0), 1000);
+        assert_eq!(backoff_ms(3), 8000);
+        assert_eq!(backoff_ms(50), 60_000);
+    }
+}

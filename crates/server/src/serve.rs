@@ -1,0 +1,238 @@
+//! Start-up: pick the store from the database URL, bootstrap the first team, start the job
+//! workers and the HTTP listener. `start` returns once the server is ready.
+
+use crate::app::{AppState, router};
+use crate::config::{RuntimeKind, ServeArgs, StoreArgs, redact_url};
+use crate::jobs::Workers;
+use crate::noop::NoopRuntime;
+use crate::telemetry;
+use anyhow::{Context, bail};
+use stackyard_core::ApiToken;
+use stackyard_core::runtime::Runtime;
+use stackyard_core::store::{NewToken, Store, StoreOptions};
+use stackyard_store_postgres::PgStore;
+use stackyard_store_sqlite::SqliteStore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// Something to do with whichever store the URL selects; lets `main` stay generic over the
+/// backend without `dyn` (the choice is made once, here).
+pub trait WithStore {
+    type Output;
+    fn run<S: Store>(self, store: S) -> impl Future<Output = anyhow::Result<Self::Output>> + Send;
+}
+
+/// Connects to the store `args` names (running its migrations) and hands it to `user`.
+pub async fn with_store<U: WithStore>(
+    args: &StoreArgs,
+    opts: StoreOptions,
+    user: U,
+) -> anyhow::Result<U::Output> {
+    let url = args.database_url();
+    let shown = redact_url(&url);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(&url, opts)
+            .await
+            .with_context(|| format!("connecting to {shown}"))?;
+        user.run(store).await
+    } else if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+        let store = SqliteStore::connect(&url, opts)
+            .await
+            .with_context(|| format!("opening {shown}"))?;
+        user.run(store).await
+    } else {
+        bail!("unsupported --database-url {shown}: use sqlite://PATH or postgres://…")
+    }
+}
+
+/// Store settings for one-off commands (`admin`): the defaults, few connections.
+pub fn store_options_for(_args: &StoreArgs) -> StoreOptions {
+    StoreOptions {
+        max_connections: 2,
+        ..StoreOptions::default()
+    }
+}
+
+pub fn store_options(args: &ServeArgs) -> StoreOptions {
+    StoreOptions {
+        lock_timeout: args.lock_timeout,
+        env_history: args.env_history,
+        max_connections: args.db_connections,
+    }
+}
+
+/// A running server; dropping it does not stop it, call `stop`.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests and jobs, and waits for open requests (bounded).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the server stops (after `stop` elsewhere or a fatal error).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts a server with `args`; returns once it listens.
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
+    let opts = store_options(&args);
+    let store_args = args.store.clone();
+    with_store(&store_args, opts, Start(args)).await
+}
+
+struct Start(ServeArgs);
+
+impl WithStore for Start {
+    type Output = RunningServer;
+
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<RunningServer> {
+        start_with(store, self.0).await
+    }
+}
+
+async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&args.store.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            args.store.data_dir.display()
+        )
+    })?;
+    bootstrap(&store, &args.store.data_dir).await?;
+    if !store.is_shared() {
+        let n = store
+            .requeue_running_jobs()
+            .await
+            .context("requeueing jobs of the previous run")?;
+        if n > 0 {
+            tracing::info!(jobs = n, "requeued jobs left running by the previous run");
+        }
+    }
+
+    let runtime: Arc<dyn Runtime> = match args.runtime {
+        RuntimeKind::Noop => Arc::new(NoopRuntime {
+            step: args.noop_step,
+        }),
+        RuntimeKind::Local => {
+            tracing::warn!("the local runtime is not available in this build yet; using noop");
+            Arc::new(NoopRuntime {
+                step: args.noop_step,
+            })
+        }
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let jobs_ready = Arc::new(Notify::new());
+    let state = AppState::new(
+        store.clone(),
+        args.clone(),
+        jobs_ready.clone(),
+        telemetry::metrics_handle(),
+    );
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the API address {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let backend = store.backend();
+    let workers = Workers {
+        store,
+        runtime,
+        ready: jobs_ready,
+        worker_id: format!("{}:{}", hostname(), std::process::id()),
+        lease: args.job_lease,
+        slots: args.job_workers,
+    };
+    let mut tasks = vec![tokio::spawn(workers.run(shutdown_rx.clone()))];
+    tasks.push(tokio::spawn(crate::http::serve(
+        listener,
+        router(state),
+        shutdown_rx,
+        Duration::from_secs(10),
+    )));
+    tracing::info!(store = backend, "api listening on http://{addr}");
+    Ok(RunningServer {
+        addr,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "stackyard".into())
+}
+
+/// First start on an empty database: team `default` and an admin token in
+/// `<data dir>/admin-token` (mode 0600). The token is written to a temporary file before the
+/// database commits it, so a committed token always reached the disk; the log says where it
+/// is, never what it is.
+async fn bootstrap<S: Store>(store: &S, data_dir: &Path) -> anyhow::Result<()> {
+    let token = ApiToken::generate();
+    let final_path = data_dir.join("admin-token");
+    let tmp = data_dir.join(".admin-token.tmp");
+    write_private(&tmp, token.expose()).context("writing the admin token")?;
+    let created = store
+        .bootstrap_default_team(
+            NewToken {
+                name: "admin".into(),
+                digest: token.digest(),
+            },
+            crate::now(),
+        )
+        .await;
+    match created {
+        Ok(true) => {
+            std::fs::rename(&tmp, &final_path).context("writing the admin token")?;
+            tracing::info!(path = %final_path.display(), "created team `default`; its admin token is in this file");
+            Ok(())
+        }
+        Ok(false) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e).context("creating the default team")
+        }
+    }
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,11 @@
+//! API tests over real HTTP: a server on port 0, a fresh SQLite file or PostgreSQL database per
+//! test, every route's happy path and every listed error code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod env;
+mod hostile;
+mod stacks;
+mod tokens;

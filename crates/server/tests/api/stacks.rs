@@ -1,0 +1,517 @@
+//! `/stacks/*`: create, read, list, delete, idempotency, limits, ownership.
+
+use crate::support::*;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+use std::sync::Arc;
+
+const STACK_TABLES: [&str; 5] = ["stacks", "services", "releases", "jobs", "env_versions"];
+
+async fn create_get_list_delete_round_trip(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let token = app.admin_token.clone();
+    let (code, body) = app
+        .create_stack(Some(&token), two_service_form("My app"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let slug = body["stack_id"].as_str().unwrap().to_owned();
+    assert!(slug.starts_with("stk-") && slug.len() >= 24, "{slug}");
+    assert_eq!(body["status"], "building");
+    assert_eq!(body["name"], "My app");
+    assert_eq!(body["env"], "development");
+    assert_eq!(body["tier"], "team");
+    assert_eq!(body["expires_in"], "");
+    assert_eq!(body["services"].as_array().unwrap().len(), 2);
+
+    let (_, healthy) = app
+        .wait_for(&slug, Some(&token), |_, b| b["release"]["status"] == "live")
+        .await;
+    assert_eq!(healthy["status"], "healthy");
+    for svc in healthy["services"].as_array().unwrap() {
+        assert_eq!(svc["status"], "healthy", "{healthy}");
+    }
+    assert_eq!(healthy["services"][0]["name"], "api");
+    assert_eq!(healthy["services"][0]["port"], 3000);
+    assert_eq!(healthy["services"][1]["expose"], true);
+    assert_eq!(healthy["env_version"], 0);
+    assert_eq!(healthy["release"]["version"], 1);
+    assert_eq!(healthy["release"]["status"], "live");
+    assert!(healthy.get("expires_at").is_none());
+
+    let (code, v1) = json_of(
+        app.get(&format!("/api/v1/stacks/{slug}"), Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(v1["stack_id"], slug.as_str());
+
+    let (code, list) = json_of(
+        app.get("/api/v1/stacks", Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["stack_id"], slug.as_str());
+    assert_eq!(list["items"][0]["status"], "healthy");
+
+    let res = app
+        .delete(&format!("/stacks/{slug}"), Some(&token))
+        .send()
+        .await
+        .unwrap();
+    let (code, del) = json_of(res).await;
+    assert_eq!(code, 202, "{del}");
+    assert_eq!(del["status"], "deleting");
+    let (code, again) = json_of(
+        app.delete(&format!("/stacks/{slug}"), Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(code == 202 || code == 404, "repeat delete: {code} {again}");
+    app.wait_for(&slug, Some(&token), |c, _| c == 404).await;
+    let (code, _) = json_of(
+        app.delete(&format!("/stacks/{slug}"), Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    let (_, audit) = json_of(
+        app.get(&format!("/api/v1/audit?stack={slug}"), Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let kinds: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "stack.created",
+        "stack.deployed",
+        "stack.deletion_requested",
+        "stack.deleted",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|x| **x == k).count(),
+            1,
+            "{k} in {kinds:?}"
+        );
+    }
+    let created = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "stack.created")
+        .unwrap();
+    assert!(created["request_id"].as_str().is_some());
+    assert!(created["actor"].as_str().unwrap().starts_with("token:"));
+    for t in STACK_TABLES.iter().filter(|t| **t != "jobs") {
+        assert_eq!(app.count(t, "").await, 0, "{t} left behind after teardown");
+    }
+}
+
+async fn anonymous_stacks_expire_and_are_visible_only_anonymously(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let (code, body) = app.create_stack(None, two_service_form("anon")).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["tier"], "anonymous");
+    assert_eq!(body["expires_in"], "6h");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let slug = body["stack_id"].as_str().unwrap().to_owned();
+    let (code, got) = json_of(
+        app.get(&format!("/stacks/{slug}"), None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(got["expires_at"].is_string());
+    // A team cannot see an anonymous stack, and the v1 route requires a token.
+    let (code, _) = json_of(
+        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, b) = json_of(
+        app.get(&format!("/api/v1/stacks/{slug}"), None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(assert_envelope(code, &b), "unauthorized");
+    // Anonymous callers may delete anonymous stacks (the slug is the secret).
+    let (code, _) = json_of(
+        app.delete(&format!("/stacks/{slug}"), None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 202);
+}
+
+async fn another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_401(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let owner = app.admin_token.clone();
+    let other = app.create_team("other", None).await;
+    let (_, body) = app
+        .create_stack(Some(&owner), two_service_form("mine"))
+        .await;
+    let slug = body["stack_id"].as_str().unwrap().to_owned();
+
+    for (method, path) in [
+        ("GET", format!("/stacks/{slug}")),
+        ("GET", format!("/api/v1/stacks/{slug}")),
+        ("DELETE", format!("/stacks/{slug}")),
+    ] {
+        let rb = match method {
+            "GET" => app.get(&path, Some(&other)),
+            _ => app.delete(&path, Some(&other)),
+        };
+        let (code, b) = json_of(rb.send().await.unwrap()).await;
+        assert_eq!(assert_envelope(code, &b), "not_found", "{method} {path}");
+        assert_eq!(code, 404);
+    }
+    let (_, list) = json_of(
+        app.get("/api/v1/stacks", Some(&other))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["total"], 0);
+    // The owner's stack is untouched by the other team's DELETE.
+    let (code, b) = json_of(
+        app.get(&format!("/stacks/{slug}"), Some(&owner))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_ne!(b["status"], "deleting");
+
+    // Revoke the other team's token: it stops working at once, everywhere.
+    let (_, who) = json_of(
+        app.get("/api/v1/whoami", Some(&other))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = who["token"]["id"].as_i64().unwrap();
+    let (code, _) = json_of(
+        app.delete(&format!("/api/v1/tokens/{id}"), Some(&other))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    for path in [
+        "/api/v1/whoami".to_owned(),
+        "/api/v1/stacks".to_owned(),
+        format!("/stacks/{slug}"),
+    ] {
+        let (code, b) = json_of(app.get(&path, Some(&other)).send().await.unwrap()).await;
+        assert_eq!(assert_envelope(code, &b), "unauthorized", "{path}");
+    }
+    // An invalid token on an optional-auth route is 401, not a downgrade to anonymous.
+    let (code, b) = app
+        .create_stack(Some("sy_not-a-real-token"), two_service_form("x"))
+        .await;
+    assert_eq!(
+        (code, assert_envelope(code, &b).as_str()),
+        (401, "unauthorized")
+    );
+}
+
+async fn create_rejects_each_invalid_form_with_its_code_and_writes_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let t = Some(app.admin_token.as_str());
+    let procfile = || Part::bytes(tarball(&[("Procfile", "web: ./run\n")]));
+    let one = "services:\n  api: {}\n";
+    let cases: Vec<(&str, Form)> = vec![
+        (
+            "missing_manifest",
+            Form::new().text("name", "x").part("api", procfile()),
+        ),
+        (
+            "name_required",
+            Form::new().text("manifest", one).part("api", procfile()),
+        ),
+        (
+            "invalid_name",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "-bad;name")
+                .part("api", procfile()),
+        ),
+        (
+            "invalid_env",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "x")
+                .text("env", "prod env")
+                .part("api", procfile()),
+        ),
+        (
+            "invalid_manifest",
+            Form::new()
+                .text("manifest", "services: [1, 2")
+                .text("name", "x")
+                .part("api", procfile()),
+        ),
+        (
+            "invalid_manifest",
+            Form::new()
+                .text("manifest", "services:\n  Bad_Name: {}\n")
+                .text("name", "x"),
+        ),
+        (
+            "invalid_env_key",
+            Form::new()
+                .text(
+                    "manifest",
+                    "services:\n  api:\n    env:\n      BAD-KEY: v\n",
+                )
+                .text("name", "x")
+                .part("api", procfile()),
+        ),
+        (
+            "missing_tarball",
+            Form::new()
+                .text("manifest", TWO_SERVICES)
+                .text("name", "x")
+                .part("api", procfile()),
+        ),
+        (
+            "invalid_tarball",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "x")
+                .part("api", Part::bytes(b"not a tarball".to_vec())),
+        ),
+        (
+            "missing_start_command",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "x")
+                .part("api", Part::bytes(tarball(&[("README", "hi")]))),
+        ),
+        (
+            "invalid_form",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "x")
+                .part("api", procfile())
+                .part("ghost", procfile()),
+        ),
+        (
+            "invalid_form",
+            Form::new()
+                .text("manifest", one)
+                .text("name", "x")
+                .text("name", "y")
+                .part("api", procfile()),
+        ),
+    ];
+    for (want, form) in cases {
+        let (code, body) = app.create_stack(t, form).await;
+        assert_eq!(code, 400, "{want}: {body}");
+        assert_eq!(assert_envelope(code, &body), want, "{body}");
+    }
+    // Not multipart at all.
+    let res = app
+        .post("/stacks/new", t)
+        .json(&serde_json::json!({"manifest": one}))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(res).await;
+    assert_eq!(assert_envelope(code, &body), "invalid_form");
+
+    for table in STACK_TABLES {
+        assert_eq!(
+            app.count(table, "").await,
+            0,
+            "{table} has rows after rejected creates"
+        );
+    }
+    assert_eq!(app.count("audit_log", "kind LIKE 'stack.%'").await, 0);
+    assert_eq!(app.count("artifacts", "").await, 0);
+}
+
+async fn concurrent_creates_respect_the_team_cap_exactly(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let token = app.create_team("capped", Some(5)).await;
+    let app = Arc::new(app);
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (app, token, barrier) = (app.clone(), token.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let form = two_service_form(&format!("s{i}"));
+            barrier.wait().await;
+            app.create_stack(Some(&token), form).await
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        let (code, body) = t.await.unwrap();
+        if code == 402 {
+            assert_eq!(body["error"], "deployment_limit_reached");
+            assert!(body["agent_action"].is_string());
+        }
+        codes.push(code);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 202).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 402).count(), 15, "{codes:?}");
+    let (_, list) = json_of(
+        app.get("/api/v1/stacks", Some(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["total"], 5);
+}
+
+async fn idempotency_key_replays_and_rejects_reuse(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let t = app.admin_token.clone();
+    let send = |name: &'static str| {
+        app.post("/stacks/new", Some(&t))
+            .header("Idempotency-Key", "create-1")
+            .multipart(two_service_form(name))
+            .send()
+    };
+    let first = send("same").await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replay").is_none());
+    let (_, first) = json_of(first).await;
+    let second = send("same").await.unwrap();
+    assert_eq!(second.status(), 202);
+    assert_eq!(second.headers()["idempotent-replay"], "true");
+    let (_, second) = json_of(second).await;
+    assert_eq!(first, second);
+    let (code, body) = json_of(send("different").await.unwrap()).await;
+    assert_eq!(
+        (code, assert_envelope(code, &body).as_str()),
+        (422, "idempotency_key_reused")
+    );
+    assert_eq!(app.count("stacks", "").await, 1);
+    // A request that fails validation does not burn the key.
+    let bad = app
+        .post("/stacks/new", Some(&t))
+        .header("Idempotency-Key", "create-2")
+        .multipart(
+            Form::new()
+                .text("manifest", "services: {}")
+                .text("name", "x"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let ok = app
+        .post("/stacks/new", Some(&t))
+        .header("Idempotency-Key", "create-2")
+        .multipart(two_service_form("y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+}
+
+async fn list_pages_newest_first(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let t = app.admin_token.clone();
+    let mut slugs = Vec::new();
+    for i in 0..5 {
+        let (_, b) = app
+            .create_stack(Some(&t), two_service_form(&format!("n{i}")))
+            .await;
+        slugs.push(b["stack_id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let (_, p1) = json_of(
+        app.get("/api/v1/stacks?limit=2", Some(&t))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p1["total"], 5);
+    let ids = |p: &Value| {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["stack_id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&p1), [slugs[4].clone(), slugs[3].clone()]);
+    let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
+    let (_, p2) = json_of(
+        app.get(&format!("/api/v1/stacks?limit=2&cursor={cursor}"), Some(&t))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ids(&p2), [slugs[2].clone(), slugs[1].clone()]);
+    let (code, b) = json_of(
+        app.get("/api/v1/stacks?limit=abc", Some(&t))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(assert_envelope(code, &b), "invalid_query");
+}
+
+crate::both_backends!(
+    create_get_list_delete_round_trip,
+    anonymous_stacks_expire_and_are_visible_only_anonymously,
+    another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_401,
+    create_rejects_each_invalid_form_with_its_code_and_writes_nothing,
+    concurrent_creates_respect_the_team_cap_exactly,
+    idempotency_key_replays_and_rejects_reuse,
+    list_pages_newest_first,
+);

@@ -1,0 +1,319 @@
+//! `TestApp`: a real server on port 0 with a fresh database, driven over real HTTP.
+
+use clap::Parser;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+use stackyard_server::{RunningServer, ServeArgs};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Keeps the test database alive as long as the app.
+#[allow(dead_code)]
+pub enum DbGuard {
+    Sqlite(stackyard_testkit::sqlite::SqliteTestDb),
+    Postgres(stackyard_testkit::pg::PgTestDb),
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+    pub db_url: String,
+    pub backend: Backend,
+    pub data_dir: tempfile::TempDir,
+    _server: RunningServer,
+    _db: DbGuard,
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl TestApp {
+    /// Starts a server on `backend`; `None` (the harness printed why) when PostgreSQL is not
+    /// available outside CI.
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Option<TestApp> {
+        let (guard, db_url) = match backend {
+            Backend::Sqlite => {
+                let db = stackyard_testkit::sqlite::fresh();
+                let url = db.url.clone();
+                (DbGuard::Sqlite(db), url)
+            }
+            Backend::Postgres => {
+                let db = stackyard_testkit::pg::fresh().await?;
+                let url = db.url.clone();
+                (DbGuard::Postgres(db), url)
+            }
+        };
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut argv: Vec<String> = vec![
+            "stackyard".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.path().display().to_string(),
+            "--database-url".into(),
+            db_url.clone(),
+            "--runtime".into(),
+            "noop".into(),
+            "--noop-step".into(),
+            "5ms".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Wrapper::parse_from(argv).serve;
+        let server = stackyard_server::start(args).await.expect("server starts");
+        let admin_token = std::fs::read_to_string(data_dir.path().join("admin-token"))
+            .expect("admin token written")
+            .trim()
+            .to_owned();
+        Some(TestApp {
+            base: format!("http://{}", server.addr),
+            client: reqwest::Client::new(),
+            admin_token,
+            db_url,
+            backend,
+            data_dir,
+            _server: server,
+            _db: guard,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A new team (via the operator command's code path) and its first token.
+    pub async fn create_team(&self, name: &str, max_stacks: Option<i64>) -> String {
+        let store = stackyard_server::StoreArgs {
+            data_dir: self.data_dir.path().to_owned(),
+            database_url: Some(self.db_url.clone()),
+        };
+        let token = stackyard_server::serve::with_store(
+            &store,
+            stackyard_server::serve::store_options_for(&store),
+            stackyard_server::admin::CreateTeam {
+                name: stackyard_core::TeamName::parse(name).expect("team name"),
+                max_stacks,
+            },
+        )
+        .await
+        .expect("team created");
+        token.expose().to_owned()
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        with_token(self.client.get(self.url(path)), token)
+    }
+
+    pub fn delete(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        with_token(self.client.delete(self.url(path)), token)
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        with_token(self.client.post(self.url(path)), token)
+    }
+
+    /// `POST /stacks/new` with a form.
+    pub async fn create_stack(&self, token: Option<&str>, form: Form) -> (u16, Value) {
+        let res = self
+            .post("/stacks/new", token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request sent");
+        json_of(res).await
+    }
+
+    /// Polls `GET /stacks/:slug` until `done` accepts the body (or the status code is 404 when
+    /// `want_404`), for up to 15 s.
+    pub async fn wait_for(
+        &self,
+        slug: &str,
+        token: Option<&str>,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (code, body) = json_of(
+                self.get(&format!("/stacks/{slug}"), token)
+                    .send()
+                    .await
+                    .expect("get"),
+            )
+            .await;
+            if done(code, &body) {
+                return (code, body);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting on {slug}: last {code} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A single integer from `sql`, read straight from the database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.db_url)
+                    .await
+                    .expect("sqlite");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("scalar");
+                pool.close().await;
+                n
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.db_url).await.expect("pg");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("scalar");
+                pool.close().await;
+                n
+            }
+        }
+    }
+
+    /// Rows in `table` (optionally filtered by a SQL condition) read straight from the database.
+    pub async fn count(&self, table: &str, filter: &str) -> i64 {
+        let sql = if filter.is_empty() {
+            format!("SELECT COUNT(*) FROM {table}")
+        } else {
+            format!("SELECT COUNT(*) FROM {table} WHERE {filter}")
+        };
+        self.scalar(&sql).await
+    }
+}
+
+fn with_token(rb: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    }
+}
+
+pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
+    let code = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    let v =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({code}): {text}"));
+    (code, v)
+}
+
+/// A gzipped tarball of `(path, contents)` files.
+pub fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(enc);
+    for (path, contents) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(contents.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, contents.as_bytes())
+            .expect("tar entry");
+    }
+    b.into_inner().expect("tar").finish().expect("gzip")
+}
+
+pub const TWO_SERVICES: &str = "services:\n  api:\n    port: 3000\n    env:\n      WEB: service://web\n  web:\n    expose: true\n";
+
+/// A valid two-service create form.
+pub fn two_service_form(name: &str) -> Form {
+    Form::new()
+        .text("manifest", TWO_SERVICES)
+        .text("name", name.to_owned())
+        .part(
+            "api",
+            Part::bytes(tarball(&[
+                ("Procfile", "web: python3 api.py\n"),
+                ("api.py", "print(1)\n"),
+            ]))
+            .file_name("api.tar.gz"),
+        )
+        .part(
+            "web",
+            Part::bytes(tarball(&[(
+                "Dockerfile",
+                "FROM python:3\nCMD [\"python3\", \"-m\", \"http.server\"]\n",
+            )]))
+            .file_name("web.tar.gz"),
+        )
+}
+
+/// Asserts the error envelope and returns its code.
+pub fn assert_envelope(code: u16, body: &Value) -> String {
+    assert!(code >= 400, "expected an error, got {code} {body}");
+    assert_eq!(body["ok"], false, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    if code == 429 || code == 503 {
+        assert!(body["retry_after_seconds"].as_u64().is_some(), "{body}");
+    }
+    body["error"].as_str().expect("error code").to_owned()
+}
+
+/// Declares a test body `async fn name(backend: Backend)` once and runs it on both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name($crate::support::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name($crate::support::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
+/// A gzipped tarball written header by header, so tests can build entries the `tar` crate's
+/// safe API refuses (`..`, absolute paths, links out, non-UTF-8 names).
+/// `(name, type, link target, data)` of one raw tar entry.
+pub type RawEntry<'a> = (&'a [u8], tar::EntryType, Option<&'a [u8]>, &'a [u8]);
+
+pub fn raw_tarball(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(enc);
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_old();
+        {
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            if let Some(l) = link {
+                old.linkname[..l.len()].copy_from_slice(l);
+            }
+        }
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, *data).expect("raw entry");
+    }
+    b.into_inner().expect("tar").finish().expect("gzip")
+}

@@ -1,0 +1,166 @@
+//! `stackyard`: one binary for the server and its operator commands.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+use stackyard_core::TeamName;
+use stackyard_server::serve::{store_options_for, with_store};
+use stackyard_server::{ServeArgs, StoreArgs};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "stackyard",
+    version,
+    about = "Self-hosted control plane for multi-service application stacks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (API, job workers, runtime).
+    Serve(Box<ServeArgs>),
+    /// Operator commands that work directly on the server's database.
+    #[command(subcommand)]
+    Admin(Admin),
+    /// Benchmarks (results go to stdout; see docs/performance.md).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Contended env PATCH throughput against the one-row-lock-per-change reference design.
+    Env(bench::EnvBenchArgs),
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create a team and print its first API token (only the token, on stdout).
+    CreateTeam {
+        /// Team name: letters, digits, `_`, `-`, `.`.
+        name: String,
+        /// Most stacks the team may hold at once (default: no limit).
+        #[arg(long)]
+        max_stacks: Option<i64>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A benchmark's output is its report; keep the server it runs quiet unless asked.
+    let default_level = if matches!(cli.command, Command::Bench(_)) {
+        "error"
+    } else {
+        "info"
+    };
+    stackyard_server::telemetry::init_logging(default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Bench(Bench::Env(args)) => bench::run(args).await,
+        Command::Admin(Admin::CreateTeam {
+            name,
+            max_stacks,
+            store,
+        }) => {
+            let name = TeamName::parse(&name).map_err(|e| anyhow::anyhow!(e))?;
+            if max_stacks.is_some_and(|n| n < 0) {
+                anyhow::bail!("--max-stacks must be 0 or more");
+            }
+            let token = with_store(
+                &store,
+                store_options_for(&store),
+                stackyard_server::admin::CreateTeam { name, max_stacks },
+            )
+            .await?;
+            println!("{}", token.expose());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = stackyard_server::start(args).await?;
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Server settings for an in-process benchmark server: a free port, the noop runtime, quiet.
+pub(crate) fn serve_args_for_bench(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    writers: usize,
+) -> ServeArgs {
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let connections = (writers / 2).clamp(8, 32).to_string();
+    W::parse_from([
+        "stackyard",
+        "--listen",
+        "127.0.0.1:0",
+        "--runtime",
+        "noop",
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--db-connections",
+        &connections,
+    ])
+    .serve
+}

@@ -1,0 +1,10 @@
+//! Process-level tests: the real `stackyard` binary, killed with SIGKILL, restarted, or run
+//! twice against one PostgreSQL database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod admin;
+mod crash;
+mod shared_queue;
