@@ -261,6 +261,18 @@ pub struct EnvOutcome {
     pub updated_at: Millis,
 }
 
+/// A change a client following `GET /stacks/:slug/events` sees. `id` increases with commit
+/// order per stack and is the SSE event id (`Last-Event-ID` resumes after it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackEvent {
+    pub id: i64,
+    pub at: Millis,
+    /// `stack.status`, `service.status`, `release.created`, `release.status`, `env.version`,
+    /// `stack.deleted`.
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
 /// One row of env history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvVersionInfo {

@@ -6,7 +6,9 @@
 use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
 use crate::model::{ReleaseService, ServiceStatus};
+use crate::time::Millis;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 /// A boxed, sendable future; runtimes are chosen at start-up, so the trait is object safe.
@@ -19,9 +21,34 @@ pub struct DeployPlan {
     pub release: i64,
     pub env_version: i64,
     pub services: Vec<ReleaseService>,
-    /// The stack env map (applied last, winning over the manifest's `env:`).
+    /// The stack env map as of `env_version` (applied last, winning over the manifest's `env:`).
     pub env: EnvMap,
 }
+
+/// Where the server keeps a service tarball: `<data dir>/artifacts/<sha256>.tar.gz`, written
+/// once by digest before any row names it. Shared by the server (writer) and local runtimes.
+pub fn artifact_path(data_dir: &Path, digest: &str) -> PathBuf {
+    data_dir.join("artifacts").join(format!("{digest}.tar.gz"))
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a service printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub at: Millis,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// New log lines as they arrive; ends when the service's logs are gone (teardown).
+pub type LogFollow = Pin<Box<dyn futures_core::Stream<Item = LogLine> + Send>>;
 
 /// Where a runtime reports service progress. Implementations must not fail the deploy: a
 /// report that cannot be recorded is logged and dropped by the sink.
@@ -61,4 +88,26 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops everything the stack runs and removes what the runtime keeps for it.
     fn teardown<'a>(&'a self, slug: &'a StackSlug) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Called once at start-up, before any job runs, with every stack that should be running
+    /// (its live release): stops whatever a previous instance of this runtime left behind and
+    /// starts these again. A stack that fails to start is logged and left to its stored status;
+    /// recovery never blocks the server from starting.
+    fn recover<'a>(&'a self, running: Vec<DeployPlan>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let _ = running;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The last `backlog` log lines of a service and, with `follow`, the lines printed after
+    /// them. `None` when this runtime has no logs for that service.
+    fn logs(
+        &self,
+        slug: &StackSlug,
+        service: &ServiceName,
+        backlog: usize,
+        follow: bool,
+    ) -> Option<(Vec<LogLine>, Option<LogFollow>)> {
+        let _ = (slug, service, backlog, follow);
+        None
+    }
 }

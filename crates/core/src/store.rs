@@ -186,6 +186,29 @@ pub enum EnvBatchError {
     Store(#[from] StoreError),
 }
 
+/// A new release of an existing stack (`POST /stacks/:slug/redeploy`).
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    /// `None`: the same services (artifacts, commands, settings) as the newest release.
+    pub services: Option<Vec<ReleaseService>>,
+    /// `(digest, size)` of new artifacts; the files are already on disk.
+    pub artifacts: Vec<(String, i64)>,
+    /// The manifest text when new code came with one.
+    pub manifest: Option<String>,
+    pub ctx: AuditCtx,
+    pub idempotency: Option<IdempotencyCompletion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("stack not found")]
+    NotFound,
+    #[error("the stack is being deleted")]
+    Deleting,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// How a deploy ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployResult {
@@ -434,4 +457,94 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: i64,
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page<EnvVersionInfo>, StoreError>> + Send;
+
+    // ---- releases, expiry, limits, events (runtime issue) ----
+
+    /// Creates release N+1 of a stack and queues its deploy, in one transaction under the
+    /// stack's lock: `Deleting` is decided there, not by an earlier read. The release records
+    /// the env map and version current at that moment (what the deploy will apply). Bumps the
+    /// operation generation (older jobs' status writes become no-ops), supersedes queued jobs,
+    /// sets the stack `building`, audits `stack.redeploy_requested`, writes `release.created`
+    /// and `stack.status` events, and completes the idempotency record.
+    fn create_release(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        release: NewRelease,
+    ) -> impl Future<Output = Result<(Stack, ReleaseInfo), ReleaseError>> + Send {
+        let _ = (access, slug, release);
+        async {
+            Err(ReleaseError::Store(StoreError::Unavailable(
+                "create_release is not implemented".into(),
+            )))
+        }
+    }
+
+    /// Anonymous stacks whose `expires_at` has passed and that are not yet `deleting`, oldest first.
+    fn expired_stacks(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StackSlug>, StoreError>> + Send {
+        let _ = (now, limit);
+        async {
+            Err(StoreError::Unavailable(
+                "expired_stacks is not implemented".into(),
+            ))
+        }
+    }
+
+    /// Adds one to the anonymous-create counter of `fingerprint` for the UTC day of `now` and
+    /// returns the new count (the database-backed rate limit; atomic under concurrency).
+    fn count_anonymous_create(
+        &self,
+        fingerprint: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
+        let _ = (fingerprint, now);
+        async {
+            Err(StoreError::Unavailable(
+                "count_anonymous_create is not implemented".into(),
+            ))
+        }
+    }
+
+    /// The stack's events with `id > after`, oldest first, at most `limit`. Events outlive the
+    /// stack (the last one of a torn-down stack is `stack.deleted`) until `prune` removes them.
+    fn list_events(
+        &self,
+        stack: StackId,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StackEvent>, StoreError>> + Send {
+        let _ = (stack, after, limit);
+        async {
+            Err(StoreError::Unavailable(
+                "list_events is not implemented".into(),
+            ))
+        }
+    }
+
+    /// Every stack that should be running (not `deleting`) with its live release and that
+    /// release's env map, for a runtime recovering after a restart.
+    fn running_stacks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Stack, Release, EnvMap)>, StoreError>> + Send {
+        async {
+            Err(StoreError::Unavailable(
+                "running_stacks is not implemented".into(),
+            ))
+        }
+    }
+
+    /// Housekeeping: deletes events older than `events_before`, expired idempotency records and
+    /// rate counters of past days. Returns the number of rows removed.
+    fn prune(
+        &self,
+        now: Millis,
+        events_before: Millis,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (now, events_before);
+        async { Err(StoreError::Unavailable("prune is not implemented".into())) }
+    }
 }
