@@ -202,17 +202,31 @@ impl EnvMap {
     pub fn masked(&self) -> BTreeMap<String, String> {
         self.vars
             .iter()
-            .map(|(k, v)| {
-                let shown = if is_secret(k, v) {
-                    MASK.to_owned()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), shown)
-            })
+            .map(|(k, v)| (k.clone(), masked_value(k, v).to_owned()))
             .collect()
     }
+
+    /// Serialises as the masked map without building one (the hot path renders a whole map
+    /// into every PATCH response).
+    pub fn masked_view(&self) -> MaskedEnv<'_> {
+        MaskedEnv(self)
+    }
 }
+
+fn masked_value<'a>(k: &str, v: &'a str) -> &'a str {
+    if is_secret(k, v) { MASK } else { v }
+}
+
+/// See `EnvMap::masked_view`.
+pub struct MaskedEnv<'a>(&'a EnvMap);
+
+impl Serialize for MaskedEnv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.vars.iter().map(|(k, v)| (k, masked_value(k, v))))
+    }
+}
+
+impl EnvMap {}
 
 /// The replacement shown for a masked value.
 pub const MASK: &str = "***";
@@ -220,29 +234,54 @@ pub const MASK: &str = "***";
 /// Whether a value must be masked when read: the key looks secret or the value is a URL that
 /// carries credentials.
 pub fn is_secret(key: &str, value: &str) -> bool {
-    let k = key.to_ascii_uppercase();
-    const CONTAINS: [&str; 8] = [
-        "SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY",
+    const CONTAINS: [&[u8]; 8] = [
+        b"SECRET",
+        b"PASSWORD",
+        b"PASSWD",
+        b"PWD",
+        b"TOKEN",
+        b"PRIVATE",
+        b"APIKEY",
+        b"_KEY",
     ];
-    const ENDS: [&str; 3] = ["URL", "URI", "DSN"];
-    CONTAINS.iter().any(|p| k.contains(p))
-        || ENDS.iter().any(|p| k.ends_with(p))
+    const ENDS: [&[u8]; 3] = [b"URL", b"URI", b"DSN"];
+    // Byte-wise and allocation-free: this runs for every entry of every map a response shows.
+    let k = key.as_bytes();
+    CONTAINS.iter().any(|p| contains_ignore_case(k, p))
+        || ENDS
+            .iter()
+            .any(|p| k.len() >= p.len() && k[k.len() - p.len()..].eq_ignore_ascii_case(p))
         || url_has_credentials(value)
 }
 
+/// Whether `hay` contains `upper` (an uppercase ASCII needle), ignoring ASCII case.
+fn contains_ignore_case(hay: &[u8], upper: &[u8]) -> bool {
+    hay.windows(upper.len())
+        .any(|w| w.eq_ignore_ascii_case(upper))
+}
+
 fn url_has_credentials(v: &str) -> bool {
-    let Some((scheme, rest)) = v.split_once("://") else {
+    let b = v.as_bytes();
+    let Some(colon) = b.iter().position(|&c| c == b':') else {
         return false;
     };
+    if !b[colon..].starts_with(b"://") {
+        return false;
+    }
+    let scheme = &b[..colon];
     if scheme.is_empty()
         || !scheme
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(c))
     {
         return false;
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority.contains('@')
+    let rest = &b[colon + 3..];
+    let end = rest
+        .iter()
+        .position(|c| matches!(c, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    rest[..end].contains(&b'@')
 }
 
 /// What a patch really changed: keys created or given a new value, and keys that existed and

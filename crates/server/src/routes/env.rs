@@ -13,10 +13,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stackyard_core::StackSlug;
-use stackyard_core::env::{EnvError, EnvPatch};
+use stackyard_core::env::{EnvChange, EnvError, EnvPatch, MaskedEnv};
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{Access, EnvOutcome, StackId};
 use stackyard_core::store::{
@@ -24,21 +24,57 @@ use stackyard_core::store::{
 };
 
 /// The PATCH / rollback response body; also what an idempotent replay returns (the store
-/// renders it inside the write's transaction).
-pub fn response_body(slug: &StackSlug, o: &EnvOutcome) -> Value {
-    json!({
-        "ok": true,
-        "stack_id": slug,
-        "env": o.env.masked(),
-        "version": o.version,
-        "changed": { "set": o.changed.set, "deleted": o.changed.deleted },
-        "message": format!("Env vars persisted. Call POST /stacks/{slug}/redeploy to apply."),
-    })
+/// renders it inside the write's transaction). Serialised straight from the map: no copy of a
+/// possibly 64 KiB map per response.
+#[derive(Serialize)]
+struct EnvResponse<'a> {
+    ok: bool,
+    stack_id: &'a StackSlug,
+    env: MaskedEnv<'a>,
+    version: i64,
+    changed: &'a EnvChange,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dry_run: Option<bool>,
+}
+
+fn response_json(slug: &StackSlug, o: &EnvOutcome, dry_run: bool) -> String {
+    let message = if dry_run {
+        "Dry run: nothing was written.".to_owned()
+    } else {
+        format!("Env vars persisted. Call POST /stacks/{slug}/redeploy to apply.")
+    };
+    let body = EnvResponse {
+        ok: true,
+        stack_id: slug,
+        env: o.env.masked_view(),
+        version: o.version,
+        changed: &o.changed,
+        message,
+        dry_run: dry_run.then_some(true),
+    };
+    // Serialising strings and integers cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// `EnvResponseRenderer` for the store.
 pub fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
-    response_body(slug, o).to_string()
+    response_json(slug, o, false)
+}
+
+fn json_response(body: String, version: i64) -> Response {
+    let mut res = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    res
 }
 
 /// The stack's id for a team caller, or 404. Ids and owners never change and slugs are never
@@ -158,10 +194,10 @@ async fn write<S: Store>(
             .await
             .map_err(batch_error)?
             .map_err(write_error)?;
-        let mut body = response_body(slug, &outcome);
-        body["dry_run"] = json!(true);
-        body["message"] = json!("Dry run: nothing was written.");
-        return Ok(Json(body).into_response());
+        return Ok(json_response(
+            response_json(slug, &outcome, true),
+            outcome.version,
+        ));
     }
     let hash = sha256_hex(&[identity, format!("{:?}", write.if_match).as_bytes()].concat());
     let reservation = match idempotency::start(
@@ -197,11 +233,7 @@ async fn write<S: Store>(
         }
     };
     metrics::counter!("stackyard_env_writes_total", "changed" => if outcome.changed.is_empty() { "no" } else { "yes" }).increment(1);
-    let mut res = Json(response_body(slug, &outcome)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
-        res.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(res)
+    Ok(json_response(render(slug, &outcome), outcome.version))
 }
 
 #[utoipa::path(patch, path = "/stacks/{slug}/env", tag = "env",
