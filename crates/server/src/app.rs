@@ -2,9 +2,11 @@
 
 use crate::config::ServeArgs;
 use crate::envqueue::EnvQueue;
+use crate::ratelimit::RateLimiter;
+use stackyard_core::runtime::Runtime;
 use crate::error::ApiError;
 use crate::middleware;
-use crate::routes::{audit, env, ops, stacks, tokens};
+use crate::routes::{audit, env, ops, releases, stacks, streams, tokens};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -46,6 +48,9 @@ pub struct Shared<S: Store> {
     pub metrics: PrometheusHandle,
     pub env_queue: EnvQueue<S>,
     pub auth_cache: crate::auth::AuthCache,
+    /// Runs the services; also the source of their logs.
+    pub runtime: Arc<dyn Runtime>,
+    pub rate_limiter: RateLimiter,
     pub stack_ids: StackIdCache,
 }
 
@@ -96,6 +101,8 @@ impl<S: Store> AppState<S> {
         config: ServeArgs,
         jobs_ready: Arc<Notify>,
         metrics: PrometheusHandle,
+        runtime: Arc<dyn Runtime>,
+        rate_limiter: RateLimiter,
     ) -> Self {
         let data_dir = config.store.data_dir.clone();
         let env_queue = EnvQueue::new(store.clone(), env::render);
@@ -110,6 +117,8 @@ impl<S: Store> AppState<S> {
                 env_queue,
                 auth_cache,
                 stack_ids: StackIdCache::default(),
+                runtime,
+                rate_limiter,
             }),
         }
     }
@@ -122,6 +131,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
             "/stacks/{slug}",
             get(stacks::get_compat::<S>).delete(stacks::delete::<S>),
         )
+        .route("/stacks/{slug}/redeploy", post(releases::redeploy::<S>))
+        .route("/stacks/{slug}/releases", get(releases::list::<S>))
+        .route("/stacks/{slug}/logs/{svc}", get(streams::logs::<S>))
+        .route("/stacks/{slug}/events", get(streams::events::<S>))
         .route("/api/v1/stacks", get(stacks::list::<S>))
         .route("/api/v1/stacks/{slug}", get(stacks::get_v1::<S>))
         .route(

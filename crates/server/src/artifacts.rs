@@ -12,7 +12,7 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 }
 
 pub fn path(data_dir: &Path, digest: &str) -> PathBuf {
-    dir(data_dir).join(format!("{digest}.tar.gz"))
+    stackyard_core::runtime::artifact_path(data_dir, digest)
 }
 
 /// Stores `bytes` under `digest` (which the caller computed from them).
@@ -40,7 +40,3 @@ pub fn save(data_dir: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> 
     result
 }
 
-/// Reads a stored artifact.
-pub fn load(data_dir: &Path, digest: &str) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path(data_dir, digest))
-}

@@ -89,7 +89,19 @@ fn bearer(parts: &Parts) -> Result<Option<ApiToken>, ApiError> {
     Ok(Some(ApiToken::from_presented(token)))
 }
 
-async fn principal<S: Store>(state: &AppState<S>, token: &ApiToken) -> Result<Principal, ApiError> {
+/// The 503 code of the route when the store cannot say who the caller is: what the route
+/// itself would answer for a storage failure (spec), so clients see one code per route.
+fn unavailable_code(parts: &Parts) -> &'static str {
+    if parts.uri.path() == "/stacks/new" {
+        "provision_failed"
+    } else if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+        "fetch_failed"
+    } else {
+        "persist_failed"
+    }
+}
+
+async fn principal<S: Store>(state: &AppState<S>, parts: &Parts, token: &ApiToken) -> Result<Principal, ApiError> {
     let digest = token.digest();
     if let Some(p) = state.auth_cache.get(&digest) {
         return Ok(p);
@@ -98,7 +110,7 @@ async fn principal<S: Store>(state: &AppState<S>, token: &ApiToken) -> Result<Pr
         .store
         .authenticate(&digest)
         .await
-        .map_err(|e| ApiError::store("auth_unavailable", &e))?
+        .map_err(|e| ApiError::store(unavailable_code(parts), &e))?
         .ok_or_else(|| ApiError::unauthorized("The API token is invalid or has been revoked."))?;
     state.auth_cache.put(digest, p.clone());
     Ok(p)
@@ -158,7 +170,7 @@ impl<S: Store> FromRequestParts<AppState<S>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Ok(Caller::Team(principal(state, &token).await?)),
+            Some(token) => Ok(Caller::Team(principal(state, parts, &token).await?)),
             None => {
                 let peer = parts
                     .extensions
@@ -177,7 +189,7 @@ impl<S: Store> FromRequestParts<AppState<S>> for TeamCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Ok(TeamCaller(principal(state, &token).await?)),
+            Some(token) => Ok(TeamCaller(principal(state, parts, &token).await?)),
             None => Err(ApiError::unauthorized("This route requires an API token.")),
         }
     }

@@ -92,6 +92,14 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Key prefix of the counters kept in Redis (several deployments may share one Redis).
+    #[arg(long, env = "STACKYARD_REDIS_PREFIX", default_value = "stackyard:", hide = true)]
+    pub redis_prefix: String,
+
+    /// Stacks an anonymous caller's network may create per UTC day.
+    #[arg(long, env = "STACKYARD_ANONYMOUS_DAILY_LIMIT", default_value_t = 5)]
+    pub anonymous_daily_limit: i64,
+
     /// Lifetime of anonymous stacks (`6h`, `90m`, …).
     #[arg(long, env = "STACKYARD_ANONYMOUS_TTL", default_value = "6h", value_parser = humantime::parse_duration)]
     pub anonymous_ttl: Duration,

@@ -1,6 +1,6 @@
 //! The OpenAPI document served at `/openapi.json`, assembled from the handlers' annotations.
 
-use crate::routes::{audit, env, ops, stacks, tokens};
+use crate::routes::{audit, env, ops, releases, stacks, streams, tokens};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -8,6 +8,7 @@ use utoipa::OpenApi;
     info(title = "Stackyard", description = "Self-hosted control plane for multi-service stacks; wire-compatible with the InstaNode stacks API."),
     paths(
         stacks::create, stacks::get_compat, stacks::get_v1, stacks::list, stacks::delete,
+        releases::redeploy, releases::list, streams::logs, streams::events,
         env::patch, env::get, env::versions, env::rollback,
         tokens::whoami, tokens::list, tokens::create, tokens::revoke,
         audit::list,

@@ -8,7 +8,8 @@ use crate::noop::NoopRuntime;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use stackyard_core::ApiToken;
-use stackyard_core::runtime::Runtime;
+use stackyard_core::runtime::{DeployPlan, Runtime};
+use crate::ratelimit::RateLimiter;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
 use stackyard_store_postgres::PgStore;
 use stackyard_store_sqlite::SqliteStore;
@@ -132,25 +133,18 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         }
     }
 
-    let runtime: Arc<dyn Runtime> = match args.runtime {
-        RuntimeKind::Noop => Arc::new(NoopRuntime {
-            step: args.noop_step,
-        }),
-        RuntimeKind::Local => {
-            tracing::warn!("the local runtime is not available in this build yet; using noop");
-            Arc::new(NoopRuntime {
-                step: args.noop_step,
-            })
-        }
-    };
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let runtime = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
+    let rate_limiter = RateLimiter::new(args.anonymous_daily_limit, args.redis_url.as_deref(), &args.redis_prefix)?;
     let jobs_ready = Arc::new(Notify::new());
     let state = AppState::new(
         store.clone(),
         args.clone(),
         jobs_ready.clone(),
         telemetry::metrics_handle(),
+        runtime.clone(),
+        rate_limiter,
     );
     let listener = TcpListener::bind(args.listen)
         .await
@@ -159,26 +153,71 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
 
     let backend = store.backend();
     let workers = Workers {
-        store,
-        runtime,
-        ready: jobs_ready,
+        store: store.clone(),
+        runtime: runtime.clone(),
+        ready: jobs_ready.clone(),
         worker_id: format!("{}:{}", hostname(), std::process::id()),
         lease: args.job_lease,
         slots: args.job_workers,
     };
-    let mut tasks = vec![tokio::spawn(workers.run(shutdown_rx.clone()))];
-    tasks.push(tokio::spawn(crate::http::serve(
-        listener,
-        router(state),
-        shutdown_rx,
-        Duration::from_secs(10),
-    )));
+    // Jobs start only after the runtime recovered what should be running, so a deploy never
+    // races the restart of the same stack.
+    let (store2, runtime2, rx) = (store.clone(), runtime.clone(), shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        recover(&store2, runtime2.as_ref()).await;
+        workers.run(rx).await;
+    }));
+    tasks.push(tokio::spawn(crate::maintenance::run(store, args.anonymous_ttl, jobs_ready, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(crate::http::serve(listener, router(state), shutdown_rx, Duration::from_secs(10))));
     tracing::info!(store = backend, "api listening on http://{addr}");
     Ok(RunningServer {
         addr,
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// The runtime `--runtime` names, with whatever it serves besides (the local router).
+async fn make_runtime(
+    args: &ServeArgs,
+    _shutdown: &watch::Receiver<bool>,
+    _tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    Ok(match args.runtime {
+        RuntimeKind::Noop => Arc::new(NoopRuntime { step: args.noop_step }),
+        RuntimeKind::Local => {
+            tracing::warn!("the local runtime is not available in this build yet; using noop");
+            Arc::new(NoopRuntime { step: args.noop_step })
+        }
+    })
+}
+
+/// Hands the runtime every stack that should be running (after a restart: the previous
+/// instance's processes are gone or orphaned). Failures are logged; the server starts anyway.
+async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
+    let running = match store.running_stacks().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the stacks to restart");
+            return;
+        }
+    };
+    let plans = running
+        .into_iter()
+        .map(|(stack, release, env)| DeployPlan {
+            slug: stack.slug,
+            release: release.info.version,
+            env_version: release.info.env_version,
+            services: release.services,
+            env,
+        })
+        .collect::<Vec<_>>();
+    let n = plans.len();
+    match runtime.recover(plans).await {
+        Ok(()) if n > 0 => tracing::info!(stacks = n, "restarted the stacks that should be running"),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "runtime recovery failed"),
+    }
 }
 
 fn hostname() -> String {

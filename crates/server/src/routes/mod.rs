@@ -4,8 +4,11 @@
 pub mod audit;
 pub mod env;
 pub mod ops;
+pub mod releases;
+pub mod streams;
 pub mod stacks;
 pub mod tokens;
+pub mod upload;
 pub mod views;
 
 use crate::error::ApiError;

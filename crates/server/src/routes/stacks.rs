@@ -1,134 +1,50 @@
 //! `/stacks/*` and `/api/v1/stacks*`: create (multipart), read, list, delete.
 
 use crate::app::AppState;
-use crate::artifacts;
 use crate::auth::{Caller, TeamCaller, audit_ctx};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
+use crate::routes::upload::{self, Code, Form};
 use crate::routes::{page_limit, parse_slug, views};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use stackyard_core::ids::sha256_hex;
-use stackyard_core::manifest::Manifest;
-use stackyard_core::model::{Access, ReleaseService};
+use stackyard_core::model::Access;
 use stackyard_core::store::{CreateStackError, IdempotencyCompletion, NewStack, Store};
-use stackyard_core::tarball::{self, TarballLimits};
 use stackyard_core::{EnvironmentName, StackName, StackSlug};
-use std::collections::BTreeMap;
-
-/// The parts of a `POST /stacks/new` form, as received.
-#[derive(Default)]
-struct Form {
-    manifest: Option<String>,
-    name: Option<String>,
-    env: Option<String>,
-    files: BTreeMap<String, Bytes>,
-}
 
 /// A create request that passed every check; nothing has been written yet.
 struct Validated {
     name: StackName,
     environment: EnvironmentName,
-    manifest_text: String,
-    warnings: Vec<String>,
-    services: Vec<ReleaseService>,
-    /// `(digest, bytes)` per distinct artifact.
-    artifacts: BTreeMap<String, Bytes>,
+    code: Code,
 }
 
 impl Validated {
     /// What makes two creates "the same request" for `Idempotency-Key`: the meaning of the form,
     /// not its bytes (a client re-encoding the same form picks a new multipart boundary).
     fn request_hash(&self) -> String {
-        let services: Vec<(&str, &str)> = self
-            .services
-            .iter()
-            .map(|s| (s.name.as_str(), s.artifact.as_str()))
-            .collect();
         let identity = json!({
             "route": "POST /stacks/new",
             "name": self.name,
             "env": self.environment,
-            "manifest": self.manifest_text,
-            "services": services,
+            "manifest": self.code.manifest_text,
+            "services": self.code.identity(),
         });
         sha256_hex(identity.to_string().as_bytes())
     }
 }
 
-fn invalid_form(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_form", message)
-        .with_action("Send multipart/form-data with a `manifest` field, a `name` field and one gzipped tarball part per service named after the service.")
-}
-
-fn multipart_error(e: MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-    } else {
-        invalid_form(format!(
-            "The multipart body could not be read: {}.",
-            e.body_text()
-        ))
-    }
-}
-
-async fn read_form(mut mp: Multipart) -> ApiResult<Form> {
-    let mut form = Form::default();
-    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
-        let Some(name) = field.name().map(str::to_owned) else {
-            return Err(invalid_form("A form part has no field name."));
-        };
-        let slot = match name.as_str() {
-            "manifest" => Some(&mut form.manifest),
-            "name" => Some(&mut form.name),
-            "env" => Some(&mut form.env),
-            _ => None,
-        };
-        match slot {
-            Some(slot) => {
-                let bytes = field.bytes().await.map_err(multipart_error)?;
-                let text = String::from_utf8(bytes.to_vec())
-                    .map_err(|_| invalid_form(format!("The `{name}` field is not UTF-8 text.")))?;
-                if slot.replace(text).is_some() {
-                    return Err(invalid_form(format!(
-                        "The `{name}` field appears more than once."
-                    )));
-                }
-            }
-            None => {
-                let bytes = field.bytes().await.map_err(multipart_error)?;
-                if form.files.insert(name.clone(), bytes).is_some() {
-                    return Err(invalid_form(format!(
-                        "The tarball part `{}` appears more than once.",
-                        stackyard_core::ids::truncate_for_message(&name)
-                    )));
-                }
-            }
-        }
-    }
-    Ok(form)
-}
-
-/// Every check of a create, in the order a client can fix them. CPU-heavy (tarball
-/// inspection), so it runs on the blocking pool.
-fn validate(form: Form) -> ApiResult<Validated> {
-    let manifest_text = form
-        .manifest
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_manifest",
-                "The `manifest` field (the stack's YAML manifest) is required.",
-            )
-        })?;
+/// Every check of a create, in the order a client can fix them.
+async fn validate(mut form: Form) -> ApiResult<Validated> {
+    let manifest_text = upload::manifest_text(&mut form)?;
     let name = form
         .name
         .filter(|n| !n.is_empty())
@@ -136,59 +52,10 @@ fn validate(form: Form) -> ApiResult<Validated> {
     let name = StackName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e.0))?;
     let environment = match form.env.filter(|e| !e.is_empty()) {
         None => EnvironmentName::default_env(),
-        Some(e) => {
-            EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?
-        }
+        Some(e) => EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?,
     };
-    let manifest = Manifest::parse(&manifest_text)
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
-
-    let mut files = form.files;
-    let limits = TarballLimits::default();
-    let mut services = Vec::with_capacity(manifest.services.len());
-    let mut artifacts = BTreeMap::new();
-    for spec in &manifest.services {
-        let svc = spec.name.as_str();
-        let bytes = files.remove(svc).ok_or_else(|| {
-            ApiError::bad_request("missing_tarball", format!("No tarball part named `{svc}` was sent for service `{svc}`."))
-                .with_action(format!("Add a form part named `{svc}` holding a gzipped tar of the service's build directory."))
-        })?;
-        let info = tarball::inspect(&bytes, &limits).map_err(|e| {
-            ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}"))
-        })?;
-        let start = tarball::resolve_start(spec.command.as_deref(), &info).ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_start_command",
-                format!("Service `{svc}` has no start command: no `command` in the manifest, no Procfile and no Dockerfile CMD/ENTRYPOINT in its tarball."),
-            )
-            .with_action(format!("Add `command: \"...\"` to service `{svc}` in the manifest, or a Procfile with a `web:` line at the tarball root."))
-        })?;
-        services.push(ReleaseService {
-            name: spec.name.clone(),
-            artifact: info.digest.clone(),
-            command: start.command,
-            workdir: start.workdir,
-            port: spec.port,
-            expose: spec.expose,
-            health: spec.health.clone(),
-            env: spec.env.clone(),
-        });
-        artifacts.insert(info.digest, bytes);
-    }
-    if let Some(extra) = files.keys().next() {
-        return Err(invalid_form(format!(
-            "The form part `{}` does not name a service in the manifest.",
-            stackyard_core::ids::truncate_for_message(extra)
-        )));
-    }
-    Ok(Validated {
-        name,
-        environment,
-        manifest_text,
-        warnings: manifest.warnings,
-        services,
-        artifacts,
-    })
+    let code = upload::validate_code_blocking(manifest_text, form.files).await?;
+    Ok(Validated { name, environment, code })
 }
 
 #[utoipa::path(post, path = "/stacks/new", tag = "stacks",
@@ -211,16 +78,7 @@ pub async fn create<S: Store>(
             "This server does not accept anonymous stacks.",
         ));
     }
-    let multipart = multipart.map_err(|e| {
-        invalid_form(format!(
-            "Expected a multipart/form-data body: {}.",
-            e.body_text()
-        ))
-    })?;
-    let form = read_form(multipart).await?;
-    let validated = tokio::task::spawn_blocking(move || validate(form))
-        .await
-        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))??;
+    let validated = validate(upload::read_form(multipart).await?).await?;
 
     let reservation = match idempotency::start(
         &state.store,
@@ -250,6 +108,9 @@ async fn create_reserved<S: Store>(
     reservation: Option<&idempotency::Reservation>,
 ) -> ApiResult<Response> {
     let ctx = audit_ctx(caller, rid);
+    if let Caller::Anonymous { fingerprint } = caller {
+        state.rate_limiter.check_anonymous(&state.store, fingerprint, ctx.now).await?;
+    }
     let slug = StackSlug::generate();
     let (team_id, tier, fingerprint, expires_at) = match caller {
         Caller::Team(p) => (Some(p.team.id), p.team.tier.clone(), None, None),
@@ -272,35 +133,14 @@ async fn create_reserved<S: Store>(
         "tier": tier,
         "expires_in": if expires_at.is_some() { humantime::format_duration(state.config.anonymous_ttl).to_string() } else { String::new() },
         "expires_at": expires_at.map(|t| t.to_rfc3339()),
-        "services": v.services.iter().map(|s| json!({
+        "services": v.code.services.iter().map(|s| json!({
             "name": s.name, "status": "building", "expose": s.expose, "port": s.port, "url": Value::Null,
         })).collect::<Vec<_>>(),
         "release": { "version": 1, "name": "v1", "status": "pending", "env_version": 0 },
-        "note": v.warnings.join("; "),
+        "note": v.code.warnings.join("; "),
     });
 
-    // Artifacts go to disk before the rows that name them (see `artifacts`).
-    let data_dir = state.data_dir.clone();
-    let files: Vec<(String, Bytes)> = v.artifacts.into_iter().collect();
-    let sizes: Vec<(String, i64)> = files
-        .iter()
-        .map(|(d, b)| (d.clone(), b.len() as i64))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        files
-            .iter()
-            .try_for_each(|(digest, bytes)| artifacts::save(&data_dir, digest, bytes))
-    })
-    .await
-    .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
-    .map_err(|e| {
-        tracing::error!(error = %e, "could not store an artifact");
-        ApiError::unavailable(
-            "provision_failed",
-            "The server could not store the service tarballs.",
-            5,
-        )
-    })?;
+    let sizes = upload::save_artifacts(state, v.code.artifacts).await?;
 
     let new = NewStack {
         slug: slug.clone(),
@@ -310,8 +150,8 @@ async fn create_reserved<S: Store>(
         fingerprint,
         tier,
         expires_at,
-        manifest: v.manifest_text,
-        services: v.services,
+        manifest: v.code.manifest_text,
+        services: v.code.services,
         artifacts: sizes,
         ctx,
         idempotency: reservation.map(|r| IdempotencyCompletion {

@@ -44,6 +44,18 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Option<TestApp> {
+        Self::spawn_inner(backend, extra, None).await
+    }
+
+    /// A PostgreSQL-backed app whose server reaches the database only through `proxy`
+    /// (`TestApp::db_url` stays direct, for the test's own checks).
+    pub async fn spawn_behind_proxy(extra: &[&str]) -> Option<(TestApp, TcpProxy)> {
+        let proxy = TcpProxy::start(("127.0.0.1", 5432)).await;
+        let app = Self::spawn_inner(Backend::Postgres, extra, Some(&proxy)).await?;
+        Some((app, proxy))
+    }
+
+    async fn spawn_inner(backend: Backend, extra: &[&str], proxy: Option<&TcpProxy>) -> Option<TestApp> {
         let (guard, db_url) = match backend {
             Backend::Sqlite => {
                 let db = stackyard_testkit::sqlite::fresh();
@@ -57,6 +69,10 @@ impl TestApp {
             }
         };
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let server_url = match proxy {
+            Some(p) => p.rewrite(&db_url),
+            None => db_url.clone(),
+        };
         let mut argv: Vec<String> = vec![
             "stackyard".into(),
             "--listen".into(),
@@ -64,7 +80,7 @@ impl TestApp {
             "--data-dir".into(),
             data_dir.path().display().to_string(),
             "--database-url".into(),
-            db_url.clone(),
+            server_url,
             "--runtime".into(),
             "noop".into(),
             "--noop-step".into(),
@@ -316,4 +332,55 @@ pub fn raw_tarball(entries: &[RawEntry<'_>]) -> Vec<u8> {
         b.append(&h, *data).expect("raw entry");
     }
     b.into_inner().expect("tar").finish().expect("gzip")
+}
+
+/// A TCP proxy in front of the database, to cut and restore the server's connection to it:
+/// `cut` drops every open connection and refuses new ones until `restore`.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    kill: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: (&'static str, u16)) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kill, kill_rx) = tokio::sync::watch::channel(0u64);
+        let cut2 = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut kill_rx = kill_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = kill_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, cut, kill }
+    }
+
+    /// `url` pointing at the proxy instead of the upstream.
+    pub fn rewrite(&self, url: &str) -> String {
+        url.replacen("127.0.0.1:5432", &self.addr.to_string(), 1)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kill.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -1,0 +1,76 @@
+//! Periodic housekeeping: anonymous stacks whose TTL ran out are marked `deleting` and torn
+//! down (through the same path as a DELETE, so the teardown is a durable job), and old events,
+//! idempotency records and rate counters are pruned.
+
+use crate::now;
+use stackyard_core::model::{Access, Actor, AuditCtx};
+use stackyard_core::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Events are kept this long after they happen (clients resume within minutes, not days).
+const EVENT_RETENTION_MS: i64 = 24 * 3600 * 1000;
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// How often expiry runs: often enough that a stack outlives its TTL by at most a fraction of
+/// it (short TTLs in tests), at most every 30 s.
+pub fn expiry_tick(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+pub async fn run<S: Store>(store: S, ttl: Duration, jobs_ready: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let tick = expiry_tick(ttl);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        expire(&store, &jobs_ready).await;
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = tokio::time::Instant::now();
+            let at = now();
+            match store.prune(at, at.saturating_add_ms(-EVENT_RETENTION_MS)).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old events and records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}
+
+/// Marks every expired anonymous stack `deleting` and queues its teardown.
+pub async fn expire<S: Store>(store: &S, jobs_ready: &Notify) {
+    let expired = match store.expired_stacks(now(), 100).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for expired stacks");
+            return;
+        }
+    };
+    for slug in expired {
+        let ctx = AuditCtx { actor: Actor::system(), request_id: None, now: now() };
+        match store.request_deletion(Access::Anonymous, &slug, ctx).await {
+            Ok(Some(_)) => {
+                metrics::counter!("stackyard_stacks_expired_total").increment(1);
+                tracing::info!(stack = %slug, "anonymous stack expired; teardown queued");
+                jobs_ready.notify_one();
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, stack = %slug, "could not expire a stack"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_ticks_follow_the_ttl_within_bounds() {
+        assert_eq!(expiry_tick(Duration::from_secs(6 * 3600)), Duration::from_secs(30));
+        assert_eq!(expiry_tick(Duration::from_secs(2)), Duration::from_millis(500));
+        assert_eq!(expiry_tick(Duration::from_millis(10)), Duration::from_millis(100));
+    }
+}

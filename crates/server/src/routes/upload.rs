@@ -1,0 +1,161 @@
+//! Code uploads shared by `POST /stacks/new` and `POST /stacks/:slug/redeploy`: reading the
+//! multipart form, validating the manifest and every tarball before anything is written, and
+//! storing the artifacts.
+
+use crate::app::AppState;
+use crate::artifacts;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::http::StatusCode;
+use stackyard_core::manifest::Manifest;
+use stackyard_core::model::ReleaseService;
+use stackyard_core::store::Store;
+use stackyard_core::tarball::{self, TarballLimits};
+use std::collections::BTreeMap;
+
+/// The parts of a stack form, as received.
+#[derive(Default)]
+pub struct Form {
+    pub manifest: Option<String>,
+    pub name: Option<String>,
+    pub env: Option<String>,
+    pub files: BTreeMap<String, Bytes>,
+}
+
+/// A manifest and its tarballs that passed every check; nothing has been written yet.
+pub struct Code {
+    pub manifest_text: String,
+    pub warnings: Vec<String>,
+    pub services: Vec<ReleaseService>,
+    /// `(digest, bytes)` per distinct artifact.
+    pub artifacts: BTreeMap<String, Bytes>,
+}
+
+impl Code {
+    /// `(service, artifact digest)` pairs: with the manifest text, what identifies the code for
+    /// idempotency (the tarball bytes themselves are covered by their digests).
+    pub fn identity(&self) -> Vec<(&str, &str)> {
+        self.services.iter().map(|s| (s.name.as_str(), s.artifact.as_str())).collect()
+    }
+}
+
+pub fn invalid_form(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_form", message)
+        .with_action("Send multipart/form-data with a `manifest` field, a `name` field and one gzipped tarball part per service named after the service.")
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        invalid_form(format!("The multipart body could not be read: {}.", e.body_text()))
+    }
+}
+
+/// Reads the whole form (the body limit bounds it at 50 MiB).
+pub async fn read_form(mp: Result<Multipart, MultipartRejection>) -> ApiResult<Form> {
+    let mut mp = mp.map_err(|e| invalid_form(format!("Expected a multipart/form-data body: {}.", e.body_text())))?;
+    let mut form = Form::default();
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+        let Some(name) = field.name().map(str::to_owned) else {
+            return Err(invalid_form("A form part has no field name."));
+        };
+        let slot = match name.as_str() {
+            "manifest" => Some(&mut form.manifest),
+            "name" => Some(&mut form.name),
+            "env" => Some(&mut form.env),
+            _ => None,
+        };
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        match slot {
+            Some(slot) => {
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| invalid_form(format!("The `{name}` field is not UTF-8 text.")))?;
+                if slot.replace(text).is_some() {
+                    return Err(invalid_form(format!("The `{name}` field appears more than once.")));
+                }
+            }
+            None => {
+                if form.files.insert(name.clone(), bytes).is_some() {
+                    return Err(invalid_form(format!(
+                        "The tarball part `{}` appears more than once.",
+                        stackyard_core::ids::truncate_for_message(&name)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(form)
+}
+
+/// The manifest field, required.
+pub fn manifest_text(form: &mut Form) -> ApiResult<String> {
+    form.manifest.take().filter(|m| !m.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request("missing_manifest", "The `manifest` field (the stack's YAML manifest) is required.")
+    })
+}
+
+/// Validates the manifest and every service's tarball and start command. CPU-heavy (tarball
+/// inspection): call it on the blocking pool (`validate_code_blocking`).
+pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) -> ApiResult<Code> {
+    let manifest = Manifest::parse(&manifest_text).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let limits = TarballLimits::default();
+    let mut services = Vec::with_capacity(manifest.services.len());
+    let mut artifacts = BTreeMap::new();
+    for spec in &manifest.services {
+        let svc = spec.name.as_str();
+        let bytes = files.remove(svc).ok_or_else(|| {
+            ApiError::bad_request("missing_tarball", format!("No tarball part named `{svc}` was sent for service `{svc}`."))
+                .with_action(format!("Add a form part named `{svc}` holding a gzipped tar of the service's build directory."))
+        })?;
+        let info = tarball::inspect(&bytes, &limits)
+            .map_err(|e| ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}")))?;
+        let start = tarball::resolve_start(spec.command.as_deref(), &info).ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_start_command",
+                format!("Service `{svc}` has no start command: no `command` in the manifest, no Procfile and no Dockerfile CMD/ENTRYPOINT in its tarball."),
+            )
+            .with_action(format!("Add `command: \"...\"` to service `{svc}` in the manifest, or a Procfile with a `web:` line at the tarball root."))
+        })?;
+        services.push(ReleaseService {
+            name: spec.name.clone(),
+            artifact: info.digest.clone(),
+            command: start.command,
+            workdir: start.workdir,
+            port: spec.port,
+            expose: spec.expose,
+            health: spec.health.clone(),
+            env: spec.env.clone(),
+        });
+        artifacts.insert(info.digest, bytes);
+    }
+    if let Some(extra) = files.keys().next() {
+        return Err(invalid_form(format!(
+            "The form part `{}` does not name a service in the manifest.",
+            stackyard_core::ids::truncate_for_message(extra)
+        )));
+    }
+    Ok(Code { manifest_text, warnings: manifest.warnings, services, artifacts })
+}
+
+/// `validate_code` on the blocking pool.
+pub async fn validate_code_blocking(manifest_text: String, files: BTreeMap<String, Bytes>) -> ApiResult<Code> {
+    tokio::task::spawn_blocking(move || validate_code(manifest_text, files))
+        .await
+        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
+}
+
+/// Writes the artifacts to disk (before any row names them) and returns `(digest, size)`s.
+pub async fn save_artifacts<S: Store>(state: &AppState<S>, files: BTreeMap<String, Bytes>) -> ApiResult<Vec<(String, i64)>> {
+    let data_dir = state.data_dir.clone();
+    let sizes: Vec<(String, i64)> = files.iter().map(|(d, b)| (d.clone(), b.len() as i64)).collect();
+    tokio::task::spawn_blocking(move || files.iter().try_for_each(|(digest, bytes)| artifacts::save(&data_dir, digest, bytes)))
+        .await
+        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not store an artifact");
+            ApiError::unavailable("provision_failed", "The server could not store the service tarballs.", 5)
+        })?;
+    Ok(sizes)
+}
