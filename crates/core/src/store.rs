@@ -3,8 +3,8 @@
 //! test suite (`stackyard-store-tests`) runs against both.
 //!
 //! Rules every implementation keeps:
-//! - Each method is one transaction; a method that changes something writes its audit row in
-//!   that same transaction, so either both exist or neither does.
+//! - Each method is one transaction; a method that changes something writes its audit row and
+//!   its stack events (`list_events`) in that same transaction, so all exist or none does.
 //! - Writes that read before they write take the stack's (or team's) lock first: PostgreSQL
 //!   `SELECT … FOR UPDATE` under `lock_timeout`, SQLite `BEGIN IMMEDIATE` under `busy_timeout`.
 //!   A lock wait over the configured bound is `StoreError::LockTimeout`.
@@ -301,8 +301,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     // ---- stacks ----
 
     /// Writes a new stack in one transaction: the team cap check (under the team's lock), the
-    /// stack, its services, release v1, artifact rows, env version 0, the deploy job, audit
-    /// `stack.created` and the idempotency record.
+    /// stack, its services, release v1 (recording the empty env map of version 0), artifact
+    /// rows, env version 0, the deploy job, audit `stack.created`, events `stack.status` and
+    /// `release.created`, and the idempotency record.
     fn create_stack(
         &self,
         new: NewStack,
@@ -326,8 +327,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn count_stacks(&self, team: TeamId) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Marks the stack `deleting`, bumps its operation generation, supersedes its queued jobs
-    /// and queues a teardown, with audit `stack.deletion_requested`, in one transaction under the
-    /// stack's lock. Repeating it on a `deleting` stack changes nothing and returns it.
+    /// and queues a teardown, with audit `stack.deletion_requested` and event `stack.status`, in
+    /// one transaction under the stack's lock. Repeating it on a `deleting` stack changes nothing
+    /// and returns it.
     /// `None` if the stack does not exist for this caller.
     fn request_deletion(
         &self,
@@ -373,15 +375,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// start-up: any job still marked running was held by a previous, dead instance.
     fn requeue_running_jobs(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// The stack, the job's release and the current env map, for a deploy.
+    /// The stack, the job's release (the stack's newest when the job names none) and the env
+    /// map that release recorded when it was created, for a deploy: a deploy applies exactly the
+    /// env version its release carries, not env written since.
     fn deploy_context(
         &self,
         job: &Job,
     ) -> impl Future<Output = Result<Option<(Stack, Release, EnvMap)>, StoreError>> + Send;
 
     /// Records a service's status (and URL / error) if the job's generation is still the
-    /// stack's, and moves the stack status along (`StackStatus::from_services`). Returns
-    /// false, changing nothing, when a newer operation owns the stack.
+    /// stack's, and moves the stack status along (`StackStatus::from_services`), with event
+    /// `service.status` when the service changed and `stack.status` when the stack's status or
+    /// error changed. Returns false, changing nothing, when a newer operation owns the stack
+    /// (a redeploy or a deletion) or the stack has no such service.
     fn record_service_status(
         &self,
         job: &Job,
@@ -392,9 +398,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Ends a deploy job: marks the release live (superseding the previous live one) or failed,
-    /// sets the stack status, audits `stack.deployed` / `stack.deploy_failed`, and marks the job
-    /// done. If a newer operation owns the stack only the job is closed. False if the claim was lost.
+    /// Ends a deploy job and marks it done. False if the claim was lost; if a newer operation
+    /// owns the stack only the job is closed. Otherwise, with events `release.status` and
+    /// `stack.status`:
+    /// - ok: the release goes `live` (any other live release `superseded`), the stack `healthy`
+    ///   with no error; audit `stack.deployed`.
+    /// - failed while another release of the stack is `live` (a rolling redeploy: the runtime
+    ///   keeps the old one serving): the release goes `failed`, the service rows are set back
+    ///   to the live release's services, `healthy` without error (event `service.status` for
+    ///   each), the stack `healthy` with error `release vN failed: <error>`; audit
+    ///   `stack.deploy_failed` `{release, error, still_serving}`.
+    /// - failed with nothing live: the release, the stack and its unfinished services go
+    ///   `failed` (event `service.status` for each service changed); audit `stack.deploy_failed`
+    ///   `{release, error}`.
     fn finish_deploy(
         &self,
         job: &Job,
@@ -402,8 +418,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Ends a teardown job: deletes the stack and everything that hangs off it (audit rows and
-    /// job records stay), audits `stack.deleted`, marks the job done. False if the claim was lost.
+    /// Ends a teardown job: deletes the stack and everything that hangs off it (audit rows, job
+    /// records and events stay), audits `stack.deleted`, writes event `stack.deleted`, marks the
+    /// job done. False if the claim was lost.
     fn finish_teardown(
         &self,
         job: &Job,
@@ -411,7 +428,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Gives a job back after a failure: queued again at `run_after`, or failed for good when
-    /// `give_up` (then a deploy also marks its services and stack failed with `error`).
+    /// `give_up`. Giving up a deploy whose generation is current ends it exactly like a failed
+    /// `finish_deploy` with `error` (rolling back to a live release if there is one).
     fn retry_job(
         &self,
         job: &Job,
@@ -424,10 +442,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Applies a batch of env writes to one stack in one transaction and one commit, in order,
     /// each checked on its own: a write that fails its precondition or the size rule is refused
-    /// alone, the others commit. Each effective write gets its own version, version row and
-    /// audit row; a write that changes nothing gets neither. Under the stack's lock: the stack
-    /// must exist (`NotFound`) and not be `deleting` (`Deleting`). `render` produces the body
-    /// stored for idempotent writes.
+    /// alone, the others commit. Each effective write gets its own version, version row, audit
+    /// row and `env.version` event; a write that changes nothing gets none of them. Under the
+    /// stack's lock: the stack must exist (`NotFound`) and not be `deleting` (`Deleting`).
+    /// `render` produces the body stored for idempotent writes.
     fn apply_env_writes(
         &self,
         stack: StackId,
@@ -458,93 +476,81 @@ pub trait Store: Clone + Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page<EnvVersionInfo>, StoreError>> + Send;
 
-    // ---- releases, expiry, limits, events (runtime issue) ----
+    // ---- releases, expiry, limits, events ----
 
-    /// Creates release N+1 of a stack and queues its deploy, in one transaction under the
-    /// stack's lock: `Deleting` is decided there, not by an earlier read. The release records
-    /// the env map and version current at that moment (what the deploy will apply). Bumps the
-    /// operation generation (older jobs' status writes become no-ops), supersedes queued jobs,
-    /// sets the stack `building`, audits `stack.redeploy_requested`, writes `release.created`
-    /// and `stack.status` events, and completes the idempotency record.
+    /// Creates release N+1 of a stack (N = `Stack::release`) and queues its deploy, in one
+    /// transaction under the stack's lock: `NotFound` / `Deleting` are decided there, not by an
+    /// earlier read, and a refused call writes nothing.
+    ///
+    /// The release takes `release.services`, or (`None`) the newest release's services, and
+    /// records the stack's env map and `env_version` as they are at that moment: that map is
+    /// what its deploy applies (`deploy_context`), whatever is written to the env later. It
+    /// starts `pending`; older `pending` releases become `superseded` (their deploys can no
+    /// longer run). The stack's operation generation is bumped (older jobs' status writes become
+    /// no-ops), its status becomes `building` with no error, its service rows are made to match
+    /// the new release (in its order, each `building`; a kept service keeps its URL, since the
+    /// old release still serves it), the manifest is replaced when one is given, its queued jobs
+    /// are superseded and one deploy job is queued for the new release. Also: artifact rows,
+    /// audit `stack.redeploy_requested` `{release, from_release}`, events (`release.status` for
+    /// each superseded release, `release.created`, `stack.status`) and the idempotency record.
     fn create_release(
         &self,
         access: Access,
         slug: &StackSlug,
         release: NewRelease,
-    ) -> impl Future<Output = Result<(Stack, ReleaseInfo), ReleaseError>> + Send {
-        let _ = (access, slug, release);
-        async {
-            Err(ReleaseError::Store(StoreError::Unavailable(
-                "create_release is not implemented".into(),
-            )))
-        }
-    }
+    ) -> impl Future<Output = Result<(Stack, ReleaseInfo), ReleaseError>> + Send;
 
-    /// Anonymous stacks whose `expires_at` has passed and that are not yet `deleting`, oldest first.
+    /// Slugs of anonymous stacks (no team) whose `expires_at` is at or before `now` and that are
+    /// not `deleting`, soonest-expired first, at most `limit`.
     fn expired_stacks(
         &self,
         now: Millis,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<StackSlug>, StoreError>> + Send {
-        let _ = (now, limit);
-        async {
-            Err(StoreError::Unavailable(
-                "expired_stacks is not implemented".into(),
-            ))
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<StackSlug>, StoreError>> + Send;
 
-    /// Adds one to the anonymous-create counter of `fingerprint` for the UTC day of `now` and
-    /// returns the new count (the database-backed rate limit; atomic under concurrency).
+    /// Adds one to the anonymous-create counter of `fingerprint` for the UTC day of `now`
+    /// (`Millis::utc_day`) and returns the new count: the database-backed rate limit. One atomic
+    /// upsert, so concurrent calls each get a distinct count.
     fn count_anonymous_create(
         &self,
         fingerprint: &str,
         now: Millis,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send {
-        let _ = (fingerprint, now);
-        async {
-            Err(StoreError::Unavailable(
-                "count_anonymous_create is not implemented".into(),
-            ))
-        }
-    }
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// The stack's events with `id > after`, oldest first, at most `limit`. Events outlive the
     /// stack (the last one of a torn-down stack is `stack.deleted`) until `prune` removes them.
+    ///
+    /// Every change writes its events in its own transaction, under the stack's lock, so ids
+    /// increase in commit order per stack and `after` is a resumable cursor (`Last-Event-ID`).
+    /// Kinds and data (statuses, versions and key names, never env values):
+    /// - `stack.status` `{status, error}` when a change sets the stack's status;
+    /// - `service.status` `{service, status, url, error}` when a job's report changes a
+    ///   service, or a finished deploy fails or restores services;
+    /// - `release.created` `{release, env_version}`;
+    /// - `release.status` `{release, status, error}` when a release goes `live`, `failed` or
+    ///   `superseded`;
+    /// - `env.version` `{version, set, deleted}`, one per env version;
+    /// - `stack.deleted` `{}` when the teardown removed the stack.
     fn list_events(
         &self,
         stack: StackId,
         after: i64,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<StackEvent>, StoreError>> + Send {
-        let _ = (stack, after, limit);
-        async {
-            Err(StoreError::Unavailable(
-                "list_events is not implemented".into(),
-            ))
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<StackEvent>, StoreError>> + Send;
 
-    /// Every stack that should be running (not `deleting`) with its live release and that
-    /// release's env map, for a runtime recovering after a restart.
+    /// Every stack that should be running (not `deleting`) and has a `live` release, with that
+    /// release and the env map it recorded, for a runtime recovering after a restart. Stacks
+    /// without a live release (first deploy not finished or failed) are left out.
     fn running_stacks(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Stack, Release, EnvMap)>, StoreError>> + Send {
-        async {
-            Err(StoreError::Unavailable(
-                "running_stacks is not implemented".into(),
-            ))
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<(Stack, Release, EnvMap)>, StoreError>> + Send;
 
-    /// Housekeeping: deletes events older than `events_before`, expired idempotency records and
-    /// rate counters of past days. Returns the number of rows removed.
+    /// Housekeeping, in one transaction: deletes events with `at < events_before`, idempotency
+    /// records with `expires_at <= now` and rate counters of UTC days before `now`'s. Returns
+    /// the number of rows removed.
     fn prune(
         &self,
         now: Millis,
         events_before: Millis,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        let _ = (now, events_before);
-        async { Err(StoreError::Unavailable("prune is not implemented".into())) }
-    }
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

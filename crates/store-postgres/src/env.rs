@@ -7,9 +7,9 @@
 //! 1. `BEGIN; SET LOCAL lock_timeout = …` (one simple-query message),
 //! 2. `SELECT … FROM stacks WHERE id = $1 FOR UPDATE`,
 //! 3. only when the batch holds a rollback: one read of the history the targets need,
-//! 4. one statement writing everything: the version rows and the audit rows (each one
-//!    `INSERT … SELECT FROM UNNEST`), the stack row, the idempotency completions and the
-//!    pruning, as data-modifying CTEs,
+//! 4. one statement writing everything: the version rows, the audit rows and the
+//!    `env.version` events (each one `INSERT … SELECT FROM UNNEST`), the stack row, the
+//!    idempotency completions and the pruning, as data-modifying CTEs,
 //! 5. `COMMIT` (the only WAL flush).
 //!
 //! Every statement text is constant, so each is parsed once per connection and then only
@@ -242,6 +242,12 @@ ver AS ( \
 aud AS ( \
   INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
   SELECT created_at, $12, actor, kind, $13, request_id, metadata::jsonb FROM r ORDER BY ord), \
+ev AS ( \
+  INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+  SELECT $1, $13, 'env.version', \
+         jsonb_build_object('version', version, 'set', set_keys::jsonb, 'deleted', deleted_keys::jsonb), \
+         created_at \
+  FROM r ORDER BY ord), \
 stk AS ( \
   UPDATE stacks SET env = $14::jsonb, env_version = $15, env_updated_at = $16, updated_at = $16 \
   WHERE id = $1 AND cardinality($2::bigint[]) > 0), \

@@ -12,7 +12,8 @@
 
 use crate::audit::{self, AuditRow};
 use crate::error::{Result, col, corrupt, is_unique_violation, json_col, parsed};
-use crate::stacks::{stack_cols, stack_from_row};
+use crate::events::{self, Event};
+use crate::stacks::{stack_cols, stack_from_row, sync_services};
 use crate::{PgStore, millis};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
@@ -55,8 +56,10 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
 
 /// What a finishing job needs of its stack, read under the stack's row lock.
 struct StackHead {
+    id: StackId,
     generation: i64,
     status: String,
+    error: Option<String>,
     team_id: Option<TeamId>,
     slug: String,
 }
@@ -64,7 +67,7 @@ struct StackHead {
 /// Locks the stack row (if it still exists) and reads its head.
 async fn lock_stack_head(conn: &mut PgConnection, stack: StackId) -> Result<Option<StackHead>> {
     let row = sqlx::query(
-        "SELECT op_generation, status, team_id, slug FROM stacks WHERE id = $1 FOR UPDATE",
+        "SELECT op_generation, status, error, team_id, slug FROM stacks WHERE id = $1 FOR UPDATE",
     )
     .bind(stack.0)
     .fetch_optional(conn)
@@ -72,8 +75,10 @@ async fn lock_stack_head(conn: &mut PgConnection, stack: StackId) -> Result<Opti
     let Some(row) = row else { return Ok(None) };
     let team_id: Option<i64> = col(&row, "team_id")?;
     Ok(Some(StackHead {
+        id: stack,
         generation: col(&row, "op_generation")?,
         status: col(&row, "status")?,
+        error: col(&row, "error")?,
         team_id: team_id.map(TeamId),
         slug: col(&row, "slug")?,
     }))
@@ -100,38 +105,153 @@ async fn close_job(
     Ok(n > 0)
 }
 
-/// A deploy that ended badly: its release, its unfinished services and the stack are failed,
-/// with audit `stack.deploy_failed`, in one statement. The caller holds the stack lock and has
-/// checked the generation.
-async fn fail_deploy(
+/// A current deploy that failed (the runtime said so, or the worker gave up). The caller holds
+/// the stack's row lock, has closed the job and checked the generation.
+async fn end_failed_deploy(
     conn: &mut PgConnection,
     job: &Job,
     head: &StackHead,
     error: Option<&str>,
     now: Millis,
 ) -> Result<()> {
-    sqlx::query(
+    // The failed release, and which other release (if any) is live, in one statement.
+    let live: Option<i64> = sqlx::query_scalar(
         "WITH rel AS ( \
-           UPDATE releases SET status = 'failed' WHERE stack_id = $1 AND version = $2), \
-         svc AS ( \
-           UPDATE services SET status = 'failed', error = COALESCE(error, $3), updated_at = $4 \
-           WHERE stack_id = $1 AND status <> 'healthy'), \
-         stk AS ( \
-           UPDATE stacks SET status = 'failed', error = $3, updated_at = $4 WHERE id = $1) \
-         INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
-         VALUES ($4, $5, $6, 'stack.deploy_failed', $7, NULL, $8)",
+           UPDATE releases SET status = 'failed' WHERE stack_id = $1 AND version = $2) \
+         SELECT MAX(version) FROM releases WHERE stack_id = $1 AND status = 'live' AND version <> $2",
     )
-    .bind(job.stack_id.0)
+    .bind(head.id.0)
     .bind(job.release)
+    .fetch_one(&mut *conn)
+    .await?;
+    match live {
+        Some(live) => keep_serving(conn, job, head, live, error, now).await,
+        None => fail_stack(conn, job, head, error, now).await,
+    }
+}
+
+/// Nothing else is live: the stack and its unfinished services are failed, with audit
+/// `stack.deploy_failed`.
+async fn fail_stack(
+    conn: &mut PgConnection,
+    job: &Job,
+    head: &StackHead,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<()> {
+    // Only rows that change: unfinished services, and failed ones still without an error.
+    let rows = sqlx::query(
+        "WITH stk AS ( \
+           UPDATE stacks SET status = 'failed', error = $2, updated_at = $3 WHERE id = $1), \
+         aud AS ( \
+           INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
+           VALUES ($3, $4, $5, 'stack.deploy_failed', $6, NULL, $7)) \
+         UPDATE services SET status = 'failed', error = COALESCE(error, $2), updated_at = $3 \
+         WHERE stack_id = $1 AND status <> 'healthy' \
+           AND (status <> 'failed' OR (error IS NULL AND $2::text IS NOT NULL)) \
+         RETURNING position, name, status, url, error",
+    )
+    .bind(head.id.0)
     .bind(error)
     .bind(now.0)
     .bind(head.team_id.map(|t| t.0))
     .bind(system())
     .bind(&head.slug)
     .bind(serde_json::json!({ "release": job.release, "error": error }))
-    .execute(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    let mut changed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let position: i32 = col(row, "position")?;
+        let name: String = col(row, "name")?;
+        let status: String = col(row, "status")?;
+        let url: Option<String> = col(row, "url")?;
+        let error: Option<String> = col(row, "error")?;
+        changed.push((
+            position,
+            Event::service_status(&name, &status, url.as_deref(), error.as_deref()),
+        ));
+    }
+    changed.sort_by_key(|(position, _)| *position);
+    let mut out = vec![Event::release_status(
+        job.release,
+        ReleaseStatus::Failed,
+        error,
+    )];
+    out.extend(changed.into_iter().map(|(_, e)| e));
+    out.push(Event::stack_status(StackStatus::Failed, error));
+    events::insert(conn, head.id, &head.slug, now, &out).await
+}
+
+/// A rolling redeploy failed while release `live` still serves (the runtime keeps it): the
+/// service rows go back to that release's services, healthy, and the stack stays healthy with
+/// the failure as its error.
+async fn keep_serving(
+    conn: &mut PgConnection,
+    job: &Job,
+    head: &StackHead,
+    live: i64,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<()> {
+    let row =
+        sqlx::query("SELECT spec::text AS spec FROM releases WHERE stack_id = $1 AND version = $2")
+            .bind(head.id.0)
+            .bind(live)
+            .fetch_one(&mut *conn)
+            .await?;
+    let services: Vec<ReleaseService> = json_col(&row, "spec")?;
+    sync_services(conn, head.id, &services, ServiceStatus::Healthy, now).await?;
+    let message = failed_release_message(job.release, error);
+    // The services as they are now (the statement after the sync sees its rows).
+    let rows = sqlx::query(
+        "WITH stk AS ( \
+           UPDATE stacks SET status = 'healthy', error = $2, updated_at = $3 WHERE id = $1), \
+         aud AS ( \
+           INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
+           VALUES ($3, $4, $5, 'stack.deploy_failed', $6, NULL, $7)) \
+         SELECT name, status, url, error FROM services WHERE stack_id = $1 ORDER BY position",
+    )
+    .bind(head.id.0)
+    .bind(&message)
+    .bind(now.0)
+    .bind(head.team_id.map(|t| t.0))
+    .bind(system())
+    .bind(&head.slug)
+    .bind(serde_json::json!({
+        "release": job.release,
+        "error": error,
+        "still_serving": live,
+    }))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = vec![Event::release_status(
+        job.release,
+        ReleaseStatus::Failed,
+        error,
+    )];
+    for row in &rows {
+        let name: String = col(row, "name")?;
+        let status: String = col(row, "status")?;
+        let url: Option<String> = col(row, "url")?;
+        let error: Option<String> = col(row, "error")?;
+        out.push(Event::service_status(
+            &name,
+            &status,
+            url.as_deref(),
+            error.as_deref(),
+        ));
+    }
+    out.push(Event::stack_status(StackStatus::Healthy, Some(&message)));
+    events::insert(conn, head.id, &head.slug, now, &out).await
+}
+
+/// The stack error after a failed redeploy that left the live release serving.
+fn failed_release_message(release: i64, error: Option<&str>) -> String {
+    match error {
+        Some(e) => format!("release v{release} failed: {e}"),
+        None => format!("release v{release} failed"),
+    }
 }
 
 impl PgStore {
@@ -234,16 +354,15 @@ impl PgStore {
         job: &Job,
     ) -> Result<Option<(Stack, Release, EnvMap)>> {
         let (stack_id, release) = (job.stack_id.0, job.release);
-        // One statement, one snapshot: the stack, the job's release (the current one when the
-        // job names none) and the env map.
+        // One statement, one snapshot: the stack and the job's release (the current one when
+        // the job names none) with the env map that release recorded.
         let row = self
             .read(|mut c| async move {
                 Ok(sqlx::query(concat!(
                     "SELECT ",
                     stack_cols!(),
-                    ", s.env::text AS env, r.version, r.status AS r_status, \
-                       r.env_version AS r_env_version, r.created_at AS r_created_at, \
-                       r.spec::text AS spec \
+                    ", r.version, r.status AS r_status, r.env_version AS r_env_version, \
+                       r.created_at AS r_created_at, r.spec::text AS spec, r.env::text AS env \
                      FROM stacks s \
                      LEFT JOIN releases r ON r.stack_id = s.id \
                        AND r.version = CASE WHEN $2 > 0 THEN $2 ELSE s.release END \
@@ -261,20 +380,8 @@ impl PgStore {
         let Some(version) = version else {
             return Err(corrupt("the job's release does not exist"));
         };
-        let status: String = col(&row, "r_status")?;
-        let release = Release {
-            info: ReleaseInfo {
-                version,
-                status: parsed(ReleaseStatus::parse(&status), "release status")?,
-                env_version: col(&row, "r_env_version")?,
-                created_at: Millis(col(&row, "r_created_at")?),
-            },
-            services: json_col(&row, "spec")?,
-        };
-        let env: String = col(&row, "env")?;
-        let env =
-            EnvMap::from_json(&env).map_err(|_| corrupt("the stored env map is not valid"))?;
-        Ok(Some((stack, release, env)))
+        let release = release_with_env(&row, version)?;
+        Ok(Some((stack, release.0, release.1)))
     }
 
     pub(crate) async fn record_service_status_impl(
@@ -286,20 +393,24 @@ impl PgStore {
         error: Option<&str>,
         now: Millis,
     ) -> Result<bool> {
-        // Lock: the stack row, before the generation check, so a deletion (which bumps the
-        // generation under the same lock) cannot slip in between the check and the write.
+        // Lock: the stack row, before the generation check, so a deletion or a redeploy (which
+        // bump the generation under the same lock) cannot slip in between the check and the
+        // write.
         let mut tx = self.begin().await?;
         let head = lock_stack_head(&mut tx, job.stack_id).await?;
-        let current = head.is_some_and(|h| {
+        let Some(head) = head.filter(|h| {
             h.generation == job.generation && h.status != StackStatus::Deleting.as_str()
-        });
-        if !current {
+        }) else {
             tx.rollback().await?;
             return Ok(false);
-        }
-        let n = sqlx::query(
-            "UPDATE services SET status = $3, url = $4, error = $5, updated_at = $6 \
-             WHERE stack_id = $1 AND name = $2",
+        };
+        // The row before the write (a self-join on the row being updated: the FROM side reads
+        // the statement's snapshot, i.e. the old values), then every service after it.
+        let before = sqlx::query(
+            "UPDATE services n SET status = $3, url = $4, error = $5, updated_at = $6 \
+             FROM services o WHERE n.stack_id = $1 AND n.name = $2 \
+               AND o.stack_id = n.stack_id AND o.name = n.name \
+             RETURNING o.status, o.url, o.error",
         )
         .bind(job.stack_id.0)
         .bind(service.as_str())
@@ -307,13 +418,15 @@ impl PgStore {
         .bind(url)
         .bind(error)
         .bind(now.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(before) = before else {
             tx.rollback().await?;
             return Ok(false);
-        }
+        };
+        let service_changed = col::<String>(&before, "status")? != status.as_str()
+            || col::<Option<String>>(&before, "url")?.as_deref() != url
+            || col::<Option<String>>(&before, "error")?.as_deref() != error;
         let rows =
             sqlx::query("SELECT status, error FROM services WHERE stack_id = $1 ORDER BY position")
                 .bind(job.stack_id.0)
@@ -333,10 +446,23 @@ impl PgStore {
         sqlx::query("UPDATE stacks SET status = $2, error = $3, updated_at = $4 WHERE id = $1")
             .bind(job.stack_id.0)
             .bind(stack_status.as_str())
-            .bind(failure)
+            .bind(failure.as_deref())
             .bind(now.0)
             .execute(&mut *tx)
             .await?;
+        let mut out = Vec::new();
+        if service_changed {
+            out.push(Event::service_status(
+                service.as_str(),
+                status.as_str(),
+                url,
+                error,
+            ));
+        }
+        if head.status != stack_status.as_str() || head.error != failure {
+            out.push(Event::stack_status(stack_status, failure.as_deref()));
+        }
+        events::insert(&mut tx, head.id, &head.slug, now, &out).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -348,7 +474,7 @@ impl PgStore {
         now: Millis,
     ) -> Result<bool> {
         // Lock order: the stack row, then the job row (fence). The fence, the release/stack
-        // transition and the audit row are one step.
+        // transition, the audit row and the events are one step.
         let mut tx = self.begin().await?;
         let head = lock_stack_head(&mut tx, job.stack_id).await?;
         if !close_job(&mut tx, job, JobState::Done, now).await? {
@@ -361,16 +487,16 @@ impl PgStore {
             return Ok(true);
         };
         if result.ok {
-            sqlx::query(
-                "WITH sup AS ( \
-                   UPDATE releases SET status = 'superseded' \
-                   WHERE stack_id = $1 AND status = 'live' AND version <> $2), \
-                 live AS ( \
+            let mut superseded: Vec<i64> = sqlx::query_scalar(
+                "WITH live AS ( \
                    UPDATE releases SET status = 'live' WHERE stack_id = $1 AND version = $2), \
                  stk AS ( \
-                   UPDATE stacks SET status = 'healthy', error = NULL, updated_at = $3 WHERE id = $1) \
-                 INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
-                 VALUES ($3, $4, $5, 'stack.deployed', $6, NULL, $7)",
+                   UPDATE stacks SET status = 'healthy', error = NULL, updated_at = $3 WHERE id = $1), \
+                 aud AS ( \
+                   INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
+                   VALUES ($3, $4, $5, 'stack.deployed', $6, NULL, $7)) \
+                 UPDATE releases SET status = 'superseded' \
+                 WHERE stack_id = $1 AND status = 'live' AND version <> $2 RETURNING version",
             )
             .bind(job.stack_id.0)
             .bind(job.release)
@@ -379,10 +505,22 @@ impl PgStore {
             .bind(system())
             .bind(&head.slug)
             .bind(serde_json::json!({ "release": job.release }))
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            superseded.sort_unstable();
+            let mut out: Vec<Event> = superseded
+                .into_iter()
+                .map(|v| Event::release_status(v, ReleaseStatus::Superseded, None))
+                .collect();
+            out.push(Event::release_status(
+                job.release,
+                ReleaseStatus::Live,
+                None,
+            ));
+            out.push(Event::stack_status(StackStatus::Healthy, None));
+            events::insert(&mut tx, head.id, &head.slug, now, &out).await?;
         } else {
-            fail_deploy(&mut tx, job, &head, result.error.as_deref(), now).await?;
+            end_failed_deploy(&mut tx, job, &head, result.error.as_deref(), now).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -390,8 +528,8 @@ impl PgStore {
 
     pub(crate) async fn finish_teardown_impl(&self, job: &Job, now: Millis) -> Result<bool> {
         // Lock order: the stack row, then the job row (fence). The delete cascades to
-        // services, releases and env versions; audit rows and job rows have no foreign key and
-        // stay.
+        // services, releases and env versions; audit, job and event rows have no foreign key
+        // and stay.
         let mut tx = self.begin().await?;
         let head = lock_stack_head(&mut tx, job.stack_id).await?;
         if !close_job(&mut tx, job, JobState::Done, now).await? {
@@ -416,6 +554,11 @@ impl PgStore {
                 },
             )
             .await?;
+            let deleted = Event {
+                kind: "stack.deleted",
+                data: serde_json::json!({}),
+            };
+            events::insert(&mut tx, head.id, &head.slug, now, &[deleted]).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -432,8 +575,8 @@ impl PgStore {
         // the audit row when giving up, where it is "now" by construction).
         let now = run_after;
         let fails_stack = give_up && job.kind == JobKind::Deploy;
-        // Lock order: the stack row (only when giving up a deploy, which fails the stack),
-        // then the job row (fence).
+        // Lock order: the stack row (only when giving up a deploy, which ends the stack's
+        // operation), then the job row (fence).
         let mut tx = self.begin().await?;
         let head = if fails_stack {
             lock_stack_head(&mut tx, job.stack_id).await?
@@ -470,9 +613,28 @@ impl PgStore {
             return Ok(false);
         }
         if let Some(head) = head.filter(|h| h.generation == job.generation) {
-            fail_deploy(&mut tx, job, &head, Some(error), now).await?;
+            end_failed_deploy(&mut tx, job, &head, Some(error), now).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A release selected as `version` (given), `r_status`, `r_env_version`, `r_created_at`,
+/// `spec::text AS spec` and `env::text AS env`, with the env map it recorded.
+pub(crate) fn release_with_env(row: &PgRow, version: i64) -> Result<(Release, EnvMap)> {
+    let status: String = col(row, "r_status")?;
+    let release = Release {
+        info: ReleaseInfo {
+            version,
+            status: parsed(ReleaseStatus::parse(&status), "release status")?,
+            env_version: col(row, "r_env_version")?,
+            created_at: Millis(col(row, "r_created_at")?),
+        },
+        services: json_col(row, "spec")?,
+    };
+    let env: String = col(row, "env")?;
+    // serde_json's message could quote a value: keep only that it failed.
+    let env = EnvMap::from_json(&env).map_err(|_| corrupt("a release's env map is not valid"))?;
+    Ok((release, env))
 }

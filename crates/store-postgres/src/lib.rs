@@ -17,14 +17,18 @@
 //! connection turns out to be lost, because neither can have changed anything; a failure in
 //! the middle of a write is reported as `Unavailable` and nothing is retried.
 //!
-//! Modules: `error` (sqlx errors to `StoreError`, row decoding), `audit`, `teams`,
-//! `idempotency`, `stacks`, `jobs`, `env` (the batched env path, the benchmark's hot path).
+//! Modules: `error` (sqlx errors to `StoreError`, row decoding), `audit`, `events`, `teams`,
+//! `idempotency`, `stacks`, `releases`, `jobs`, `env` (the batched env path, the benchmark's
+//! hot path), `housekeeping` (expiry, rate counters, pruning).
 
 mod audit;
 mod env;
 mod error;
+mod events;
+mod housekeeping;
 mod idempotency;
 mod jobs;
+mod releases;
 mod stacks;
 mod teams;
 
@@ -397,5 +401,53 @@ impl Store for PgStore {
         cursor: Option<&str>,
     ) -> std::result::Result<Page<EnvVersionInfo>, StoreError> {
         Ok(self.list_env_versions_impl(stack, limit, cursor).await?)
+    }
+
+    async fn create_release(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        release: NewRelease,
+    ) -> std::result::Result<(Stack, ReleaseInfo), ReleaseError> {
+        self.create_release_impl(access, slug, release).await
+    }
+
+    async fn expired_stacks(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> std::result::Result<Vec<StackSlug>, StoreError> {
+        Ok(self.expired_stacks_impl(now, limit).await?)
+    }
+
+    async fn count_anonymous_create(
+        &self,
+        fingerprint: &str,
+        now: Millis,
+    ) -> std::result::Result<i64, StoreError> {
+        Ok(self.count_anonymous_create_impl(fingerprint, now).await?)
+    }
+
+    async fn list_events(
+        &self,
+        stack: StackId,
+        after: i64,
+        limit: i64,
+    ) -> std::result::Result<Vec<StackEvent>, StoreError> {
+        Ok(self.list_events_impl(stack, after, limit).await?)
+    }
+
+    async fn running_stacks(
+        &self,
+    ) -> std::result::Result<Vec<(Stack, Release, EnvMap)>, StoreError> {
+        Ok(self.running_stacks_impl().await?)
+    }
+
+    async fn prune(
+        &self,
+        now: Millis,
+        events_before: Millis,
+    ) -> std::result::Result<u64, StoreError> {
+        Ok(self.prune_impl(now, events_before).await?)
     }
 }

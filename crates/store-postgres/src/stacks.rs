@@ -119,7 +119,7 @@ pub(crate) fn access_team(access: Access) -> Option<i64> {
 }
 
 /// The stack `slug` as `access` may see it, locked `FOR UPDATE` in the caller's transaction.
-async fn lock_stack_by_slug(
+pub(crate) async fn lock_stack_by_slug(
     conn: &mut PgConnection,
     access: Access,
     slug: &StackSlug,
@@ -134,6 +134,42 @@ async fn lock_stack_by_slug(
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(stack_from_row).transpose()
+}
+
+/// Makes the stack's service rows match `services` (a release's list): rows of services not in
+/// it are deleted, the others inserted or updated in its order with `status`, its port and
+/// expose flag, and no error. A kept row keeps its URL: the release that serves it now keeps
+/// serving until the runtime reports the new one. The caller holds the stack's row lock.
+pub(crate) async fn sync_services(
+    conn: &mut PgConnection,
+    stack: StackId,
+    services: &[ReleaseService],
+    status: ServiceStatus,
+    now: Millis,
+) -> Result<()> {
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let exposes: Vec<bool> = services.iter().map(|s| s.expose).collect();
+    let ports: Vec<i32> = services.iter().map(|s| i32::from(s.port)).collect();
+    // The DELETE and the upsert touch disjoint rows (names not in the list / in it).
+    sqlx::query(
+        "WITH del AS ( \
+           DELETE FROM services WHERE stack_id = $1 AND name <> ALL($2::text[])) \
+         INSERT INTO services (stack_id, name, position, status, expose, port, url, error, updated_at) \
+         SELECT $1, v.name, (v.ord - 1)::int, $5, v.expose, v.port, NULL, NULL, $6 \
+         FROM UNNEST($2::text[], $3::bool[], $4::int[]) WITH ORDINALITY AS v(name, expose, port, ord) \
+         ON CONFLICT (stack_id, name) DO UPDATE SET position = EXCLUDED.position, \
+           status = EXCLUDED.status, expose = EXCLUDED.expose, port = EXCLUDED.port, \
+           error = NULL, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(stack.0)
+    .bind(&names)
+    .bind(&exposes)
+    .bind(&ports)
+    .bind(status.as_str())
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn parse_stack_cursor(cursor: Option<&str>) -> (i64, i64) {
@@ -213,8 +249,8 @@ impl PgStore {
                WHERE EXISTS (SELECT 1 FROM s) \
                ON CONFLICT (digest) DO NOTHING), \
              rel AS ( \
-               INSERT INTO releases (stack_id, version, status, env_version, spec, created_at) \
-               SELECT s.id, 1, 'pending', 0, $16::jsonb, $7 FROM s), \
+               INSERT INTO releases (stack_id, version, status, env_version, spec, env, created_at) \
+               SELECT s.id, 1, 'pending', 0, $16::jsonb, '{}', $7 FROM s), \
              ver AS ( \
                INSERT INTO env_versions (stack_id, version, created_at, actor, set_keys, deleted_keys, changes, snapshot) \
                SELECT s.id, 0, $7, $17, '[]', '[]', '{}', '{}' FROM s), \
@@ -225,6 +261,12 @@ impl PgStore {
              aud AS ( \
                INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
                SELECT $7, s.team_id, $17, 'stack.created', s.slug, $18, $19 FROM s), \
+             ev AS ( \
+               INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+               SELECT s.id, s.slug, e.kind, e.data::jsonb, $7 FROM s, (VALUES \
+                 (1, 'stack.status', '{\"status\":\"building\",\"error\":null}'), \
+                 (2, 'release.created', '{\"release\":1,\"env_version\":0}')) AS e(ord, kind, data) \
+               ORDER BY e.ord), \
              idem AS ( \
                INSERT INTO idempotency_keys (scope, key, request_hash, state, status, body, created_at, expires_at) \
                SELECT $20, $21, '', 'done', $22, $23, $7, $24 FROM s WHERE $20::text IS NOT NULL \
@@ -444,7 +486,11 @@ impl PgStore {
                FROM s), \
              aud AS ( \
                INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
-               SELECT $2, s.team_id, $3, 'stack.deletion_requested', s.slug, $4, $5 FROM s) \
+               SELECT $2, s.team_id, $3, 'stack.deletion_requested', s.slug, $4, $5 FROM s), \
+             ev AS ( \
+               INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+               SELECT s.id, s.slug, 'stack.status', \
+                 jsonb_build_object('status', s.status, 'error', s.error), $2 FROM s) \
              SELECT ",
             stack_cols!(),
             " FROM s"

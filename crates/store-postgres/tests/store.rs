@@ -545,6 +545,18 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
     .await
     .unwrap();
     assert_eq!(audit, (1..=250).collect::<Vec<i64>>());
+    let events: Vec<i64> = sqlx::query_scalar(
+        "SELECT (data->>'version')::bigint FROM stack_events \
+         WHERE kind = 'env.version' ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        (1..=250).collect::<Vec<i64>>(),
+        "event ids follow version order"
+    );
     let done: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM idempotency_keys WHERE state = 'done' AND status = 200",
     )
@@ -587,4 +599,72 @@ async fn env_column_is_stored_uncompressed_out_of_line() {
     .await
     .unwrap();
     assert_eq!(storage, "e");
+}
+
+// ---------------------------------------------------------------------------------------------
+// releases: what the trait does not show
+
+#[tokio::test]
+async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_env() {
+    let Some((_db, store)) = factory(StoreOptions::default()).await else {
+        return;
+    };
+    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let known = format!("{:0>64}", 3);
+    store
+        .apply_env_writes(stack.id, vec![patch("K", "v", 1)], render)
+        .await
+        .unwrap();
+    let row = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(stack.id.0)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let release = NewRelease {
+        services: None,
+        artifacts: vec![("e".repeat(64), 42), (known, 10)],
+        manifest: Some("services:\n  web: {}\n".into()),
+        ctx: ctx(2),
+        idempotency: None,
+    };
+    store
+        .create_release(Access::Anonymous, &stack.slug, release.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        row("SELECT manifest FROM stacks WHERE id = $1").await,
+        "services:\n  web: {}\n"
+    );
+    let artifacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM artifacts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(artifacts, 3, "a known digest is not inserted twice");
+    assert_eq!(
+        row("SELECT env::text FROM releases WHERE stack_id = $1 AND version = 2").await,
+        r#"{"K": "v"}"#
+    );
+    assert_eq!(
+        row("SELECT env::text FROM releases WHERE stack_id = $1 AND version = 1").await,
+        "{}"
+    );
+    let without = NewRelease {
+        manifest: None,
+        ctx: ctx(3),
+        ..release
+    };
+    store
+        .create_release(Access::Anonymous, &stack.slug, without)
+        .await
+        .unwrap();
+    assert_eq!(
+        row("SELECT manifest FROM stacks WHERE id = $1").await,
+        "services:\n  web: {}\n",
+        "no manifest given: the last one stays"
+    );
 }

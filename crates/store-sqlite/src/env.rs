@@ -4,7 +4,7 @@
 //! The semantics live in `stackyard_core::envlog`; this module only reads its inputs under the
 //! write lock and writes its plan. One batch costs a constant number of statements: `BEGIN
 //! IMMEDIATE`, the stack read, one `INSERT … SELECT FROM json_each` for all version rows, one
-//! for all audit rows, the stack update, the idempotency completions, an occasional prune, and
+//! for all audit rows, one for all `env.version` events, the stack update, the idempotency completions, an occasional prune, and
 //! one `COMMIT` (the only fsync). Every statement is cached on the single writer connection.
 
 use crate::audit::AuditRow;
@@ -166,6 +166,22 @@ impl<'a> From<&'a VersionRecord> for AuditJson<'a> {
     }
 }
 
+/// One `env.version` event of a version, for the batch insert: key names only, never values.
+#[derive(Serialize)]
+struct EventJson {
+    at: i64,
+    data: serde_json::Value,
+}
+
+impl From<&VersionRecord> for EventJson {
+    fn from(r: &VersionRecord) -> Self {
+        EventJson {
+            at: r.created_at.0,
+            data: json!({ "version": r.version, "set": r.change.set, "deleted": r.change.deleted }),
+        }
+    }
+}
+
 fn encode<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
     serde_json::to_string(rows)
         .map_err(|_| StoreError::Corrupt("an env record could not be encoded".into()))
@@ -229,6 +245,19 @@ impl SqliteStore {
             .bind(head.team_id.map(|t| t.0))
             .bind(head.slug.as_str())
             .bind(encode(&audits)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            // All events in one statement, in version order (ids ascend with it).
+            let events: Vec<EventJson> = plan.records.iter().map(EventJson::from).collect();
+            sqlx::query(
+                "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+                 SELECT $1, $2, 'env.version', r.value->>'data', r.value->>'at' \
+                 FROM json_each($3) AS r ORDER BY r.key",
+            )
+            .bind(stack.0)
+            .bind(head.slug.as_str())
+            .bind(encode(&events)?)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;

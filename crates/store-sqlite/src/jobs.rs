@@ -6,8 +6,9 @@
 //! was claimed again) and the whole transaction is rolled back.
 
 use crate::audit::{self, AuditRow};
-use crate::error::{col, db_err, is_unique_violation, parsed};
-use crate::stacks::{release_from_row, stack_by_id};
+use crate::error::{col, db_err, is_unique_violation, json_col, parsed};
+use crate::events::{self, Event};
+use crate::stacks::{release_from_row, stack_by_id, sync_services};
 use crate::{SqliteStore, millis};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
@@ -70,10 +71,12 @@ async fn close_job(
     Ok(n > 0)
 }
 
-/// The stack's generation, status, team and slug, if it still exists.
+/// The stack's generation, status, error, team and slug, if it still exists.
 struct StackHead {
+    id: StackId,
     generation: i64,
     status: String,
+    error: Option<String>,
     team_id: Option<TeamId>,
     slug: String,
 }
@@ -82,48 +85,91 @@ async fn stack_head(
     conn: &mut SqliteConnection,
     stack: StackId,
 ) -> Result<Option<StackHead>, StoreError> {
-    let row = sqlx::query("SELECT op_generation, status, team_id, slug FROM stacks WHERE id = $1")
-        .bind(stack.0)
-        .fetch_optional(conn)
-        .await
-        .map_err(db_err)?;
+    let row =
+        sqlx::query("SELECT op_generation, status, error, team_id, slug FROM stacks WHERE id = $1")
+            .bind(stack.0)
+            .fetch_optional(conn)
+            .await
+            .map_err(db_err)?;
     let Some(row) = row else { return Ok(None) };
     let team_id: Option<i64> = col(&row, "team_id")?;
     Ok(Some(StackHead {
+        id: stack,
         generation: col(&row, "op_generation")?,
         status: col(&row, "status")?,
+        error: col(&row, "error")?,
         team_id: team_id.map(TeamId),
         slug: col(&row, "slug")?,
     }))
 }
 
-/// A deploy that ended badly: its release, its unfinished services and the stack are failed,
-/// with audit `stack.deploy_failed`. Caller holds the write lock and has checked the generation.
-async fn fail_deploy(
+/// A current deploy that failed (the runtime said so, or the worker gave up). Caller holds the
+/// write lock, has closed the job and checked the generation.
+async fn end_failed_deploy(
     conn: &mut SqliteConnection,
     job: &Job,
     head: &StackHead,
     error: Option<&str>,
     now: Millis,
 ) -> Result<(), StoreError> {
+    let live: Option<i64> = sqlx::query_scalar(
+        "SELECT version FROM releases WHERE stack_id = $1 AND status = 'live' AND version <> $2 \
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(head.id.0)
+    .bind(job.release)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
     sqlx::query("UPDATE releases SET status = 'failed' WHERE stack_id = $1 AND version = $2")
-        .bind(job.stack_id.0)
+        .bind(head.id.0)
         .bind(job.release)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-    sqlx::query(
+    match live {
+        Some(live) => keep_serving(conn, job, head, live, error, now).await,
+        None => fail_stack(conn, job, head, error, now).await,
+    }
+}
+
+/// Nothing else is live: the stack and its unfinished services are failed, with audit
+/// `stack.deploy_failed`.
+async fn fail_stack(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    head: &StackHead,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    // Only rows that change: unfinished services, and failed ones still without an error.
+    let rows = sqlx::query(
         "UPDATE services SET status = 'failed', error = COALESCE(error, $2), updated_at = $3 \
-         WHERE stack_id = $1 AND status <> 'healthy'",
+         WHERE stack_id = $1 AND status <> 'healthy' \
+           AND (status <> 'failed' OR (error IS NULL AND $2 IS NOT NULL)) \
+         RETURNING position, name, status, url, error",
     )
-    .bind(job.stack_id.0)
+    .bind(head.id.0)
     .bind(error)
     .bind(now.0)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?;
+    let mut changed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let position: i64 = col(row, "position")?;
+        let name: String = col(row, "name")?;
+        let status: String = col(row, "status")?;
+        let url: Option<String> = col(row, "url")?;
+        let error: Option<String> = col(row, "error")?;
+        changed.push((
+            position,
+            Event::service_status(&name, &status, url.as_deref(), error.as_deref()),
+        ));
+    }
+    changed.sort_by_key(|(position, _)| *position);
     sqlx::query("UPDATE stacks SET status = 'failed', error = $2, updated_at = $3 WHERE id = $1")
-        .bind(job.stack_id.0)
+        .bind(head.id.0)
         .bind(error)
         .bind(now.0)
         .execute(&mut *conn)
@@ -141,7 +187,95 @@ async fn fail_deploy(
             metadata: serde_json::json!({ "release": job.release, "error": error }),
         },
     )
+    .await?;
+    let mut out = vec![Event::release_status(
+        job.release,
+        ReleaseStatus::Failed,
+        error,
+    )];
+    out.extend(changed.into_iter().map(|(_, e)| e));
+    out.push(Event::stack_status(StackStatus::Failed, error));
+    events::insert(conn, head.id, &head.slug, now, &out).await
+}
+
+/// A rolling redeploy failed while release `live` still serves (the runtime keeps it): the
+/// service rows go back to that release's services, healthy, and the stack stays healthy with
+/// the failure as its error.
+async fn keep_serving(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    head: &StackHead,
+    live: i64,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT spec FROM releases WHERE stack_id = $1 AND version = $2")
+        .bind(head.id.0)
+        .bind(live)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let services: Vec<ReleaseService> = json_col(&row, "spec")?;
+    sync_services(conn, head.id, &services, ServiceStatus::Healthy, now).await?;
+    let message = failed_release_message(job.release, error);
+    sqlx::query("UPDATE stacks SET status = 'healthy', error = $2, updated_at = $3 WHERE id = $1")
+        .bind(head.id.0)
+        .bind(&message)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    audit::insert(
+        conn,
+        AuditRow {
+            at: now,
+            team_id: head.team_id,
+            actor: &system(),
+            kind: "stack.deploy_failed",
+            stack_slug: Some(&head.slug),
+            request_id: None,
+            metadata: serde_json::json!({
+                "release": job.release,
+                "error": error,
+                "still_serving": live,
+            }),
+        },
+    )
+    .await?;
+    let rows = sqlx::query(
+        "SELECT name, status, url, error FROM services WHERE stack_id = $1 ORDER BY position",
+    )
+    .bind(head.id.0)
+    .fetch_all(&mut *conn)
     .await
+    .map_err(db_err)?;
+    let mut out = vec![Event::release_status(
+        job.release,
+        ReleaseStatus::Failed,
+        error,
+    )];
+    for row in &rows {
+        let name: String = col(row, "name")?;
+        let status: String = col(row, "status")?;
+        let url: Option<String> = col(row, "url")?;
+        let error: Option<String> = col(row, "error")?;
+        out.push(Event::service_status(
+            &name,
+            &status,
+            url.as_deref(),
+            error.as_deref(),
+        ));
+    }
+    out.push(Event::stack_status(StackStatus::Healthy, Some(&message)));
+    events::insert(conn, head.id, &head.slug, now, &out).await
+}
+
+/// The stack error after a failed redeploy that left the live release serving.
+fn failed_release_message(release: i64, error: Option<&str>) -> String {
+    match error {
+        Some(e) => format!("release v{release} failed: {e}"),
+        None => format!("release v{release} failed"),
+    }
 }
 
 impl SqliteStore {
@@ -233,7 +367,7 @@ impl SqliteStore {
         &self,
         job: &Job,
     ) -> Result<Option<(Stack, Release, EnvMap)>, StoreError> {
-        // Read-only: one snapshot of the stack, its release and its env.
+        // Read-only: one snapshot of the stack and its release (with the env it recorded).
         let mut tx = self.read_tx().await?;
         let Some(stack) = stack_by_id(&mut tx, job.stack_id).await? else {
             return Ok(None);
@@ -244,27 +378,22 @@ impl SqliteStore {
             stack.release
         };
         let row = sqlx::query(
-            "SELECT version, status, env_version, created_at, spec FROM releases WHERE stack_id = $1 AND version = $2",
+            "SELECT version, status, env_version, created_at, spec, env FROM releases \
+             WHERE stack_id = $1 AND version = $2",
         )
         .bind(stack.id.0)
         .bind(version)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         let Some(row) = row else {
             return Err(StoreError::Corrupt(
                 "the job's release does not exist".into(),
             ));
         };
         let release = release_from_row(&row)?;
-        let env: String = sqlx::query_scalar("SELECT env FROM stacks WHERE id = $1")
-            .bind(stack.id.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        let env = EnvMap::from_json(&env)
-            .map_err(|_| StoreError::Corrupt("the stored env map is not valid".into()))?;
+        let env = release_env(&row)?;
         Ok(Some((stack, release, env)))
     }
 
@@ -277,18 +406,32 @@ impl SqliteStore {
         error: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        // Write lock before the generation check, so a deletion cannot slip in between the
-        // check and the status write.
+        // Write lock before the generation check, so a deletion or a redeploy cannot slip in
+        // between the check and the status write.
         let mut tx = self.write_tx().await?;
         let head = stack_head(&mut tx, job.stack_id).await?;
-        let current = head.is_some_and(|h| {
+        let Some(head) = head.filter(|h| {
             h.generation == job.generation && h.status != StackStatus::Deleting.as_str()
-        });
-        if !current {
+        }) else {
             tx.rollback().await.map_err(db_err)?;
             return Ok(false);
-        }
-        let n = sqlx::query(
+        };
+        let before = sqlx::query(
+            "SELECT status, url, error FROM services WHERE stack_id = $1 AND name = $2",
+        )
+        .bind(job.stack_id.0)
+        .bind(service.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(before) = before else {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(false);
+        };
+        let service_changed = col::<String>(&before, "status")? != status.as_str()
+            || col::<Option<String>>(&before, "url")?.as_deref() != url
+            || col::<Option<String>>(&before, "error")?.as_deref() != error;
+        sqlx::query(
             "UPDATE services SET status = $3, url = $4, error = $5, updated_at = $6 WHERE stack_id = $1 AND name = $2",
         )
         .bind(job.stack_id.0)
@@ -299,12 +442,7 @@ impl SqliteStore {
         .bind(now.0)
         .execute(&mut *tx)
         .await
-        .map_err(db_err)?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await.map_err(db_err)?;
-            return Ok(false);
-        }
+        .map_err(db_err)?;
         let rows =
             sqlx::query("SELECT status, error FROM services WHERE stack_id = $1 ORDER BY position")
                 .bind(job.stack_id.0)
@@ -325,11 +463,24 @@ impl SqliteStore {
         sqlx::query("UPDATE stacks SET status = $2, error = $3, updated_at = $4 WHERE id = $1")
             .bind(job.stack_id.0)
             .bind(stack_status.as_str())
-            .bind(failure)
+            .bind(failure.as_deref())
             .bind(now.0)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        let mut out = Vec::new();
+        if service_changed {
+            out.push(Event::service_status(
+                service.as_str(),
+                status.as_str(),
+                url,
+                error,
+            ));
+        }
+        if head.status != stack_status.as_str() || head.error != failure {
+            out.push(Event::stack_status(stack_status, failure.as_deref()));
+        }
+        events::insert(&mut tx, head.id, &head.slug, now, &out).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -340,7 +491,8 @@ impl SqliteStore {
         result: DeployResult,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        // Write lock: the fence, the release/stack transition and the audit row are one step.
+        // Write lock: the fence, the release/stack transition, the audit row and the events are
+        // one step.
         let mut tx = self.write_tx().await?;
         if !close_job(&mut tx, job, JobState::Done, now).await? {
             tx.rollback().await.map_err(db_err)?;
@@ -353,14 +505,16 @@ impl SqliteStore {
             return Ok(true);
         };
         if result.ok {
-            sqlx::query(
-                "UPDATE releases SET status = 'superseded' WHERE stack_id = $1 AND status = 'live' AND version <> $2",
+            let mut superseded: Vec<i64> = sqlx::query_scalar(
+                "UPDATE releases SET status = 'superseded' \
+                 WHERE stack_id = $1 AND status = 'live' AND version <> $2 RETURNING version",
             )
             .bind(job.stack_id.0)
             .bind(job.release)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
+            superseded.sort_unstable();
             sqlx::query("UPDATE releases SET status = 'live' WHERE stack_id = $1 AND version = $2")
                 .bind(job.stack_id.0)
                 .bind(job.release)
@@ -388,8 +542,19 @@ impl SqliteStore {
                 },
             )
             .await?;
+            let mut out: Vec<Event> = superseded
+                .into_iter()
+                .map(|v| Event::release_status(v, ReleaseStatus::Superseded, None))
+                .collect();
+            out.push(Event::release_status(
+                job.release,
+                ReleaseStatus::Live,
+                None,
+            ));
+            out.push(Event::stack_status(StackStatus::Healthy, None));
+            events::insert(&mut tx, head.id, &head.slug, now, &out).await?;
         } else {
-            fail_deploy(&mut tx, job, &head, result.error.as_deref(), now).await?;
+            end_failed_deploy(&mut tx, job, &head, result.error.as_deref(), now).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
@@ -400,8 +565,9 @@ impl SqliteStore {
         job: &Job,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        // Write lock: the fence, the delete (cascading to services, releases, env versions) and
-        // the audit row are one step. Audit rows and job rows have no foreign key and stay.
+        // Write lock: the fence, the delete (cascading to services, releases, env versions),
+        // the audit row and the final event are one step. Audit, job and event rows have no
+        // foreign key and stay.
         let mut tx = self.write_tx().await?;
         if !close_job(&mut tx, job, JobState::Done, now).await? {
             tx.rollback().await.map_err(db_err)?;
@@ -426,6 +592,11 @@ impl SqliteStore {
                 },
             )
             .await?;
+            let deleted = Event {
+                kind: "stack.deleted",
+                data: serde_json::json!({}),
+            };
+            events::insert(&mut tx, head.id, &head.slug, now, &[deleted]).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
@@ -479,9 +650,17 @@ impl SqliteStore {
                 .await?
                 .filter(|h| h.generation == job.generation)
         {
-            fail_deploy(&mut tx, job, &head, Some(error), now).await?;
+            end_failed_deploy(&mut tx, job, &head, Some(error), now).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
+}
+
+/// The env map a release recorded (its `env` column).
+pub(crate) fn release_env(row: &SqliteRow) -> Result<EnvMap, StoreError> {
+    let env: String = col(row, "env")?;
+    // serde_json's message could quote a value: keep only that it failed.
+    EnvMap::from_json(&env)
+        .map_err(|_| StoreError::Corrupt("a release's env map is not valid".into()))
 }

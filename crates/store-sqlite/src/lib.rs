@@ -15,14 +15,18 @@
 //! connection (pool acquire timeout) and waiting for another process's lock (`busy_timeout`).
 //! Either expiring is `StoreError::LockTimeout`.
 //!
-//! Modules: `error` (mapping sqlx errors, row decoding), `audit`, `teams`, `idempotency`,
-//! `stacks`, `jobs`, `env`.
+//! Modules: `error` (mapping sqlx errors, row decoding), `audit`, `events`, `teams`,
+//! `idempotency`, `stacks`, `releases`, `jobs`, `env`, `housekeeping` (expiry, rate counters,
+//! pruning).
 
 mod audit;
 mod env;
 mod error;
+mod events;
+mod housekeeping;
 mod idempotency;
 mod jobs;
+mod releases;
 mod stacks;
 mod teams;
 
@@ -368,5 +372,43 @@ impl Store for SqliteStore {
         cursor: Option<&str>,
     ) -> Result<Page<EnvVersionInfo>, StoreError> {
         self.list_env_versions_impl(stack, limit, cursor).await
+    }
+
+    async fn create_release(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        release: NewRelease,
+    ) -> Result<(Stack, ReleaseInfo), ReleaseError> {
+        self.create_release_impl(access, slug, release).await
+    }
+
+    async fn expired_stacks(&self, now: Millis, limit: i64) -> Result<Vec<StackSlug>, StoreError> {
+        self.expired_stacks_impl(now, limit).await
+    }
+
+    async fn count_anonymous_create(
+        &self,
+        fingerprint: &str,
+        now: Millis,
+    ) -> Result<i64, StoreError> {
+        self.count_anonymous_create_impl(fingerprint, now).await
+    }
+
+    async fn list_events(
+        &self,
+        stack: StackId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StackEvent>, StoreError> {
+        self.list_events_impl(stack, after, limit).await
+    }
+
+    async fn running_stacks(&self) -> Result<Vec<(Stack, Release, EnvMap)>, StoreError> {
+        self.running_stacks_impl().await
+    }
+
+    async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {
+        self.prune_impl(now, events_before).await
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::audit::{self, AuditRow};
 use crate::error::{col, db_err, is_unique_violation, json_col, parsed};
+use crate::events::{self, Event};
 use crate::{SqliteStore, idempotency};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
@@ -119,6 +120,50 @@ pub(crate) async fn stack_by_id(
     row.as_ref().map(stack_from_row).transpose()
 }
 
+/// Makes the stack's service rows match `services` (a release's list): rows of services not in
+/// it are deleted, the others inserted or updated in its order with `status`, its port and
+/// expose flag, and no error. A kept row keeps its URL: the release that serves it now keeps
+/// serving until the runtime reports the new one. Inside the caller's write transaction.
+pub(crate) async fn sync_services(
+    conn: &mut SqliteConnection,
+    stack: StackId,
+    services: &[ReleaseService],
+    status: ServiceStatus,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let names = serde_json::to_string(&names)
+        .map_err(|_| StoreError::Corrupt("service names could not be encoded".into()))?;
+    sqlx::query(
+        "DELETE FROM services WHERE stack_id = $1 AND name NOT IN (SELECT value FROM json_each($2))",
+    )
+    .bind(stack.0)
+    .bind(names)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    for (position, svc) in services.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO services (stack_id, name, position, status, expose, port, url, error, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7) \
+             ON CONFLICT (stack_id, name) DO UPDATE SET position = excluded.position, \
+               status = excluded.status, expose = excluded.expose, port = excluded.port, \
+               error = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(stack.0)
+        .bind(svc.name.as_str())
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(status.as_str())
+        .bind(svc.expose)
+        .bind(i64::from(svc.port))
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn parse_stack_cursor(cursor: Option<&str>) -> (i64, i64) {
     cursor
         .and_then(|c| c.split_once(':'))
@@ -206,8 +251,8 @@ impl SqliteStore {
         let spec = serde_json::to_string(&new.services)
             .map_err(|_| StoreError::Corrupt("the release spec could not be encoded".into()))?;
         sqlx::query(
-            "INSERT INTO releases (stack_id, version, status, env_version, spec, created_at) \
-             VALUES ($1, 1, 'pending', 0, $2, $3)",
+            "INSERT INTO releases (stack_id, version, status, env_version, spec, env, created_at) \
+             VALUES ($1, 1, 'pending', 0, $2, '{}', $3)",
         )
         .bind(stack.id.0)
         .bind(spec)
@@ -253,6 +298,17 @@ impl SqliteStore {
                     "release": 1,
                 }),
             },
+        )
+        .await?;
+        events::insert(
+            &mut tx,
+            stack.id,
+            stack.slug.as_str(),
+            now,
+            &[
+                Event::stack_status(StackStatus::Building, None),
+                Event::release_created(1, 0),
+            ],
         )
         .await?;
         if let Some(idem) = &new.idempotency {
@@ -426,6 +482,17 @@ impl SqliteStore {
                 request_id: ctx.request_id.as_deref(),
                 metadata: serde_json::json!({ "previous_status": stack.status.as_str() }),
             },
+        )
+        .await?;
+        events::insert(
+            &mut tx,
+            updated.id,
+            updated.slug.as_str(),
+            ctx.now,
+            &[Event::stack_status(
+                StackStatus::Deleting,
+                updated.error.as_deref(),
+            )],
         )
         .await?;
         tx.commit().await.map_err(db_err)?;

@@ -254,6 +254,11 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
     );
     assert_eq!(count(&store, "SELECT COUNT(*) FROM audit_log").await, 4);
     assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM stack_events").await,
+        5,
+        "created (2), env version, deleting, deleted: events outlive the stack"
+    );
+    assert_eq!(
         count(&store, "SELECT COUNT(*) FROM artifacts").await,
         0,
         "no artifacts were declared"
@@ -323,6 +328,17 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         "audit ids follow version order"
     );
     assert_eq!(ids.len(), 50);
+    let events: Vec<i64> = sqlx::query_scalar(
+        "SELECT json_extract(data, '$.version') FROM stack_events WHERE kind = 'env.version' ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        (1..=50).collect::<Vec<i64>>(),
+        "event ids follow version order"
+    );
     let snapshot: Option<String> =
         sqlx::query_scalar("SELECT snapshot FROM env_versions WHERE version = 1")
             .fetch_one(store.pool())
@@ -334,4 +350,72 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         .await
         .unwrap();
     assert_eq!(changes, r#"{"K0":"v"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copies_the_env() {
+    let db = fresh();
+    let store = SqliteStore::connect(&db.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut new = new_stack(0);
+    new.manifest = "services: {}".into();
+    new.artifacts = vec![("ab".repeat(32), 10)];
+    let s = store.create_stack(new).await.unwrap();
+    store
+        .apply_env_writes(s.id, vec![set("K", "v")], render)
+        .await
+        .unwrap();
+    let text = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(s.id.0)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let release = NewRelease {
+        services: None,
+        artifacts: vec![("cd".repeat(32), 42), ("ab".repeat(32), 10)],
+        manifest: Some("services:\n  web: {}\n".into()),
+        ctx: ctx(2),
+        idempotency: None,
+    };
+    store
+        .create_release(Access::Anonymous, &s.slug, release.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        text("SELECT manifest FROM stacks WHERE id = $1").await,
+        "services:\n  web: {}\n"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM artifacts").await,
+        2,
+        "a known digest is not inserted twice"
+    );
+    assert_eq!(
+        text("SELECT env FROM releases WHERE stack_id = $1 AND version = 2").await,
+        r#"{"K":"v"}"#
+    );
+    assert_eq!(
+        text("SELECT env FROM releases WHERE stack_id = $1 AND version = 1").await,
+        "{}"
+    );
+    let without = NewRelease {
+        manifest: None,
+        ctx: ctx(3),
+        ..release
+    };
+    store
+        .create_release(Access::Anonymous, &s.slug, without)
+        .await
+        .unwrap();
+    assert_eq!(
+        text("SELECT manifest FROM stacks WHERE id = $1").await,
+        "services:\n  web: {}\n",
+        "no manifest given: the last one stays"
+    );
 }

@@ -53,7 +53,7 @@ macro_rules! store_suite {
             retry_job_requeues_until_run_after,
             retry_job_give_up_marks_a_current_deploy_failed,
             requeue_running_jobs_returns_claimed_jobs_to_the_queue,
-            deploy_context_returns_release_and_current_env,
+            deploy_context_returns_the_release_and_the_env_it_recorded,
             idempotency_begin_reserves_then_reports_in_progress_mismatch_and_replay,
             idempotency_stale_reservation_is_taken_over,
             idempotency_expired_record_counts_as_absent,
@@ -73,6 +73,20 @@ macro_rules! store_suite {
             get_env_with_reveal_writes_an_audit_row,
             list_env_versions_pages_newest_first,
             preview_env_write_writes_nothing,
+            create_release_records_the_env_of_that_moment_and_queues_one_deploy,
+            create_release_with_new_services_replaces_the_service_rows,
+            create_release_refuses_deleting_and_missing_stacks_and_writes_nothing,
+            create_release_racing_request_deletion_never_releases_a_deleting_stack,
+            record_service_status_of_a_job_superseded_by_a_redeploy_is_a_noop,
+            finish_deploy_failure_with_a_live_release_keeps_the_stack_healthy,
+            retry_job_give_up_with_a_live_release_keeps_the_stack_healthy,
+            expired_stacks_lists_only_anonymous_expired_stacks_not_being_deleted,
+            count_anonymous_create_counts_per_fingerprint_per_utc_day,
+            count_anonymous_create_is_exact_under_concurrent_calls,
+            events_record_each_change_in_commit_order_and_outlive_the_stack,
+            list_events_pages_by_after_and_is_per_stack,
+            running_stacks_returns_live_releases_of_stacks_not_being_deleted,
+            prune_removes_old_events_expired_records_and_past_counters_only,
         );
     };
     (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
@@ -342,6 +356,76 @@ async fn claim<S: Store>(store: &S, now: i64) -> Option<Job> {
         .claim_job("worker-1", at(now), LEASE)
         .await
         .expect("claim_job")
+}
+
+fn new_release(services: Option<Vec<ReleaseService>>, now: i64) -> NewRelease {
+    NewRelease {
+        services,
+        artifacts: Vec::new(),
+        manifest: None,
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+/// A service of the suite's shape with another name / port.
+fn extra_service(name: &str, port: u16, expose: bool) -> ReleaseService {
+    let mut svc = services().remove(0);
+    svc.name = ServiceName::parse(name).unwrap();
+    svc.artifact = format!("{:f>64}", name.len());
+    svc.command = format!("./run-{name}");
+    svc.port = port;
+    svc.expose = expose;
+    svc
+}
+
+/// Every event of the stack, oldest first, following `after` in small pages.
+async fn events_of<S: Store>(store: &S, stack: StackId) -> Vec<StackEvent> {
+    let mut out: Vec<StackEvent> = Vec::new();
+    let mut after = 0;
+    for _ in 0..10_000 {
+        let page = store
+            .list_events(stack, after, 7)
+            .await
+            .expect("list_events");
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else {
+            return out;
+        };
+        after = last.id;
+        out.extend(page);
+    }
+    panic!("event paging never ended");
+}
+
+fn kinds(events: &[StackEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+const API_URL: &str = "http://api-x.localhost:8080";
+
+/// Claims the next job, which must be a deploy of `s`, reports every service of its release
+/// healthy (`api` with `API_URL`) and finishes it ok.
+async fn deploy_now<S: Store>(store: &S, s: &Stack, now: i64) -> Job {
+    let job = claim(store, now).await.expect("a deploy is queued");
+    assert_eq!((job.stack_id, job.kind), (s.id, JobKind::Deploy));
+    let (_, release, _) = store.deploy_context(&job).await.unwrap().unwrap();
+    for svc in &release.services {
+        let url = (svc.name.as_str() == "api").then_some(API_URL);
+        assert!(
+            store
+                .record_service_status(&job, &svc.name, ServiceStatus::Healthy, url, None, at(now))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .finish_deploy(&job, deployed(), at(now))
+            .await
+            .unwrap()
+    );
+    job
 }
 
 async fn release_status<S: Store>(store: &S, s: &Stack, version: i64) -> ReleaseStatus {
@@ -1436,20 +1520,12 @@ pub async fn requeue_running_jobs_returns_claimed_jobs_to_the_queue<S: Store>(st
     assert!(claim(&store, 4).await.is_none());
 }
 
-pub async fn deploy_context_returns_release_and_current_env<S: Store>(store: S) {
+pub async fn deploy_context_returns_the_release_and_the_env_it_recorded<S: Store>(store: S) {
     let t = team(&store, "acme", None).await;
     let new = new_stack(Some(t.id), 0);
     let s = store.create_stack(new.clone()).await.unwrap();
-    apply_one(
-        &store,
-        &s,
-        patch(
-            json!({ "A": "1", "DATABASE_URL": "postgres://u:p@h/db" }),
-            1,
-        ),
-    )
-    .await
-    .unwrap();
+    let secret = json!({ "A": "1", "DATABASE_URL": "postgres://u:p@h/db" });
+    apply_one(&store, &s, patch(secret, 1)).await.unwrap();
     let job = claim(&store, 2).await.unwrap();
     let (stack, release, env) = store
         .deploy_context(&job)
@@ -1461,9 +1537,28 @@ pub async fn deploy_context_returns_release_and_current_env<S: Store>(store: S) 
     assert_eq!(release.info.version, 1);
     assert_eq!(release.info.env_version, 0);
     assert_eq!(release.services, new.services);
+    assert!(
+        env.is_empty(),
+        "release v1 carries env version 0 (empty), not what was written after it"
+    );
+    assert!(store.finish_deploy(&job, deployed(), at(3)).await.unwrap());
+
+    let (_, info) = store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 4))
+        .await
+        .unwrap();
+    assert_eq!((info.version, info.env_version), (2, 1));
+    apply_one(&store, &s, patch(json!({ "A": "2", "B": "3" }), 5))
+        .await
+        .unwrap();
+    let job = claim(&store, 6).await.unwrap();
+    let (stack, release, env) = store.deploy_context(&job).await.unwrap().unwrap();
+    assert_eq!(stack.env_version, 2);
+    assert_eq!(release.info, info);
     assert_eq!(
         env.vars(),
-        &vars(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")])
+        &vars(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")]),
+        "the release's own env, not the current one"
     );
 }
 
@@ -2719,5 +2814,1180 @@ pub async fn preview_env_write_writes_nothing<S: Store>(store: S) {
         audit_all(&store, t.id, None, Some("stack.env.rolled_back"))
             .await
             .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// releases (redeploys)
+
+pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let new = new_stack(Some(t.id), 0);
+    let s = store.create_stack(new.clone()).await.unwrap();
+    apply_one(&store, &s, patch(json!({ "A": "1", "B": "2" }), 1))
+        .await
+        .unwrap();
+    let scope = format!("team:{}", t.id.0);
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "redeploy-1", "h", 2))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    let mut rel = new_release(None, 2);
+    rel.idempotency = Some(IdempotencyCompletion {
+        scope: scope.clone(),
+        key: "redeploy-1".into(),
+        status: 202,
+        body: r#"{"release":2}"#.into(),
+    });
+    let (s2, info) = store
+        .create_release(Access::Team(t.id), &s.slug, rel)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s2.release, s2.op_generation, s2.status, s2.error.as_deref()),
+        (2, 2, StackStatus::Building, None)
+    );
+    assert_eq!((s2.env_version, s2.updated_at), (1, at(2)));
+    assert_eq!(
+        info,
+        ReleaseInfo {
+            version: 2,
+            status: ReleaseStatus::Pending,
+            env_version: 1,
+            created_at: at(2)
+        }
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack, s2);
+    assert_eq!(d.release.as_ref(), Some(&info));
+    let names: Vec<&str> = d.services.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker"]);
+    assert!(
+        d.services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Building)
+    );
+    let releases = store.list_releases(s.id).await.unwrap();
+    assert_eq!(
+        releases.iter().map(|r| r.info.version).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert_eq!(
+        releases[0].services, new.services,
+        "no services given: the newest release's"
+    );
+    assert_eq!(
+        releases[1].info.status,
+        ReleaseStatus::Superseded,
+        "v1 was still pending: it can never go live now"
+    );
+
+    // Env written after the release does not change what it deploys.
+    apply_one(&store, &s, patch(json!({ "A": "changed", "C": "3" }), 3))
+        .await
+        .unwrap();
+    let job = claim(&store, 4).await.expect("the redeploy is queued");
+    assert_eq!(
+        (job.kind, job.generation, job.release),
+        (JobKind::Deploy, 2, 2)
+    );
+    assert!(
+        claim(&store, 4).await.is_none(),
+        "the first deploy was superseded: one job only"
+    );
+    let (_, release, env) = store.deploy_context(&job).await.unwrap().unwrap();
+    assert_eq!(release.info, info);
+    assert_eq!(release.services, new.services);
+    assert_eq!(env.vars(), &vars(&[("A", "1"), ("B", "2")]));
+
+    let rows = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.redeploy_requested"),
+    )
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].metadata, json!({ "release": 2, "from_release": 1 }));
+    assert_eq!(
+        (
+            rows[0].actor.as_str(),
+            rows[0].request_id.as_deref(),
+            rows[0].at
+        ),
+        ("token:1", Some("req-2"), at(2))
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "redeploy-1", "h", 5))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Replay {
+            status: 202,
+            body: r#"{"release":2}"#.into()
+        }
+    );
+
+    // A second redeploy while v2's deploy runs: v3 waits for it, v2 can never go live.
+    let (s3, info3) = store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 6))
+        .await
+        .unwrap();
+    assert_eq!((s3.release, s3.op_generation, info3.env_version), (3, 3, 2));
+    assert_eq!(
+        release_status(&store, &s, 2).await,
+        ReleaseStatus::Superseded
+    );
+    assert!(
+        claim(&store, 7).await.is_none(),
+        "v3 waits for the running deploy of v2"
+    );
+    assert!(store.finish_deploy(&job, deployed(), at(8)).await.unwrap());
+    assert_eq!(
+        release_status(&store, &s, 2).await,
+        ReleaseStatus::Superseded,
+        "a stale deploy changes no release"
+    );
+    assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Building);
+    let job3 = claim(&store, 9).await.expect("v3's deploy runs now");
+    assert_eq!((job3.generation, job3.release), (3, 3));
+    let (_, _, env3) = store.deploy_context(&job3).await.unwrap().unwrap();
+    assert_eq!(
+        env3.vars(),
+        &vars(&[("A", "changed"), ("B", "2"), ("C", "3")])
+    );
+}
+
+pub async fn create_release_with_new_services_replaces_the_service_rows<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    deploy_now(&store, &s, 1).await;
+
+    // New code: `web` added first, `api` on another port, `worker` dropped.
+    let mut api = services().remove(0);
+    api.port = 3001;
+    api.artifact = "a".repeat(64);
+    let next = vec![extra_service("web", 5000, true), api];
+    let mut rel = new_release(Some(next.clone()), 10);
+    rel.manifest = Some("services:\n  web: {}\n  api: {}\n".into());
+    rel.artifacts = next.iter().map(|x| (x.artifact.clone(), 99)).collect();
+    let (s2, info) = store
+        .create_release(Access::Team(t.id), &s.slug, rel)
+        .await
+        .unwrap();
+    assert_eq!((s2.release, info.version), (2, 2));
+    let d = detail(&store, &s).await;
+    let got: Vec<_> = d
+        .services
+        .iter()
+        .map(|x| {
+            (
+                x.name.as_str(),
+                x.status,
+                x.port,
+                x.expose,
+                x.url.as_deref(),
+                x.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("web", ServiceStatus::Building, 5000, true, None, None),
+            (
+                "api",
+                ServiceStatus::Building,
+                3001,
+                true,
+                Some(API_URL),
+                None
+            ),
+        ],
+        "the rows follow the new release; a kept service keeps its URL (the old one still serves)"
+    );
+    assert_eq!(
+        release_status(&store, &s, 1).await,
+        ReleaseStatus::Live,
+        "v1 serves until v2 is live"
+    );
+    let releases = store.list_releases(s.id).await.unwrap();
+    assert_eq!(releases[0].services, next);
+
+    let job = claim(&store, 11).await.unwrap();
+    assert_eq!(job.release, 2);
+    let worker = ServiceName::parse("worker").unwrap();
+    assert!(
+        !store
+            .record_service_status(&job, &worker, ServiceStatus::Healthy, None, None, at(12))
+            .await
+            .unwrap(),
+        "a service the release does not have"
+    );
+    let (_, release, _) = store.deploy_context(&job).await.unwrap().unwrap();
+    assert_eq!(release.services, next);
+    let before = events_of(&store, s.id).await;
+    for svc in &next {
+        assert!(
+            store
+                .record_service_status(&job, &svc.name, ServiceStatus::Healthy, None, None, at(13))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(store.finish_deploy(&job, deployed(), at(14)).await.unwrap());
+    assert_eq!(release_status(&store, &s, 2).await, ReleaseStatus::Live);
+    assert_eq!(
+        release_status(&store, &s, 1).await,
+        ReleaseStatus::Superseded
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error.as_deref()),
+        (StackStatus::Healthy, None)
+    );
+    let after = events_of(&store, s.id).await;
+    let tail: Vec<(&str, &Value)> = after[before.len()..]
+        .iter()
+        .filter(|e| e.kind != "service.status")
+        .map(|e| (e.kind.as_str(), &e.data))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (
+                "stack.status",
+                &json!({ "status": "healthy", "error": null })
+            ),
+            (
+                "release.status",
+                &json!({ "release": 1, "status": "superseded", "error": null })
+            ),
+            (
+                "release.status",
+                &json!({ "release": 2, "status": "live", "error": null })
+            ),
+            (
+                "stack.status",
+                &json!({ "status": "healthy", "error": null })
+            ),
+        ]
+    );
+}
+
+pub async fn create_release_refuses_deleting_and_missing_stacks_and_writes_nothing<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let other = team(&store, "other", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let kept = stack(&store, Some(t.id), 0).await;
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let scope = format!("team:{}", t.id.0);
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "k", "h", 2))
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+
+    let snapshot = |s: Stack| {
+        let store = store.clone();
+        async move {
+            (
+                detail(&store, &s).await,
+                store.list_releases(s.id).await.unwrap(),
+                events_of(&store, s.id).await,
+                audit_all(&store, t.id, None, None).await.len(),
+            )
+        }
+    };
+    let before = snapshot(s.clone()).await;
+    let before_kept = snapshot(kept.clone()).await;
+    let mut rel = new_release(Some(vec![extra_service("web", 80, true)]), 3);
+    rel.artifacts = vec![("b".repeat(64), 1)];
+    rel.idempotency = Some(IdempotencyCompletion {
+        scope: scope.clone(),
+        key: "k".into(),
+        status: 202,
+        body: "{}".into(),
+    });
+    assert_eq!(
+        store
+            .create_release(Access::Team(t.id), &s.slug, rel.clone())
+            .await,
+        Err(ReleaseError::Deleting)
+    );
+    for (access, slug) in [
+        (Access::Team(other.id), &kept.slug),
+        (Access::Anonymous, &kept.slug),
+        (Access::Team(t.id), &StackSlug::generate()),
+    ] {
+        assert_eq!(
+            store.create_release(access, slug, rel.clone()).await,
+            Err(ReleaseError::NotFound)
+        );
+    }
+    assert_eq!(
+        snapshot(s.clone()).await,
+        before,
+        "a refused redeploy wrote nothing"
+    );
+    assert_eq!(snapshot(kept.clone()).await, before_kept);
+    assert_eq!(
+        store
+            .idempotency_begin(idem(&scope, "k", "h", 4))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress,
+        "the record was not completed"
+    );
+    // Only the teardown of `s` and the first deploy of `kept` are queued.
+    let mut jobs = Vec::new();
+    while let Some(job) = claim(&store, 5).await {
+        jobs.push((job.stack_id, job.kind, job.generation, job.release));
+    }
+    jobs.sort_by_key(|j| j.0);
+    assert_eq!(
+        jobs,
+        [
+            (s.id, JobKind::Teardown, 2, 1),
+            (kept.id, JobKind::Deploy, 1, 1)
+        ]
+    );
+}
+
+pub async fn create_release_racing_request_deletion_never_releases_a_deleting_stack<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let rounds = 25;
+    let (mut redeployed_first, mut refused) = (0, 0);
+    let mut stacks = Vec::new();
+    for round in 0..rounds {
+        let now = round * 10;
+        let s = stack(&store, Some(t.id), now).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let spawn_redeploy = || {
+            let (store, barrier, slug) = (store.clone(), barrier.clone(), s.slug.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .create_release(Access::Team(t.id), &slug, new_release(None, now + 1))
+                    .await
+            })
+        };
+        let spawn_delete = || {
+            let (store, barrier, slug) = (store.clone(), barrier.clone(), s.slug.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .request_deletion(Access::Team(t.id), &slug, ctx(now + 1))
+                    .await
+            })
+        };
+        // Which task reaches the barrier last (and so runs on first) alternates, so both
+        // orders happen even where the scheduler would otherwise always pick the same one.
+        let (redeploy, delete) = if round % 2 == 0 {
+            let r = spawn_redeploy();
+            (r, spawn_delete())
+        } else {
+            let d = spawn_delete();
+            (spawn_redeploy(), d)
+        };
+        let redeploy = redeploy.await.unwrap();
+        let deleted = delete.await.unwrap().unwrap().expect("the stack exists");
+        assert_eq!(deleted.status, StackStatus::Deleting);
+
+        let d = detail(&store, &s).await.stack;
+        let releases = store.list_releases(s.id).await.unwrap();
+        let events = events_of(&store, s.id).await;
+        let deleting_at = events
+            .iter()
+            .position(|e| e.kind == "stack.status" && e.data["status"] == "deleting")
+            .expect("a deleting event");
+        assert_eq!(
+            deleting_at,
+            events.len() - 1,
+            "nothing happens to a deleting stack"
+        );
+        let created: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == "release.created" && e.data["release"] == 2)
+            .map(|(i, _)| i)
+            .collect();
+        match redeploy {
+            Ok((redeployed, info)) => {
+                redeployed_first += 1;
+                assert_eq!(
+                    (redeployed.status, info.version),
+                    (StackStatus::Building, 2)
+                );
+                assert_eq!((d.release, d.op_generation), (2, 3));
+                assert_eq!(releases.len(), 2);
+                assert_eq!(created.len(), 1);
+                assert!(
+                    created[0] < deleting_at,
+                    "the release came before the deletion"
+                );
+            }
+            Err(ReleaseError::Deleting) => {
+                refused += 1;
+                assert_eq!((d.release, d.op_generation), (1, 2));
+                assert_eq!(releases.len(), 1, "no release of a deleting stack");
+                assert!(created.is_empty());
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+        stacks.push(d);
+    }
+    assert_eq!(redeployed_first + refused, rounds);
+    assert!(
+        redeployed_first > 0 && refused > 0,
+        "both orders must happen for this test to mean anything \
+         ({redeployed_first} redeployed first, {refused} refused)"
+    );
+    // Whatever the order, each stack's only runnable job is its teardown, of the newest
+    // generation: a redeploy that won had its deploy superseded by the deletion.
+    let mut teardowns = Vec::new();
+    while let Some(job) = claim(&store, 1_000_000).await {
+        teardowns.push(job);
+    }
+    assert_eq!(teardowns.len(), stacks.len());
+    for s in &stacks {
+        let job = teardowns
+            .iter()
+            .find(|j| j.stack_id == s.id)
+            .expect("one job per stack");
+        assert_eq!(
+            (job.kind, job.generation, job.release),
+            (JobKind::Teardown, s.op_generation, s.release)
+        );
+    }
+}
+
+pub async fn record_service_status_of_a_job_superseded_by_a_redeploy_is_a_noop<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let old = claim(&store, 1).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    assert!(
+        store
+            .record_service_status(&old, &api, ServiceStatus::Deploying, None, None, at(2))
+            .await
+            .unwrap()
+    );
+    store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 3))
+        .await
+        .unwrap();
+    let before = (detail(&store, &s).await, events_of(&store, s.id).await);
+    assert!(
+        !store
+            .record_service_status(&old, &api, ServiceStatus::Failed, None, Some("late"), at(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        (detail(&store, &s).await, events_of(&store, s.id).await),
+        before,
+        "the stale write changed nothing and wrote no event"
+    );
+    assert!(
+        before
+            .0
+            .services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Building)
+    );
+    assert!(
+        store
+            .finish_deploy(&old, failed("late"), at(5))
+            .await
+            .unwrap(),
+        "the stale job is closed"
+    );
+    assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Building);
+    assert_eq!(
+        release_status(&store, &s, 1).await,
+        ReleaseStatus::Superseded
+    );
+    assert_eq!(release_status(&store, &s, 2).await, ReleaseStatus::Pending);
+    assert!(
+        audit_all(&store, t.id, None, Some("stack.deploy_failed"))
+            .await
+            .is_empty()
+    );
+
+    let new = claim(&store, 6).await.expect("the redeploy runs now");
+    assert_eq!((new.generation, new.release), (2, 2));
+    assert!(
+        store
+            .record_service_status(&new, &api, ServiceStatus::Deploying, None, None, at(7))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        detail(&store, &s).await.services[0].status,
+        ServiceStatus::Deploying
+    );
+}
+
+/// v1 live; a v2 with an extra service whose deploy fails. Returns the stack and v2's job.
+async fn failing_redeploy<S: Store>(store: &S, t: &Team) -> (Stack, Job) {
+    let s = stack(store, Some(t.id), 0).await;
+    deploy_now(store, &s, 1).await;
+    let mut next = services();
+    next.push(extra_service("extra", 9000, false));
+    store
+        .create_release(Access::Team(t.id), &s.slug, new_release(Some(next), 10))
+        .await
+        .unwrap();
+    let job = claim(store, 11).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    let extra = ServiceName::parse("extra").unwrap();
+    store
+        .record_service_status(
+            &job,
+            &api,
+            ServiceStatus::Healthy,
+            Some(API_URL),
+            None,
+            at(12),
+        )
+        .await
+        .unwrap();
+    store
+        .record_service_status(
+            &job,
+            &extra,
+            ServiceStatus::Failed,
+            None,
+            Some("exit 1"),
+            at(12),
+        )
+        .await
+        .unwrap();
+    let d = detail(store, &s).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error.as_deref()),
+        (StackStatus::Failed, Some("exit 1")),
+        "while it runs the redeploy's statuses show"
+    );
+    (s, job)
+}
+
+async fn assert_still_serving_v1<S: Store>(store: &S, t: &Team, s: &Stack, error: &str) {
+    let message = format!("release v2 failed: {error}");
+    let d = detail(store, s).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error.as_deref()),
+        (StackStatus::Healthy, Some(message.as_str()))
+    );
+    let got: Vec<(&str, ServiceStatus, Option<&str>, Option<&str>)> = d
+        .services
+        .iter()
+        .map(|x| {
+            (
+                x.name.as_str(),
+                x.status,
+                x.url.as_deref(),
+                x.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("api", ServiceStatus::Healthy, Some(API_URL), None),
+            ("worker", ServiceStatus::Healthy, None, None),
+        ],
+        "back to v1's services, which still serve"
+    );
+    assert_eq!(release_status(store, s, 2).await, ReleaseStatus::Failed);
+    assert_eq!(release_status(store, s, 1).await, ReleaseStatus::Live);
+    assert_eq!(d.release.unwrap().status, ReleaseStatus::Failed);
+    let rows = audit_all(
+        store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.deploy_failed"),
+    )
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].metadata,
+        json!({ "release": 2, "error": error, "still_serving": 1 })
+    );
+    assert_eq!(
+        audit_all(store, t.id, Some(s.slug.as_str()), Some("stack.deployed"))
+            .await
+            .len(),
+        1
+    );
+    let events = events_of(store, s.id).await;
+    let tail: Vec<(&str, &Value)> = events[events.len() - 4..]
+        .iter()
+        .map(|e| (e.kind.as_str(), &e.data))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (
+                "release.status",
+                &json!({ "release": 2, "status": "failed", "error": error })
+            ),
+            (
+                "service.status",
+                &json!({ "service": "api", "status": "healthy", "url": API_URL, "error": null })
+            ),
+            (
+                "service.status",
+                &json!({ "service": "worker", "status": "healthy", "url": null, "error": null })
+            ),
+            (
+                "stack.status",
+                &json!({ "status": "healthy", "error": message })
+            ),
+        ]
+    );
+    let running = store.running_stacks().await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!((running[0].0.id, running[0].1.info.version), (s.id, 1));
+    assert!(claim(store, 1_000).await.is_none());
+}
+
+pub async fn finish_deploy_failure_with_a_live_release_keeps_the_stack_healthy<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let (s, job) = failing_redeploy(&store, &t).await;
+    assert!(
+        store
+            .finish_deploy(&job, failed("extra exited"), at(13))
+            .await
+            .unwrap()
+    );
+    assert_still_serving_v1(&store, &t, &s, "extra exited").await;
+
+    // A failure with nothing live still fails the stack.
+    let lone = stack(&store, Some(t.id), 20).await;
+    let job = claim(&store, 21).await.unwrap();
+    assert!(
+        store
+            .finish_deploy(&job, failed("boom"), at(22))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &lone).await;
+    assert_eq!(
+        (d.stack.status, d.stack.error.as_deref()),
+        (StackStatus::Failed, Some("boom"))
+    );
+    let events = events_of(&store, lone.id).await;
+    let tail: Vec<(&str, &Value)> = events[2..]
+        .iter()
+        .map(|e| (e.kind.as_str(), &e.data))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (
+                "release.status",
+                &json!({ "release": 1, "status": "failed", "error": "boom" })
+            ),
+            (
+                "service.status",
+                &json!({ "service": "api", "status": "failed", "url": null, "error": "boom" })
+            ),
+            (
+                "service.status",
+                &json!({ "service": "worker", "status": "failed", "url": null, "error": "boom" })
+            ),
+            (
+                "stack.status",
+                &json!({ "status": "failed", "error": "boom" })
+            ),
+        ]
+    );
+}
+
+pub async fn retry_job_give_up_with_a_live_release_keeps_the_stack_healthy<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let (s, job) = failing_redeploy(&store, &t).await;
+    assert!(
+        store
+            .retry_job(&job, "gave up after 5 attempts", at(13), false)
+            .await
+            .unwrap(),
+        "a retry first"
+    );
+    assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Failed);
+    let job = claim(&store, 14).await.expect("the retry");
+    assert!(
+        store
+            .retry_job(&job, "gave up after 5 attempts", at(15), true)
+            .await
+            .unwrap()
+    );
+    assert_still_serving_v1(&store, &t, &s, "gave up after 5 attempts").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// expiry and rate limits
+
+pub async fn expired_stacks_lists_only_anonymous_expired_stacks_not_being_deleted<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let anon = |expires: Option<i64>| {
+        let mut n = new_stack(None, 0);
+        n.expires_at = expires.map(at);
+        n
+    };
+    let a = store.create_stack(anon(Some(100))).await.unwrap();
+    let b = store.create_stack(anon(Some(50))).await.unwrap();
+    let c = store.create_stack(anon(Some(200))).await.unwrap();
+    let deleting = store.create_stack(anon(Some(100))).await.unwrap();
+    store.create_stack(anon(None)).await.unwrap();
+    let mut team_stack = new_stack(Some(t.id), 0);
+    team_stack.expires_at = Some(at(10));
+    store.create_stack(team_stack).await.unwrap();
+    store
+        .request_deletion(Access::Anonymous, &deleting.slug, ctx(1))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let expired = |now: i64, limit: i64| {
+        let store = store.clone();
+        async move { store.expired_stacks(at(now), limit).await.unwrap() }
+    };
+    assert_eq!(expired(10, 10).await, [], "team stacks never expire here");
+    assert_eq!(expired(49, 10).await, []);
+    assert_eq!(
+        expired(50, 10).await,
+        vec![b.slug.clone()],
+        "expires_at <= now"
+    );
+    assert_eq!(
+        expired(100, 10).await,
+        [b.slug.clone(), a.slug.clone()],
+        "soonest first, deleting ones left out"
+    );
+    assert_eq!(
+        expired(1_000, 10).await,
+        [b.slug.clone(), a.slug.clone(), c.slug.clone()]
+    );
+    assert_eq!(expired(1_000, 2).await, [b.slug.clone(), a.slug.clone()]);
+}
+
+pub async fn count_anonymous_create_counts_per_fingerprint_per_utc_day<S: Store>(store: S) {
+    let midnight = at(0).next_utc_midnight();
+    let before = Millis(midnight.0 - 1);
+    let count = |fp: &'static str, now: Millis| {
+        let store = store.clone();
+        async move { store.count_anonymous_create(fp, now).await.unwrap() }
+    };
+    assert_eq!(count("203.0.113.0/24", before).await, 1);
+    assert_eq!(
+        count("203.0.113.0/24", Millis(before.0 - 3_600_000)).await,
+        2
+    );
+    assert_eq!(count("203.0.113.0/24", before).await, 3);
+    assert_eq!(count("2001:db8::/64", before).await, 1, "per fingerprint");
+    assert_eq!(count("203.0.113.0/24", midnight).await, 1, "a new UTC day");
+    assert_eq!(count("203.0.113.0/24", before).await, 4);
+    assert_eq!(count("203.0.113.0/24", midnight).await, 2);
+}
+
+pub async fn count_anonymous_create_is_exact_under_concurrent_calls<S: Store>(store: S) {
+    let barrier = Arc::new(Barrier::new(20));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .count_anonymous_create("198.51.100.0/24", at(0))
+                .await
+                .expect("count_anonymous_create")
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=20).collect::<Vec<i64>>(),
+        "each call got its own count"
+    );
+    assert_eq!(
+        store
+            .count_anonymous_create("198.51.100.0/24", at(1))
+            .await
+            .unwrap(),
+        21
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// events, recovery, pruning
+
+pub async fn events_record_each_change_in_commit_order_and_outlive_the_stack<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let secrets = ["hunter2-super-secret", "postgres://admin:pa55@db/prod"];
+    apply(
+        &store,
+        &s,
+        vec![
+            patch(json!({ "A": secrets[0] }), 1),
+            patch(json!({ "A": secrets[0] }), 1),
+            patch(json!({ "B": secrets[1], "A": null }), 1),
+        ],
+    )
+    .await;
+    apply_one(&store, &s, rollback(1, 2)).await.unwrap();
+    let job = claim(&store, 3).await.unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    let worker = ServiceName::parse("worker").unwrap();
+    let report = |svc: &ServiceName, status, url, error, now| {
+        let (store, job, svc) = (store.clone(), job.clone(), svc.clone());
+        async move {
+            assert!(
+                store
+                    .record_service_status(&job, &svc, status, url, error, at(now))
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    report(&api, ServiceStatus::Deploying, None, None, 4).await;
+    report(&api, ServiceStatus::Deploying, None, None, 5).await;
+    report(&worker, ServiceStatus::Deploying, None, None, 6).await;
+    report(&api, ServiceStatus::Healthy, Some(API_URL), None, 7).await;
+    report(&worker, ServiceStatus::Failed, None, Some("boom"), 8).await;
+    report(&worker, ServiceStatus::Healthy, None, None, 9).await;
+    assert!(store.finish_deploy(&job, deployed(), at(10)).await.unwrap());
+    store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 11))
+        .await
+        .unwrap();
+    store
+        .request_deletion(Access::Team(t.id), &s.slug, ctx(12))
+        .await
+        .unwrap()
+        .unwrap();
+    let teardown = claim(&store, 13).await.unwrap();
+    assert_eq!(teardown.kind, JobKind::Teardown);
+    assert!(store.finish_teardown(&teardown, at(14)).await.unwrap());
+
+    let stack_status =
+        |status: &str, error: Option<&str>| json!({ "status": status, "error": error });
+    let service = |name: &str, status: &str, url: Option<&str>, error: Option<&str>| json!({ "service": name, "status": status, "url": url, "error": error });
+    let expected: Vec<(&str, Value, i64)> = vec![
+        ("stack.status", stack_status("building", None), 0),
+        (
+            "release.created",
+            json!({ "release": 1, "env_version": 0 }),
+            0,
+        ),
+        (
+            "env.version",
+            json!({ "version": 1, "set": ["A"], "deleted": [] }),
+            1,
+        ),
+        (
+            "env.version",
+            json!({ "version": 2, "set": ["B"], "deleted": ["A"] }),
+            1,
+        ),
+        (
+            "env.version",
+            json!({ "version": 3, "set": ["A"], "deleted": ["B"] }),
+            2,
+        ),
+        ("service.status", service("api", "deploying", None, None), 4),
+        (
+            "service.status",
+            service("worker", "deploying", None, None),
+            6,
+        ),
+        ("stack.status", stack_status("deploying", None), 6),
+        (
+            "service.status",
+            service("api", "healthy", Some(API_URL), None),
+            7,
+        ),
+        (
+            "service.status",
+            service("worker", "failed", None, Some("boom")),
+            8,
+        ),
+        ("stack.status", stack_status("failed", Some("boom")), 8),
+        (
+            "service.status",
+            service("worker", "healthy", None, None),
+            9,
+        ),
+        ("stack.status", stack_status("healthy", None), 9),
+        (
+            "release.status",
+            json!({ "release": 1, "status": "live", "error": null }),
+            10,
+        ),
+        ("stack.status", stack_status("healthy", None), 10),
+        (
+            "release.created",
+            json!({ "release": 2, "env_version": 3 }),
+            11,
+        ),
+        ("stack.status", stack_status("building", None), 11),
+        ("stack.status", stack_status("deleting", None), 12),
+        ("stack.deleted", json!({}), 14),
+    ];
+    assert!(
+        store
+            .get_stack(Access::Team(t.id), &s.slug)
+            .await
+            .unwrap()
+            .is_none(),
+        "the stack is gone"
+    );
+    let events = events_of(&store, s.id).await;
+    let got: Vec<(&str, Value, i64)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.data.clone(), e.at.0 - T0))
+        .collect();
+    assert_eq!(got, expected, "its events stay, ending with stack.deleted");
+    assert!(
+        events.windows(2).all(|w| w[0].id < w[1].id),
+        "ids follow commit order"
+    );
+    for e in &events {
+        let text = e.data.to_string();
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{} event leaks an env value",
+                e.kind
+            );
+        }
+    }
+}
+
+pub async fn list_events_pages_by_after_and_is_per_stack<S: Store>(store: S) {
+    let a = stack(&store, None, 0).await;
+    let b = stack(&store, None, 0).await;
+    for i in 1..=5 {
+        apply_one(&store, &a, patch(json!({ "K": format!("v{i}") }), i))
+            .await
+            .unwrap();
+    }
+    let all = store.list_events(a.id, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 7);
+    assert_eq!(
+        kinds(&all),
+        [
+            "stack.status",
+            "release.created",
+            "env.version",
+            "env.version",
+            "env.version",
+            "env.version",
+            "env.version"
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all[6].data["version"], 5);
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    let mut sizes = Vec::new();
+    loop {
+        let page = store.list_events(a.id, after, 3).await.unwrap();
+        sizes.push(page.len());
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        paged.extend(page);
+    }
+    assert_eq!(sizes, [3, 3, 1, 0]);
+    assert_eq!(paged, all);
+    assert_eq!(
+        store.list_events(a.id, all[3].id, 100).await.unwrap(),
+        all[4..].to_vec(),
+        "`after` resumes just past that id"
+    );
+    assert!(
+        store
+            .list_events(a.id, all[6].id, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let theirs = store.list_events(b.id, 0, 100).await.unwrap();
+    assert_eq!(kinds(&theirs), ["stack.status", "release.created"]);
+    assert!(theirs.iter().all(|e| !all.contains(e)), "per stack");
+    assert!(
+        store
+            .list_events(StackId(i64::from(i32::MAX)), 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn running_stacks_returns_live_releases_of_stacks_not_being_deleted<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    // a: v1 live; then env and a redeploy that has not finished.
+    let a = stack(&store, Some(t.id), 0).await;
+    deploy_now(&store, &a, 1).await;
+    // c: live, deleted at the end.
+    let c = stack(&store, Some(t.id), 2).await;
+    deploy_now(&store, &c, 3).await;
+    // d: v2 live, carrying env version 1.
+    let d = stack(&store, Some(t.id), 4).await;
+    deploy_now(&store, &d, 5).await;
+    apply_one(&store, &d, patch(json!({ "B": "2" }), 6))
+        .await
+        .unwrap();
+    store
+        .create_release(Access::Team(t.id), &d.slug, new_release(None, 7))
+        .await
+        .unwrap();
+    deploy_now(&store, &d, 8).await;
+    apply_one(&store, &d, patch(json!({ "B": "later" }), 9))
+        .await
+        .unwrap();
+    // e: its first deploy failed.
+    let e = stack(&store, Some(t.id), 10).await;
+    let job = claim(&store, 11).await.unwrap();
+    assert_eq!(job.stack_id, e.id);
+    store
+        .finish_deploy(&job, failed("boom"), at(12))
+        .await
+        .unwrap();
+    // a's redeploy, b never deployed, c being deleted.
+    apply_one(&store, &a, patch(json!({ "A": "1" }), 13))
+        .await
+        .unwrap();
+    store
+        .create_release(Access::Team(t.id), &a.slug, new_release(None, 14))
+        .await
+        .unwrap();
+    stack(&store, Some(t.id), 15).await;
+    store
+        .request_deletion(Access::Team(t.id), &c.slug, ctx(16))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut running = store.running_stacks().await.unwrap();
+    running.sort_by_key(|(s, _, _)| s.id);
+    let got: Vec<_> = running
+        .iter()
+        .map(|(s, r, env)| {
+            (
+                s.id,
+                r.info.version,
+                r.info.status,
+                r.info.env_version,
+                env.vars().clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (a.id, 1, ReleaseStatus::Live, 0, BTreeMap::new()),
+            (d.id, 2, ReleaseStatus::Live, 1, vars(&[("B", "2")])),
+        ]
+    );
+    assert_eq!(running[0].0, detail(&store, &a).await.stack);
+    assert_eq!(
+        running[0].0.status,
+        StackStatus::Building,
+        "a is redeploying"
+    );
+    assert_eq!(running[1].1.services, services());
+}
+
+pub async fn prune_removes_old_events_expired_records_and_past_counters_only<S: Store>(store: S) {
+    let day = i64::try_from(DAY.as_millis()).unwrap();
+    let s = stack(&store, None, 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "1" }), 10))
+        .await
+        .unwrap();
+    apply_one(&store, &s, patch(json!({ "A": "2" }), 20))
+        .await
+        .unwrap();
+    for (key, now) in [("old", 0), ("new", day / 2)] {
+        assert_eq!(
+            store
+                .idempotency_begin(idem("t", key, "h", now))
+                .await
+                .unwrap(),
+            IdempotencyBegin::Started
+        );
+    }
+    let fp = "203.0.113.0/24";
+    assert_ne!(at(0).utc_day(), at(day).utc_day());
+    store.count_anonymous_create(fp, at(0)).await.unwrap();
+    store.count_anonymous_create(fp, at(0)).await.unwrap();
+    store.count_anonymous_create(fp, at(day)).await.unwrap();
+
+    // Events at 0, 0 and 10 are older than 20; "old" expires at exactly `day`; the counter of
+    // at(0)'s day is past.
+    assert_eq!(store.prune(at(day), at(20)).await.unwrap(), 3 + 1 + 1);
+    assert_eq!(
+        store.prune(at(day), at(20)).await.unwrap(),
+        0,
+        "nothing left"
+    );
+
+    let events = events_of(&store, s.id).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.at))
+            .collect::<Vec<_>>(),
+        [("env.version", at(20))],
+        "an event exactly at the bound stays"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(idem("t", "new", "h", day / 2 + 1_000))
+            .await
+            .unwrap(),
+        IdempotencyBegin::InProgress,
+        "a live record stays"
+    );
+    assert_eq!(
+        store.count_anonymous_create(fp, at(day)).await.unwrap(),
+        2,
+        "today's counter stays"
+    );
+    assert_eq!(
+        store.count_anonymous_create(fp, at(0)).await.unwrap(),
+        1,
+        "the past day's counter was removed"
+    );
+    assert_eq!(
+        current_env(&store, &s).await.version,
+        2,
+        "nothing else is touched"
     );
 }
