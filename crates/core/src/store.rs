@@ -196,8 +196,16 @@ pub struct NewRelease {
     /// The manifest text when new code came with one.
     pub manifest: Option<String>,
     pub ctx: AuditCtx,
-    pub idempotency: Option<IdempotencyCompletion>,
+    /// Completed in the release's transaction with `render(slug, new release, note)` as the
+    /// stored 202 body (the release number is only known under the lock).
+    pub idempotency: Option<IdempotencyPending>,
+    /// Manifest warnings, for the response.
+    pub note: String,
+    pub render: ReleaseResponseRenderer,
 }
+
+/// Renders the `202` body of a redeploy, which an idempotent replay returns.
+pub type ReleaseResponseRenderer = fn(&StackSlug, &ReleaseInfo, &str) -> String;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {

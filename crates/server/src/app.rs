@@ -2,10 +2,9 @@
 
 use crate::config::ServeArgs;
 use crate::envqueue::EnvQueue;
-use crate::ratelimit::RateLimiter;
-use stackyard_core::runtime::Runtime;
 use crate::error::ApiError;
 use crate::middleware;
+use crate::ratelimit::RateLimiter;
 use crate::routes::{audit, env, ops, releases, stacks, streams, tokens};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -14,6 +13,7 @@ use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use stackyard_core::StackSlug;
 use stackyard_core::model::{Access, StackId};
+use stackyard_core::runtime::Runtime;
 use stackyard_core::store::Store;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -39,4 +39,3 @@ pub fn save(data_dir: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> 
     }
     result
 }
-

@@ -101,7 +101,11 @@ fn unavailable_code(parts: &Parts) -> &'static str {
     }
 }
 
-async fn principal<S: Store>(state: &AppState<S>, parts: &Parts, token: &ApiToken) -> Result<Principal, ApiError> {
+async fn principal<S: Store>(
+    state: &AppState<S>,
+    parts: &Parts,
+    token: &ApiToken,
+) -> Result<Principal, ApiError> {
     let digest = token.digest();
     if let Some(p) = state.auth_cache.get(&digest) {
         return Ok(p);

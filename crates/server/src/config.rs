@@ -93,7 +93,12 @@ pub struct ServeArgs {
     pub redis_url: Option<String>,
 
     /// Key prefix of the counters kept in Redis (several deployments may share one Redis).
-    #[arg(long, env = "STACKYARD_REDIS_PREFIX", default_value = "stackyard:", hide = true)]
+    #[arg(
+        long,
+        env = "STACKYARD_REDIS_PREFIX",
+        default_value = "stackyard:",
+        hide = true
+    )]
     pub redis_prefix: String,
 
     /// Stacks an anonymous caller's network may create per UTC day.

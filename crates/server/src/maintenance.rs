@@ -19,7 +19,12 @@ pub fn expiry_tick(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
-pub async fn run<S: Store>(store: S, ttl: Duration, jobs_ready: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<S: Store>(
+    store: S,
+    ttl: Duration,
+    jobs_ready: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let tick = expiry_tick(ttl);
     let mut last_prune = tokio::time::Instant::now();
     loop {
@@ -31,7 +36,10 @@ pub async fn run<S: Store>(store: S, ttl: Duration, jobs_ready: Arc<Notify>, mut
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             let at = now();
-            match store.prune(at, at.saturating_add_ms(-EVENT_RETENTION_MS)).await {
+            match store
+                .prune(at, at.saturating_add_ms(-EVENT_RETENTION_MS))
+                .await
+            {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old events and records"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning failed"),
@@ -50,7 +58,11 @@ pub async fn expire<S: Store>(store: &S, jobs_ready: &Notify) {
         }
     };
     for slug in expired {
-        let ctx = AuditCtx { actor: Actor::system(), request_id: None, now: now() };
+        let ctx = AuditCtx {
+            actor: Actor::system(),
+            request_id: None,
+            now: now(),
+        };
         match store.request_deletion(Access::Anonymous, &slug, ctx).await {
             Ok(Some(_)) => {
                 metrics::counter!("stackyard_stacks_expired_total").increment(1);
@@ -69,8 +81,17 @@ mod tests {
 
     #[test]
     fn expiry_ticks_follow_the_ttl_within_bounds() {
-        assert_eq!(expiry_tick(Duration::from_secs(6 * 3600)), Duration::from_secs(30));
-        assert_eq!(expiry_tick(Duration::from_secs(2)), Duration::from_millis(500));
-        assert_eq!(expiry_tick(Duration::from_millis(10)), Duration::from_millis(100));
+        assert_eq!(
+            expiry_tick(Duration::from_secs(6 * 3600)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            expiry_tick(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            expiry_tick(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
     }
 }

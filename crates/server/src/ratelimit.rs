@@ -31,7 +31,8 @@ impl RateLimiter {
     pub fn new(daily: i64, redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
         let redis = match redis_url {
             Some(url) => Some(RedisCounter {
-                client: redis::Client::open(url).map_err(|_| anyhow::anyhow!("--redis-url is not a valid Redis URL"))?,
+                client: redis::Client::open(url)
+                    .map_err(|_| anyhow::anyhow!("--redis-url is not a valid Redis URL"))?,
                 prefix: prefix.to_owned(),
                 conn: Mutex::new(None),
             }),
@@ -41,7 +42,12 @@ impl RateLimiter {
     }
 
     /// Counts one anonymous create for `fingerprint` and refuses it past the daily limit.
-    pub async fn check_anonymous<S: Store>(&self, store: &S, fingerprint: &str, now: Millis) -> Result<(), ApiError> {
+    pub async fn check_anonymous<S: Store>(
+        &self,
+        store: &S,
+        fingerprint: &str,
+        now: Millis,
+    ) -> Result<(), ApiError> {
         let count = match &self.redis {
             Some(r) => match r.incr(fingerprint, now).await {
                 Ok(n) => n,
@@ -60,7 +66,9 @@ impl RateLimiter {
             return Ok(());
         }
         metrics::counter!("stackyard_rate_limited_total").increment(1);
-        let retry = u64::try_from((now.next_utc_midnight().0 - now.0 + 999) / 1000).unwrap_or(1).max(1);
+        let retry = u64::try_from((now.next_utc_midnight().0 - now.0 + 999) / 1000)
+            .unwrap_or(1)
+            .max(1);
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",
@@ -74,7 +82,12 @@ impl RateLimiter {
 
 impl RedisCounter {
     async fn incr(&self, fingerprint: &str, now: Millis) -> Result<i64, String> {
-        let key = format!("{}anon-creates:{}:{}", self.prefix, now.utc_day(), fingerprint);
+        let key = format!(
+            "{}anon-creates:{}:{}",
+            self.prefix,
+            now.utc_day(),
+            fingerprint
+        );
         let expire_at = now.next_utc_midnight().0 / 1000 + 60;
         let mut guard = self.conn.lock().await;
         let conn = match guard.as_mut() {
@@ -83,19 +96,22 @@ impl RedisCounter {
                 let c = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_connection_manager())
                     .await
                     .map_err(|_| "timed out connecting".to_owned())?
-                    .map_err(|e| e.kind().to_string())?;
+                    .map_err(|e| format!("{:?}", e.kind()))?;
                 guard.insert(c)
             }
         };
         let mut pipe = redis::pipe();
-        pipe.atomic().incr(&key, 1).expire_at(&key, expire_at).ignore();
+        pipe.atomic()
+            .incr(&key, 1)
+            .expire_at(&key, expire_at)
+            .ignore();
         let result: Result<Result<(i64,), redis::RedisError>, _> =
             tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(conn)).await;
         match result {
             Ok(Ok((n,))) => Ok(n),
             Ok(Err(e)) => {
                 *guard = None;
-                Err(e.kind().to_string())
+                Err(format!("{:?}", e.kind()))
             }
             Err(_) => {
                 *guard = None;

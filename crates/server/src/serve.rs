@@ -5,11 +5,11 @@ use crate::app::{AppState, router};
 use crate::config::{RuntimeKind, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::Workers;
 use crate::noop::NoopRuntime;
+use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use stackyard_core::ApiToken;
 use stackyard_core::runtime::{DeployPlan, Runtime};
-use crate::ratelimit::RateLimiter;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
 use stackyard_store_postgres::PgStore;
 use stackyard_store_sqlite::SqliteStore;
@@ -136,7 +136,11 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let runtime = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
-    let rate_limiter = RateLimiter::new(args.anonymous_daily_limit, args.redis_url.as_deref(), &args.redis_prefix)?;
+    let rate_limiter = RateLimiter::new(
+        args.anonymous_daily_limit,
+        args.redis_url.as_deref(),
+        &args.redis_prefix,
+    )?;
     let jobs_ready = Arc::new(Notify::new());
     let state = AppState::new(
         store.clone(),
@@ -167,8 +171,18 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         recover(&store2, runtime2.as_ref()).await;
         workers.run(rx).await;
     }));
-    tasks.push(tokio::spawn(crate::maintenance::run(store, args.anonymous_ttl, jobs_ready, shutdown_rx.clone())));
-    tasks.push(tokio::spawn(crate::http::serve(listener, router(state), shutdown_rx, Duration::from_secs(10))));
+    tasks.push(tokio::spawn(crate::maintenance::run(
+        store,
+        args.anonymous_ttl,
+        jobs_ready,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::http::serve(
+        listener,
+        router(state),
+        shutdown_rx,
+        Duration::from_secs(10),
+    )));
     tracing::info!(store = backend, "api listening on http://{addr}");
     Ok(RunningServer {
         addr,
@@ -184,10 +198,14 @@ async fn make_runtime(
     _tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match args.runtime {
-        RuntimeKind::Noop => Arc::new(NoopRuntime { step: args.noop_step }),
+        RuntimeKind::Noop => Arc::new(NoopRuntime {
+            step: args.noop_step,
+        }),
         RuntimeKind::Local => {
             tracing::warn!("the local runtime is not available in this build yet; using noop");
-            Arc::new(NoopRuntime { step: args.noop_step })
+            Arc::new(NoopRuntime {
+                step: args.noop_step,
+            })
         }
     })
 }
@@ -214,7 +232,9 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
         .collect::<Vec<_>>();
     let n = plans.len();
     match runtime.recover(plans).await {
-        Ok(()) if n > 0 => tracing::info!(stacks = n, "restarted the stacks that should be running"),
+        Ok(()) if n > 0 => {
+            tracing::info!(stacks = n, "restarted the stacks that should be running")
+        }
         Ok(()) => {}
         Err(e) => tracing::warn!(error = %e, "runtime recovery failed"),
     }

@@ -96,6 +96,13 @@ impl PgStore {
         let digests: Vec<&str> = new.artifacts.iter().map(|(d, _)| d.as_str()).collect();
         let sizes: Vec<i64> = new.artifacts.iter().map(|(_, s)| *s).collect();
         let idem = new.idempotency.as_ref();
+        let info = ReleaseInfo {
+            version,
+            status: ReleaseStatus::Pending,
+            env_version: updated.env_version,
+            created_at: now,
+        };
+        let body = idem.map(|_| (new.render)(&updated.slug, &info, &new.note));
         let mut superseded: Vec<i64> = sqlx::query_scalar(
             "WITH rel AS ( \
                INSERT INTO releases (stack_id, version, status, env_version, spec, env, created_at) \
@@ -129,8 +136,8 @@ impl PgStore {
         .bind(serde_json::json!({ "release": version, "from_release": stack.release }))
         .bind(idem.map(|i| i.scope.as_str()))
         .bind(idem.map(|i| i.key.as_str()))
-        .bind(idem.map(|i| i32::from(i.status)))
-        .bind(idem.map(|i| i.body.as_str()))
+        .bind(idem.map(|_| 202i32))
+        .bind(body.as_deref())
         .bind(now.saturating_add_ms(crate::millis(COMPLETED_TTL)).0)
         .fetch_all(&mut *tx)
         .await
@@ -145,12 +152,6 @@ impl PgStore {
         out.push(Event::stack_status(StackStatus::Building, None));
         events::insert(&mut tx, updated.id, updated.slug.as_str(), now, &out).await?;
         tx.commit().await.map_err(Error::from)?;
-        let info = ReleaseInfo {
-            version,
-            status: ReleaseStatus::Pending,
-            env_version: updated.env_version,
-            created_at: now,
-        };
         Ok((updated, info))
     }
 

@@ -631,6 +631,8 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
         manifest: Some("services:\n  web: {}\n".into()),
         ctx: ctx(2),
         idempotency: None,
+        note: String::new(),
+        render: |_, _, _| String::new(),
     };
     store
         .create_release(Access::Anonymous, &stack.slug, release.clone())

@@ -145,24 +145,17 @@ impl SqliteStore {
         out.push(Event::release_created(version, updated.env_version));
         out.push(Event::stack_status(StackStatus::Building, None));
         events::insert(&mut tx, updated.id, updated.slug.as_str(), now, &out).await?;
-        if let Some(idem) = &new.idempotency {
-            idempotency::complete(
-                &mut tx,
-                &idem.scope,
-                &idem.key,
-                idem.status,
-                &idem.body,
-                now,
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(db_err)?;
         let info = ReleaseInfo {
             version,
             status: ReleaseStatus::Pending,
             env_version: updated.env_version,
             created_at: now,
         };
+        if let Some(idem) = &new.idempotency {
+            let body = (new.render)(&updated.slug, &info, &new.note);
+            idempotency::complete(&mut tx, &idem.scope, &idem.key, 202, &body, now).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
         Ok((updated, info))
     }
 

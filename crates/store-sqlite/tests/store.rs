@@ -382,6 +382,8 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
         manifest: Some("services:\n  web: {}\n".into()),
         ctx: ctx(2),
         idempotency: None,
+        note: String::new(),
+        render: |_, _, _| String::new(),
     };
     store
         .create_release(Access::Anonymous, &s.slug, release.clone())

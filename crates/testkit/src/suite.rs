@@ -365,7 +365,15 @@ fn new_release(services: Option<Vec<ReleaseService>>, now: i64) -> NewRelease {
         manifest: None,
         ctx: ctx(now),
         idempotency: None,
+        note: String::new(),
+        render: render_release,
     }
+}
+
+/// The suite's stand-in for the server's redeploy response: enough to see the store renders
+/// the release it created, under its lock.
+fn render_release(slug: &StackSlug, info: &ReleaseInfo, note: &str) -> String {
+    json!({ "stack_id": slug, "release": info.version, "env_version": info.env_version, "note": note }).to_string()
 }
 
 /// A service of the suite's shape with another name / port.
@@ -2838,11 +2846,10 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
         IdempotencyBegin::Started
     );
     let mut rel = new_release(None, 2);
-    rel.idempotency = Some(IdempotencyCompletion {
+    rel.note = "a warning".into();
+    rel.idempotency = Some(IdempotencyPending {
         scope: scope.clone(),
         key: "redeploy-1".into(),
-        status: 202,
-        body: r#"{"release":2}"#.into(),
     });
     let (s2, info) = store
         .create_release(Access::Team(t.id), &s.slug, rel)
@@ -2929,7 +2936,7 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
             .unwrap(),
         IdempotencyBegin::Replay {
             status: 202,
-            body: r#"{"release":2}"#.into()
+            body: render_release(&s.slug, &info, "a warning")
         }
     );
 
@@ -3116,11 +3123,9 @@ pub async fn create_release_refuses_deleting_and_missing_stacks_and_writes_nothi
     let before_kept = snapshot(kept.clone()).await;
     let mut rel = new_release(Some(vec![extra_service("web", 80, true)]), 3);
     rel.artifacts = vec![("b".repeat(64), 1)];
-    rel.idempotency = Some(IdempotencyCompletion {
+    rel.idempotency = Some(IdempotencyPending {
         scope: scope.clone(),
         key: "k".into(),
-        status: 202,
-        body: "{}".into(),
     });
     assert_eq!(
         store

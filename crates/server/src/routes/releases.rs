@@ -13,8 +13,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use stackyard_core::StackSlug;
 use stackyard_core::ids::sha256_hex;
-use stackyard_core::store::{IdempotencyCompletion, NewRelease, ReleaseError, Store};
+use stackyard_core::model::ReleaseInfo;
+use stackyard_core::store::{IdempotencyPending, NewRelease, ReleaseError, Store};
 
 /// Whether the request carries a body at all: a redeploy without one reuses the current code.
 fn has_body(headers: &HeaderMap) -> bool {
@@ -77,58 +79,82 @@ async fn redeploy_reserved<S: Store>(
     state: &AppState<S>,
     caller: &Caller,
     rid: &RequestId,
-    slug: &stackyard_core::StackSlug,
+    slug: &StackSlug,
     code: Option<Code>,
     reservation: Option<&idempotency::Reservation>,
 ) -> ApiResult<Response> {
     let (services, artifacts, manifest, note) = match code {
         Some(c) => {
             let sizes = upload::save_artifacts(state, c.artifacts).await?;
-            (Some(c.services), sizes, Some(c.manifest_text), c.warnings.join("; "))
+            (
+                Some(c.services),
+                sizes,
+                Some(c.manifest_text),
+                c.warnings.join("; "),
+            )
         }
         None => (None, Vec::new(), None, String::new()),
     };
-    // The response names the release the store is about to create; the store renders nothing,
-    // so the idempotency record gets a body with the release number filled in afterwards is not
-    // possible — instead the body is built from what the store returns and the record is
-    // completed with a body that leaves the number to the replay's GET. Keep it simple: the
-    // record stores the same fields, with the release the store assigns.
+    let release_note = note.clone();
     let release = NewRelease {
         services,
         artifacts,
         manifest,
         ctx: audit_ctx(caller, rid),
-        idempotency: reservation.map(|r| IdempotencyCompletion {
+        idempotency: reservation.map(|r| IdempotencyPending {
             scope: r.scope.clone(),
             key: r.key.clone(),
-            status: 202,
-            body: String::new(),
         }),
+        note,
+        render: render_response,
     };
-    let (stack, info) = match state.store.create_release(caller.access(), slug, release).await {
+    let (stack, info) = match state
+        .store
+        .create_release(caller.access(), slug, release)
+        .await
+    {
         Ok(x) => x,
         Err(ReleaseError::NotFound) => return Err(ApiError::not_found()),
         Err(ReleaseError::Deleting) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "stack_deleting", "The stack is being deleted and accepts no new release.")
-                .with_action("Create a new stack instead; this one is being torn down."));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stack_deleting",
+                "The stack is being deleted and accepts no new release.",
+            )
+            .with_action("Create a new stack instead; this one is being torn down."));
         }
         Err(ReleaseError::Store(e)) => return Err(ApiError::store("provision_failed", &e)),
     };
     state.jobs_ready.notify_one();
-    let body = json!({
+    let body = render_response(&stack.slug, &info, &release_note);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// The redeploy's 202 body; the store also stores it for idempotent replays.
+fn render_response(slug: &StackSlug, info: &ReleaseInfo, note: &str) -> String {
+    json!({
         "ok": true,
-        "stack_id": stack.slug,
+        "stack_id": slug,
         "status": "building",
-        "release": views::release(&info),
+        "release": views::release(info),
         "note": note,
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    })
+    .to_string()
 }
 
 #[utoipa::path(get, path = "/stacks/{slug}/releases", tag = "stacks", description = "The stack's releases, newest first. Auth optional.",
     params(("slug" = String, Path)),
     responses((status = 200, description = "{ok, items: [{version, name, status, env_version, created_at, services}]}"), (status = 404, description = "not_found")))]
-pub async fn list<S: Store>(State(state): State<AppState<S>>, caller: Caller, Path(slug): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list<S: Store>(
+    State(state): State<AppState<S>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<Value>> {
     let slug = parse_slug(&slug)?;
     let detail = state
         .store
@@ -145,7 +171,8 @@ pub async fn list<S: Store>(State(state): State<AppState<S>>, caller: Caller, Pa
         .iter()
         .map(|r| {
             let mut v = views::release(&r.info);
-            v["services"] = json!(r
+            v["services"] =
+                json!(r
                 .services
                 .iter()
                 .map(|s| json!({ "name": s.name, "artifact": s.artifact, "command": s.command }))
@@ -153,5 +180,7 @@ pub async fn list<S: Store>(State(state): State<AppState<S>>, caller: Caller, Pa
             v
         })
         .collect();
-    Ok(Json(json!({ "ok": true, "stack_id": slug, "items": items })))
+    Ok(Json(
+        json!({ "ok": true, "stack_id": slug, "items": items }),
+    ))
 }

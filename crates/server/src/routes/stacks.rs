@@ -52,10 +52,16 @@ async fn validate(mut form: Form) -> ApiResult<Validated> {
     let name = StackName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e.0))?;
     let environment = match form.env.filter(|e| !e.is_empty()) {
         None => EnvironmentName::default_env(),
-        Some(e) => EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?,
+        Some(e) => {
+            EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?
+        }
     };
     let code = upload::validate_code_blocking(manifest_text, form.files).await?;
-    Ok(Validated { name, environment, code })
+    Ok(Validated {
+        name,
+        environment,
+        code,
+    })
 }
 
 #[utoipa::path(post, path = "/stacks/new", tag = "stacks",
@@ -109,7 +115,10 @@ async fn create_reserved<S: Store>(
 ) -> ApiResult<Response> {
     let ctx = audit_ctx(caller, rid);
     if let Caller::Anonymous { fingerprint } = caller {
-        state.rate_limiter.check_anonymous(&state.store, fingerprint, ctx.now).await?;
+        state
+            .rate_limiter
+            .check_anonymous(&state.store, fingerprint, ctx.now)
+            .await?;
     }
     let slug = StackSlug::generate();
     let (team_id, tier, fingerprint, expires_at) = match caller {

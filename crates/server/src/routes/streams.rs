@@ -25,7 +25,11 @@ const LOG_BACKLOG: usize = 200;
 /// ran the job), so polling is what lets any server follow any stack.
 const EVENT_POLL: Duration = Duration::from_millis(200);
 
-async fn stack<S: Store>(state: &AppState<S>, caller: &Caller, slug: &str) -> ApiResult<StackDetail> {
+async fn stack<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    slug: &str,
+) -> ApiResult<StackDetail> {
     let slug = parse_slug(slug)?;
     state
         .store
@@ -39,9 +43,13 @@ fn sse<St>(events: St) -> Response
 where
     St: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let mut res = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    res.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut res = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
 }
 
@@ -62,8 +70,12 @@ pub async fn logs<S: Store>(
 ) -> ApiResult<Response> {
     let detail = stack(&state, &caller, &slug).await?;
     let no_service = || {
-        ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "This stack has no service by that name.")
-            .with_action("Use one of the service names listed by GET /stacks/<id>.")
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "This stack has no service by that name.",
+        )
+        .with_action("Use one of the service names listed by GET /stacks/<id>.")
     };
     let svc = ServiceName::parse(&svc).map_err(|_| no_service())?;
     if !detail.services.iter().any(|s| s.name == svc) {
@@ -122,8 +134,18 @@ struct Cursor<S: Store> {
     done: bool,
 }
 
-fn follow_events<S: Store>(state: AppState<S>, stack: StackId, after: i64) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-    let cursor = Cursor { state, stack, after, buffered: VecDeque::new(), done: false };
+fn follow_events<S: Store>(
+    state: AppState<S>,
+    stack: StackId,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    let cursor = Cursor {
+        state,
+        stack,
+        after,
+        buffered: VecDeque::new(),
+        done: false,
+    };
     stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.buffered.pop_front() {

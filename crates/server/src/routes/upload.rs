@@ -36,7 +36,10 @@ impl Code {
     /// `(service, artifact digest)` pairs: with the manifest text, what identifies the code for
     /// idempotency (the tarball bytes themselves are covered by their digests).
     pub fn identity(&self) -> Vec<(&str, &str)> {
-        self.services.iter().map(|s| (s.name.as_str(), s.artifact.as_str())).collect()
+        self.services
+            .iter()
+            .map(|s| (s.name.as_str(), s.artifact.as_str()))
+            .collect()
     }
 }
 
@@ -49,13 +52,21 @@ fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
     } else {
-        invalid_form(format!("The multipart body could not be read: {}.", e.body_text()))
+        invalid_form(format!(
+            "The multipart body could not be read: {}.",
+            e.body_text()
+        ))
     }
 }
 
 /// Reads the whole form (the body limit bounds it at 50 MiB).
 pub async fn read_form(mp: Result<Multipart, MultipartRejection>) -> ApiResult<Form> {
-    let mut mp = mp.map_err(|e| invalid_form(format!("Expected a multipart/form-data body: {}.", e.body_text())))?;
+    let mut mp = mp.map_err(|e| {
+        invalid_form(format!(
+            "Expected a multipart/form-data body: {}.",
+            e.body_text()
+        ))
+    })?;
     let mut form = Form::default();
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
         let Some(name) = field.name().map(str::to_owned) else {
@@ -73,7 +84,9 @@ pub async fn read_form(mp: Result<Multipart, MultipartRejection>) -> ApiResult<F
                 let text = String::from_utf8(bytes.to_vec())
                     .map_err(|_| invalid_form(format!("The `{name}` field is not UTF-8 text.")))?;
                 if slot.replace(text).is_some() {
-                    return Err(invalid_form(format!("The `{name}` field appears more than once.")));
+                    return Err(invalid_form(format!(
+                        "The `{name}` field appears more than once."
+                    )));
                 }
             }
             None => {
@@ -91,15 +104,22 @@ pub async fn read_form(mp: Result<Multipart, MultipartRejection>) -> ApiResult<F
 
 /// The manifest field, required.
 pub fn manifest_text(form: &mut Form) -> ApiResult<String> {
-    form.manifest.take().filter(|m| !m.trim().is_empty()).ok_or_else(|| {
-        ApiError::bad_request("missing_manifest", "The `manifest` field (the stack's YAML manifest) is required.")
-    })
+    form.manifest
+        .take()
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_manifest",
+                "The `manifest` field (the stack's YAML manifest) is required.",
+            )
+        })
 }
 
 /// Validates the manifest and every service's tarball and start command. CPU-heavy (tarball
 /// inspection): call it on the blocking pool (`validate_code_blocking`).
 pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) -> ApiResult<Code> {
-    let manifest = Manifest::parse(&manifest_text).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let manifest = Manifest::parse(&manifest_text)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     let limits = TarballLimits::default();
     let mut services = Vec::with_capacity(manifest.services.len());
     let mut artifacts = BTreeMap::new();
@@ -109,8 +129,9 @@ pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) 
             ApiError::bad_request("missing_tarball", format!("No tarball part named `{svc}` was sent for service `{svc}`."))
                 .with_action(format!("Add a form part named `{svc}` holding a gzipped tar of the service's build directory."))
         })?;
-        let info = tarball::inspect(&bytes, &limits)
-            .map_err(|e| ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}")))?;
+        let info = tarball::inspect(&bytes, &limits).map_err(|e| {
+            ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}"))
+        })?;
         let start = tarball::resolve_start(spec.command.as_deref(), &info).ok_or_else(|| {
             ApiError::bad_request(
                 "missing_start_command",
@@ -136,26 +157,48 @@ pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) 
             stackyard_core::ids::truncate_for_message(extra)
         )));
     }
-    Ok(Code { manifest_text, warnings: manifest.warnings, services, artifacts })
+    Ok(Code {
+        manifest_text,
+        warnings: manifest.warnings,
+        services,
+        artifacts,
+    })
 }
 
 /// `validate_code` on the blocking pool.
-pub async fn validate_code_blocking(manifest_text: String, files: BTreeMap<String, Bytes>) -> ApiResult<Code> {
+pub async fn validate_code_blocking(
+    manifest_text: String,
+    files: BTreeMap<String, Bytes>,
+) -> ApiResult<Code> {
     tokio::task::spawn_blocking(move || validate_code(manifest_text, files))
         .await
         .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
 }
 
 /// Writes the artifacts to disk (before any row names them) and returns `(digest, size)`s.
-pub async fn save_artifacts<S: Store>(state: &AppState<S>, files: BTreeMap<String, Bytes>) -> ApiResult<Vec<(String, i64)>> {
+pub async fn save_artifacts<S: Store>(
+    state: &AppState<S>,
+    files: BTreeMap<String, Bytes>,
+) -> ApiResult<Vec<(String, i64)>> {
     let data_dir = state.data_dir.clone();
-    let sizes: Vec<(String, i64)> = files.iter().map(|(d, b)| (d.clone(), b.len() as i64)).collect();
-    tokio::task::spawn_blocking(move || files.iter().try_for_each(|(digest, bytes)| artifacts::save(&data_dir, digest, bytes)))
-        .await
-        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "could not store an artifact");
-            ApiError::unavailable("provision_failed", "The server could not store the service tarballs.", 5)
-        })?;
+    let sizes: Vec<(String, i64)> = files
+        .iter()
+        .map(|(d, b)| (d.clone(), b.len() as i64))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .try_for_each(|(digest, bytes)| artifacts::save(&data_dir, digest, bytes))
+    })
+    .await
+    .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "could not store an artifact");
+        ApiError::unavailable(
+            "provision_failed",
+            "The server could not store the service tarballs.",
+            5,
+        )
+    })?;
     Ok(sizes)
 }

@@ -605,20 +605,47 @@ async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backen
 /// retryable 503 meanwhile, and succeed again after the restore without a server restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_unreachable_gives_503_then_recovers_without_restart() {
-    let Some((app, proxy)) = TestApp::spawn_behind_proxy(&["--lock-timeout", "1s"]).await else { return };
+    let Some((app, proxy)) = TestApp::spawn_behind_proxy(&["--lock-timeout", "1s"]).await else {
+        return;
+    };
     let slug = new_stack(&app).await;
-    let (code, _) = json_of(app.patch_env(&slug, json!({"A": "1"})).send().await.unwrap()).await;
+    let (code, _) = json_of(
+        app.patch_env(&slug, json!({"A": "1"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(code, 200);
 
     proxy.cut();
-    let res = app.patch_env(&slug, json!({"B": "2"})).send().await.unwrap();
+    let res = app
+        .patch_env(&slug, json!({"B": "2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["retry-after"], "1");
     let (code, b) = json_of(res).await;
-    assert_eq!((code, assert_envelope(code, &b).as_str()), (503, "persist_failed"));
-    let (code, b) = json_of(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token)).send().await.unwrap()).await;
-    assert_eq!((code, assert_envelope(code, &b).as_str()), (503, "fetch_failed"));
+    assert_eq!(
+        (code, assert_envelope(code, &b).as_str()),
+        (503, "persist_failed")
+    );
+    let (code, b) = json_of(
+        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, assert_envelope(code, &b).as_str()),
+        (503, "fetch_failed")
+    );
     let (code, b) = json_of(app.get("/readyz", None).send().await.unwrap()).await;
-    assert_eq!((code, assert_envelope(code, &b).as_str()), (503, "not_ready"));
+    assert_eq!(
+        (code, assert_envelope(code, &b).as_str()),
+        (503, "not_ready")
+    );
     assert!(!b.to_string().contains("postgres://"), "{b}");
     let (code, _) = json_of(app.get("/healthz", None).send().await.unwrap()).await;
     assert_eq!(code, 200, "the process stays alive");
@@ -626,7 +653,13 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (code, b) = json_of(app.patch_env(&slug, json!({"B": "2"})).send().await.unwrap()).await;
+        let (code, b) = json_of(
+            app.patch_env(&slug, json!({"B": "2"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         if code == 200 {
             assert_eq!(b["version"], 2, "the failed PATCH wrote nothing");
             break;

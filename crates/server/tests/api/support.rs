@@ -55,7 +55,11 @@ impl TestApp {
         Some((app, proxy))
     }
 
-    async fn spawn_inner(backend: Backend, extra: &[&str], proxy: Option<&TcpProxy>) -> Option<TestApp> {
+    async fn spawn_inner(
+        backend: Backend,
+        extra: &[&str],
+        proxy: Option<&TcpProxy>,
+    ) -> Option<TestApp> {
         let (guard, db_url) = match backend {
             Backend::Sqlite => {
                 let db = stackyard_testkit::sqlite::fresh();
@@ -345,21 +349,29 @@ pub struct TcpProxy {
 impl TcpProxy {
     pub async fn start(upstream: (&'static str, u16)) -> TcpProxy {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (kill, kill_rx) = tokio::sync::watch::channel(0u64);
         let cut2 = cut.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if cut2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let mut kill_rx = kill_rx.clone();
+                // Only cuts after this connection was accepted apply to it.
+                kill_rx.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = kill_rx.changed() => {}
