@@ -15,6 +15,8 @@ use std::process::ExitCode;
     about = "Self-hosted control plane for multi-service application stacks"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: stackyard_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +31,8 @@ enum Command {
     /// Benchmarks (results go to stdout; see docs/performance.md).
     #[command(subcommand)]
     Bench(Bench),
+    #[command(flatten)]
+    Client(stackyard_cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -53,11 +57,11 @@ enum Admin {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A benchmark's output is its report; keep the server it runs quiet unless asked.
-    let default_level = if matches!(cli.command, Command::Bench(_)) {
-        "error"
-    } else {
-        "info"
+    // A benchmark's output is its report, and a client's output is for its user: keep the
+    // server's logging quiet for both unless STACKYARD_LOG asks.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Admin(_) => "info",
+        Command::Bench(_) | Command::Client(_) => "error",
     };
     stackyard_server::telemetry::init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -70,6 +74,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Client(command) = cli.command {
+        return runtime.block_on(stackyard_cli::run(cli.global, command));
+    }
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -83,6 +90,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
         Command::Bench(Bench::Env(args)) => bench::run(args).await,
+        // Dispatched in `main`, which owns the exit code of client commands.
+        Command::Client(_) => Ok(()),
         Command::Admin(Admin::CreateTeam {
             name,
             max_stacks,
