@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
-    /// Run services as local child processes (a later issue; `noop` until then).
+    /// Run services as local child processes, served through the built-in router.
     Local,
     /// Move services through their statuses without running anything.
     Noop,
@@ -73,7 +73,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// How services run.
-    #[arg(long, env = "STACKYARD_RUNTIME", value_enum, default_value = "noop")]
+    #[arg(long, env = "STACKYARD_RUNTIME", value_enum, default_value = "local")]
     pub runtime: RuntimeKind,
 
     /// The router's address (local runtime); port 0 picks a free port.

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use stackyard_core::ApiToken;
 use stackyard_core::runtime::{DeployPlan, Runtime};
 use stackyard_core::store::{NewToken, Store, StoreOptions};
+use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
 use stackyard_store_postgres::PgStore;
 use stackyard_store_sqlite::SqliteStore;
 use std::future::Future;
@@ -191,21 +192,28 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     })
 }
 
-/// The runtime `--runtime` names, with whatever it serves besides (the local router).
+/// The runtime `--runtime` names, with whatever it serves besides: the local runtime's router
+/// is bound first (service URLs carry its port) and served until shutdown.
 async fn make_runtime(
     args: &ServeArgs,
-    _shutdown: &watch::Receiver<bool>,
-    _tasks: &mut Vec<JoinHandle<()>>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match args.runtime {
-        RuntimeKind::Noop => Arc::new(NoopRuntime {
-            step: args.noop_step,
-        }),
+        RuntimeKind::Noop => Arc::new(NoopRuntime { step: args.noop_step }),
         RuntimeKind::Local => {
-            tracing::warn!("the local runtime is not available in this build yet; using noop");
-            Arc::new(NoopRuntime {
-                step: args.noop_step,
-            })
+            let listener = TcpListener::bind(args.router_listen)
+                .await
+                .with_context(|| format!("binding the router address {}", args.router_listen))?;
+            let addr = listener.local_addr()?;
+            let mut cfg = LocalConfig::new(&args.store.data_dir);
+            cfg.base_domain = args.base_domain.clone();
+            cfg.router_port = addr.port();
+            cfg.deploy_timeout = args.deploy_timeout;
+            let runtime = LocalRuntime::new(cfg);
+            tasks.push(tokio::spawn(run_router(listener, runtime.routes(), shutdown.clone())));
+            tracing::info!("router listening on http://{addr}");
+            Arc::new(runtime)
         }
     })
 }

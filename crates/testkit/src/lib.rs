@@ -6,8 +6,10 @@
 //!   server at 127.0.0.1:5432, else a private `postgres` started from the machine's binaries.
 //!   Only when none of that works do PostgreSQL tests skip, printing why; under `CI=true` a skip
 //!   is a failure.
+//! - `redis`: a Redis server (the same fallbacks as PostgreSQL) and a key prefix per test.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
 
 pub mod pg;
+pub mod redis;
 pub mod sqlite;
 pub mod suite;

@@ -7,5 +7,6 @@ mod support;
 
 mod env;
 mod hostile;
+mod limits;
 mod stacks;
 mod tokens;

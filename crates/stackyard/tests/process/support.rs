@@ -71,6 +71,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub data_dir: PathBuf,
+    /// `http://ADDR` of the router (local runtime only).
+    pub router: Option<String>,
 }
 
 impl Server {
