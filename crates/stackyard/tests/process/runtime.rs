@@ -187,12 +187,12 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     assert_eq!(body["api"]["GREETING"], "overridden", "the stack env wins over the manifest env");
 
     // Logs: the backlog ends with [end]; a new line reaches a follower within a second.
-    let text = client.get(server.url(&format!("/stacks/{slug}/logs/web?follow=false"))).send().await.unwrap().text().await.unwrap();
+    let text = client.get(server.url(&format!("/stacks/{slug}/logs/web?follow=false"))).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("web listening on"), "{text}");
     assert!(text.trim_end().ends_with("data: [end]"), "{text}");
-    let (code, b) = json_of(client.get(server.url(&format!("/stacks/{slug}/logs/nope"))).send().await.unwrap()).await;
+    let (code, b) = json_of(client.get(server.url(&format!("/stacks/{slug}/logs/nope"))).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!((code, b["error"].as_str()), (404, Some("not_found")));
-    let mut follow = client.get(server.url(&format!("/stacks/{slug}/logs/web"))).send().await.unwrap();
+    let mut follow = client.get(server.url(&format!("/stacks/{slug}/logs/web"))).bearer_auth(&token).send().await.unwrap();
     assert_eq!(follow.headers()["content-type"], "text/event-stream");
     // Drain the backlog, then make the app log a request line.
     let marker = format!("marker-{}", stackyard_core::ids::random_hex(4));

@@ -76,18 +76,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the binary and waits for its `api listening on http://ADDR` line.
+    /// Starts the binary and waits for its `api listening on http://ADDR` line (and, with
+    /// `--runtime local` in `extra`, its router line). The runtime defaults to `noop` here.
     pub fn start(db_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        let local = extra.windows(2).any(|w| w == ["--runtime", "local"]);
+        let runtime: &[&str] = if local { &[] } else { &["--runtime", "noop"] };
+        let router: &[&str] = if local && !extra.contains(&"--router-listen") {
+            &["--router-listen", "127.0.0.1:0"]
+        } else {
+            &[]
+        };
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--runtime",
-                "noop",
-                "--database-url",
-                db_url,
-            ])
+            .args(["--listen", "127.0.0.1:0", "--database-url", db_url])
+            .args(runtime)
+            .args(router)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -101,23 +104,27 @@ impl Server {
         // Keep draining stderr for the life of the process so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("api listening on http://") {
-                    let addr: String = line[i + "api listening on http://".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    let _ = tx.send(addr);
+                for (what, marker) in [("api", "api listening on http://"), ("router", "router listening on http://")] {
+                    if let Some(i) = line.find(marker) {
+                        let addr: String = line[i + marker.len()..].chars().take_while(|c| !c.is_whitespace()).collect();
+                        let _ = tx.send((what, addr));
+                    }
+                }
+                if std::env::var_os("STACKYARD_TEST_SERVER_LOG").is_some() {
+                    eprintln!("server: {line}");
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server printed its address");
-        Server {
-            child,
-            base: format!("http://{addr}"),
-            data_dir: data_dir.to_owned(),
+        let mut base = None;
+        let mut router = None;
+        while base.is_none() || (local && router.is_none()) {
+            let (what, addr) = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its addresses");
+            match what {
+                "api" => base = Some(format!("http://{addr}")),
+                _ => router = Some(format!("http://{addr}")),
+            }
         }
+        Server { child, base: base.unwrap_or_default(), data_dir: data_dir.to_owned(), router }
     }
 
     pub fn kill9(&mut self) {
