@@ -98,6 +98,12 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// The server is stopping: stop whatever this runtime runs on this machine (a restart
+    /// starts it again through `recover`). Cluster runtimes leave their workloads running.
+    fn shutdown<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
     /// The last `backlog` log lines of a service and, with `follow`, the lines printed after
     /// them. `None` when this runtime has no logs for that service.
     fn logs(

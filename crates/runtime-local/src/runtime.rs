@@ -132,6 +132,10 @@ impl Runtime for LocalRuntime {
         Box::pin(self.shared.deploy(plan, sink))
     }
 
+    fn shutdown<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(self.shared.shutdown())
+    }
+
     fn teardown<'a>(&'a self, slug: &'a StackSlug) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(self.shared.teardown(slug))
     }
@@ -588,6 +592,25 @@ impl Shared {
         }
         tracing::info!(stack = %plan.slug, release = plan.release, services = %culprits, "release failed");
         Err(RuntimeError::Failed(summary))
+    }
+
+    /// Stops every process this instance runs, keeping files and logs: the server is going
+    /// away and the next one starts the stacks again (`recover`). Operations in flight are not
+    /// waited for; an attempt cancelled with the server stops what it started (`Attempt`).
+    async fn shutdown(&self) {
+        let slots: Vec<Arc<StackSlot>> = lock(&self.stacks).values().cloned().collect();
+        futures_util::future::join_all(slots.iter().map(|slot| async move {
+            let procs = {
+                let mut st = lock(&slot.state);
+                self.routes.replace(&st.hosts, Vec::new());
+                st.hosts.clear();
+                st.current = None;
+                st.procs.clone()
+            };
+            self.stop_procs(slot, procs).await;
+        }))
+        .await;
+        tracing::info!(stacks = slots.len(), "stopped the local services");
     }
 
     async fn teardown(self: &Arc<Self>, slug: &StackSlug) -> Result<(), RuntimeError> {

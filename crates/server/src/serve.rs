@@ -172,6 +172,12 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         recover(&store2, runtime2.as_ref()).await;
         workers.run(rx).await;
     }));
+    // Stopping the server stops what the runtime runs here; a restart brings it back.
+    let (runtime3, mut rx3) = (runtime.clone(), shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        crate::stopped(&mut rx3).await;
+        runtime3.shutdown().await;
+    }));
     tasks.push(tokio::spawn(crate::maintenance::run(
         store,
         args.anonymous_ttl,

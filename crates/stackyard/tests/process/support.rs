@@ -146,8 +146,18 @@ impl Server {
     }
 }
 
+/// Stops the server the way an operator would (SIGTERM: it stops its services too), so a test
+/// leaves no process behind; SIGKILL only if it does not exit in time.
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
