@@ -234,30 +234,30 @@ pub const MASK: &str = "***";
 /// Whether a value must be masked when read: the key looks secret or the value is a URL that
 /// carries credentials.
 pub fn is_secret(key: &str, value: &str) -> bool {
-    const CONTAINS: [&[u8]; 8] = [
-        b"SECRET",
-        b"PASSWORD",
-        b"PASSWD",
-        b"PWD",
-        b"TOKEN",
-        b"PRIVATE",
-        b"APIKEY",
-        b"_KEY",
-    ];
-    const ENDS: [&[u8]; 3] = [b"URL", b"URI", b"DSN"];
-    // Byte-wise and allocation-free: this runs for every entry of every map a response shows.
-    let k = key.as_bytes();
-    CONTAINS.iter().any(|p| contains_ignore_case(k, p))
-        || ENDS
-            .iter()
-            .any(|p| k.len() >= p.len() && k[k.len() - p.len()..].eq_ignore_ascii_case(p))
-        || url_has_credentials(value)
+    key_looks_secret(key.as_bytes()) || url_has_credentials(value)
 }
 
-/// Whether `hay` contains `upper` (an uppercase ASCII needle), ignoring ASCII case.
-fn contains_ignore_case(hay: &[u8], upper: &[u8]) -> bool {
-    hay.windows(upper.len())
-        .any(|w| w.eq_ignore_ascii_case(upper))
+/// One pass over the key, case-insensitive, without allocating: this runs for every entry of
+/// every map a response shows, so it matters (a naive `to_uppercase` + `contains` per pattern
+/// cost more than serialising the entry).
+fn key_looks_secret(k: &[u8]) -> bool {
+    let at = |i: usize, needle: &[u8]| k.len() - i >= needle.len() && k[i..i + needle.len()].eq_ignore_ascii_case(needle);
+    for i in 0..k.len() {
+        let hit = match k[i].to_ascii_uppercase() {
+            b'S' => at(i, b"SECRET"),
+            b'P' => at(i, b"PASSWORD") || at(i, b"PASSWD") || at(i, b"PWD") || at(i, b"PRIVATE"),
+            b'T' => at(i, b"TOKEN"),
+            b'A' => at(i, b"APIKEY"),
+            b'_' => at(i, b"_KEY"),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    [&b"URL"[..], b"URI", b"DSN"]
+        .iter()
+        .any(|p| k.len() >= p.len() && k[k.len() - p.len()..].eq_ignore_ascii_case(p))
 }
 
 fn url_has_credentials(v: &str) -> bool {
@@ -598,7 +598,27 @@ mod tests {
         ]
     }
 
+    /// The spec's rule, written the obvious way, to check the fast one against.
+    fn is_secret_reference(key: &str, value: &str) -> bool {
+        let k = key.to_ascii_uppercase();
+        ["SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY"].iter().any(|p| k.contains(p))
+            || ["URL", "URI", "DSN"].iter().any(|p| k.ends_with(p))
+            || value.split_once("://").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+                    && rest.split(['/', '?', '#']).next().unwrap_or("").contains('@')
+            })
+    }
+
     proptest! {
+        #[test]
+        fn fast_secret_detection_matches_the_rule(
+            key in "[A-Za-z_]{0,3}(SECRET|secret|Pwd|PASS|pass|WORD|TOKEN|APIKEY|_KEY|_key|URL|uri|DSN|x|_){0,3}[A-Za-z_]{0,3}",
+            value in "([a-z+.]{0,4}(://)?[a-z:@/?#]{0,8}){0,2}",
+        ) {
+            prop_assert_eq!(is_secret(&key, &value), is_secret_reference(&key, &value), "{} {}", key, value);
+        }
+
         #[test]
         fn encoded_len_always_matches_serde_json(
             ops in proptest::collection::vec(
