@@ -6,6 +6,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// Largest allowed map, measured as its compact JSON encoding.
 pub const MAX_ENV_BYTES: usize = 65_536;
@@ -45,7 +46,10 @@ impl EnvError {
 /// change so the 64 KiB rule costs O(changed keys), not O(map), per patch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvMap {
-    vars: BTreeMap<String, String>,
+    /// Keys and values are shared strings: a batch keeps one map per write (each write's
+    /// response shows the map after it), and cloning a 200-entry map must not mean 400 string
+    /// allocations (it dominated the batch's time).
+    vars: BTreeMap<Arc<str>, Arc<str>>,
     encoded_len: usize,
 }
 
@@ -79,7 +83,7 @@ impl EnvMap {
     pub fn from_map(vars: BTreeMap<String, String>) -> Self {
         let mut m = Self::new();
         for (k, v) in vars {
-            m.insert(k, v);
+            m.insert(k.into(), v.into());
         }
         m
     }
@@ -91,15 +95,19 @@ impl EnvMap {
 
     pub fn to_json(&self) -> String {
         // Serialising a map of strings cannot fail.
-        serde_json::to_string(&self.vars).unwrap_or_else(|_| "{}".to_owned())
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
-    pub fn vars(&self) -> &BTreeMap<String, String> {
-        &self.vars
+    /// The entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (&**k, &**v))
     }
 
-    pub fn into_vars(self) -> BTreeMap<String, String> {
-        self.vars
+    /// A plain copy of the entries.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -111,7 +119,7 @@ impl EnvMap {
     }
 
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.vars.get(k).map(String::as_str)
+        self.vars.get(k).map(|v| &**v)
     }
 
     /// Bytes of the compact JSON encoding (`{}` is 2).
@@ -119,7 +127,7 @@ impl EnvMap {
         self.encoded_len
     }
 
-    fn insert(&mut self, k: String, v: String) {
+    fn insert(&mut self, k: Arc<str>, v: Arc<str>) {
         let add = entry_len(&k, &v);
         let had = !self.vars.is_empty();
         match self.vars.insert(k.clone(), v) {
@@ -145,20 +153,21 @@ impl EnvMap {
     /// Applies `patch` as a merge. On `TooLarge` the map is left exactly as it was.
     pub fn apply(&mut self, patch: &EnvPatch) -> Result<EnvChange, EnvError> {
         let mut change = EnvChange::default();
-        let mut undo: Vec<(String, Option<String>)> = Vec::new();
+        let mut undo: Vec<(Arc<str>, Option<Arc<str>>)> = Vec::new();
         for (k, v) in &patch.entries {
             let key = k.as_str();
             match v {
                 Some(v) => {
                     if self.get(key) != Some(v.as_str()) {
-                        undo.push((key.to_owned(), self.vars.get(key).cloned()));
-                        self.insert(key.to_owned(), v.clone());
+                        let shared: Arc<str> = key.into();
+                        undo.push((shared.clone(), self.vars.get(key).cloned()));
+                        self.insert(shared, v.as_str().into());
                         change.set.push(key.to_owned());
                     }
                 }
                 None => {
                     if let Some(old) = self.vars.get(key).cloned() {
-                        undo.push((key.to_owned(), Some(old)));
+                        undo.push((key.into(), Some(old)));
                         self.remove(key);
                         change.deleted.push(key.to_owned());
                     }
@@ -185,9 +194,9 @@ impl EnvMap {
     /// The patch that turns `self` into `target` (used by rollback).
     pub fn diff_to(&self, target: &EnvMap) -> EnvPatch {
         let mut entries = Vec::new();
-        for (k, v) in &target.vars {
-            if self.get(k) != Some(v.as_str()) {
-                entries.push((EnvKey::trusted(k), Some(v.clone())));
+        for (k, v) in target.iter() {
+            if self.get(k) != Some(v) {
+                entries.push((EnvKey::trusted(k), Some(v.to_owned())));
             }
         }
         for k in self.vars.keys() {
@@ -200,9 +209,8 @@ impl EnvMap {
 
     /// The map with secret-looking values replaced by `***`.
     pub fn masked(&self) -> BTreeMap<String, String> {
-        self.vars
-            .iter()
-            .map(|(k, v)| (k.clone(), masked_value(k, v).to_owned()))
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), masked_value(k, v).to_owned()))
             .collect()
     }
 
@@ -222,7 +230,14 @@ pub struct MaskedEnv<'a>(&'a EnvMap);
 
 impl Serialize for MaskedEnv<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.vars.iter().map(|(k, v)| (k, masked_value(k, v))))
+        s.collect_map(self.0.iter().map(|(k, v)| (k, masked_value(k, v))))
+    }
+}
+
+/// The map as a JSON object (values in clear: for storage and owners who asked to reveal).
+impl Serialize for EnvMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
     }
 }
 
@@ -241,7 +256,9 @@ pub fn is_secret(key: &str, value: &str) -> bool {
 /// every map a response shows, so it matters (a naive `to_uppercase` + `contains` per pattern
 /// cost more than serialising the entry).
 fn key_looks_secret(k: &[u8]) -> bool {
-    let at = |i: usize, needle: &[u8]| k.len() - i >= needle.len() && k[i..i + needle.len()].eq_ignore_ascii_case(needle);
+    let at = |i: usize, needle: &[u8]| {
+        k.len() - i >= needle.len() && k[i..i + needle.len()].eq_ignore_ascii_case(needle)
+    };
     for i in 0..k.len() {
         let hit = match k[i].to_ascii_uppercase() {
             b'S' => at(i, b"SECRET"),
@@ -601,12 +618,22 @@ mod tests {
     /// The spec's rule, written the obvious way, to check the fast one against.
     fn is_secret_reference(key: &str, value: &str) -> bool {
         let k = key.to_ascii_uppercase();
-        ["SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY"].iter().any(|p| k.contains(p))
+        [
+            "SECRET", "PASSWORD", "PASSWD", "PWD", "TOKEN", "PRIVATE", "APIKEY", "_KEY",
+        ]
+        .iter()
+        .any(|p| k.contains(p))
             || ["URL", "URI", "DSN"].iter().any(|p| k.ends_with(p))
             || value.split_once("://").is_some_and(|(scheme, rest)| {
                 !scheme.is_empty()
-                    && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
-                    && rest.split(['/', '?', '#']).next().unwrap_or("").contains('@')
+                    && scheme
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+                    && rest
+                        .split(['/', '?', '#'])
+                        .next()
+                        .unwrap_or("")
+                        .contains('@')
             })
     }
 

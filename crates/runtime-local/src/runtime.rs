@@ -875,8 +875,8 @@ fn push_tail(message: &mut String, tail: &[String]) {
 }
 
 fn port_overridden(plan: &DeployPlan, svc: &ReleaseService, port: u16) -> bool {
-    let set = |v: Option<&String>| v.is_some_and(|v| *v != port.to_string());
-    set(svc.env.get("PORT")) || set(plan.env.vars().get("PORT"))
+    let set = |v: Option<&str>| v.is_some_and(|v| v != port.to_string());
+    set(svc.env.get("PORT").map(String::as_str)) || set(plan.env.get("PORT"))
 }
 
 fn human_duration(d: Duration) -> String {
@@ -915,7 +915,7 @@ fn service_env(
     env.extend(resolve_service_refs(&svc.env, |name| {
         ports.get(name).map(|p| format!("http://127.0.0.1:{p}"))
     }));
-    env.extend(plan.env.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(plan.env.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
     env
 }
 

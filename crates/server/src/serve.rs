@@ -206,7 +206,9 @@ async fn make_runtime(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     Ok(match args.runtime {
-        RuntimeKind::Noop => Arc::new(NoopRuntime { step: args.noop_step }),
+        RuntimeKind::Noop => Arc::new(NoopRuntime {
+            step: args.noop_step,
+        }),
         RuntimeKind::Local => {
             let listener = TcpListener::bind(args.router_listen)
                 .await
@@ -217,7 +219,11 @@ async fn make_runtime(
             cfg.router_port = addr.port();
             cfg.deploy_timeout = args.deploy_timeout;
             let runtime = LocalRuntime::new(cfg);
-            tasks.push(tokio::spawn(run_router(listener, runtime.routes(), shutdown.clone())));
+            tasks.push(tokio::spawn(run_router(
+                listener,
+                runtime.routes(),
+                shutdown.clone(),
+            )));
             tracing::info!("router listening on http://{addr}");
             Arc::new(runtime)
         }

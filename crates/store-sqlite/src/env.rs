@@ -127,7 +127,7 @@ struct VersionRow<'a> {
     set: &'a [String],
     deleted: &'a [String],
     changes: &'a ChangeValues,
-    snapshot: Option<&'a BTreeMap<String, String>>,
+    snapshot: Option<&'a EnvMap>,
 }
 
 impl<'a> From<&'a VersionRecord> for VersionRow<'a> {
@@ -139,7 +139,7 @@ impl<'a> From<&'a VersionRecord> for VersionRow<'a> {
             set: &r.change.set,
             deleted: &r.change.deleted,
             changes: &r.values,
-            snapshot: r.snapshot.as_ref().map(EnvMap::vars),
+            snapshot: r.snapshot.as_ref(),
         }
     }
 }

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A prefix no other test (or run) uses.
 pub fn key_prefix() -> String {
-    format!("sytest:{}:{}:", std::process::id(), stackyard_core::ids::random_hex(6))
+    format!(
+        "sytest:{}:{}:",
+        std::process::id(),
+        stackyard_core::ids::random_hex(6)
+    )
 }
 
 /// Whether something at `addr` answers `PING` with `+PONG`.
@@ -56,7 +60,16 @@ fn private_server() -> Result<(String, Private), String> {
         .map_err(|e| format!("no free port: {e}"))?
         .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -103,7 +116,10 @@ pub fn url() -> Option<String> {
     match found {
         Ok(u) => Some(u.clone()),
         Err(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "Redis tests cannot run under CI=true: {why}");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "Redis tests cannot run under CI=true: {why}"
+            );
             eprintln!("skipping a Redis test: {why}");
             None
         }

@@ -1564,8 +1564,8 @@ pub async fn deploy_context_returns_the_release_and_the_env_it_recorded<S: Store
     assert_eq!(stack.env_version, 2);
     assert_eq!(release.info, info);
     assert_eq!(
-        env.vars(),
-        &vars(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")]),
+        env.to_map(),
+        vars(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")]),
         "the release's own env, not the current one"
     );
 }
@@ -1989,7 +1989,7 @@ pub async fn apply_env_writes_applies_in_order_with_one_version_per_change<S: St
         [1, 1, 2, 3]
     );
     assert_eq!(
-        (out[0].changed.set.clone(), out[0].env.vars().clone()),
+        (out[0].changed.set.clone(), out[0].env.to_map()),
         (keys(&["A"]), vars(&[("A", "1")]))
     );
     assert!(out[1].changed.is_empty(), "same value is a no-op");
@@ -1998,13 +1998,10 @@ pub async fn apply_env_writes_applies_in_order_with_one_version_per_change<S: St
         (keys(&["B"]), keys(&[]))
     );
     assert_eq!(out[3].changed.deleted, keys(&["A"]));
-    assert_eq!(out[3].env.vars(), &vars(&[("B", "2")]));
+    assert_eq!(out[3].env.to_map(), vars(&[("B", "2")]));
 
     let env = current_env(&store, &s).await;
-    assert_eq!(
-        (env.version, env.env.vars().clone()),
-        (3, vars(&[("B", "2")]))
-    );
+    assert_eq!((env.version, env.env.to_map()), (3, vars(&[("B", "2")])));
     assert_eq!(
         env.updated_at,
         at(13),
@@ -2102,8 +2099,8 @@ pub async fn apply_env_writes_if_match_refuses_only_the_stale_write<S: Store>(st
     assert_eq!(out[2].as_ref().unwrap().version, 3);
     assert_eq!(out[3].as_ref().unwrap().version, 4);
     assert_eq!(
-        current_env(&store, &s).await.env.vars(),
-        &vars(&[("A", "1"), ("C", "3"), ("E", "5"), ("F", "6")])
+        current_env(&store, &s).await.env.to_map(),
+        vars(&[("A", "1"), ("C", "3"), ("E", "5"), ("F", "6")])
     );
     assert_eq!(
         apply_one(&store, &s, if_match(patch(json!({ "G": "7" }), 3), 0)).await,
@@ -2173,7 +2170,7 @@ pub async fn apply_env_writes_rollback_restores_an_older_map_as_a_new_version<S:
 
     let out = apply_one(&store, &s, rollback(1, 4)).await.unwrap();
     assert_eq!(out.version, 4, "history is never rewritten");
-    assert_eq!(out.env.vars(), &vars(&[("A", "1")]));
+    assert_eq!(out.env.to_map(), vars(&[("A", "1")]));
     assert_eq!(
         (out.changed.set.clone(), out.changed.deleted.clone()),
         (keys(&["A"]), keys(&["B"]))
@@ -2216,19 +2213,19 @@ pub async fn apply_env_writes_rollback_restores_an_older_map_as_a_new_version<S:
         ],
     )
     .await;
-    assert_eq!(out[0].as_ref().unwrap().env.vars(), &BTreeMap::new());
+    assert_eq!(out[0].as_ref().unwrap().env.to_map(), BTreeMap::new());
     assert_eq!(out[3].as_ref().unwrap().version, 8);
     assert_eq!(
-        current_env(&store, &s).await.env.vars(),
-        &vars(&[("Q", "1")])
+        current_env(&store, &s).await.env.to_map(),
+        vars(&[("Q", "1")])
     );
     assert_eq!(
         apply_one(&store, &s, rollback(2, 7))
             .await
             .unwrap()
             .env
-            .vars(),
-        &vars(&[("A", "2"), ("B", "3")])
+            .to_map(),
+        vars(&[("A", "2"), ("B", "3")])
     );
 }
 
@@ -2256,10 +2253,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
         Err(EnvBatchError::Deleting)
     );
     let env = current_env(&store, &s).await;
-    assert_eq!(
-        (env.version, env.env.vars().clone()),
-        (1, vars(&[("A", "1")]))
-    );
+    assert_eq!((env.version, env.env.to_map()), (1, vars(&[("A", "1")])));
     assert_eq!(
         audit_all(&store, t.id, None, Some("stack.env.updated"))
             .await
@@ -2470,7 +2464,7 @@ pub async fn env_history_is_pruned_but_keeps_the_configured_window<S: Store>(sto
         let out = apply_one(&store, &s, rollback(to, 1_000 + i as i64))
             .await
             .expect("kept versions restore");
-        assert_eq!(out.env.vars(), &model[to as usize], "version {to}");
+        assert_eq!(out.env.to_map(), model[to as usize], "version {to}");
     }
     assert_eq!(
         apply_one(&store, &s, rollback(1, 2_000)).await,
@@ -2655,7 +2649,7 @@ pub async fn env_model_random_patches_match_a_btreemap<S: Store>(store: S) {
             assert_eq!(got, expected, "seed {seed} step {step}");
             let env = current_env(&store, &s).await;
             assert_eq!(env.version, model.version(), "seed {seed} step {step}");
-            assert_eq!(env.env.vars(), &model.map, "seed {seed} step {step}");
+            assert_eq!(env.env.to_map(), model.map, "seed {seed} step {step}");
         }
         let versions = store.list_env_versions(s.id, 1, None).await.unwrap();
         assert_eq!(
@@ -2779,7 +2773,7 @@ pub async fn preview_env_write_writes_nothing<S: Store>(store: S) {
         .unwrap();
     assert_eq!(p.version, 2);
     assert_eq!(p.changed.set, keys(&["A", "B"]));
-    assert_eq!(p.env.vars(), &vars(&[("A", "2"), ("B", "3")]));
+    assert_eq!(p.env.to_map(), vars(&[("A", "2"), ("B", "3")]));
     assert_eq!(
         store
             .preview_env_write(s.id, if_match(patch(json!({ "A": "2" }), 2), 0))
@@ -2804,10 +2798,7 @@ pub async fn preview_env_write_writes_nothing<S: Store>(store: S) {
     assert_eq!((noop.version, noop.changed.is_empty()), (1, true));
 
     let env = current_env(&store, &s).await;
-    assert_eq!(
-        (env.version, env.env.vars().clone()),
-        (1, vars(&[("A", "1")]))
-    );
+    assert_eq!((env.version, env.env.to_map()), (1, vars(&[("A", "1")])));
     assert_eq!(
         store.list_env_versions(s.id, 10, None).await.unwrap().total,
         1
@@ -2910,7 +2901,7 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
     let (_, release, env) = store.deploy_context(&job).await.unwrap().unwrap();
     assert_eq!(release.info, info);
     assert_eq!(release.services, new.services);
-    assert_eq!(env.vars(), &vars(&[("A", "1"), ("B", "2")]));
+    assert_eq!(env.to_map(), vars(&[("A", "1"), ("B", "2")]));
 
     let rows = audit_all(
         &store,
@@ -2965,8 +2956,8 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
     assert_eq!((job3.generation, job3.release), (3, 3));
     let (_, _, env3) = store.deploy_context(&job3).await.unwrap().unwrap();
     assert_eq!(
-        env3.vars(),
-        &vars(&[("A", "changed"), ("B", "2"), ("C", "3")])
+        env3.to_map(),
+        vars(&[("A", "changed"), ("B", "2"), ("C", "3")])
     );
 }
 
@@ -3910,7 +3901,7 @@ pub async fn running_stacks_returns_live_releases_of_stacks_not_being_deleted<S:
                 r.info.version,
                 r.info.status,
                 r.info.env_version,
-                env.vars().clone(),
+                env.to_map(),
             )
         })
         .collect();

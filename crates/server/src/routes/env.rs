@@ -328,7 +328,7 @@ pub async fn get<S: Store>(
         .map_err(|e| ApiError::store("fetch_failed", &e))?
         .ok_or_else(ApiError::not_found)?;
     let env = if reveal {
-        json!(outcome.env.vars())
+        json!(outcome.env)
     } else {
         json!(outcome.env.masked())
     };
