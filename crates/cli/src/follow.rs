@@ -1,0 +1,613 @@
+//! Following a stack's event stream (`GET /stacks/:slug/events`) until a goal is reached: a
+//! release live or failed (deploy, redeploy), or the stack gone (`rm --wait`). Shows per-service
+//! progress: lines redrawn in place on a terminal, one plain line per change otherwise, the
+//! events themselves as JSON lines with `--json`, nothing with `--quiet`.
+//!
+//! The stream is replayed from the stack's first event and read until the `release.created` of
+//! the release we wait for: events before it belong to earlier releases. A dropped connection is
+//! resumed with `Last-Event-ID`, so no event is missed or seen twice.
+
+use crate::api::{Api, Request, SseStream};
+use crate::error::{CliError, Exit, Result};
+use crate::output::{Out, Style, clean, one_line, status_style};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Connections in a row that may fail (each after the client's own retries) before we give up.
+const MAX_RECONNECTS: u32 = 5;
+const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+
+/// What to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Release N goes `live` (every service healthy) or fails.
+    Release(i64),
+    /// The stack is gone: `stack.deleted`, or the stream answers 404.
+    Deleted,
+}
+
+/// One service as the stream last described it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    pub status: String,
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
+/// How a follow ended (errors — timeouts, a vanished stack — are `Err`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Live,
+    Failed { error: Option<String> },
+    Deleted,
+}
+
+/// The state a follow ends with.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub outcome: Outcome,
+    /// In the order they were first named (the manifest's, for a deploy).
+    pub services: Vec<(String, ServiceState)>,
+}
+
+/// Reads the stream of `slug` until `goal`, for at most `timeout`. `services` are the names to
+/// show from the start (others appear as events name them).
+pub async fn follow(
+    api: &Api,
+    out: &Out,
+    slug: &str,
+    goal: Goal,
+    services: &[String],
+    timeout: Duration,
+) -> Result<Followed> {
+    let deadline = Instant::now() + timeout;
+    let mut state = State {
+        goal,
+        started: false,
+        services: services
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    ServiceState {
+                        status: "waiting".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        stack_status: None,
+    };
+    let mut view = View::new(out, slug, goal);
+    view.draw(&state);
+    let mut last_id: Option<String> = None;
+    let mut failures = 0u32;
+    let timed_out = || {
+        CliError::new(
+            Exit::Server,
+            format!(
+                "gave up waiting after {}; the operation goes on on the server",
+                humantime::format_duration(timeout)
+            ),
+        )
+        .with_code("timeout")
+        .with_hint(format!("`stackyard status {slug}` shows how it is going"))
+    };
+    loop {
+        let mut req = Request::get(format!("/stacks/{slug}/events"));
+        if let Some(id) = &last_id {
+            req = req.header("last-event-id", id.clone());
+        }
+        let res = match tokio::time::timeout_at(deadline, api.send(&req)).await {
+            Err(_) => {
+                view.finish(&state);
+                return Err(timed_out());
+            }
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) if e.exit == Exit::NotFound && goal == Goal::Deleted => {
+                view.finish(&state);
+                return Ok(state.done(Outcome::Deleted));
+            }
+            Ok(Err(e)) if e.exit == Exit::NotFound => {
+                view.finish(&state);
+                return Err(CliError {
+                    message: "the stack no longer exists (it was deleted meanwhile)".into(),
+                    ..e
+                });
+            }
+            Ok(Err(e)) if e.exit == Exit::Server && failures < MAX_RECONNECTS => {
+                failures += 1;
+                view.note(&format!(
+                    "lost the event stream ({}); reconnecting ({failures}/{MAX_RECONNECTS})",
+                    e.message
+                ));
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+                continue;
+            }
+            Ok(Err(e)) => {
+                view.finish(&state);
+                return Err(e);
+            }
+        };
+        let mut stream = SseStream::new(res);
+        let mut ticker = tokio::time::interval(Duration::from_millis(120));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    view.finish(&state);
+                    return Err(timed_out());
+                }
+                _ = ticker.tick(), if view.live => view.draw(&state),
+                next = stream.next() => match next {
+                    Ok(Some(ev)) => {
+                        failures = 0;
+                        if ev.id.is_some() {
+                            last_id = ev.id.clone();
+                        }
+                        let Ok(event) = serde_json::from_str::<Value>(&ev.data) else {
+                            continue;
+                        };
+                        let step = state.apply(&event);
+                        if state.started && out.json {
+                            out.json_line(&event);
+                        }
+                        if let Some(change) = &step.change {
+                            view.changed(&state, change);
+                        }
+                        match step.end {
+                            None => {}
+                            Some(Ok(outcome)) => {
+                                view.finish(&state);
+                                return Ok(state.done(outcome));
+                            }
+                            Some(Err(e)) => {
+                                view.finish(&state);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    // The server ended the stream (a restart, say): resume where we were,
+                    // after a pause so a server that keeps closing at once is not hammered.
+                    Ok(None) => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        break;
+                    }
+                    Err(broke) => {
+                        failures += 1;
+                        if failures > MAX_RECONNECTS {
+                            view.finish(&state);
+                            return Err(CliError::new(Exit::Server, format!("the event stream keeps breaking: {}", broke.0)));
+                        }
+                        view.note(&format!("the event stream broke ({}); reconnecting", broke.0));
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The follower's picture of the stack.
+struct State {
+    goal: Goal,
+    /// Whether the events now are about our release (deploy) — always, for `Deleted`.
+    started: bool,
+    /// In the order first named, so the display keeps the manifest's order.
+    services: Vec<(String, ServiceState)>,
+    stack_status: Option<String>,
+}
+
+/// What one event did.
+#[derive(Default)]
+struct Step {
+    /// A line for the plain display.
+    change: Option<String>,
+    end: Option<Result<Outcome>>,
+}
+
+impl State {
+    fn done(self, outcome: Outcome) -> Followed {
+        Followed {
+            outcome,
+            services: self.services,
+        }
+    }
+
+    fn apply(&mut self, event: &Value) -> Step {
+        let kind = event["kind"].as_str().unwrap_or("");
+        let data = &event["data"];
+        let text = |k: &str| data[k].as_str().map(str::to_owned);
+        let mut step = Step::default();
+        if kind == "stack.deleted" {
+            step.end = Some(match self.goal {
+                Goal::Deleted => Ok(Outcome::Deleted),
+                Goal::Release(_) => Err(CliError::new(
+                    Exit::Conflict,
+                    "the stack was deleted before the release went live",
+                )
+                .with_code("stack_deleted")),
+            });
+            return step;
+        }
+        if !self.started {
+            // A stack is `deleting` once and never leaves it, so for `rm --wait` the first
+            // `deleting` is where our part of the history starts.
+            let start = match self.goal {
+                Goal::Release(n) => {
+                    kind == "release.created" && data["release"].as_i64() == Some(n)
+                }
+                Goal::Deleted => kind == "stack.status" && data["status"] == "deleting",
+            };
+            if !start {
+                return step;
+            }
+            self.started = true;
+        }
+        match kind {
+            "service.status" => {
+                let Some(name) = text("service") else {
+                    return step;
+                };
+                let new = ServiceState {
+                    status: text("status").unwrap_or_default(),
+                    url: text("url"),
+                    error: text("error"),
+                };
+                let mut line = format!("{name}: {}", new.status);
+                if let Some(e) = &new.error {
+                    line.push_str(&format!(" — {}", one_line(e)));
+                } else if let Some(u) = &new.url {
+                    line.push_str(&format!(" {u}"));
+                }
+                match self.services.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, s)) => *s = new,
+                    None => self.services.push((name, new)),
+                }
+                step.change = Some(line);
+            }
+            "release.created" => {
+                step.change = data["release"]
+                    .as_i64()
+                    .map(|r| format!("release v{r} created"));
+            }
+            "stack.status" => {
+                let status = text("status").unwrap_or_default();
+                // The services' lines already tell the in-between states.
+                if matches!(status.as_str(), "failed" | "deleting") {
+                    step.change = Some(format!("stack: {status}"));
+                }
+                if status == "deleting" && matches!(self.goal, Goal::Release(_)) {
+                    step.end = Some(Err(CliError::new(
+                        Exit::Conflict,
+                        "the stack is being deleted; the release will not go live",
+                    )
+                    .with_code("stack_deleting")));
+                }
+                self.stack_status = Some(status);
+            }
+            "release.status" => {
+                let release = data["release"].as_i64();
+                let status = text("status").unwrap_or_default();
+                step.change = Some(format!(
+                    "release v{}: {status}",
+                    release.map_or_else(|| "?".into(), |r| r.to_string())
+                ));
+                if let Goal::Release(n) = self.goal
+                    && release == Some(n)
+                {
+                    step.end = match status.as_str() {
+                        "live" => Some(Ok(Outcome::Live)),
+                        "failed" => Some(Ok(Outcome::Failed {
+                            error: text("error"),
+                        })),
+                        "superseded" => Some(Err(CliError::new(
+                            Exit::Conflict,
+                            format!("release v{n} was superseded by a newer release before it went live"),
+                        )
+                        .with_code("release_superseded")
+                        .with_hint("someone redeployed meanwhile; `stackyard status` shows the current release"))),
+                        _ => None,
+                    };
+                }
+            }
+            "env.version" => {
+                step.change = data["version"]
+                    .as_i64()
+                    .map(|v| format!("env: version {v}"));
+            }
+            _ => {}
+        }
+        step
+    }
+}
+
+/// The progress display.
+struct View {
+    out: Out,
+    live: bool,
+    plain: bool,
+    title: String,
+    drawn: usize,
+    frame: usize,
+    width: usize,
+}
+
+impl View {
+    fn new(out: &Out, slug: &str, goal: Goal) -> View {
+        let title = match goal {
+            Goal::Release(n) => format!("Deploying {slug} release v{n}"),
+            Goal::Deleted => format!("Deleting {slug}"),
+        };
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok())
+            .filter(|&w| w >= 20)
+            // Shells rarely export COLUMNS; 80 keeps lines from wrapping (which would break the
+            // redraw) on any usual terminal.
+            .unwrap_or(80);
+        let live = out.live();
+        let plain = out.chatty() && !live;
+        if plain {
+            out.note(&format!("{title}…"));
+        }
+        View {
+            out: out.clone(),
+            live,
+            plain,
+            title,
+            drawn: 0,
+            frame: 0,
+            width,
+        }
+    }
+
+    fn changed(&mut self, state: &State, line: &str) {
+        if self.plain {
+            self.out.note(&format!("  {}", clean(line)));
+        } else if self.live {
+            self.draw(state);
+        }
+    }
+
+    /// A message between redraws (reconnects).
+    fn note(&mut self, text: &str) {
+        if self.live {
+            self.clear();
+        }
+        self.out.note(text);
+    }
+
+    fn clear(&mut self) {
+        if self.drawn > 0 {
+            self.out
+                .eprint_raw(&format!("\x1b[{}A\r\x1b[J", self.drawn));
+            self.drawn = 0;
+        }
+    }
+
+    fn lines(&self, state: &State, done: bool) -> Vec<String> {
+        let spin = SPINNER[self.frame % SPINNER.len()];
+        let mut lines = vec![self.out.paint_err(Style::Bold, &self.title)];
+        let w = state
+            .services
+            .iter()
+            .map(|(k, _)| k)
+            .map(|k| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (name, s) in &state.services {
+            let (mark, style) = match s.status.as_str() {
+                "healthy" => ("✓", Style::Green),
+                "failed" => ("✗", Style::Red),
+                "stopped" => ("-", Style::Dim),
+                _ if done => ("·", Style::Dim),
+                _ => (spin, Style::Cyan),
+            };
+            let detail = s
+                .error
+                .as_deref()
+                .or(s.url.as_deref())
+                .map(one_line)
+                .unwrap_or_default();
+            let plain_len = 4 + w + 2 + s.status.chars().count() + 2;
+            let room = self.width.saturating_sub(plain_len + 1);
+            let detail: String = if detail.chars().count() > room {
+                let mut d: String = detail.chars().take(room.saturating_sub(1)).collect();
+                d.push('…');
+                d
+            } else {
+                detail
+            };
+            lines.push(format!(
+                "  {} {name:<w$}  {}  {detail}",
+                self.out.paint_err(style, mark),
+                self.out.paint_err(status_style(&s.status), &s.status),
+            ));
+        }
+        if let Some(st) = &state.stack_status
+            && state.services.is_empty()
+        {
+            lines.push(format!(
+                "  {} stack {}",
+                if done { "·" } else { spin },
+                self.out.paint_err(status_style(st), st)
+            ));
+        }
+        lines
+    }
+
+    fn draw(&mut self, state: &State) {
+        if !self.live {
+            return;
+        }
+        self.frame += 1;
+        let lines = self.lines(state, false);
+        self.render(&lines);
+    }
+
+    fn render(&mut self, lines: &[String]) {
+        let mut buf = String::new();
+        if self.drawn > 0 {
+            buf.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        for l in lines {
+            buf.push_str("\r\x1b[2K");
+            buf.push_str(l);
+            buf.push('\n');
+        }
+        buf.push_str("\x1b[J");
+        self.out.eprint_raw(&buf);
+        self.drawn = lines.len();
+    }
+
+    /// Leaves the final state on screen.
+    fn finish(&mut self, state: &State) {
+        if self.live {
+            let lines = self.lines(state, true);
+            self.render(&lines);
+            self.drawn = 0;
+        }
+    }
+}
+
+/// The services of a stack detail (`GET /stacks/:slug`) as `(name, state)`.
+pub fn services_of(detail: &Value) -> Vec<(String, ServiceState)> {
+    detail["services"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    Some((
+                        s["name"].as_str()?.to_owned(),
+                        ServiceState {
+                            status: s["status"].as_str().unwrap_or("").to_owned(),
+                            url: s["url"].as_str().map(str::to_owned),
+                            error: s["error"].as_str().map(str::to_owned),
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `--json` summary line a deploy or redeploy ends with.
+pub fn result_line(
+    slug: &str,
+    release: i64,
+    ok: bool,
+    detail: Option<&Value>,
+    error: Option<&CliError>,
+) -> Value {
+    let mut data = json!({ "ok": ok, "stack_id": slug, "release": release });
+    if let Some(d) = detail {
+        data["status"] = d["status"].clone();
+        data["services"] = d["services"].clone();
+    }
+    if let Some(e) = error {
+        data["error"] = json!(e.message);
+    }
+    json!({ "kind": "deploy.result", "data": data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, data: Value) -> Value {
+        json!({ "id": 1, "at": "t", "kind": kind, "data": data })
+    }
+
+    fn state(goal: Goal) -> State {
+        State {
+            goal,
+            started: false,
+            services: Vec::new(),
+            stack_status: None,
+        }
+    }
+
+    #[test]
+    fn events_of_earlier_releases_are_ignored() {
+        let mut s = state(Goal::Release(2));
+        // Release 1's history replays first.
+        let r = s.apply(&ev(
+            "release.status",
+            json!({"release": 1, "status": "live"}),
+        ));
+        assert!(r.end.is_none());
+        s.apply(&ev(
+            "service.status",
+            json!({"service": "web", "status": "healthy"}),
+        ));
+        assert!(s.services.is_empty());
+        s.apply(&ev(
+            "release.created",
+            json!({"release": 2, "env_version": 1}),
+        ));
+        assert!(s.started);
+        s.apply(&ev(
+            "service.status",
+            json!({"service": "web", "status": "deploying"}),
+        ));
+        assert_eq!(
+            s.services[0],
+            (
+                "web".to_owned(),
+                ServiceState {
+                    status: "deploying".into(),
+                    ..Default::default()
+                }
+            )
+        );
+        let r = s.apply(&ev(
+            "release.status",
+            json!({"release": 2, "status": "live"}),
+        ));
+        assert!(matches!(r.end, Some(Ok(Outcome::Live))));
+    }
+
+    #[test]
+    fn failure_supersession_and_deletion_end_a_release_follow() {
+        let mut s = state(Goal::Release(1));
+        s.apply(&ev("release.created", json!({"release": 1})));
+        let r = s.apply(&ev(
+            "release.status",
+            json!({"release": 1, "status": "failed", "error": "boom"}),
+        ));
+        assert!(matches!(r.end, Some(Ok(Outcome::Failed { error: Some(ref e) })) if e == "boom"));
+
+        let mut s = state(Goal::Release(1));
+        s.apply(&ev("release.created", json!({"release": 1})));
+        let r = s.apply(&ev(
+            "release.status",
+            json!({"release": 1, "status": "superseded"}),
+        ));
+        assert!(matches!(r.end, Some(Err(ref e)) if e.exit == Exit::Conflict));
+
+        let mut s = state(Goal::Release(1));
+        s.apply(&ev("release.created", json!({"release": 1})));
+        let r = s.apply(&ev("stack.status", json!({"status": "deleting"})));
+        assert!(matches!(r.end, Some(Err(ref e)) if e.exit == Exit::Conflict));
+    }
+
+    #[test]
+    fn deletion_is_the_goal_of_rm_wait() {
+        let mut s = state(Goal::Deleted);
+        // The stack's earlier history is not ours to show.
+        let r = s.apply(&ev("stack.status", json!({"status": "healthy"})));
+        assert!(r.change.is_none() && !s.started);
+        assert!(
+            s.apply(&ev("stack.status", json!({"status": "deleting"})))
+                .end
+                .is_none()
+        );
+        assert!(matches!(
+            s.apply(&ev("stack.deleted", json!({}))).end,
+            Some(Ok(Outcome::Deleted))
+        ));
+    }
+}
