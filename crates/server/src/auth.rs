@@ -92,10 +92,13 @@ fn bearer(parts: &Parts) -> Result<Option<ApiToken>, ApiError> {
 /// The 503 code of the route when the store cannot say who the caller is: what the route
 /// itself would answer for a storage failure (spec), so clients see one code per route.
 fn unavailable_code(parts: &Parts) -> &'static str {
+    use axum::http::Method;
     if parts.uri.path() == "/stacks/new" {
         "provision_failed"
-    } else if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+    } else if parts.method == Method::GET || parts.method == Method::HEAD {
         "fetch_failed"
+    } else if parts.method == Method::DELETE && parts.uri.path().starts_with("/stacks/") {
+        "delete_failed"
     } else {
         "persist_failed"
     }
