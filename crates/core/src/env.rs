@@ -49,8 +49,16 @@ pub struct EnvMap {
     /// Keys and values are shared strings: a batch keeps one map per write (each write's
     /// response shows the map after it), and cloning a 200-entry map must not mean 400 string
     /// allocations (it dominated the batch's time).
-    vars: BTreeMap<Arc<str>, Arc<str>>,
+    vars: BTreeMap<Arc<str>, Entry>,
     encoded_len: usize,
+}
+
+/// A value and whether it is shown masked, decided once when it is set: every response renders
+/// the whole map, and deciding per render cost more than writing the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    value: Arc<str>,
+    secret: bool,
 }
 
 /// Length of `s` as a JSON string literal, quotes included.
@@ -100,7 +108,7 @@ impl EnvMap {
 
     /// The entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.vars.iter().map(|(k, v)| (&**k, &**v))
+        self.vars.iter().map(|(k, e)| (&**k, &*e.value))
     }
 
     /// A plain copy of the entries.
@@ -119,7 +127,7 @@ impl EnvMap {
     }
 
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.vars.get(k).map(|v| &**v)
+        self.vars.get(k).map(|e| &*e.value)
     }
 
     /// Bytes of the compact JSON encoding (`{}` is 2).
@@ -130,9 +138,10 @@ impl EnvMap {
     fn insert(&mut self, k: Arc<str>, v: Arc<str>) {
         let add = entry_len(&k, &v);
         let had = !self.vars.is_empty();
-        match self.vars.insert(k.clone(), v) {
+        let secret = is_secret(&k, &v);
+        match self.vars.insert(k.clone(), Entry { value: v, secret }) {
             Some(old) => {
-                self.encoded_len = self.encoded_len - entry_len(&k, &old) + add;
+                self.encoded_len = self.encoded_len - entry_len(&k, &old.value) + add;
             }
             None => {
                 self.encoded_len += add + usize::from(had);
@@ -143,7 +152,7 @@ impl EnvMap {
     fn remove(&mut self, k: &str) -> bool {
         match self.vars.remove(k) {
             Some(old) => {
-                self.encoded_len -= entry_len(k, &old) + usize::from(!self.vars.is_empty());
+                self.encoded_len -= entry_len(k, &old.value) + usize::from(!self.vars.is_empty());
                 true
             }
             None => false,
@@ -160,13 +169,13 @@ impl EnvMap {
                 Some(v) => {
                     if self.get(key) != Some(v.as_str()) {
                         let shared: Arc<str> = key.into();
-                        undo.push((shared.clone(), self.vars.get(key).cloned()));
+                        undo.push((shared.clone(), self.vars.get(key).map(|e| e.value.clone())));
                         self.insert(shared, v.as_str().into());
                         change.set.push(key.to_owned());
                     }
                 }
                 None => {
-                    if let Some(old) = self.vars.get(key).cloned() {
+                    if let Some(old) = self.vars.get(key).map(|e| e.value.clone()) {
                         undo.push((key.into(), Some(old)));
                         self.remove(key);
                         change.deleted.push(key.to_owned());
@@ -209,28 +218,42 @@ impl EnvMap {
 
     /// The map with secret-looking values replaced by `***`.
     pub fn masked(&self) -> BTreeMap<String, String> {
-        self.iter()
-            .map(|(k, v)| (k.to_owned(), masked_value(k, v).to_owned()))
+        self.masked_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     }
 
-    /// Serialises as the masked map without building one (the hot path renders a whole map
-    /// into every PATCH response).
-    pub fn masked_view(&self) -> MaskedEnv<'_> {
-        MaskedEnv(self)
+    fn masked_iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars
+            .iter()
+            .map(|(k, e)| (&**k, if e.secret { MASK } else { &*e.value }))
+    }
+
+    /// Appends the masked map as compact JSON, exactly as `serde_json` would write it, taking
+    /// the fast path for the common strings that need no escaping.
+    pub fn write_masked_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, (k, v)) in self.masked_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(out, k);
+            out.push(':');
+            push_json_str(out, v);
+        }
+        out.push('}');
     }
 }
 
-fn masked_value<'a>(k: &str, v: &'a str) -> &'a str {
-    if is_secret(k, v) { MASK } else { v }
-}
-
-/// See `EnvMap::masked_view`.
-pub struct MaskedEnv<'a>(&'a EnvMap);
-
-impl Serialize for MaskedEnv<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, masked_value(k, v))))
+/// `s` as a JSON string literal (the escapes `serde_json` uses; most strings need none).
+pub fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serialising a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
 }
 
@@ -638,6 +661,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn hand_written_masked_json_equals_serde(
+            map in proptest::collection::btree_map("[A-Z_]{1,8}", "[ -~\u{0}-\u{1f}é\"\\\\]{0,12}", 0..8)
+        ) {
+            let m = EnvMap::from_map(map);
+            let mut out = String::new();
+            m.write_masked_json(&mut out);
+            prop_assert_eq!(out, serde_json::to_string(&m.masked()).unwrap());
+        }
+
         #[test]
         fn fast_secret_detection_matches_the_rule(
             key in "[A-Za-z_]{0,3}(SECRET|secret|Pwd|PASS|pass|WORD|TOKEN|APIKEY|_KEY|_key|URL|uri|DSN|x|_){0,3}[A-Za-z_]{0,3}",

@@ -670,9 +670,22 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
     }
     let (code, _) = json_of(app.get("/readyz", None).send().await.unwrap()).await;
     assert_eq!(code, 200);
-    assert_eq!(app.count("stacks", "").await, 1, "nothing was half-created during the outage");
-    let (_, s) = json_of(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token)).send().await.unwrap()).await;
-    assert_ne!(s["status"], "deleting", "the refused DELETE changed nothing");
+    assert_eq!(
+        app.count("stacks", "").await,
+        1,
+        "nothing was half-created during the outage"
+    );
+    let (_, s) = json_of(
+        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(
+        s["status"], "deleting",
+        "the refused DELETE changed nothing"
+    );
 }
 
 /// A second connection holding the stack's lock: PostgreSQL `SELECT … FOR UPDATE` on the row,
