@@ -273,6 +273,65 @@ pub struct StackEvent {
     pub data: serde_json::Value,
 }
 
+/// An event to write with the change it reports (see `StackEvent`). `data` holds statuses,
+/// versions and key names, never env values. The stores write these; their shapes live here so
+/// both backends emit the same events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn stack_status(status: StackStatus, error: Option<&str>) -> NewEvent {
+        NewEvent {
+            kind: "stack.status",
+            data: serde_json::json!({ "status": status.as_str(), "error": error }),
+        }
+    }
+
+    pub fn release_status(release: i64, status: ReleaseStatus, error: Option<&str>) -> NewEvent {
+        NewEvent {
+            kind: "release.status",
+            data: serde_json::json!({ "release": release, "status": status.as_str(), "error": error }),
+        }
+    }
+
+    pub fn release_created(release: i64, env_version: i64) -> NewEvent {
+        NewEvent {
+            kind: "release.created",
+            data: serde_json::json!({ "release": release, "env_version": env_version }),
+        }
+    }
+
+    pub fn service_status(
+        service: &str,
+        status: &str,
+        url: Option<&str>,
+        error: Option<&str>,
+    ) -> NewEvent {
+        NewEvent {
+            kind: "service.status",
+            data: serde_json::json!({ "service": service, "status": status, "url": url, "error": error }),
+        }
+    }
+
+    pub fn stack_deleted() -> NewEvent {
+        NewEvent {
+            kind: "stack.deleted",
+            data: serde_json::json!({}),
+        }
+    }
+}
+
+/// The stack's `error` after a failed redeploy that left the live release serving.
+pub fn failed_release_message(release: i64, error: Option<&str>) -> String {
+    match error {
+        Some(e) => format!("release v{release} failed: {e}"),
+        None => format!("release v{release} failed"),
+    }
+}
+
 /// One row of env history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvVersionInfo {

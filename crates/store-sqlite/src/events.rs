@@ -4,52 +4,13 @@
 
 use crate::SqliteStore;
 use crate::error::{col, db_err, json_col};
-use serde_json::{Value, json};
+
 use sqlx::SqliteConnection;
-use stackyard_core::model::{ReleaseStatus, StackEvent, StackId, StackStatus};
+use stackyard_core::model::{StackEvent, StackId};
 use stackyard_core::store::StoreError;
 use stackyard_core::time::Millis;
 
-/// One event to write. `data` holds statuses, versions and key names, never env values.
-pub(crate) struct Event {
-    pub kind: &'static str,
-    pub data: Value,
-}
-
-impl Event {
-    pub fn stack_status(status: StackStatus, error: Option<&str>) -> Event {
-        Event {
-            kind: "stack.status",
-            data: json!({ "status": status.as_str(), "error": error }),
-        }
-    }
-
-    pub fn release_status(release: i64, status: ReleaseStatus, error: Option<&str>) -> Event {
-        Event {
-            kind: "release.status",
-            data: json!({ "release": release, "status": status.as_str(), "error": error }),
-        }
-    }
-
-    pub fn release_created(release: i64, env_version: i64) -> Event {
-        Event {
-            kind: "release.created",
-            data: json!({ "release": release, "env_version": env_version }),
-        }
-    }
-
-    pub fn service_status(
-        service: &str,
-        status: &str,
-        url: Option<&str>,
-        error: Option<&str>,
-    ) -> Event {
-        Event {
-            kind: "service.status",
-            data: json!({ "service": service, "status": status, "url": url, "error": error }),
-        }
-    }
-}
+pub(crate) use stackyard_core::model::NewEvent as Event;
 
 /// Writes `events` in order, inside the caller's write transaction.
 pub(crate) async fn insert(

@@ -270,14 +270,6 @@ async fn keep_serving(
     events::insert(conn, head.id, &head.slug, now, &out).await
 }
 
-/// The stack error after a failed redeploy that left the live release serving.
-fn failed_release_message(release: i64, error: Option<&str>) -> String {
-    match error {
-        Some(e) => format!("release v{release} failed: {e}"),
-        None => format!("release v{release} failed"),
-    }
-}
-
 impl SqliteStore {
     pub(crate) async fn claim_job_impl(
         &self,
@@ -592,10 +584,7 @@ impl SqliteStore {
                 },
             )
             .await?;
-            let deleted = Event {
-                kind: "stack.deleted",
-                data: serde_json::json!({}),
-            };
+            let deleted = Event::stack_deleted();
             events::insert(&mut tx, head.id, &head.slug, now, &[deleted]).await?;
         }
         tx.commit().await.map_err(db_err)?;
