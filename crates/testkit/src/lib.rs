@@ -7,9 +7,11 @@
 //!   Only when none of that works do PostgreSQL tests skip, printing why; under `CI=true` a skip
 //!   is a failure.
 //! - `redis`: a Redis server (the same fallbacks as PostgreSQL) and a key prefix per test.
+//! - `process`: a `stackyard serve` child process, stopped cleanly on drop.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
 
 pub mod pg;
+pub mod process;
 pub mod redis;
 pub mod sqlite;
 pub mod suite;

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
+
+use stackyard_testkit::process::ServerProcess;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
 /// A `stackyard serve` child on a fresh SQLite database: by default the noop runtime with
 /// 5 ms steps (`extra` may name another `--runtime` or `--noop-step`).
 pub struct Server {
-    child: Child,
+    _inner: ServerProcess,
     pub base: String,
     pub data: tempfile::TempDir,
     _db: stackyard_testkit::sqlite::SqliteTestDb,
@@ -30,52 +31,10 @@ impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let db = stackyard_testkit::sqlite::fresh();
         let data = tempfile::tempdir().unwrap();
-        let mut defaults: Vec<&str> = Vec::new();
-        if !extra.contains(&"--runtime") {
-            defaults.extend(["--runtime", "noop"]);
-        }
-        if !extra.contains(&"--noop-step") {
-            defaults.extend(["--noop-step", "5ms"]);
-        }
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--router-listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-            ])
-            .args(&defaults)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(extra)
-            .env("STACKYARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stackyard serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Drain stderr for the life of the process so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("api listening on http://") {
-                    let addr: String = line[i + "api listening on http://".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server printed its address");
+        let inner = ServerProcess::start(BIN, &db.url, data.path(), extra);
         Server {
-            child,
-            base: format!("http://{addr}"),
+            base: inner.base.clone(),
+            _inner: inner,
             data,
             _db: db,
         }
@@ -86,29 +45,6 @@ impl Server {
             .unwrap()
             .trim()
             .to_owned()
-    }
-}
-
-/// Stops the server as an operator would (SIGTERM: it stops the services it runs too), so a
-/// test leaves no process behind; SIGKILL only if it does not exit in time.
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

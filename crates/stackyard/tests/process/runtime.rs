@@ -20,7 +20,10 @@ fn examples() -> PathBuf {
 /// A gzipped tarball of a directory's files, paths relative to it.
 pub fn tar_dir(dir: &Path) -> Vec<u8> {
     fn walk(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, root: &Path, dir: &Path) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap();
@@ -31,7 +34,10 @@ pub fn tar_dir(dir: &Path) -> Vec<u8> {
             }
         }
     }
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     walk(&mut b, dir, dir);
     b.into_inner().unwrap().finish().unwrap()
 }
@@ -40,23 +46,37 @@ pub fn tar_dir(dir: &Path) -> Vec<u8> {
 /// service directory named in it.
 fn form_of(dir: &Path, services: &[(&str, &Path)], name: &str) -> Form {
     let mut form = Form::new()
-        .text("manifest", std::fs::read_to_string(dir.join("stackyard.yaml")).unwrap())
+        .text(
+            "manifest",
+            std::fs::read_to_string(dir.join("stackyard.yaml")).unwrap(),
+        )
         .text("name", name.to_owned());
     for (svc, path) in services {
-        form = form.part(svc.to_string(), Part::bytes(tar_dir(path)).file_name(format!("{svc}.tar.gz")));
+        form = form.part(
+            svc.to_string(),
+            Part::bytes(tar_dir(path)).file_name(format!("{svc}.tar.gz")),
+        );
     }
     form
 }
 
 fn two_service_form(name: &str) -> Form {
     let ex = examples().join("two-service");
-    form_of(&ex, &[("api", &ex.join("api")), ("web", &ex.join("web"))], name)
+    form_of(
+        &ex,
+        &[("api", &ex.join("api")), ("web", &ex.join("web"))],
+        name,
+    )
 }
 
 /// A tiny one-service app that also leaves a grandchild in its process group.
 fn tiny_app(dir: &Path) -> Form {
     std::fs::create_dir_all(dir.join("app")).unwrap();
-    std::fs::write(dir.join("stackyard.yaml"), "services:\n  app:\n    build: ./app\n    expose: true\n").unwrap();
+    std::fs::write(
+        dir.join("stackyard.yaml"),
+        "services:\n  app:\n    build: ./app\n    expose: true\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("app/start.sh"),
         "sleep 1000 &\nexec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n",
@@ -66,7 +86,12 @@ fn tiny_app(dir: &Path) -> Form {
     form_of(dir, &[("app", &dir.join("app"))], "tiny")
 }
 
-async fn create(client: &reqwest::Client, server: &Server, token: Option<&str>, form: Form) -> String {
+async fn create(
+    client: &reqwest::Client,
+    server: &Server,
+    token: Option<&str>,
+    form: Form,
+) -> String {
     let mut rb = client.post(server.url("/stacks/new")).multipart(form);
     if let Some(t) = token {
         rb = rb.bearer_auth(t);
@@ -77,7 +102,12 @@ async fn create(client: &reqwest::Client, server: &Server, token: Option<&str>, 
 }
 
 /// GET through the router with the service's Host header.
-async fn via_router(client: &reqwest::Client, server: &Server, service: &str, slug: &str) -> Result<(u16, Value), String> {
+async fn via_router(
+    client: &reqwest::Client,
+    server: &Server,
+    service: &str,
+    slug: &str,
+) -> Result<(u16, Value), String> {
     let router = server.router.as_deref().expect("local runtime");
     let res = client
         .get(format!("{router}/"))
@@ -88,7 +118,10 @@ async fn via_router(client: &reqwest::Client, server: &Server, service: &str, sl
         .map_err(|e| e.to_string())?;
     let code = res.status().as_u16();
     let text = res.text().await.map_err(|e| e.to_string())?;
-    Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 /// Processes whose environment says they belong to `slug` (the runtime sets STACKYARD_STACK).
@@ -96,8 +129,12 @@ fn pids_of(slug: &str) -> Vec<i32> {
     let needle = format!("STACKYARD_STACK={slug}");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
         if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             pids.push(pid);
         }
@@ -110,7 +147,12 @@ fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-async fn wait_healthy(client: &reqwest::Client, server: &Server, token: Option<&str>, slug: &str) -> Value {
+async fn wait_healthy(
+    client: &reqwest::Client,
+    server: &Server,
+    token: Option<&str>,
+    slug: &str,
+) -> Value {
     let deadline = Instant::now() + DEPLOY_WAIT;
     loop {
         let mut rb = client.get(server.url(&format!("/stacks/{slug}")));
@@ -128,22 +170,61 @@ async fn wait_healthy(client: &reqwest::Client, server: &Server, token: Option<&
     }
 }
 
-async fn wait_release(client: &reqwest::Client, server: &Server, token: &str, slug: &str, version: i64, want: &str) -> Value {
+async fn wait_release(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    slug: &str,
+    version: i64,
+    want: &str,
+) -> Value {
     let deadline = Instant::now() + DEPLOY_WAIT;
     loop {
-        let (_, b) = json_of(client.get(server.url(&format!("/stacks/{slug}"))).bearer_auth(token).send().await.unwrap()).await;
-        let (_, rels) = json_of(client.get(server.url(&format!("/stacks/{slug}/releases"))).bearer_auth(token).send().await.unwrap()).await;
-        let status = rels["items"].as_array().unwrap().iter().find(|r| r["version"] == version).map(|r| r["status"].clone());
+        let (_, b) = json_of(
+            client
+                .get(server.url(&format!("/stacks/{slug}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let (_, rels) = json_of(
+            client
+                .get(server.url(&format!("/stacks/{slug}/releases")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let status = rels["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == version)
+            .map(|r| r["status"].clone());
         if status == Some(json!(want)) && b["status"] != "building" && b["status"] != "deploying" {
             return b;
         }
-        assert!(Instant::now() < deadline, "release v{version} not {want}: {b} {rels}");
+        assert!(
+            Instant::now() < deadline,
+            "release v{version} not {want}: {b} {rels}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn redeploy(client: &reqwest::Client, server: &Server, token: &str, slug: &str, form: Option<Form>) -> i64 {
-    let mut rb = client.post(server.url(&format!("/stacks/{slug}/redeploy"))).bearer_auth(token);
+async fn redeploy(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    slug: &str,
+    form: Option<Form>,
+) -> i64 {
+    let mut rb = client
+        .post(server.url(&format!("/stacks/{slug}/redeploy")))
+        .bearer_auth(token);
     if let Some(f) = form {
         rb = rb.multipart(f);
     }
@@ -163,9 +244,24 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     // Deploy: both healthy, web reaches api through service://api with api's env.
     let slug = create(&client, &server, Some(&token), two_service_form("demo")).await;
     let stack = wait_healthy(&client, &server, Some(&token), &slug).await;
-    let router_port = server.router.as_deref().unwrap().rsplit(':').next().unwrap().to_owned();
-    let web = stack["services"].as_array().unwrap().iter().find(|s| s["name"] == "web").unwrap();
-    assert_eq!(web["url"], format!("http://web-{slug}.localhost:{router_port}"));
+    let router_port = server
+        .router
+        .as_deref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let web = stack["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web["url"],
+        format!("http://web-{slug}.localhost:{router_port}")
+    );
     let (code, body) = via_router(&client, &server, "web", &slug).await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["api"]["GREETING"], "hello from api");
@@ -175,47 +271,113 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     assert_eq!(code, 404, "api is not exposed");
 
     // Env change, then redeploy: the new processes see it; the release records the env version.
-    let res = client.patch(server.url(&format!("/stacks/{slug}/env"))).bearer_auth(&token)
-        .json(&json!({"env": {"MESSAGE": "hi", "GREETING": "overridden"}})).send().await.unwrap();
+    let res = client
+        .patch(server.url(&format!("/stacks/{slug}/env")))
+        .bearer_auth(&token)
+        .json(&json!({"env": {"MESSAGE": "hi", "GREETING": "overridden"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let v2 = redeploy(&client, &server, &token, &slug, None).await;
     assert_eq!(v2, 2);
     let stack = wait_release(&client, &server, &token, &slug, 2, "live").await;
-    assert_eq!((stack["release"]["version"].clone(), stack["release"]["env_version"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (
+            stack["release"]["version"].clone(),
+            stack["release"]["env_version"].clone()
+        ),
+        (json!(2), json!(1))
+    );
     let (_, body) = via_router(&client, &server, "web", &slug).await.unwrap();
-    assert_eq!((body["web"]["message"].clone(), body["api"]["MESSAGE"].clone()), (json!("hi"), json!("hi")));
-    assert_eq!(body["api"]["GREETING"], "overridden", "the stack env wins over the manifest env");
+    assert_eq!(
+        (
+            body["web"]["message"].clone(),
+            body["api"]["MESSAGE"].clone()
+        ),
+        (json!("hi"), json!("hi"))
+    );
+    assert_eq!(
+        body["api"]["GREETING"], "overridden",
+        "the stack env wins over the manifest env"
+    );
 
     // Logs: the backlog ends with [end]; a new line reaches a follower within a second.
-    let text = client.get(server.url(&format!("/stacks/{slug}/logs/web?follow=false"))).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    let text = client
+        .get(server.url(&format!("/stacks/{slug}/logs/web?follow=false")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("web listening on"), "{text}");
     assert!(text.trim_end().ends_with("data: [end]"), "{text}");
-    let (code, b) = json_of(client.get(server.url(&format!("/stacks/{slug}/logs/nope"))).bearer_auth(&token).send().await.unwrap()).await;
+    let (code, b) = json_of(
+        client
+            .get(server.url(&format!("/stacks/{slug}/logs/nope")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((code, b["error"].as_str()), (404, Some("not_found")));
-    let mut follow = client.get(server.url(&format!("/stacks/{slug}/logs/web"))).bearer_auth(&token).send().await.unwrap();
+    let mut follow = client
+        .get(server.url(&format!("/stacks/{slug}/logs/web")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(follow.headers()["content-type"], "text/event-stream");
     // Drain the backlog, then make the app log a request line.
     let marker = format!("marker-{}", stackyard_core::ids::random_hex(4));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let router = server.router.clone().unwrap();
     let sent = Instant::now();
-    client.get(format!("{router}/{marker}")).header("host", format!("web-{slug}.localhost")).send().await.unwrap();
+    client
+        .get(format!("{router}/{marker}"))
+        .header("host", format!("web-{slug}.localhost"))
+        .send()
+        .await
+        .unwrap();
     let mut seen = String::new();
     while !seen.contains(&marker) {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk()).await.expect("a log line in time").unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
+            .await
+            .expect("a log line in time")
+            .unwrap()
+            .unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(sent.elapsed() < Duration::from_secs(1), "log line took {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "log line took {:?}",
+        sent.elapsed()
+    );
     drop(follow);
 
     // Rolling redeploy under load: a request every 10 ms, none fails.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = {
-        let (client, stop, ok, failed, router, slug) = (client.clone(), stop.clone(), ok.clone(), failed.clone(), router.clone(), slug.clone());
+        let (client, stop, ok, failed, router, slug) = (
+            client.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            router.clone(),
+            slug.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let res = client.get(format!("{router}/")).header("host", format!("web-{slug}.localhost")).timeout(Duration::from_secs(10)).send().await;
+                let res = client
+                    .get(format!("{router}/"))
+                    .header("host", format!("web-{slug}.localhost"))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
                 match res {
                     Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -229,7 +391,12 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during a rolling redeploy ({} ok)", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during a rolling redeploy ({} ok)",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(ok.load(Ordering::Relaxed) > 20);
     let (_, body) = via_router(&client, &server, "web", &slug).await.unwrap();
     assert_eq!(body["web"]["release"], v3.to_string());
@@ -241,16 +408,41 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     let v4 = redeploy(&client, &server, &token, &slug, Some(form)).await;
     let stack = wait_release(&client, &server, &token, &slug, v4, "failed").await;
     assert_eq!(stack["status"], "healthy", "{stack}");
-    assert!(stack["error"].as_str().is_some_and(|e| e.contains(&format!("v{v4}"))), "{stack}");
+    assert!(
+        stack["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("v{v4}"))),
+        "{stack}"
+    );
     let (code, body) = via_router(&client, &server, "web", &slug).await.unwrap();
-    assert_eq!((code, body["web"]["release"].clone()), (200, json!(v3.to_string())));
+    assert_eq!(
+        (code, body["web"]["release"].clone()),
+        (200, json!(v3.to_string()))
+    );
 
     // Teardown: nothing of the stack runs or stays on disk.
     assert!(!pids_of(&slug).is_empty());
-    let res = client.delete(server.url(&format!("/stacks/{slug}"))).bearer_auth(&token).send().await.unwrap();
+    let res = client
+        .delete(server.url(&format!("/stacks/{slug}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
-    wait_until(&client, &server, &token, &slug, Duration::from_secs(60), |c, _| c == 404).await;
-    assert!(pids_of(&slug).iter().all(|p| !alive(*p)), "processes left: {:?}", pids_of(&slug));
+    wait_until(
+        &client,
+        &server,
+        &token,
+        &slug,
+        Duration::from_secs(60),
+        |c, _| c == 404,
+    )
+    .await;
+    assert!(
+        pids_of(&slug).iter().all(|p| !alive(*p)),
+        "processes left: {:?}",
+        pids_of(&slug)
+    );
     assert!(!data.path().join("stacks").join(&slug).exists());
     let (code, _) = via_router(&client, &server, "web", &slug).await.unwrap();
     assert_eq!(code, 404);
@@ -266,14 +458,32 @@ async fn fifty_stacks_created_and_deleted_concurrently_leave_no_process_or_file(
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let (client, server, token, form) = (client.clone(), server.clone(), token.clone(), tiny_app(app.path()));
+        let (client, server, token, form) = (
+            client.clone(),
+            server.clone(),
+            token.clone(),
+            tiny_app(app.path()),
+        );
         tasks.push(tokio::spawn(async move {
             let slug = create(&client, &server, Some(&token), form).await;
             wait_healthy(&client, &server, Some(&token), &slug).await;
             assert!(!pids_of(&slug).is_empty(), "{slug} runs nothing");
-            let res = client.delete(server.url(&format!("/stacks/{slug}"))).bearer_auth(&token).send().await.unwrap();
+            let res = client
+                .delete(server.url(&format!("/stacks/{slug}")))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(res.status(), 202);
-            wait_until(&client, &server, &token, &slug, Duration::from_secs(120), |c, _| c == 404).await;
+            wait_until(
+                &client,
+                &server,
+                &token,
+                &slug,
+                Duration::from_secs(120),
+                |c, _| c == 404,
+            )
+            .await;
             slug
         }));
     }
@@ -284,7 +494,10 @@ async fn fifty_stacks_created_and_deleted_concurrently_leave_no_process_or_file(
     for slug in &slugs {
         let left: Vec<i32> = pids_of(slug).into_iter().filter(|p| alive(*p)).collect();
         assert!(left.is_empty(), "{slug}: processes left {left:?}");
-        assert!(!data.path().join("stacks").join(slug).exists(), "{slug}: files left");
+        assert!(
+            !data.path().join("stacks").join(slug).exists(),
+            "{slug}: files left"
+        );
     }
 }
 
@@ -293,8 +506,18 @@ async fn a_killed_server_restarts_its_stacks_and_stops_the_orphans() {
     let db = Db::fresh(Backend::Sqlite).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let app = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let args = ["--runtime", "local", "--router-listen", &format!("127.0.0.1:{port}")];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let args = [
+        "--runtime",
+        "local",
+        "--router-listen",
+        &format!("127.0.0.1:{port}"),
+    ];
     let mut server = Server::start(&db.url, data.path(), &args);
     let token = server.admin_token();
     let client = reqwest::Client::new();
@@ -307,7 +530,10 @@ async fn a_killed_server_restarts_its_stacks_and_stops_the_orphans() {
     let orphans: Vec<i32> = stacks.iter().flat_map(|(s, _)| pids_of(s)).collect();
     assert!(orphans.len() >= 3);
     server.kill9();
-    assert!(orphans.iter().any(|p| alive(*p)), "the services outlive a killed server");
+    assert!(
+        orphans.iter().any(|p| alive(*p)),
+        "the services outlive a killed server"
+    );
 
     let server = Server::start(&db.url, data.path(), &args);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -322,7 +548,10 @@ async fn a_killed_server_restarts_its_stacks_and_stops_the_orphans() {
         loop {
             match via_router(&client, &server, "app", slug).await {
                 Ok((200, _)) => break,
-                other => assert!(Instant::now() < deadline, "{slug} not served again: {other:?}"),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{slug} not served again: {other:?}"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -335,11 +564,21 @@ async fn anonymous_stacks_expire_healthy_or_failed() {
     let db = Db::fresh(Backend::Sqlite).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let app = tempfile::tempdir().unwrap();
-    let server = Server::start(&db.url, data.path(), &["--runtime", "local", "--anonymous-ttl", "5s"]);
+    let server = Server::start(
+        &db.url,
+        data.path(),
+        &["--runtime", "local", "--anonymous-ttl", "5s"],
+    );
     let client = reqwest::Client::new();
     let healthy = create(&client, &server, None, tiny_app(app.path())).await;
     let crash = examples().join("crash");
-    let failed = create(&client, &server, None, form_of(&crash, &[("app", &crash.join("app"))], "crash")).await;
+    let failed = create(
+        &client,
+        &server,
+        None,
+        form_of(&crash, &[("app", &crash.join("app"))], "crash"),
+    )
+    .await;
     wait_healthy(&client, &server, None, &healthy).await;
     let get = |slug: String| {
         let (client, url) = (client.clone(), server.url(&format!("/stacks/{slug}")));
@@ -349,10 +588,18 @@ async fn anonymous_stacks_expire_healthy_or_failed() {
     loop {
         let (code, b) = get(failed.clone()).await;
         if code == 200 && b["status"] == "failed" {
-            assert!(b["services"][0]["error"].as_str().is_some_and(|e| e.contains("missing configuration")), "{b}");
+            assert!(
+                b["services"][0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("missing configuration")),
+                "{b}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline && code == 200, "the crashing stack never failed: {b}");
+        assert!(
+            Instant::now() < deadline && code == 200,
+            "the crashing stack never failed: {b}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -2,10 +2,8 @@
 
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use stackyard_testkit::process::ServerProcess;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stackyard");
@@ -66,72 +64,27 @@ impl Db {
     }
 }
 
-/// A `stackyard serve` child process.
+/// A `stackyard serve` child process (see `stackyard_testkit::process`).
 pub struct Server {
-    child: Child,
-    pub base: String,
+    inner: ServerProcess,
     pub data_dir: PathBuf,
     /// `http://ADDR` of the router (local runtime only).
     pub router: Option<String>,
 }
 
 impl Server {
-    /// Starts the binary and waits for its `api listening on http://ADDR` line (and, with
-    /// `--runtime local` in `extra`, its router line). The runtime defaults to `noop` here.
+    /// The runtime defaults to `noop` here; `extra` may name `--runtime local`.
     pub fn start(db_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
-        let local = extra.windows(2).any(|w| w == ["--runtime", "local"]);
-        let runtime: &[&str] = if local { &[] } else { &["--runtime", "noop"] };
-        let router: &[&str] = if local && !extra.contains(&"--router-listen") {
-            &["--router-listen", "127.0.0.1:0"]
-        } else {
-            &[]
-        };
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--database-url", db_url])
-            .args(runtime)
-            .args(router)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("STACKYARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stackyard");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stderr for the life of the process so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for (what, marker) in [("api", "api listening on http://"), ("router", "router listening on http://")] {
-                    if let Some(i) = line.find(marker) {
-                        let addr: String = line[i + marker.len()..].chars().take_while(|c| !c.is_whitespace()).collect();
-                        let _ = tx.send((what, addr));
-                    }
-                }
-                if std::env::var_os("STACKYARD_TEST_SERVER_LOG").is_some() {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let mut base = None;
-        let mut router = None;
-        while base.is_none() || (local && router.is_none()) {
-            let (what, addr) = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its addresses");
-            match what {
-                "api" => base = Some(format!("http://{addr}")),
-                _ => router = Some(format!("http://{addr}")),
-            }
+        let inner = ServerProcess::start(BIN, db_url, data_dir, extra);
+        Server {
+            router: inner.router.clone(),
+            data_dir: data_dir.to_owned(),
+            inner,
         }
-        Server { child, base: base.unwrap_or_default(), data_dir: data_dir.to_owned(), router }
     }
 
     pub fn kill9(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        self.inner.kill9();
     }
 
     pub fn admin_token(&self) -> String {
@@ -142,30 +95,7 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-}
-
-/// Stops the server the way an operator would (SIGTERM: it stops its services too), so a test
-/// leaves no process behind; SIGKILL only if it does not exit in time.
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.url(path)
     }
 }
 

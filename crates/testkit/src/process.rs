@@ -1,0 +1,121 @@
+//! A `stackyard serve` child process for process-level tests: started on port 0, found by the
+//! `api listening on http://ADDR` (and `router listening on …`) lines it prints, its stderr
+//! drained for its whole life, and stopped on drop with SIGTERM (so it stops the services it
+//! runs) — SIGKILL only if it does not exit in time.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct ServerProcess {
+    child: Child,
+    /// `http://ADDR` of the API.
+    pub base: String,
+    /// `http://ADDR` of the router, when the server runs the local runtime.
+    pub router: Option<String>,
+}
+
+impl ServerProcess {
+    /// Starts `bin serve` on `db_url` and `data_dir`, with the `noop` runtime (5 ms steps)
+    /// unless `extra` names a runtime or a step, and a router on port 0 unless `extra` names
+    /// one. `STACKYARD_TEST_SERVER_LOG=1` echoes the server's log.
+    pub fn start(bin: &str, db_url: &str, data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let local = extra.windows(2).any(|w| w == ["--runtime", "local"]);
+        let mut defaults: Vec<&str> = vec!["--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--runtime") {
+            defaults.extend(["--runtime", "noop"]);
+        }
+        if !extra.contains(&"--noop-step") && !local {
+            defaults.extend(["--noop-step", "5ms"]);
+        }
+        if !extra.contains(&"--router-listen") {
+            defaults.extend(["--router-listen", "127.0.0.1:0"]);
+        }
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(&defaults)
+            .args(["--database-url", db_url])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("STACKYARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stackyard serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        let echo = std::env::var_os("STACKYARD_TEST_SERVER_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (what, marker) in [
+                    ("api", "api listening on http://"),
+                    ("router", "router listening on http://"),
+                ] {
+                    if let Some(i) = line.find(marker) {
+                        let addr: String = line[i + marker.len()..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace())
+                            .collect();
+                        let _ = tx.send((what, addr));
+                    }
+                }
+                if echo {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
+        let (mut base, mut router) = (None, None);
+        while base.is_none() || (local && router.is_none()) {
+            let (what, addr) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the server printed its addresses");
+            match what {
+                "api" => base = Some(format!("http://{addr}")),
+                _ => router = Some(format!("http://{addr}")),
+            }
+        }
+        ServerProcess {
+            child,
+            base: base.unwrap_or_default(),
+            router,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server abruptly, as a crash would (its services keep running).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
