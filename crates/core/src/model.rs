@@ -252,6 +252,31 @@ pub struct Page<T> {
     pub total: i64,
 }
 
+impl<T> Page<T> {
+    /// A page from rows fetched with `LIMIT limit + 1`: the extra row, dropped here, only
+    /// says that a next page exists, whose cursor `cursor_of` derives from the last item kept.
+    pub fn from_overfetch(
+        mut items: Vec<T>,
+        limit: i64,
+        total: i64,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Page<T> {
+        let keep = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let more = items.len() > keep;
+        items.truncate(keep);
+        let next_cursor = if more {
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page {
+            items,
+            next_cursor,
+            total,
+        }
+    }
+}
+
 /// The result of one env write as committed (or, for a dry run, as it would be).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvOutcome {

@@ -91,9 +91,8 @@ impl PgStore {
             })
             .await?;
 
-        let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut items = Vec::with_capacity(rows.len().min(page_len));
-        for row in rows.iter().take(page_len) {
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
             items.push(AuditEntry {
                 id: col(row, "id")?,
                 at: Millis(col(row, "at")?),
@@ -104,15 +103,8 @@ impl PgStore {
                 metadata: col(row, "metadata")?,
             });
         }
-        let next_cursor = if rows.len() > items.len() {
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |e| {
+            e.id.to_string()
+        }))
     }
 }

@@ -446,9 +446,8 @@ impl PgStore {
                 Ok((rows, total))
             })
             .await?;
-        let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut items = Vec::with_capacity(rows.len().min(page_len));
-        for row in rows.iter().take(page_len) {
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
             items.push(EnvVersionInfo {
                 version: col(row, "version")?,
                 created_at: Millis(col(row, "created_at")?),
@@ -457,15 +456,8 @@ impl PgStore {
                 deleted: json_col(row, "deleted_keys")?,
             });
         }
-        let next_cursor = if rows.len() > items.len() {
-            items.last().map(|v| v.version.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |v| {
+            v.version.to_string()
+        }))
     }
 }

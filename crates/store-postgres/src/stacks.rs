@@ -418,24 +418,13 @@ impl PgStore {
                 Ok((rows, total))
             })
             .await?;
-        let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
         let items = rows
             .iter()
-            .take(page_len)
             .map(stack_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = if rows.len() > items.len() {
-            items
-                .last()
-                .map(|s| format!("{}:{}", s.created_at.0, s.id.0))
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |s| {
+            format!("{}:{}", s.created_at.0, s.id.0)
+        }))
     }
 
     pub(crate) async fn count_stacks_impl(&self, team: TeamId) -> Result<i64> {

@@ -82,10 +82,7 @@ impl SqliteStore {
         tx.commit().await.map_err(db_err)?;
 
         let mut items = Vec::with_capacity(rows.len());
-        for row in rows
-            .iter()
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        {
+        for row in &rows {
             items.push(AuditEntry {
                 id: col(row, "id")?,
                 at: Millis(col(row, "at")?),
@@ -96,16 +93,8 @@ impl SqliteStore {
                 metadata: json_col(row, "metadata")?,
             });
         }
-        let more = rows.len() > items.len();
-        let next_cursor = if more {
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |e| {
+            e.id.to_string()
+        }))
     }
 }

@@ -382,10 +382,7 @@ impl SqliteStore {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         let mut items = Vec::with_capacity(rows.len());
-        for row in rows
-            .iter()
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        {
+        for row in &rows {
             items.push(EnvVersionInfo {
                 version: col(row, "version")?,
                 created_at: Millis(col(row, "created_at")?),
@@ -394,15 +391,8 @@ impl SqliteStore {
                 deleted: json_col(row, "deleted_keys")?,
             });
         }
-        let next_cursor = if rows.len() > items.len() {
-            items.last().map(|v| v.version.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |v| {
+            v.version.to_string()
+        }))
     }
 }

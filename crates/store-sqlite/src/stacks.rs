@@ -394,24 +394,13 @@ impl SqliteStore {
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(stack_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = i64::try_from(items.len()).unwrap_or(i64::MAX) > limit;
-        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let next_cursor = if more {
-            items
-                .last()
-                .map(|s| format!("{}:{}", s.created_at.0, s.id.0))
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_cursor,
-            total,
-        })
+        Ok(Page::from_overfetch(items, limit, total, |s| {
+            format!("{}:{}", s.created_at.0, s.id.0)
+        }))
     }
 
     pub(crate) async fn count_stacks_impl(&self, team: TeamId) -> Result<i64, StoreError> {
