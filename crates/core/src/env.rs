@@ -282,8 +282,8 @@ fn key_looks_secret(k: &[u8]) -> bool {
     let at = |i: usize, needle: &[u8]| {
         k.len() - i >= needle.len() && k[i..i + needle.len()].eq_ignore_ascii_case(needle)
     };
-    for i in 0..k.len() {
-        let hit = match k[i].to_ascii_uppercase() {
+    for (i, c) in k.iter().enumerate() {
+        let hit = match c.to_ascii_uppercase() {
             b'S' => at(i, b"SECRET"),
             b'P' => at(i, b"PASSWORD") || at(i, b"PASSWD") || at(i, b"PWD") || at(i, b"PRIVATE"),
             b'T' => at(i, b"TOKEN"),

@@ -38,7 +38,12 @@ enum Command {
 #[derive(Subcommand)]
 enum Bench {
     /// Contended env PATCH throughput against the one-row-lock-per-change reference design.
-    Env(bench::EnvBenchArgs),
+    Env(bench::env::EnvBenchArgs),
+    /// Time from `POST /stacks/new` to all healthy for an example stack (local runtime), next to
+    /// the apps' own start time.
+    Deploy(bench::deploy::DeployBenchArgs),
+    /// Router throughput for a trivial upstream, next to the upstream hit directly.
+    Router(bench::router::RouterBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -89,7 +94,9 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
-        Command::Bench(Bench::Env(args)) => bench::run(args).await,
+        Command::Bench(Bench::Env(args)) => bench::env::run(args).await,
+        Command::Bench(Bench::Deploy(args)) => bench::deploy::run(args).await,
+        Command::Bench(Bench::Router(args)) => bench::router::run(args).await,
         // Dispatched in `main`, which owns the exit code of client commands.
         Command::Client(_) => Ok(()),
         Command::Admin(Admin::CreateTeam {

@@ -7,7 +7,8 @@
 //! change — directly against the same database with the same number of connections, and
 //! reports both rates and their ratio. Results go to stdout; see `docs/performance.md`.
 
-use anyhow::{Context, bail};
+use super::{BenchDb, emit};
+use anyhow::bail;
 use clap::Args;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -49,97 +50,15 @@ impl Phase {
         self.acked as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
+        super::percentile_ms(&self.latencies_us, p)
     }
-}
-
-/// A fresh database for the run and how to clean it up.
-enum BenchDb {
-    Sqlite { dir: std::path::PathBuf },
-    Postgres { admin_url: String, name: String },
-}
-
-impl BenchDb {
-    async fn create(spec: &str) -> anyhow::Result<(BenchDb, String)> {
-        let stamp = format!(
-            "{}_{}",
-            std::process::id(),
-            stackyard_core::ids::random_hex(4)
-        );
-        if spec == "sqlite" || spec.starts_with("sqlite:") {
-            let dir = std::env::temp_dir().join(format!("stackyard-bench-{stamp}"));
-            std::fs::create_dir_all(&dir)?;
-            let url = format!("sqlite://{}", dir.join("stackyard.db").display());
-            Ok((BenchDb::Sqlite { dir }, url))
-        } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            let name = format!("stackyard_bench_{stamp}");
-            let mut conn = sqlx::PgConnection::connect(spec)
-                .await
-                .context("connecting to PostgreSQL")?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await?;
-            conn.close().await?;
-            let url = with_database(spec, &name);
-            Ok((
-                BenchDb::Postgres {
-                    admin_url: spec.to_owned(),
-                    name,
-                },
-                url,
-            ))
-        } else {
-            bail!("--database-url must be `sqlite` or a postgres:// URL")
-        }
-    }
-
-    async fn drop_it(self) {
-        match self {
-            BenchDb::Sqlite { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            BenchDb::Postgres { admin_url, name } => {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            }
-        }
-    }
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let head = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{head}/{db}{query}")
 }
 
 pub async fn run(args: EnvBenchArgs) -> anyhow::Result<()> {
     let (db, url) = BenchDb::create(&args.database_url).await?;
     let result = run_on(&args, &url).await;
     db.drop_it().await;
-    let report = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    emit(&result?, args.json, print_report)
 }
 
 async fn run_on(args: &EnvBenchArgs, url: &str) -> anyhow::Result<Value> {
@@ -557,23 +476,5 @@ impl RefConn {
                 r
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_names_are_swapped_in_urls() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
     }
 }
