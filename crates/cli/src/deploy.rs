@@ -59,7 +59,7 @@ pub struct RedeployArgs {
     pub wait: WaitArgs,
 }
 
-/// A manifest read from DIR.
+/// A manifest read from DIR (its warnings already shown).
 struct LoadedManifest {
     text: String,
     manifest: Manifest,
@@ -94,6 +94,9 @@ fn load_manifest(dir: &Path, out: &Out) -> Result<LoadedManifest> {
         .map_err(|e| CliError::other(format!("cannot read {}: {e}", path.display())))?;
     let manifest = Manifest::parse(&text)
         .map_err(|e| CliError::other(format!("{}: {e}", path.display())).with_code(e.code()))?;
+    for w in &manifest.warnings {
+        out.warn(&format!("manifest: {w}"));
+    }
     Ok(LoadedManifest { text, manifest })
 }
 
@@ -137,8 +140,7 @@ async fn pack_services(dir: &Path, m: &Manifest, out: &Out) -> Result<Vec<(Strin
         let src = build_dir(dir, &name, s.build.as_deref())?;
         // As the manifest names it: DIR may be `.`, and `././web` helps nobody.
         let shown = s.build.clone().unwrap_or_else(|| format!("./{name}"));
-        let src2 = src.clone();
-        let p = tokio::task::spawn_blocking(move || pack::pack_dir(&src2))
+        let p = tokio::task::spawn_blocking(move || pack::pack_dir(&src))
             .await
             .map_err(|e| CliError::other(format!("packing {name} stopped: {e}")))?
             .map_err(|e| CliError {
@@ -240,9 +242,6 @@ pub async fn deploy(api: &Api, out: &Out, args: DeployArgs) -> Result<()> {
         None => None,
     };
     let loaded = load_manifest(&dir, out)?;
-    for w in &loaded.manifest.warnings {
-        out.warn(&format!("manifest: {w}"));
-    }
     let packed = pack_services(&dir, &loaded.manifest, out).await?;
     let mut fields = vec![
         ("manifest".to_owned(), loaded.text.clone()),
@@ -318,9 +317,6 @@ pub async fn redeploy(api: &Api, out: &Out, args: RedeployArgs) -> Result<()> {
     let mut _packed = Vec::new();
     if let Some(dir) = &args.dir {
         let loaded = load_manifest(dir, out)?;
-        for w in &loaded.manifest.warnings {
-            out.warn(&format!("manifest: {w}"));
-        }
         let packed = pack_services(dir, &loaded.manifest, out).await?;
         names = packed.iter().map(|(n, _)| n.clone()).collect();
         let upload = Arc::new(upload_of(

@@ -360,7 +360,11 @@ async fn show(api: &Api, out: &Out, slug: &str) -> Result<()> {
         .iter()
         .map(|(k, v)| {
             let v = v.as_str().unwrap_or_default();
-            let style = if v == "***" { Style::Dim } else { Style::Plain };
+            let style = if v == stackyard_core::env::MASK {
+                Style::Dim
+            } else {
+                Style::Plain
+            };
             vec![Cell::plain(k.clone()), Cell::styled(v, style)]
         })
         .collect();

@@ -167,16 +167,19 @@ impl EnvMap {
             let key = k.as_str();
             match v {
                 Some(v) => {
-                    if self.get(key) != Some(v.as_str()) {
-                        let shared: Arc<str> = key.into();
-                        undo.push((shared.clone(), self.vars.get(key).map(|e| e.value.clone())));
-                        self.insert(shared, v.as_str().into());
-                        change.set.push(key.to_owned());
-                    }
+                    // One lookup; an overwritten key keeps sharing the map's string.
+                    let (shared, old) = match self.vars.get_key_value(key) {
+                        Some((_, e)) if *e.value == **v => continue,
+                        Some((k, e)) => (k.clone(), Some(e.value.clone())),
+                        None => (Arc::from(key), None),
+                    };
+                    undo.push((shared.clone(), old));
+                    self.insert(shared, v.as_str().into());
+                    change.set.push(key.to_owned());
                 }
                 None => {
-                    if let Some(old) = self.vars.get(key).map(|e| e.value.clone()) {
-                        undo.push((key.into(), Some(old)));
+                    if let Some((k, e)) = self.vars.get_key_value(key) {
+                        undo.push((k.clone(), Some(e.value.clone())));
                         self.remove(key);
                         change.deleted.push(key.to_owned());
                     }
@@ -263,8 +266,6 @@ impl Serialize for EnvMap {
         s.collect_map(self.iter())
     }
 }
-
-impl EnvMap {}
 
 /// The replacement shown for a masked value.
 pub const MASK: &str = "***";

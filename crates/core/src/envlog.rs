@@ -7,6 +7,7 @@ use crate::model::EnvOutcome;
 use crate::store::{EnvOp, EnvWrite, EnvWriteError};
 use crate::time::Millis;
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A full copy of the map is stored every this many versions (and at version 0); rollback
@@ -97,12 +98,12 @@ pub fn plan_batch(
             outcomes.push(Err(EnvWriteError::VersionMismatch { current: version }));
             continue;
         }
-        let (patch, rollback_to): (EnvPatch, Option<i64>) = match &w.op {
-            EnvOp::Patch(p) => (p.clone(), None),
+        let (patch, rollback_to): (Cow<'_, EnvPatch>, Option<i64>) = match &w.op {
+            EnvOp::Patch(p) => (Cow::Borrowed(p), None),
             EnvOp::Rollback { to_version } => {
                 let target = targets.get(to_version).or_else(|| produced.get(to_version));
                 match target {
-                    Some(t) => (map.diff_to(t), Some(*to_version)),
+                    Some(t) => (Cow::Owned(map.diff_to(t)), Some(*to_version)),
                     None => {
                         outcomes.push(Err(EnvWriteError::VersionNotFound(*to_version)));
                         continue;
@@ -126,24 +127,14 @@ pub fn plan_batch(
             Ok(change) => {
                 version += 1;
                 let values = change_values(&map, &change);
-                let (audit_kind, audit_metadata) = match rollback_to {
-                    None => (
-                        AUDIT_ENV_UPDATED,
-                        updated_metadata(version, &change, map.len()),
-                    ),
-                    Some(to) => (
-                        AUDIT_ENV_ROLLED_BACK,
-                        json!({
-                            "from_version": version - 1,
-                            "to_version": to,
-                            "version": version,
-                            "keys_set": change.set.len(),
-                            "keys_deleted": change.deleted.len(),
-                            "total_after": map.len(),
-                            "set": change.set,
-                            "deleted": change.deleted,
-                        }),
-                    ),
+                let mut audit_metadata = updated_metadata(version, &change, map.len());
+                let audit_kind = match rollback_to {
+                    None => AUDIT_ENV_UPDATED,
+                    Some(to) => {
+                        audit_metadata["from_version"] = json!(version - 1);
+                        audit_metadata["to_version"] = json!(to);
+                        AUDIT_ENV_ROLLED_BACK
+                    }
                 };
                 records.push(VersionRecord {
                     version,
@@ -177,7 +168,8 @@ pub fn plan_batch(
     }
 }
 
-/// Audit metadata of `stack.env.updated` (spec: counts and key names only).
+/// Audit metadata of `stack.env.updated` (spec: counts and key names only); that of
+/// `stack.env.rolled_back` also has `from_version` and `to_version`.
 pub fn updated_metadata(version: i64, change: &EnvChange, total_after: usize) -> serde_json::Value {
     json!({
         "version": version,

@@ -253,6 +253,20 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// User input made safe to show in a one-line error message: control characters escaped, then
+/// cut like [`truncate_for_message`] (never used for values that may be secrets).
+pub fn escape_for_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    truncate_for_message(&out)
+}
+
 /// Cuts user input used in an error message to a readable length (never used for values that
 /// may be secrets).
 pub fn truncate_for_message(s: &str) -> String {

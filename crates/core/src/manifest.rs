@@ -7,7 +7,7 @@
 //! failing a derived struct, and so that every rule can name the service, key and line it is
 //! about. The tree is then validated into typed values.
 
-use crate::ids::{EnvKey, ServiceName, truncate_for_message};
+use crate::ids::{EnvKey, ServiceName, escape_for_message};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{
@@ -227,7 +227,7 @@ fn yaml_error(err: &serde_saphyr::Error) -> ManifestError {
         }
         E::DuplicateMappingKey { key: Some(k), .. } => format!(
             "the key `{}` appears twice in the same mapping",
-            printable(k)
+            escape_for_message(k)
         ),
         E::DuplicateMappingKey { key: None, .. } => {
             "a key appears twice in the same mapping".to_owned()
@@ -272,20 +272,6 @@ fn budget_sentence(breach: &BudgetBreach) -> String {
         ),
         _ => "the manifest is too large or too complex".to_owned(),
     }
-}
-
-/// A key or name from the manifest, made safe to show in one line: control characters
-/// escaped, long text cut. Never used on env values.
-fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    truncate_for_message(&out)
 }
 
 fn location_suffix(line: u64, column: u64) -> String {
@@ -453,7 +439,7 @@ impl Validator<'_> {
                 Some("services") => services = Some(v),
                 Some(other) => self.warnings.push(format!(
                     "unknown top-level key `{}` was ignored",
-                    printable(other)
+                    escape_for_message(other)
                 )),
                 None => self.warnings.push(format!(
                     "a top-level key that is {} was ignored{}",
@@ -587,7 +573,7 @@ impl Validator<'_> {
                 "env" => spec.env = self.env(svc, v)?,
                 other => self.warnings.push(format!(
                     "unknown key `{}` in service `{svc}` was ignored",
-                    printable(other)
+                    escape_for_message(other)
                 )),
             }
         }
@@ -688,7 +674,7 @@ impl Validator<'_> {
             let raw_key = self.key(k).unwrap_or_default();
             let key = EnvKey::parse(&raw_key)
                 .map_err(|_| {
-                    let shown = printable(&raw_key);
+                    let shown = escape_for_message(&raw_key);
                     ManifestError::InvalidEnvKey {
                         service: svc.to_owned(),
                         message: format!(
@@ -750,7 +736,7 @@ fn check_references(specs: &[ServiceSpec]) -> Result<(), ManifestError> {
                 return Err(invalid(format!(
                     "env `{key}` in service `{}` refers to service `{}`, which this manifest does not declare",
                     spec.name,
-                    printable(target)
+                    escape_for_message(target)
                 )));
             }
         }

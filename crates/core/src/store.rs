@@ -105,6 +105,32 @@ pub struct IdempotencyRequest<'a> {
     pub stale_after: Duration,
 }
 
+/// How long a completed idempotency record answers replays (spec: 24 h); a store uses it for a
+/// record completed without a reservation, which carries no `IdempotencyRequest::ttl`.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The `next_cursor` of a `list_stacks` page: the last stack's creation time and id, the key
+/// the listing is ordered by (newest first).
+pub fn stack_cursor(last: &Stack) -> String {
+    format!("{}:{}", last.created_at.0, last.id.0)
+}
+
+/// The `(created_at, id)` a `list_stacks` page starts below. A cursor we cannot read starts
+/// from the newest stack rather than failing the request.
+pub fn parse_stack_cursor(cursor: Option<&str>) -> (i64, i64) {
+    cursor
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
+        .unwrap_or((i64::MAX, i64::MAX))
+}
+
+/// The id (or version) a page of an id-ordered, newest-first listing (audit rows, env
+/// versions) starts below; its cursor is the last item's id. A cursor we cannot read starts
+/// from the newest row rather than failing the request.
+pub fn parse_id_cursor(cursor: Option<&str>) -> i64 {
+    cursor.and_then(|c| c.parse().ok()).unwrap_or(i64::MAX)
+}
+
 /// Everything `create_stack` writes, validated before it is called.
 #[derive(Debug, Clone)]
 pub struct NewStack {

@@ -3,7 +3,7 @@
 //! rules the on-disk unpacker reuses, and working out how to start the service (manifest
 //! `command`, then `Procfile`, then `Dockerfile`).
 
-use crate::ids::{sha256_hex, truncate_for_message};
+use crate::ids::{escape_for_message, sha256_hex};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -101,15 +101,7 @@ fn human_bytes(n: u64) -> String {
 
 /// An entry path for messages: lossy UTF-8, control characters escaped, truncated.
 fn shown(raw: &[u8]) -> String {
-    let mut escaped = String::new();
-    for c in String::from_utf8_lossy(raw).chars() {
-        if c.is_control() {
-            escaped.extend(c.escape_default());
-        } else {
-            escaped.push(c);
-        }
-    }
-    truncate_for_message(&escaped)
+    escape_for_message(&String::from_utf8_lossy(raw))
 }
 
 fn bad(raw: &[u8], reason: impl Into<String>) -> TarballError {

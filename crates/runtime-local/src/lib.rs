@@ -25,6 +25,7 @@ pub use routes::RouteTable;
 pub use runtime::LocalRuntime;
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How the local runtime is set up.
@@ -58,6 +59,12 @@ impl LocalConfig {
             stop_grace: Duration::from_secs(5),
         }
     }
+}
+
+/// Locks a `std` mutex, recovering it if poisoned: every critical section in this crate leaves
+/// its data consistent, so a panic elsewhere must not take the runtime or the router down.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The public host of a service: `<service>-<slug>.<base domain>`, lowercase, without a

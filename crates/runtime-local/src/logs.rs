@@ -8,12 +8,13 @@
 //! through its own pipe, never the server. Followers never slow anything down: a lagging
 //! follower skips ahead.
 
+use crate::lock;
 use stackyard_core::Millis;
 use stackyard_core::runtime::{LogFollow, LogLine, LogStream};
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -78,7 +79,7 @@ impl ServiceLogs {
     pub(crate) async fn record(&self, line: LogLine) {
         let formatted = format_line(&line);
         let file = {
-            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut inner = lock(&self.inner);
             let Some(live) = &inner.live else {
                 return;
             };
@@ -101,7 +102,7 @@ impl ServiceLogs {
         backlog: usize,
         follow: bool,
     ) -> (Vec<LogLine>, Option<LogFollow>) {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = lock(&self.inner);
         let skip = inner.ring.len().saturating_sub(backlog);
         let lines = inner.ring.iter().skip(skip).cloned().collect();
         let stream = follow.then(|| match &inner.live {
@@ -114,15 +115,8 @@ impl ServiceLogs {
     /// Ends followers' streams, stops taking lines, and hands back the file writer so the
     /// caller can wait for it before deleting the file's directory.
     pub(crate) fn close(&self) -> Option<JoinHandle<()>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live
-            .take();
-        self.writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        lock(&self.inner).live.take();
+        lock(&self.writer).take()
     }
 }
 

@@ -11,6 +11,7 @@
 //! as any member lives, so a group with live members whose leader slot is empty or still shows
 //! our start time is ours. A pid reused after the whole group died shows another start time.
 
+use crate::lock;
 use crate::logs::{LineSplitter, ServiceLogs, now};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
@@ -214,10 +215,7 @@ impl Proc {
 
     /// The last lines this run printed, oldest first, favouring stderr (see [`Tail`]).
     pub(crate) fn tail(&self) -> Vec<String> {
-        self.tail
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines()
+        lock(&self.tail).lines()
     }
 
     /// Stops the whole group (idempotent) and removes the run record.
@@ -233,10 +231,7 @@ impl Proc {
     }
 
     fn remember(&self, stream: LogStream, text: &str) {
-        self.tail
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(stream, text);
+        lock(&self.tail).push(stream, text);
     }
 }
 
@@ -264,12 +259,15 @@ async fn pump<R: AsyncRead + Unpin>(
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut lines = Vec::new();
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        splitter.feed(&buf[..n], &mut lines);
+    let mut open = true;
+    while open {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                lines.extend(splitter.finish());
+                open = false;
+            }
+            Ok(n) => splitter.feed(&buf[..n], &mut lines),
+        }
         for text in lines.drain(..) {
             proc.remember(stream, &text);
             logs.record(LogLine {
@@ -279,15 +277,6 @@ async fn pump<R: AsyncRead + Unpin>(
             })
             .await;
         }
-    }
-    if let Some(text) = splitter.finish() {
-        proc.remember(stream, &text);
-        logs.record(LogLine {
-            at: now(),
-            stream,
-            text,
-        })
-        .await;
     }
 }
 

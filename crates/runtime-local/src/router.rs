@@ -8,6 +8,7 @@
 //! through as raw byte pipes once both sides have switched.
 //! `X-Forwarded-For/-Host/-Proto` are set and hop-by-hop headers removed both ways.
 
+use crate::lock;
 use crate::routes::{RouteTable, Upstream, normalize_host};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -25,7 +26,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -347,14 +348,14 @@ impl Link {
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         idle.retain(|(_, s)| !s.is_closed());
         let i = idle.iter().rposition(|(a, _)| *a == addr)?;
         Some(idle.swap_remove(i).1)
     }
 
     fn put_idle(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = lock(&self.idle);
         if idle.len() >= MAX_IDLE_PER_LINK {
             idle.remove(0);
         }

@@ -9,10 +9,10 @@
 
 use crate::health::probe;
 use crate::logs::{RING_LINES, ServiceLogs, ended, read_tail};
-use crate::procs::{Proc, SpawnSpec, read_records, stop_group};
+use crate::procs::{Proc, RunRecord, SpawnSpec, read_records, stop_group};
 use crate::routes::{RouteTable, Upstream};
 use crate::unpack::{UnpackError, unpack_artifact};
-use crate::{LocalConfig, service_host, service_url};
+use crate::{LocalConfig, lock, service_host, service_url};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use stackyard_core::manifest::resolve_service_refs;
@@ -25,7 +25,7 @@ use stackyard_core::{ServiceName, StackSlug, TarballLimits};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,10 +85,6 @@ struct StackState {
     current: Option<i64>,
     hosts: Vec<String>,
     procs: Vec<Arc<Proc>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LocalRuntime {
@@ -268,6 +264,14 @@ impl Shared {
             .clone())
     }
 
+    /// Removes the stack's routes and forgets its current release (keeps `hosts` and the
+    /// route table in step, see [`StackState`]).
+    fn unroute(&self, st: &mut StackState) {
+        self.routes.replace(&st.hosts, Vec::new());
+        st.hosts.clear();
+        st.current = None;
+    }
+
     /// Stops process groups in parallel and forgets them.
     async fn stop_procs(&self, slot: &StackSlot, procs: Vec<Arc<Proc>>) {
         let grace = self.cfg.stop_grace;
@@ -276,6 +280,17 @@ impl Shared {
             .procs
             .retain(|q| !procs.iter().any(|p| Arc::ptr_eq(p, q)));
         self.free_ports(procs.iter().map(|p| p.port));
+    }
+
+    /// Stops process groups known only from their run records (a previous instance's).
+    async fn stop_recorded<'r>(&self, records: impl IntoIterator<Item = &'r RunRecord>) {
+        let grace = self.cfg.stop_grace;
+        futures_util::future::join_all(
+            records
+                .into_iter()
+                .map(|r| stop_group(r.pgid, r.start_time, None, grace)),
+        )
+        .await;
     }
 
     async fn deploy(
@@ -335,10 +350,7 @@ impl Shared {
             // What is left of an earlier attempt at this release (or a current release that
             // lost a process) goes before its directory is replaced.
             if current == Some(release) {
-                let mut st = lock(&slot.state);
-                self.routes.replace(&st.hosts, Vec::new());
-                st.hosts.clear();
-                st.current = None;
+                self.unroute(&mut lock(&slot.state));
             }
             self.stop_procs(slot, same).await;
         }
@@ -602,9 +614,7 @@ impl Shared {
         futures_util::future::join_all(slots.iter().map(|slot| async move {
             let procs = {
                 let mut st = lock(&slot.state);
-                self.routes.replace(&st.hosts, Vec::new());
-                st.hosts.clear();
-                st.current = None;
+                self.unroute(&mut st);
                 st.procs.clone()
             };
             self.stop_procs(slot, procs).await;
@@ -630,9 +640,7 @@ impl Shared {
     ) -> Result<(), RuntimeError> {
         let procs = {
             let mut st = lock(&slot.state);
-            self.routes.replace(&st.hosts, Vec::new());
-            st.hosts.clear();
-            st.current = None;
+            self.unroute(&mut st);
             st.procs.clone()
         };
         self.stop_procs(slot, procs).await;
@@ -642,13 +650,7 @@ impl Shared {
         let records = blocking(move || Ok(read_records(&run_dir)))
             .await
             .unwrap_or_default();
-        let grace = self.cfg.stop_grace;
-        futures_util::future::join_all(
-            records
-                .iter()
-                .map(|r| stop_group(r.pgid, r.start_time, None, grace)),
-        )
-        .await;
+        self.stop_recorded(&records).await;
 
         // Followers' streams end here; the writers finish before their directory goes.
         let closing: Vec<Arc<ServiceLogs>> = {
@@ -697,7 +699,6 @@ impl Shared {
                 .await
                 .unwrap_or_default()
         };
-        let grace = self.cfg.stop_grace;
         let orphans: Vec<_> = records.iter().filter(|r| !ours.contains(&r.pgid)).collect();
         if !orphans.is_empty() {
             tracing::info!(
@@ -705,12 +706,7 @@ impl Shared {
                 "stopping processes left by a previous server"
             );
         }
-        futures_util::future::join_all(
-            orphans
-                .iter()
-                .map(|r| stop_group(r.pgid, r.start_time, None, grace)),
-        )
-        .await;
+        self.stop_recorded(orphans).await;
 
         // Nothing of those runs any more: their records and unpacked code can go (a
         // deploy below unpacks afresh). Logs stay.

@@ -6,7 +6,7 @@
 //! with `O_EXCL`, which never follows a link), size and entry caps.
 
 use stackyard_core::TarballLimits;
-use stackyard_core::ids::truncate_for_message;
+use stackyard_core::ids::escape_for_message;
 use stackyard_core::tarball::{TarballError, inspect, link_target_is_inside, safe_relative_path};
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -312,15 +312,7 @@ fn bad(raw: &[u8], reason: impl Into<String>) -> UnpackError {
 
 /// An entry name for a message: lossy UTF-8, control characters escaped, truncated.
 fn shown(raw: &[u8]) -> String {
-    let mut s = String::new();
-    for c in String::from_utf8_lossy(raw).chars() {
-        if c.is_control() {
-            s.extend(c.escape_default());
-        } else {
-            s.push(c);
-        }
-    }
-    truncate_for_message(&s)
+    escape_for_message(&String::from_utf8_lossy(raw))
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use stackyard_core::model::{Access, StackId};
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::Store;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -41,7 +40,6 @@ impl<S: Store> Clone for AppState<S> {
 pub struct Shared<S: Store> {
     pub store: S,
     pub config: ServeArgs,
-    pub data_dir: PathBuf,
     /// Woken whenever this process queues a job, so an idle worker claims it at once instead
     /// of at its next poll.
     pub jobs_ready: Arc<Notify>,
@@ -104,14 +102,12 @@ impl<S: Store> AppState<S> {
         runtime: Arc<dyn Runtime>,
         rate_limiter: RateLimiter,
     ) -> Self {
-        let data_dir = config.store.data_dir.clone();
         let env_queue = EnvQueue::new(store.clone(), env::render);
         let auth_cache = crate::auth::AuthCache::new(!store.is_shared());
         Self {
             inner: Arc::new(Shared {
                 store,
                 config,
-                data_dir,
                 jobs_ready,
                 metrics,
                 env_queue,

@@ -4,25 +4,18 @@
 //! database rows that name them, so a crash can leave an unreferenced file but never a row
 //! without its file.
 
+use stackyard_core::runtime::artifact_path;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-pub fn dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("artifacts")
-}
-
-pub fn path(data_dir: &Path, digest: &str) -> PathBuf {
-    stackyard_core::runtime::artifact_path(data_dir, digest)
-}
+use std::path::Path;
 
 /// Stores `bytes` under `digest` (which the caller computed from them).
 pub fn save(data_dir: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let final_path = path(data_dir, digest);
+    let final_path = artifact_path(data_dir, digest);
     if final_path.exists() {
         return Ok(());
     }
-    let dir = dir(data_dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = final_path.parent().unwrap_or(data_dir);
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{digest}.{}.tmp",
         stackyard_core::ids::random_hex(6)
@@ -32,7 +25,7 @@ pub fn save(data_dir: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> 
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &final_path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

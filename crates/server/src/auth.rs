@@ -50,12 +50,6 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub struct TeamCaller(pub Principal);
 
-impl TeamCaller {
-    pub fn caller(&self) -> Caller {
-        Caller::Team(self.0.clone())
-    }
-}
-
 /// The client's network, the unit of anonymous rate limits: IPv4 /24, IPv6 /64.
 pub fn fingerprint(addr: Option<SocketAddr>) -> String {
     match addr.map(|a| a.ip()) {

@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,9 +66,4 @@ pub async fn serve(
     {
         tracing::warn!("connections still open after the shutdown grace period");
     }
-}
-
-/// The address a client connected from.
-pub fn peer_of(ci: Option<&ConnectInfo<SocketAddr>>) -> Option<SocketAddr> {
-    ci.map(|c| c.0)
 }

@@ -5,13 +5,11 @@
 use crate::error::ApiError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use stackyard_core::store::{IdempotencyBegin, IdempotencyRequest, Store};
+use stackyard_core::store::{IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRequest, Store};
 use std::time::Duration;
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAY_HEADER: &str = "idempotent-replay";
-/// How long a completed record answers replays (spec).
-pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// A reservation older than this whose request never finished (its server died) may be taken over.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
 
@@ -49,12 +47,13 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Looks the key up and reserves it. `request_hash` identifies the request's meaning (route and
-/// parsed body), so a replay with the same content but a new multipart boundary still matches.
+/// parsed body), so a replay with the same content but a new multipart boundary still matches;
+/// it is only computed when a key was sent, so requests without one never hash their body.
 pub async fn start<S: Store>(
     store: &S,
     headers: &HeaderMap,
     scope: String,
-    request_hash: &str,
+    request_hash: impl FnOnce() -> String,
     unavailable_code: &'static str,
 ) -> Result<Start, ApiError> {
     let Some(key) = key_from(headers)? else {
@@ -64,9 +63,9 @@ pub async fn start<S: Store>(
         .idempotency_begin(IdempotencyRequest {
             scope: &scope,
             key: &key,
-            request_hash,
+            request_hash: &request_hash(),
             now: crate::now(),
-            ttl: TTL,
+            ttl: IDEMPOTENCY_TTL,
             stale_after: STALE_AFTER,
         })
         .await

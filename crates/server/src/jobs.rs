@@ -6,12 +6,14 @@
 
 use crate::now;
 use stackyard_core::ServiceName;
-use stackyard_core::model::{Job, JobKind, ServiceStatus};
+use stackyard_core::env::EnvMap;
+use stackyard_core::model::{Job, JobKind, Release, ServiceStatus, Stack};
 use stackyard_core::runtime::{BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink};
 use stackyard_core::store::{DeployResult, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
+use tracing::Instrument;
 
 /// A deploy that keeps failing for infrastructure reasons is given up after this many tries;
 /// a teardown is retried forever (giving up would leave a stack stuck in `deleting`).
@@ -74,8 +76,6 @@ impl<S: Store> Workers<S> {
     /// Runs one job while a heartbeat renews its lease; stops work as soon as the claim is lost.
     async fn execute(self: &Arc<Self>, job: Job) {
         let span = tracing::info_span!("job", id = job.id, kind = %job.kind, stack = %job.slug);
-        let _guard = span.enter();
-        drop(_guard);
         let lost = Arc::new(Notify::new());
         let heartbeat = {
             let (this, job, lost) = (self.clone(), job.clone(), lost.clone());
@@ -97,7 +97,7 @@ impl<S: Store> Workers<S> {
             })
         };
         tokio::select! {
-            _ = self.run_job(&job) => {}
+            _ = self.run_job(&job).instrument(span) => {}
             _ = lost.notified() => tracing::warn!(job = job.id, "job claim lost; another worker owns it now"),
         }
         heartbeat.abort();
@@ -137,44 +137,20 @@ impl<S: Store> Workers<S> {
                 .await?;
             return Ok(());
         };
-        let plan = DeployPlan {
-            slug: stack.slug.clone(),
-            release: release.info.version,
-            env_version: release.info.env_version,
-            services: release.services,
-            env,
-        };
+        let plan = deploy_plan(stack, release, env);
         let sink = JobSink {
             store: self.store.clone(),
             job: job.clone(),
         };
-        match self.runtime.deploy(&plan, &sink).await {
-            Ok(()) => {
-                self.store
-                    .finish_deploy(
-                        job,
-                        DeployResult {
-                            ok: true,
-                            error: None,
-                        },
-                        now(),
-                    )
-                    .await?;
-                tracing::info!(stack = %job.slug, release = plan.release, "deploy finished");
-            }
-            Err(RuntimeError::Failed(msg)) => {
-                self.store
-                    .finish_deploy(
-                        job,
-                        DeployResult {
-                            ok: false,
-                            error: Some(msg),
-                        },
-                        now(),
-                    )
-                    .await?;
-                tracing::info!(stack = %job.slug, release = plan.release, "deploy failed");
-            }
+        let result = match self.runtime.deploy(&plan, &sink).await {
+            Ok(()) => DeployResult {
+                ok: true,
+                error: None,
+            },
+            Err(RuntimeError::Failed(msg)) => DeployResult {
+                ok: false,
+                error: Some(msg),
+            },
             Err(RuntimeError::Transient(msg)) => {
                 let give_up = job.attempts >= MAX_DEPLOY_ATTEMPTS;
                 self.store
@@ -185,7 +161,15 @@ impl<S: Store> Workers<S> {
                         give_up,
                     )
                     .await?;
+                return Ok(());
             }
+        };
+        let ok = result.ok;
+        self.store.finish_deploy(job, result, now()).await?;
+        if ok {
+            tracing::info!(stack = %job.slug, release = plan.release, "deploy finished");
+        } else {
+            tracing::info!(stack = %job.slug, release = plan.release, "deploy failed");
         }
         Ok(())
     }
@@ -209,6 +193,17 @@ impl<S: Store> Workers<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// What the runtime needs to run `release` of `stack` with the env map it recorded.
+pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> DeployPlan {
+    DeployPlan {
+        slug: stack.slug,
+        release: release.info.version,
+        env_version: release.info.env_version,
+        services: release.services,
+        env,
     }
 }
 

@@ -3,13 +3,13 @@
 
 use crate::app::{AppState, router};
 use crate::config::{RuntimeKind, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::Workers;
+use crate::jobs::{Workers, deploy_plan};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use stackyard_core::ApiToken;
-use stackyard_core::runtime::{DeployPlan, Runtime};
+use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
 use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
 use stackyard_store_postgres::PgStore;
@@ -242,13 +242,7 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
     };
     let plans = running
         .into_iter()
-        .map(|(stack, release, env)| DeployPlan {
-            slug: stack.slug,
-            release: release.info.version,
-            env_version: release.info.env_version,
-            services: release.services,
-            env,
-        })
+        .map(|(stack, release, env)| deploy_plan(stack, release, env))
         .collect::<Vec<_>>();
     let n = plans.len();
     match runtime.recover(plans).await {

@@ -152,31 +152,3 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
-
-/// Server settings for an in-process benchmark server: a free port, the noop runtime, quiet.
-pub(crate) fn serve_args_for_bench(
-    database_url: &str,
-    data_dir: &std::path::Path,
-    writers: usize,
-) -> ServeArgs {
-    #[derive(Parser)]
-    struct W {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    let connections = (writers / 2).clamp(8, 32).to_string();
-    W::parse_from([
-        "stackyard",
-        "--listen",
-        "127.0.0.1:0",
-        "--runtime",
-        "noop",
-        "--database-url",
-        database_url,
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--db-connections",
-        &connections,
-    ])
-    .serve
-}

@@ -5,7 +5,7 @@ use crate::PgStore;
 use crate::error::{Result, col};
 use sqlx::PgConnection;
 use stackyard_core::model::{AuditEntry, Page, TeamId};
-use stackyard_core::store::AuditFilter;
+use stackyard_core::store::{AuditFilter, parse_id_cursor};
 use stackyard_core::time::Millis;
 
 /// One audit row to insert.
@@ -44,12 +44,7 @@ impl PgStore {
         filter: AuditFilter,
     ) -> Result<Page<AuditEntry>> {
         let limit = filter.limit.max(1);
-        // A cursor we cannot read starts from the newest row rather than failing the request.
-        let before = filter
-            .cursor
-            .as_deref()
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(i64::MAX);
+        let before = parse_id_cursor(filter.cursor.as_deref());
         let (stack, kind) = (filter.stack.as_deref(), filter.kind.as_deref());
         // One statement, so the page and `total` come from one snapshot. The extra row tells
         // whether another page exists.

@@ -17,7 +17,6 @@
 
 use crate::audit::{self, AuditRow};
 use crate::error::{Result, col, corrupt, json_col, parsed, to_json_text};
-use crate::idempotency::COMPLETED_TTL;
 use crate::{PgStore, millis};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -25,7 +24,9 @@ use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::StackSlug;
 use stackyard_core::model::*;
-use stackyard_core::store::{EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError};
+use stackyard_core::store::{
+    EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError, IDEMPOTENCY_TTL, parse_id_cursor,
+};
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -316,7 +317,7 @@ impl PgStore {
             .bind(plan.map.to_json())
             .bind(plan.version)
             .bind(now.0)
-            .bind(now.saturating_add_ms(millis(COMPLETED_TTL)).0)
+            .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
             .bind(&done.scopes)
             .bind(&done.keys)
             .bind(&done.bodies)
@@ -411,10 +412,7 @@ impl PgStore {
         cursor: Option<&str>,
     ) -> Result<Page<EnvVersionInfo>> {
         let limit = limit.max(1);
-        // An unreadable cursor starts from the newest version.
-        let before = cursor
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(i64::MAX);
+        let before = parse_id_cursor(cursor);
         // One statement, so the page and `total` agree; the extra row tells whether another
         // page exists.
         let (rows, total) = self

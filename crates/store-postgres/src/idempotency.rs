@@ -1,15 +1,11 @@
 //! `Idempotency-Key` records: reserved on arrival, completed in the transaction of the change
-//! they answer for, replayed afterwards.
+//! they answer for, replayed afterwards. A record completed without a prior reservation
+//! (expired and dropped, or never made) is inserted done, for `IDEMPOTENCY_TTL`, with an empty
+//! request hash, so a replay of it answers `Mismatch`.
 
 use crate::error::{Result, col, corrupt};
 use crate::{PgStore, millis};
 use stackyard_core::store::{IdempotencyBegin, IdempotencyRequest};
-use std::time::Duration;
-
-/// How long a record completed without a prior reservation answers replays (spec: 24 h).
-/// Such a record (expired and dropped, or never made) is inserted done with an empty request
-/// hash, so a replay of it answers `Mismatch`.
-pub(crate) const COMPLETED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl PgStore {
     pub(crate) async fn idempotency_begin_impl(

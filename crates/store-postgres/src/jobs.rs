@@ -18,9 +18,9 @@ use crate::{PgStore, millis};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 use stackyard_core::env::EnvMap;
-use stackyard_core::ids::{ServiceName, StackSlug};
+use stackyard_core::ids::{ServiceName, StackSlug, random_hex};
 use stackyard_core::model::*;
-use stackyard_core::store::{DeployResult, StoreError};
+use stackyard_core::store::DeployResult;
 use stackyard_core::time::Millis;
 use std::time::Duration;
 
@@ -29,13 +29,18 @@ fn system() -> String {
     Actor::system().0
 }
 
-/// A new claim token: 128 random bits, hex.
-fn new_claim() -> Result<String> {
-    let mut buf = [0u8; 16];
-    getrandom::fill(&mut buf).map_err(|_| {
-        StoreError::Unavailable("the operating system's random generator failed".into())
-    })?;
-    Ok(hex::encode(buf))
+/// The `service.status` event of a service row (`name, status, url, error`).
+fn service_event(row: &PgRow) -> Result<Event> {
+    let name: String = col(row, "name")?;
+    let status: String = col(row, "status")?;
+    let url: Option<String> = col(row, "url")?;
+    let error: Option<String> = col(row, "error")?;
+    Ok(Event::service_status(
+        &name,
+        &status,
+        url.as_deref(),
+        error.as_deref(),
+    ))
 }
 
 fn job_from_row(row: &PgRow) -> Result<Job> {
@@ -162,15 +167,7 @@ async fn fail_stack(
     .await?;
     let mut changed = Vec::with_capacity(rows.len());
     for row in &rows {
-        let position: i32 = col(row, "position")?;
-        let name: String = col(row, "name")?;
-        let status: String = col(row, "status")?;
-        let url: Option<String> = col(row, "url")?;
-        let error: Option<String> = col(row, "error")?;
-        changed.push((
-            position,
-            Event::service_status(&name, &status, url.as_deref(), error.as_deref()),
-        ));
+        changed.push((col::<i32>(row, "position")?, service_event(row)?));
     }
     changed.sort_by_key(|(position, _)| *position);
     let mut out = vec![Event::release_status(
@@ -231,16 +228,7 @@ async fn keep_serving(
         error,
     )];
     for row in &rows {
-        let name: String = col(row, "name")?;
-        let status: String = col(row, "status")?;
-        let url: Option<String> = col(row, "url")?;
-        let error: Option<String> = col(row, "error")?;
-        out.push(Event::service_status(
-            &name,
-            &status,
-            url.as_deref(),
-            error.as_deref(),
-        ));
+        out.push(service_event(row)?);
     }
     out.push(Event::stack_status(StackStatus::Healthy, Some(&message)));
     events::insert(conn, head.id, &head.slug, now, &out).await
@@ -253,7 +241,8 @@ impl PgStore {
         now: Millis,
         lease: Duration,
     ) -> Result<Option<Job>> {
-        let claim = new_claim()?;
+        // A new claim token: 128 random bits.
+        let claim = random_hex(16);
         // Locks: one job row, picked with SKIP LOCKED so concurrent claimers (in this server
         // or another) never wait on each other and never get the same row. No stack lock: the
         // partial unique index jobs_one_running_per_stack is what keeps a second job of one

@@ -4,13 +4,12 @@
 use crate::PgStore;
 use crate::error::{Error, Result, col, corrupt, json_col, to_json_text};
 use crate::events::{self, Event};
-use crate::idempotency::COMPLETED_TTL;
 use crate::jobs::release_with_env;
 use crate::stacks::{lock_stack_by_slug, stack_cols, stack_from_row, sync_services};
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::StackSlug;
 use stackyard_core::model::*;
-use stackyard_core::store::{NewRelease, ReleaseError};
+use stackyard_core::store::{IDEMPOTENCY_TTL, NewRelease, ReleaseError};
 
 impl From<Error> for ReleaseError {
     fn from(e: Error) -> Self {
@@ -138,7 +137,7 @@ impl PgStore {
         .bind(idem.map(|i| i.key.as_str()))
         .bind(idem.map(|_| 202i32))
         .bind(body.as_deref())
-        .bind(now.saturating_add_ms(crate::millis(COMPLETED_TTL)).0)
+        .bind(now.saturating_add_ms(crate::millis(IDEMPOTENCY_TTL)).0)
         .fetch_all(&mut *tx)
         .await
         .map_err(Error::from)?;

@@ -5,12 +5,13 @@ use crate::PgStore;
 use crate::error::{
     Error, Result, col, corrupt, is_unique_violation, json_col, parsed, to_json_text,
 };
-use crate::idempotency::COMPLETED_TTL;
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
-use stackyard_core::store::{CreateStackError, NewStack, StoreError};
+use stackyard_core::store::{
+    CreateStackError, IDEMPOTENCY_TTL, NewStack, StoreError, parse_stack_cursor, stack_cursor,
+};
 use stackyard_core::time::Millis;
 
 /// The columns `stack_from_row` reads, for `concat!` into static SQL. `s` is the stacks alias.
@@ -172,13 +173,6 @@ pub(crate) async fn sync_services(
     Ok(())
 }
 
-fn parse_stack_cursor(cursor: Option<&str>) -> (i64, i64) {
-    cursor
-        .and_then(|c| c.split_once(':'))
-        .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
-        .unwrap_or((i64::MAX, i64::MAX))
-}
-
 impl PgStore {
     pub(crate) async fn create_stack_impl(
         &self,
@@ -299,7 +293,7 @@ impl PgStore {
         .bind(idem.map(|i| i.key.as_str()))
         .bind(idem.map(|i| i32::from(i.status)))
         .bind(idem.map(|i| i.body.as_str()))
-        .bind(now.saturating_add_ms(crate::millis(COMPLETED_TTL)).0)
+        .bind(now.saturating_add_ms(crate::millis(IDEMPOTENCY_TTL)).0)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
@@ -386,7 +380,6 @@ impl PgStore {
         cursor: Option<&str>,
     ) -> Result<Page<Stack>> {
         let limit = limit.max(1);
-        // An unreadable cursor starts from the newest stack.
         let (before_at, before_id) = parse_stack_cursor(cursor);
         // One statement, so the page and `total` agree; the extra row tells whether another
         // page exists.
@@ -422,9 +415,7 @@ impl PgStore {
             .iter()
             .map(stack_from_row)
             .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_overfetch(items, limit, total, |s| {
-            format!("{}:{}", s.created_at.0, s.id.0)
-        }))
+        Ok(Page::from_overfetch(items, limit, total, stack_cursor))
     }
 
     pub(crate) async fn count_stacks_impl(&self, team: TeamId) -> Result<i64> {

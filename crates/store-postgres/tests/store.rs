@@ -10,16 +10,17 @@
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use stackyard_core::env::EnvPatch;
-use stackyard_core::ids::{ServiceName, StackSlug};
+use stackyard_core::ids::StackSlug;
 use stackyard_core::model::*;
 use stackyard_core::store::*;
-use stackyard_core::time::Millis;
 use stackyard_store_postgres::PgStore;
 use stackyard_testkit::pg::{self, PgTestDb};
-use std::collections::{BTreeMap, HashSet};
+use stackyard_testkit::suite::{LEASE, at, ctx, new_stack};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 async fn factory(opts: StoreOptions) -> Option<(PgTestDb, PgStore)> {
     let db = pg::fresh().await?;
@@ -33,52 +34,6 @@ stackyard_testkit::store_suite!(factory);
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-const T0: i64 = 1_800_000_000_000;
-const LEASE: Duration = Duration::from_secs(30);
-
-fn at(ms: i64) -> Millis {
-    Millis(T0 + ms)
-}
-
-fn ctx(now: i64) -> AuditCtx {
-    AuditCtx {
-        actor: Actor::token(1),
-        request_id: Some(format!("req-{now}")),
-        now: at(now),
-    }
-}
-
-fn new_stack(now: i64) -> NewStack {
-    let services: Vec<ReleaseService> = ["api", "worker"]
-        .iter()
-        .map(|name| ReleaseService {
-            name: ServiceName::parse(name).unwrap(),
-            artifact: format!("{:0>64}", name.len()),
-            command: format!("./run-{name}"),
-            workdir: String::new(),
-            port: 3000,
-            expose: *name == "api",
-            health: None,
-            env: BTreeMap::new(),
-        })
-        .collect();
-    let artifacts = services.iter().map(|s| (s.artifact.clone(), 10)).collect();
-    NewStack {
-        slug: StackSlug::generate(),
-        name: "My app".into(),
-        environment: "development".into(),
-        team_id: None,
-        fingerprint: Some("203.0.113.0/24".into()),
-        tier: "anonymous".into(),
-        expires_at: None,
-        manifest: "services: {}".into(),
-        services,
-        artifacts,
-        ctx: ctx(now),
-        idempotency: None,
-    }
-}
 
 fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
     json!({ "stack": slug.as_str(), "version": o.version }).to_string()
@@ -109,6 +64,27 @@ async fn side_connection(db: &PgTestDb) -> PgConnection {
         .expect("side connection")
 }
 
+/// Takes the stack's row lock in `tx`, as a concurrent request holding it would.
+async fn lock_stack_row(tx: &mut PgConnection, stack: StackId) {
+    sqlx::query("SELECT id FROM stacks WHERE id = $1 FOR UPDATE")
+        .bind(stack.0)
+        .fetch_one(tx)
+        .await
+        .unwrap();
+}
+
+type BatchResult = Result<Vec<Result<EnvOutcome, EnvWriteError>>, EnvBatchError>;
+
+/// Starts an env batch of one write (`A=1`) in its own task, to be left waiting on a held lock.
+fn spawn_waiting_write(store: &PgStore, stack: StackId) -> JoinHandle<BatchResult> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        store
+            .apply_env_writes(stack, vec![patch("A", "1", 1)], render)
+            .await
+    })
+}
+
 /// Terminates every backend of the store's pool on this database; returns how many.
 async fn terminate_store_backends(side: &mut PgConnection) -> i64 {
     sqlx::query_scalar(
@@ -129,14 +105,10 @@ async fn held_stack_row_lock_times_out_env_writes_and_deletion_then_they_succeed
     let Some((db, store)) = factory(short_lock_timeout()).await else {
         return;
     };
-    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let mut side = side_connection(&db).await;
     let mut holder = side.begin().await.unwrap();
-    sqlx::query("SELECT id FROM stacks WHERE id = $1 FOR UPDATE")
-        .bind(stack.id.0)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
+    lock_stack_row(&mut holder, stack.id).await;
 
     let started = Instant::now();
     let err = store
@@ -186,22 +158,11 @@ async fn a_waiting_env_batch_proceeds_when_the_lock_is_released_in_time() {
     let Some((db, store)) = factory(StoreOptions::default()).await else {
         return;
     };
-    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let mut side = side_connection(&db).await;
     let mut holder = side.begin().await.unwrap();
-    sqlx::query("SELECT id FROM stacks WHERE id = $1 FOR UPDATE")
-        .bind(stack.id.0)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
-    let writer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .apply_env_writes(stack.id, vec![patch("A", "1", 1)], render)
-                .await
-        })
-    };
+    lock_stack_row(&mut holder, stack.id).await;
+    let writer = spawn_waiting_write(&store, stack.id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !writer.is_finished(),
@@ -220,24 +181,13 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
     let Some((db, store)) = factory(StoreOptions::default()).await else {
         return;
     };
-    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let mut side = side_connection(&db).await;
 
     // Mid-use: a batch waiting on a row lock loses its backend.
     let mut holder = side.begin().await.unwrap();
-    sqlx::query("SELECT id FROM stacks WHERE id = $1 FOR UPDATE")
-        .bind(stack.id.0)
-        .fetch_one(&mut *holder)
-        .await
-        .unwrap();
-    let writer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .apply_env_writes(stack.id, vec![patch("A", "1", 1)], render)
-                .await
-        })
-    };
+    lock_stack_row(&mut holder, stack.id).await;
+    let writer = spawn_waiting_write(&store, stack.id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(terminate_store_backends(&mut holder).await >= 1);
     let err = writer.await.unwrap().unwrap_err();
@@ -301,12 +251,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
 
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable_without_leaking_the_url() {
-    // A port nothing listens on (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = stackyard_testkit::free_port().unwrap();
     let url = format!("postgres://someone:sekrit@127.0.0.1:{port}/nowhere");
     let opts = StoreOptions {
         lock_timeout: Duration::from_millis(300),
@@ -398,7 +343,7 @@ async fn thirty_two_concurrent_claimers_never_share_a_job_or_run_two_of_one_stac
         return;
     };
     for i in 0..10 {
-        store.create_stack(new_stack(i)).await.unwrap();
+        store.create_stack(new_stack(None, i)).await.unwrap();
     }
     second_job_per_stack(&store).await;
 
@@ -481,7 +426,7 @@ async fn two_stores_on_one_database_share_the_queue() {
 
     for i in 0..10 {
         let s = if i % 2 == 0 { &a } else { &b };
-        s.create_stack(new_stack(i)).await.unwrap();
+        s.create_stack(new_stack(None, i)).await.unwrap();
     }
     second_job_per_stack(&a).await;
     let claimed = drain_queue_concurrently(vec![a.clone(), b.clone()], 16, 20).await;
@@ -489,7 +434,7 @@ async fn two_stores_on_one_database_share_the_queue() {
     assert_eq!(claimed.iter().collect::<HashSet<_>>().len(), 20);
 
     // A claim made through one pool fences writes made through the other.
-    let s = a.create_stack(new_stack(20)).await.unwrap();
+    let s = a.create_stack(new_stack(None, 20)).await.unwrap();
     let job = b.claim_job("b", at(21), LEASE).await.unwrap().unwrap();
     assert_eq!(job.stack_id, s.id);
     let stolen = Job {
@@ -509,7 +454,7 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
     let Some((_db, store)) = factory(StoreOptions::default()).await else {
         return;
     };
-    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let writes: Vec<EnvWrite> = (0..250)
         .map(|i| {
             let mut w = patch(&format!("K{}", i % 40), &format!("v{i}"), 1);
@@ -609,7 +554,7 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
     let Some((_db, store)) = factory(StoreOptions::default()).await else {
         return;
     };
-    let stack = store.create_stack(new_stack(0)).await.unwrap();
+    let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let known = format!("{:0>64}", 3);
     store
         .apply_env_writes(stack.id, vec![patch("K", "v", 1)], render)

@@ -5,7 +5,7 @@ use crate::SqliteStore;
 use crate::error::{col, db_err, json_col};
 use sqlx::SqliteConnection;
 use stackyard_core::model::{AuditEntry, Page, TeamId};
-use stackyard_core::store::{AuditFilter, StoreError};
+use stackyard_core::store::{AuditFilter, StoreError, parse_id_cursor};
 use stackyard_core::time::Millis;
 
 /// One audit row to insert. `metadata` holds key names and counts, never env values.
@@ -48,12 +48,7 @@ impl SqliteStore {
         filter: AuditFilter,
     ) -> Result<Page<AuditEntry>, StoreError> {
         let limit = filter.limit.max(1);
-        // A cursor we cannot read starts from the newest row rather than failing the request.
-        let before = filter
-            .cursor
-            .as_deref()
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(i64::MAX);
+        let before = parse_id_cursor(filter.cursor.as_deref());
         // Read-only: one snapshot so that `total` and the page agree.
         let mut tx = self.read_tx().await?;
         let total: i64 = sqlx::query_scalar(

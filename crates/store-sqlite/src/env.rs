@@ -18,7 +18,7 @@ use stackyard_core::envlog::{self, ChangeValues, VersionRecord};
 use stackyard_core::ids::StackSlug;
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError, StoreError,
+    EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError, StoreError, parse_id_cursor,
 };
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
@@ -357,10 +357,7 @@ impl SqliteStore {
         cursor: Option<&str>,
     ) -> Result<Page<EnvVersionInfo>, StoreError> {
         let limit = limit.max(1);
-        // An unreadable cursor starts from the newest version.
-        let before = cursor
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(i64::MAX);
+        let before = parse_id_cursor(cursor);
         // Read-only: one snapshot so that `total` and the page agree.
         let mut tx = self.read_tx().await?;
         let total: i64 = sqlx::query_scalar(

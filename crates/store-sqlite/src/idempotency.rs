@@ -4,12 +4,8 @@
 use crate::error::{col, db_err};
 use crate::{SqliteStore, millis};
 use sqlx::SqliteConnection;
-use stackyard_core::store::{IdempotencyBegin, IdempotencyRequest, StoreError};
+use stackyard_core::store::{IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRequest, StoreError};
 use stackyard_core::time::Millis;
-use std::time::Duration;
-
-/// How long a record completed without a prior reservation answers replays (spec: 24 h).
-const COMPLETED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Marks `(scope, key)` done with the response, inside the caller's write transaction. A
 /// reservation that is missing (expired and dropped, or never made) is inserted done; its
@@ -43,7 +39,7 @@ pub(crate) async fn complete(
         .bind(i64::from(status))
         .bind(body)
         .bind(now.0)
-        .bind(now.saturating_add_ms(millis(COMPLETED_TTL)).0)
+        .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;

@@ -13,15 +13,47 @@ use crate::{SqliteStore, millis};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 use stackyard_core::env::EnvMap;
-use stackyard_core::ids::{ServiceName, StackSlug};
+use stackyard_core::ids::{ServiceName, StackSlug, random_hex};
 use stackyard_core::model::*;
 use stackyard_core::store::{DeployResult, StoreError};
 use stackyard_core::time::Millis;
 use std::time::Duration;
 
-/// Job-driven changes are made by the server itself.
-fn system() -> String {
-    Actor::system().0
+/// Writes a job-driven audit row: the server itself is the actor, no request is behind it.
+async fn audit_job(
+    conn: &mut SqliteConnection,
+    head: &StackHead,
+    now: Millis,
+    kind: &str,
+    metadata: serde_json::Value,
+) -> Result<(), StoreError> {
+    audit::insert(
+        conn,
+        AuditRow {
+            at: now,
+            team_id: head.team_id,
+            actor: &Actor::system().0,
+            kind,
+            stack_slug: Some(&head.slug),
+            request_id: None,
+            metadata,
+        },
+    )
+    .await
+}
+
+/// The `service.status` event of a service row (`name, status, url, error`).
+fn service_event(row: &SqliteRow) -> Result<Event, StoreError> {
+    let name: String = col(row, "name")?;
+    let status: String = col(row, "status")?;
+    let url: Option<String> = col(row, "url")?;
+    let error: Option<String> = col(row, "error")?;
+    Ok(Event::service_status(
+        &name,
+        &status,
+        url.as_deref(),
+        error.as_deref(),
+    ))
 }
 
 fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
@@ -38,15 +70,6 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         attempts: col(row, "attempts")?,
         claim: parsed(claim, "job claim")?,
     })
-}
-
-/// A new claim token: 128 random bits, hex.
-fn new_claim() -> Result<String, StoreError> {
-    let mut buf = [0u8; 16];
-    getrandom::fill(&mut buf).map_err(|_| {
-        StoreError::Unavailable("the operating system's random generator failed".into())
-    })?;
-    Ok(hex::encode(buf))
 }
 
 /// Closes a fenced job with `state`; false when the claim was lost.
@@ -157,15 +180,7 @@ async fn fail_stack(
     .map_err(db_err)?;
     let mut changed = Vec::with_capacity(rows.len());
     for row in &rows {
-        let position: i64 = col(row, "position")?;
-        let name: String = col(row, "name")?;
-        let status: String = col(row, "status")?;
-        let url: Option<String> = col(row, "url")?;
-        let error: Option<String> = col(row, "error")?;
-        changed.push((
-            position,
-            Event::service_status(&name, &status, url.as_deref(), error.as_deref()),
-        ));
+        changed.push((col::<i64>(row, "position")?, service_event(row)?));
     }
     changed.sort_by_key(|(position, _)| *position);
     sqlx::query("UPDATE stacks SET status = 'failed', error = $2, updated_at = $3 WHERE id = $1")
@@ -175,17 +190,12 @@ async fn fail_stack(
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-    audit::insert(
+    audit_job(
         conn,
-        AuditRow {
-            at: now,
-            team_id: head.team_id,
-            actor: &system(),
-            kind: "stack.deploy_failed",
-            stack_slug: Some(&head.slug),
-            request_id: None,
-            metadata: serde_json::json!({ "release": job.release, "error": error }),
-        },
+        head,
+        now,
+        "stack.deploy_failed",
+        serde_json::json!({ "release": job.release, "error": error }),
     )
     .await?;
     let mut out = vec![Event::release_status(
@@ -225,21 +235,16 @@ async fn keep_serving(
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-    audit::insert(
+    audit_job(
         conn,
-        AuditRow {
-            at: now,
-            team_id: head.team_id,
-            actor: &system(),
-            kind: "stack.deploy_failed",
-            stack_slug: Some(&head.slug),
-            request_id: None,
-            metadata: serde_json::json!({
-                "release": job.release,
-                "error": error,
-                "still_serving": live,
-            }),
-        },
+        head,
+        now,
+        "stack.deploy_failed",
+        serde_json::json!({
+            "release": job.release,
+            "error": error,
+            "still_serving": live,
+        }),
     )
     .await?;
     let rows = sqlx::query(
@@ -255,16 +260,7 @@ async fn keep_serving(
         error,
     )];
     for row in &rows {
-        let name: String = col(row, "name")?;
-        let status: String = col(row, "status")?;
-        let url: Option<String> = col(row, "url")?;
-        let error: Option<String> = col(row, "error")?;
-        out.push(Event::service_status(
-            &name,
-            &status,
-            url.as_deref(),
-            error.as_deref(),
-        ));
+        out.push(service_event(row)?);
     }
     out.push(Event::stack_status(StackStatus::Healthy, Some(&message)));
     events::insert(conn, head.id, &head.slug, now, &out).await
@@ -277,7 +273,8 @@ impl SqliteStore {
         now: Millis,
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
-        let claim = new_claim()?;
+        // A new claim token: 128 random bits.
+        let claim = random_hex(16);
         // Write lock before picking: no other claimer can pick the same job or start another
         // job of the same stack between our SELECT and UPDATE.
         let mut tx = self.write_tx().await?;
@@ -521,17 +518,12 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-            audit::insert(
+            audit_job(
                 &mut tx,
-                AuditRow {
-                    at: now,
-                    team_id: head.team_id,
-                    actor: &system(),
-                    kind: "stack.deployed",
-                    stack_slug: Some(&head.slug),
-                    request_id: None,
-                    metadata: serde_json::json!({ "release": job.release }),
-                },
+                &head,
+                now,
+                "stack.deployed",
+                serde_json::json!({ "release": job.release }),
             )
             .await?;
             let mut out: Vec<Event> = superseded
@@ -571,19 +563,7 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            audit::insert(
-                &mut tx,
-                AuditRow {
-                    at: now,
-                    team_id: head.team_id,
-                    actor: &system(),
-                    kind: "stack.deleted",
-                    stack_slug: Some(&head.slug),
-                    request_id: None,
-                    metadata: serde_json::json!({}),
-                },
-            )
-            .await?;
+            audit_job(&mut tx, &head, now, "stack.deleted", serde_json::json!({})).await?;
             let deleted = Event::stack_deleted();
             events::insert(&mut tx, head.id, &head.slug, now, &[deleted]).await?;
         }

@@ -5,7 +5,9 @@ use crate::audit::{self, AuditRow};
 use crate::error::{col, db_err, json_col, parsed};
 use crate::events::{self, Event};
 use crate::jobs::release_env;
-use crate::stacks::{stack_by_slug, stack_from_row, sync_services};
+use crate::stacks::{
+    insert_artifacts, replace_queued_jobs, stack_by_slug, stack_cols, stack_from_row, sync_services,
+};
 use crate::{SqliteStore, idempotency};
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::StackSlug;
@@ -56,12 +58,12 @@ impl SqliteStore {
             .map_err(|_| StoreError::Corrupt("the release spec could not be encoded".into()))?;
         let version = stack.release + 1;
 
-        let row = sqlx::query(
+        let row = sqlx::query(concat!(
             "UPDATE stacks SET release = $2, op_generation = op_generation + 1, status = 'building', \
                error = NULL, updated_at = $3, manifest = COALESCE($4, manifest) \
-             WHERE id = $1 RETURNING id, slug, name, environment, team_id, tier, status, error, \
-               env_version, release, op_generation, created_at, updated_at, expires_at",
-        )
+             WHERE id = $1 RETURNING ",
+            stack_cols!()
+        ))
         .bind(stack.id.0)
         .bind(version)
         .bind(now.0)
@@ -70,26 +72,7 @@ impl SqliteStore {
         .await
         .map_err(db_err)?;
         let updated = stack_from_row(&row)?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'superseded', updated_at = $2 WHERE stack_id = $1 AND state = 'queued'",
-        )
-        .bind(stack.id.0)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO jobs (stack_id, stack_slug, kind, state, generation, release, attempts, run_after, \
-               created_at, updated_at) VALUES ($1, $2, 'deploy', 'queued', $3, $4, 0, $5, $5, $5)",
-        )
-        .bind(updated.id.0)
-        .bind(updated.slug.as_str())
-        .bind(updated.op_generation)
-        .bind(version)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        replace_queued_jobs(&mut tx, &updated, JobKind::Deploy, now).await?;
         // Older releases still pending can never go live now: their deploys were superseded
         // above or belong to a generation that no longer owns the stack.
         let mut superseded: Vec<i64> = sqlx::query_scalar(
@@ -114,17 +97,7 @@ impl SqliteStore {
         .await
         .map_err(db_err)?;
         sync_services(&mut tx, stack.id, &services, ServiceStatus::Building, now).await?;
-        for (digest, size) in &new.artifacts {
-            sqlx::query(
-                "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(size)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
+        insert_artifacts(&mut tx, &new.artifacts, now).await?;
         audit::insert(
             &mut tx,
             AuditRow {

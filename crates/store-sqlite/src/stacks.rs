@@ -9,7 +9,9 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
-use stackyard_core::store::{CreateStackError, NewStack, StoreError};
+use stackyard_core::store::{
+    CreateStackError, NewStack, StoreError, parse_stack_cursor, stack_cursor,
+};
 use stackyard_core::time::Millis;
 
 /// The columns `stack_from_row` reads, for `concat!` into static SQL.
@@ -19,6 +21,7 @@ macro_rules! stack_cols {
          op_generation, created_at, updated_at, expires_at"
     };
 }
+pub(crate) use stack_cols;
 
 pub(crate) fn stack_from_row(row: &SqliteRow) -> Result<Stack, StoreError> {
     let slug: String = col(row, "slug")?;
@@ -164,11 +167,57 @@ pub(crate) async fn sync_services(
     Ok(())
 }
 
-fn parse_stack_cursor(cursor: Option<&str>) -> (i64, i64) {
-    cursor
-        .and_then(|c| c.split_once(':'))
-        .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
-        .unwrap_or((i64::MAX, i64::MAX))
+/// Records `(digest, size)` artifact rows (already-known digests are kept), inside the
+/// caller's write transaction.
+pub(crate) async fn insert_artifacts(
+    conn: &mut SqliteConnection,
+    artifacts: &[(String, i64)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    for (digest, size) in artifacts {
+        sqlx::query(
+            "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Supersedes the stack's queued jobs and queues one `kind` job for `stack`'s (already bumped)
+/// operation generation and release, inside the caller's write transaction.
+pub(crate) async fn replace_queued_jobs(
+    conn: &mut SqliteConnection,
+    stack: &Stack,
+    kind: JobKind,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'superseded', updated_at = $2 WHERE stack_id = $1 AND state = 'queued'",
+    )
+    .bind(stack.id.0)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO jobs (stack_id, stack_slug, kind, state, generation, release, attempts, run_after, \
+           created_at, updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, 0, $6, $6, $6)",
+    )
+    .bind(stack.id.0)
+    .bind(stack.slug.as_str())
+    .bind(kind.as_str())
+    .bind(stack.op_generation)
+    .bind(stack.release)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -222,32 +271,15 @@ impl SqliteStore {
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("stack") } else { db_err(e) })?;
         let stack = stack_from_row(&row)?;
 
-        for (position, svc) in new.services.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO services (stack_id, name, position, status, expose, port, url, error, updated_at) \
-                 VALUES ($1, $2, $3, 'building', $4, $5, NULL, NULL, $6)",
-            )
-            .bind(stack.id.0)
-            .bind(svc.name.as_str())
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .bind(svc.expose)
-            .bind(i64::from(svc.port))
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        for (digest, size) in &new.artifacts {
-            sqlx::query(
-                "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(size)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
+        sync_services(
+            &mut tx,
+            stack.id,
+            &new.services,
+            ServiceStatus::Building,
+            now,
+        )
+        .await?;
+        insert_artifacts(&mut tx, &new.artifacts, now).await?;
         let spec = serde_json::to_string(&new.services)
             .map_err(|_| StoreError::Corrupt("the release spec could not be encoded".into()))?;
         sqlx::query(
@@ -371,7 +403,6 @@ impl SqliteStore {
         cursor: Option<&str>,
     ) -> Result<Page<Stack>, StoreError> {
         let limit = limit.max(1);
-        // An unreadable cursor starts from the newest stack.
         let (before_at, before_id) = parse_stack_cursor(cursor);
         // Read-only: one snapshot so that `total` and the page agree.
         let mut tx = self.read_tx().await?;
@@ -398,9 +429,7 @@ impl SqliteStore {
             .iter()
             .map(stack_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_overfetch(items, limit, total, |s| {
-            format!("{}:{}", s.created_at.0, s.id.0)
-        }))
+        Ok(Page::from_overfetch(items, limit, total, stack_cursor))
     }
 
     pub(crate) async fn count_stacks_impl(&self, team: TeamId) -> Result<i64, StoreError> {
@@ -441,25 +470,8 @@ impl SqliteStore {
         .await
         .map_err(db_err)?;
         let updated = stack_from_row(&row)?;
-        sqlx::query("UPDATE jobs SET state = 'superseded', updated_at = $2 WHERE stack_id = $1 AND state = 'queued'")
-            .bind(stack.id.0)
-            .bind(ctx.now.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
         // The teardown carries the release it tears down, so deploy_context works for it too.
-        sqlx::query(
-            "INSERT INTO jobs (stack_id, stack_slug, kind, state, generation, release, attempts, run_after, \
-               created_at, updated_at) VALUES ($1, $2, 'teardown', 'queued', $3, $4, 0, $5, $5, $5)",
-        )
-        .bind(updated.id.0)
-        .bind(updated.slug.as_str())
-        .bind(updated.op_generation)
-        .bind(updated.release)
-        .bind(ctx.now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        replace_queued_jobs(&mut tx, &updated, JobKind::Teardown, ctx.now).await?;
         audit::insert(
             &mut tx,
             AuditRow {

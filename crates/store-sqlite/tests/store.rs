@@ -13,12 +13,17 @@ use stackyard_store_sqlite::SqliteStore;
 use stackyard_testkit::sqlite::{SqliteTestDb, fresh};
 use std::time::{Duration, Instant};
 
-async fn factory(opts: StoreOptions) -> Option<(SqliteTestDb, SqliteStore)> {
+/// A store on a new SQLite file; keep the returned directory alive while the store is used.
+async fn open(opts: StoreOptions) -> (SqliteTestDb, SqliteStore) {
     let db = fresh();
     let store = SqliteStore::connect(&db.url, opts)
         .await
         .expect("connect to a fresh SQLite file");
-    Some((db, store))
+    (db, store)
+}
+
+async fn factory(opts: StoreOptions) -> Option<(SqliteTestDb, SqliteStore)> {
+    Some(open(opts).await)
 }
 
 stackyard_testkit::store_suite!(factory);
@@ -69,14 +74,21 @@ async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
         .unwrap()
 }
 
+/// The first column of every row `sql` returns.
+async fn column(store: &SqliteStore, sql: &'static str) -> Vec<i64> {
+    sqlx::query_scalar(sql)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
-    let db = fresh();
-    let opts = StoreOptions {
+    let (_db, store) = open(StoreOptions {
         lock_timeout: Duration::from_millis(300),
         ..StoreOptions::default()
-    };
-    let store = SqliteStore::connect(&db.url, opts).await.unwrap();
+    })
+    .await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
 
     // Another connection (think: another process) holds the write lock.
@@ -124,10 +136,7 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_connect_sets_wal_full_sync_and_foreign_keys() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (db, store) = open(StoreOptions::default()).await;
     let mut conn = store.pool().acquire().await.unwrap();
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
@@ -184,10 +193,7 @@ async fn sqlite_in_memory_url_works_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
         .apply_env_writes(s.id, vec![set("A", "1")], render)
@@ -203,10 +209,7 @@ async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (_db, store) = open(StoreOptions::default()).await;
     let mut new = new_stack(0);
     new.services = vec![ReleaseService {
         name: stackyard_core::ids::ServiceName::parse("web").unwrap(),
@@ -267,10 +270,7 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_errors_and_debug_never_show_the_path() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (db, store) = open(StoreOptions::default()).await;
     let shown = format!("{store:?}");
     assert!(
         !shown.contains("stackyard.db") && !shown.contains("sqlite-"),
@@ -294,10 +294,7 @@ async fn sqlite_errors_and_debug_never_show_the_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_env_batch_rows_are_stored_in_version_order() {
     // The batch inserts its version and audit rows through json_each: check what lands.
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (_db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     let writes: Vec<EnvWrite> = (0..50).map(|i| set(&format!("K{i}"), "v")).collect();
     let out = store.apply_env_writes(s.id, writes, render).await.unwrap();
@@ -311,29 +308,27 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         .await,
         50
     );
-    let ids: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM audit_log WHERE kind = 'stack.env.updated' ORDER BY id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    let versions: Vec<i64> = sqlx::query_scalar(
+    let ids = column(
+        &store,
+        "SELECT id FROM audit_log WHERE kind = 'stack.env.updated' ORDER BY id",
+    )
+    .await;
+    let versions = column(
+        &store,
         "SELECT json_extract(metadata, '$.version') FROM audit_log WHERE kind = 'stack.env.updated' ORDER BY id",
     )
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         versions,
         (1..=50).collect::<Vec<i64>>(),
         "audit ids follow version order"
     );
     assert_eq!(ids.len(), 50);
-    let events: Vec<i64> = sqlx::query_scalar(
+    let events = column(
+        &store,
         "SELECT json_extract(data, '$.version') FROM stack_events WHERE kind = 'env.version' ORDER BY id",
     )
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         events,
         (1..=50).collect::<Vec<i64>>(),
@@ -354,10 +349,7 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copies_the_env() {
-    let db = fresh();
-    let store = SqliteStore::connect(&db.url, StoreOptions::default())
-        .await
-        .unwrap();
+    let (_db, store) = open(StoreOptions::default()).await;
     let mut new = new_stack(0);
     new.manifest = "services: {}".into();
     new.artifacts = vec![("ab".repeat(32), 10)];

@@ -7,11 +7,39 @@
 //!   Only when none of that works do PostgreSQL tests skip, printing why; under `CI=true` a skip
 //!   is a failure.
 //! - `redis`: a Redis server (the same fallbacks as PostgreSQL) and a key prefix per test.
+//! - `db`: a fresh database of either [`Backend`] ([`TestDb`]) and `both_backends!`, for tests
+//!   that start a whole server.
 //! - `process`: a `stackyard serve` child process, stopped cleanly on drop.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
+//! - [`free_port`]: a port nothing listens on, for a server to bind or a test to find closed.
 
+pub mod db;
 pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod sqlite;
 pub mod suite;
+
+pub use db::{Backend, TestDb};
+
+/// Whether this is a CI run (`CI=true`), where a test that would skip for want of a server
+/// fails instead: a skipped suite in CI is a silent failure.
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago: bound, then closed at once, for a server to
+/// bind or for a test that needs a port nothing listens on. Another process may take it in
+/// between; a server then fails to start and its caller reports it.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The admin token a server wrote into `data_dir` on its first start.
+pub fn admin_token(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin-token"))
+        .expect("the server wrote its admin token")
+        .trim()
+        .to_owned()
+}

@@ -260,7 +260,7 @@ async fn find_server() -> Option<String> {
         "no PostgreSQL server for tests:\n  - {}",
         reasons.join("\n  - ")
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if crate::under_ci() {
         panic!("{why}\n(CI=true: a skipped PostgreSQL suite counts as a failure)");
     }
     eprintln!("stackyard-testkit: skipping PostgreSQL tests: {why}");
@@ -407,7 +407,7 @@ fn init_cluster() -> Result<Cluster, String> {
 
 /// Starts `postgres` for `cluster` on a free port under the wrapper.
 fn launch(cluster: &Cluster) -> Result<(String, std::process::Child), String> {
-    let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+    let port = crate::free_port().map_err(|e| format!("finding a free port: {e}"))?;
     let mut server = as_server_user(cluster.root, &cluster.bin.join("postgres"))?;
     server
         .arg("-D")
@@ -514,13 +514,6 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().next().map(|uid| uid == "0"))
         })
         .unwrap_or(false)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    // Closed right away; postgres binds it a moment later. A collision makes the server fail
-    // to start, which the caller reports.
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -55,10 +55,7 @@ impl Drop for Private {
 }
 
 fn private_server() -> Result<(String, Private), String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
+    let port = crate::free_port().map_err(|e| format!("no free port: {e}"))?;
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -117,7 +114,7 @@ pub fn url() -> Option<String> {
         Ok(u) => Some(u.clone()),
         Err(why) => {
             assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
+                !crate::under_ci(),
                 "Redis tests cannot run under CI=true: {why}"
             );
             eprintln!("skipping a Redis test: {why}");

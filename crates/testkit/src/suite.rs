@@ -10,6 +10,8 @@
 //! The factory returns `None` when its backend is unavailable (having printed why); the test
 //! then passes without running. The guard lives until the test ends (a temp dir, a database to
 //! drop). Concurrency tests start their tasks behind a `tokio::sync::Barrier` so they overlap.
+//!
+//! A backend's own tests reuse the suite's fixtures: [`at`], [`ctx`], [`new_stack`], [`LEASE`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -122,14 +124,17 @@ pub fn small_history_options() -> StoreOptions {
 
 /// A fixed epoch so that every time in the suite is deterministic.
 const T0: i64 = 1_800_000_000_000;
-const LEASE: Duration = Duration::from_secs(30);
+/// The lease a worker takes on a claimed job.
+pub const LEASE: Duration = Duration::from_secs(30);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-fn at(ms: i64) -> Millis {
+/// `ms` after the suite's fixed epoch.
+pub fn at(ms: i64) -> Millis {
     Millis(T0 + ms)
 }
 
-fn ctx(now: i64) -> AuditCtx {
+/// Token 1 acting at [`at`]`(now)`, in request `req-<now>`.
+pub fn ctx(now: i64) -> AuditCtx {
     AuditCtx {
         actor: Actor::token(1),
         request_id: Some(format!("req-{now}")),
@@ -172,7 +177,9 @@ fn services() -> Vec<ReleaseService> {
     vec![svc("api", 3000, true), svc("worker", 8080, false)]
 }
 
-fn new_stack(team: Option<TeamId>, now: i64) -> NewStack {
+/// A stack of two services, `api` (exposed, port 3000) and `worker` (port 8080), created at
+/// `now`: a team stack, or with `None` an anonymous one that expires 6 hours later.
+pub fn new_stack(team: Option<TeamId>, now: i64) -> NewStack {
     let services = services();
     let artifacts = services
         .iter()
@@ -207,6 +214,24 @@ async fn stack<S: Store>(store: &S, team: Option<TeamId>, now: i64) -> Stack {
 
 fn access(s: &Stack) -> Access {
     s.team_id.map_or(Access::Anonymous, Access::Team)
+}
+
+/// `request_deletion` of a stack `access` sees, at `now`: the stack, now deleting.
+async fn delete<S: Store>(store: &S, access: Access, slug: &StackSlug, now: i64) -> Stack {
+    store
+        .request_deletion(access, slug, ctx(now))
+        .await
+        .expect("request_deletion")
+        .expect("the stack exists")
+}
+
+/// Whether `access` sees the stack `slug`.
+async fn visible<S: Store>(store: &S, access: Access, slug: &StackSlug) -> bool {
+    store
+        .get_stack(access, slug)
+        .await
+        .expect("get_stack")
+        .is_some()
 }
 
 async fn detail<S: Store>(store: &S, s: &Stack) -> StackDetail {
@@ -294,15 +319,25 @@ async fn current_env<S: Store>(store: &S, s: &Stack) -> EnvOutcome {
         .expect("stack exists")
 }
 
-fn idem<'a>(scope: &'a str, key: &'a str, hash: &'a str, now: i64) -> IdempotencyRequest<'a> {
-    IdempotencyRequest {
-        scope,
-        key,
-        request_hash: hash,
-        now: at(now),
-        ttl: DAY,
-        stale_after: Duration::from_secs(60),
-    }
+/// `idempotency_begin` with a TTL of a day and a reservation that goes stale after 60 s.
+async fn begin<S: Store>(
+    store: &S,
+    scope: &str,
+    key: &str,
+    hash: &str,
+    now: i64,
+) -> IdempotencyBegin {
+    store
+        .idempotency_begin(IdempotencyRequest {
+            scope,
+            key,
+            request_hash: hash,
+            now: at(now),
+            ttl: DAY,
+            stale_after: Duration::from_secs(60),
+        })
+        .await
+        .expect("idempotency_begin")
 }
 
 /// Every audit entry of `team` matching the filters, newest first, following cursors.
@@ -649,10 +684,7 @@ pub async fn create_stack_writes_stack_services_release_job_and_audit_atomically
     let t = team(&store, "acme", None).await;
     let scope = format!("team:{}", t.id.0);
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "create-1", "h1", 10))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "create-1", "h1", 10).await,
         IdempotencyBegin::Started
     );
 
@@ -731,10 +763,7 @@ pub async fn create_stack_writes_stack_services_release_job_and_audit_atomically
     );
 
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "create-1", "h1", 20))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "create-1", "h1", 20).await,
         IdempotencyBegin::Replay {
             status: 202,
             body: r#"{"ok":true}"#.into()
@@ -793,11 +822,7 @@ pub async fn create_stack_enforces_max_stacks_under_concurrent_creates<S: Store>
         .unwrap()
         .items
         .remove(0);
-    store
-        .request_deletion(Access::Team(t.id), &victim.slug, ctx(100))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &victim.slug, 100).await;
     assert_eq!(store.count_stacks(t.id).await.unwrap(), 4);
     store
         .create_stack(new_stack(Some(t.id), 101))
@@ -818,48 +843,12 @@ pub async fn stacks_are_visible_only_to_their_team_or_to_anonymous_callers<S: St
     let sa = stack(&store, Some(a.id), 1).await;
     let anon = stack(&store, None, 2).await;
 
-    assert!(
-        store
-            .get_stack(Access::Team(a.id), &sa.slug)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .get_stack(Access::Anonymous, &sa.slug)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .get_stack(Access::Team(b.id), &sa.slug)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .get_stack(Access::Anonymous, &anon.slug)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .get_stack(Access::Team(a.id), &anon.slug)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .get_stack(Access::Anonymous, &StackSlug::generate())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(visible(&store, Access::Team(a.id), &sa.slug).await);
+    assert!(!visible(&store, Access::Anonymous, &sa.slug).await);
+    assert!(!visible(&store, Access::Team(b.id), &sa.slug).await);
+    assert!(visible(&store, Access::Anonymous, &anon.slug).await);
+    assert!(!visible(&store, Access::Team(a.id), &anon.slug).await);
+    assert!(!visible(&store, Access::Anonymous, &StackSlug::generate()).await);
 
     assert!(
         store
@@ -952,11 +941,7 @@ pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(stor
     );
 
     // Deleting stacks are still listed (with their status).
-    store
-        .request_deletion(Access::Team(t.id), &made[0].slug, ctx(60))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &made[0].slug, 60).await;
     let page = store.list_stacks(t.id, 1, None).await.unwrap();
     assert_eq!(page.total, 7);
     assert_eq!(page.items[0].status, StackStatus::Deleting);
@@ -965,22 +950,14 @@ pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(stor
 pub async fn request_deletion_supersedes_queued_jobs_and_queues_one_teardown<S: Store>(store: S) {
     let t = team(&store, "acme", None).await;
     let s = stack(&store, Some(t.id), 10).await;
-    let d = store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(20))
-        .await
-        .unwrap()
-        .unwrap();
+    let d = delete(&store, Access::Team(t.id), &s.slug, 20).await;
     assert_eq!(d.status, StackStatus::Deleting);
     assert_eq!(d.op_generation, 2);
     assert_eq!(d.updated_at, at(20));
     assert_eq!(detail(&store, &s).await.stack, d);
     assert_eq!(store.count_stacks(t.id).await.unwrap(), 0);
 
-    let again = store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let again = delete(&store, Access::Team(t.id), &s.slug, 30).await;
     assert_eq!(again, d, "repeating it changes nothing");
 
     let job = claim(&store, 40).await.expect("the teardown is queued");
@@ -1004,11 +981,7 @@ pub async fn request_deletion_supersedes_queued_jobs_and_queues_one_teardown<S: 
 
     // An anonymous stack can be deleted by an anonymous caller.
     let anon = stack(&store, None, 50).await;
-    let d = store
-        .request_deletion(Access::Anonymous, &anon.slug, ctx(60))
-        .await
-        .unwrap()
-        .unwrap();
+    let d = delete(&store, Access::Anonymous, &anon.slug, 60).await;
     assert_eq!(d.status, StackStatus::Deleting);
 }
 
@@ -1018,11 +991,7 @@ pub async fn claim_job_runs_one_job_per_stack_at_a_time<S: Store>(store: S) {
     let b = stack(&store, Some(t.id), 2).await;
     let deploy_a = claim(&store, 10).await.unwrap();
     assert_eq!(deploy_a.stack_id, a.id, "oldest job first");
-    store
-        .request_deletion(Access::Team(t.id), &a.slug, ctx(11))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &a.slug, 11).await;
 
     let deploy_b = claim(&store, 12).await.unwrap();
     assert_eq!(
@@ -1263,11 +1232,7 @@ pub async fn record_service_status_moves_the_stack_and_ignores_stale_generations
     );
 
     // A newer operation owns the stack: the old job's writes are ignored.
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(8))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 8).await;
     assert!(
         !store
             .record_service_status(&job, &api, ServiceStatus::Failed, None, Some("late"), at(9))
@@ -1347,11 +1312,7 @@ pub async fn finish_deploy_for_a_superseded_generation_only_closes_the_job<S: St
     let t = team(&store, "acme", None).await;
     let s = stack(&store, Some(t.id), 0).await;
     let job = claim(&store, 1).await.unwrap();
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 2).await;
     assert!(
         store
             .finish_deploy(&job, failed("late"), at(3))
@@ -1384,22 +1345,12 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
         .await
         .unwrap();
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 2).await;
     let job = claim(&store, 3).await.unwrap();
     assert_eq!(job.kind, JobKind::Teardown);
     assert!(store.finish_teardown(&job, at(4)).await.unwrap());
 
-    assert!(
-        store
-            .get_stack(Access::Team(t.id), &s.slug)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!visible(&store, Access::Team(t.id), &s.slug).await);
     assert!(store.list_releases(s.id).await.unwrap().is_empty());
     assert!(store.get_env(s.id, None).await.unwrap().is_none());
     assert_eq!(
@@ -1578,31 +1529,19 @@ pub async fn idempotency_begin_reserves_then_reports_in_progress_mismatch_and_re
 ) {
     let s = stack(&store, None, 0).await;
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:1", "k", "h1", 1))
-            .await
-            .unwrap(),
+        begin(&store, "anon:1", "k", "h1", 1).await,
         IdempotencyBegin::Started
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:1", "k", "h1", 2))
-            .await
-            .unwrap(),
+        begin(&store, "anon:1", "k", "h1", 2).await,
         IdempotencyBegin::InProgress
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:1", "k", "h2", 3))
-            .await
-            .unwrap(),
+        begin(&store, "anon:1", "k", "h2", 3).await,
         IdempotencyBegin::Mismatch
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:2", "k", "h2", 3))
-            .await
-            .unwrap(),
+        begin(&store, "anon:2", "k", "h2", 3).await,
         IdempotencyBegin::Started,
         "keys are scoped"
     );
@@ -1615,60 +1554,39 @@ pub async fn idempotency_begin_reserves_then_reports_in_progress_mismatch_and_re
     .await
     .unwrap();
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:1", "k", "h1", 5))
-            .await
-            .unwrap(),
+        begin(&store, "anon:1", "k", "h1", 5).await,
         IdempotencyBegin::Replay {
             status: 200,
             body: render(&s.slug, &out)
         }
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("anon:1", "k", "h2", 6))
-            .await
-            .unwrap(),
+        begin(&store, "anon:1", "k", "h2", 6).await,
         IdempotencyBegin::Mismatch
     );
 }
 
 pub async fn idempotency_stale_reservation_is_taken_over<S: Store>(store: S) {
-    // stale_after is 60 s in `idem`.
+    // stale_after is 60 s in `begin`.
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h", 0))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h", 0).await,
         IdempotencyBegin::Started
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h", 30_000))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h", 30_000).await,
         IdempotencyBegin::InProgress
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h", 61_000))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h", 61_000).await,
         IdempotencyBegin::Started
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h", 62_000))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h", 62_000).await,
         IdempotencyBegin::InProgress,
         "the takeover is a fresh reservation"
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "other", 200_000))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "other", 200_000).await,
         IdempotencyBegin::Mismatch
     );
 }
@@ -1676,10 +1594,7 @@ pub async fn idempotency_stale_reservation_is_taken_over<S: Store>(store: S) {
 pub async fn idempotency_expired_record_counts_as_absent<S: Store>(store: S) {
     let s = stack(&store, None, 0).await;
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h1", 0))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h1", 0).await,
         IdempotencyBegin::Started
     );
     apply_one(
@@ -1691,25 +1606,16 @@ pub async fn idempotency_expired_record_counts_as_absent<S: Store>(store: S) {
     .unwrap();
     let day = i64::try_from(DAY.as_millis()).unwrap();
     assert!(matches!(
-        store
-            .idempotency_begin(idem("t", "k", "h1", day - 1))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h1", day - 1).await,
         IdempotencyBegin::Replay { status: 200, .. }
     ));
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h2", day + 1))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h2", day + 1).await,
         IdempotencyBegin::Started,
         "an expired record is treated as absent, whatever its hash"
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k", "h2", day + 2))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k", "h2", day + 2).await,
         IdempotencyBegin::InProgress
     );
 }
@@ -1717,27 +1623,18 @@ pub async fn idempotency_expired_record_counts_as_absent<S: Store>(store: S) {
 pub async fn idempotency_abandon_frees_only_pending_records<S: Store>(store: S) {
     let s = stack(&store, None, 0).await;
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "pending", "h", 1))
-            .await
-            .unwrap(),
+        begin(&store, "t", "pending", "h", 1).await,
         IdempotencyBegin::Started
     );
     store.idempotency_abandon("t", "pending").await.unwrap();
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "pending", "other", 2))
-            .await
-            .unwrap(),
+        begin(&store, "t", "pending", "other", 2).await,
         IdempotencyBegin::Started,
         "an abandoned key can be used again"
     );
 
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "done", "h", 3))
-            .await
-            .unwrap(),
+        begin(&store, "t", "done", "h", 3).await,
         IdempotencyBegin::Started
     );
     apply_one(
@@ -1749,10 +1646,7 @@ pub async fn idempotency_abandon_frees_only_pending_records<S: Store>(store: S) 
     .unwrap();
     store.idempotency_abandon("t", "done").await.unwrap();
     assert!(matches!(
-        store
-            .idempotency_begin(idem("t", "done", "h", 5))
-            .await
-            .unwrap(),
+        begin(&store, "t", "done", "h", 5).await,
         IdempotencyBegin::Replay { .. }
     ));
     store
@@ -1768,10 +1662,7 @@ pub async fn idempotency_concurrent_begins_start_exactly_once<S: Store>(store: S
         let (store, barrier) = (store.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store
-                .idempotency_begin(idem("team:1", "same-key", "h", 1))
-                .await
-                .expect("idempotency_begin")
+            begin(&store, "team:1", "same-key", "h", 1).await
         }));
     }
     let mut answers = Vec::new();
@@ -1941,11 +1832,7 @@ pub async fn audit_metadata_never_contains_env_values<S: Store>(store: S) {
     .unwrap();
     apply_one(&store, &s, rollback(1, 3)).await.unwrap();
     store.get_env(s.id, Some(ctx(4))).await.unwrap().unwrap();
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(5))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 5).await;
     let rows = audit_all(&store, t.id, None, None).await;
     assert!(rows.len() >= 6);
     for e in rows {
@@ -2235,11 +2122,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
     apply_one(&store, &s, patch(json!({ "A": "1" }), 1))
         .await
         .unwrap();
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(2))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 2).await;
     assert_eq!(
         store
             .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 3)], render)
@@ -2283,10 +2166,7 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
         .await
         .unwrap();
     for k in ["k1", "k2", "k3"] {
-        assert_eq!(
-            store.idempotency_begin(idem("t", k, k, 2)).await.unwrap(),
-            IdempotencyBegin::Started
-        );
+        assert_eq!(begin(&store, "t", k, k, 2).await, IdempotencyBegin::Started);
     }
     let out = apply(
         &store,
@@ -2302,20 +2182,14 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
     let o2 = out[1].clone().unwrap();
     assert!(out[2].is_err());
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k1", "k1", 4))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k1", "k1", 4).await,
         IdempotencyBegin::Replay {
             status: 200,
             body: render(&s.slug, &o1)
         }
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k2", "k2", 4))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k2", "k2", 4).await,
         IdempotencyBegin::Replay {
             status: 200,
             body: render(&s.slug, &o2)
@@ -2323,20 +2197,14 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
         "a no-op write completes its record too"
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k3", "k3", 4))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k3", "k3", 4).await,
         IdempotencyBegin::InProgress,
         "a refused write leaves its reservation for the caller to abandon"
     );
 
     // A batch whose only effect is completing a record still commits it.
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k4", "k4", 5))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k4", "k4", 5).await,
         IdempotencyBegin::Started
     );
     let o4 = apply_one(
@@ -2348,10 +2216,7 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
     .unwrap();
     assert!(o4.changed.is_empty());
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "k4", "k4", 7))
-            .await
-            .unwrap(),
+        begin(&store, "t", "k4", "k4", 7).await,
         IdempotencyBegin::Replay {
             status: 200,
             body: render(&s.slug, &o4)
@@ -2830,10 +2695,7 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
         .unwrap();
     let scope = format!("team:{}", t.id.0);
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "redeploy-1", "h", 2))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "redeploy-1", "h", 2).await,
         IdempotencyBegin::Started
     );
     let mut rel = new_release(None, 2);
@@ -2921,10 +2783,7 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
         ("token:1", Some("req-2"), at(2))
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "redeploy-1", "h", 5))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "redeploy-1", "h", 5).await,
         IdempotencyBegin::Replay {
             status: 202,
             body: render_release(&s.slug, &info, "a warning")
@@ -3085,17 +2944,10 @@ pub async fn create_release_refuses_deleting_and_missing_stacks_and_writes_nothi
     let other = team(&store, "other", None).await;
     let s = stack(&store, Some(t.id), 0).await;
     let kept = stack(&store, Some(t.id), 0).await;
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(1))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 1).await;
     let scope = format!("team:{}", t.id.0);
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "k", "h", 2))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "k", "h", 2).await,
         IdempotencyBegin::Started
     );
 
@@ -3141,10 +2993,7 @@ pub async fn create_release_refuses_deleting_and_missing_stacks_and_writes_nothi
     );
     assert_eq!(snapshot(kept.clone()).await, before_kept);
     assert_eq!(
-        store
-            .idempotency_begin(idem(&scope, "k", "h", 4))
-            .await
-            .unwrap(),
+        begin(&store, &scope, "k", "h", 4).await,
         IdempotencyBegin::InProgress,
         "the record was not completed"
     );
@@ -3558,11 +3407,7 @@ pub async fn expired_stacks_lists_only_anonymous_expired_stacks_not_being_delete
     let mut team_stack = new_stack(Some(t.id), 0);
     team_stack.expires_at = Some(at(10));
     store.create_stack(team_stack).await.unwrap();
-    store
-        .request_deletion(Access::Anonymous, &deleting.slug, ctx(1))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Anonymous, &deleting.slug, 1).await;
 
     let expired = |now: i64, limit: i64| {
         let store = store.clone();
@@ -3681,11 +3526,7 @@ pub async fn events_record_each_change_in_commit_order_and_outlive_the_stack<S: 
         .create_release(Access::Team(t.id), &s.slug, new_release(None, 11))
         .await
         .unwrap();
-    store
-        .request_deletion(Access::Team(t.id), &s.slug, ctx(12))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &s.slug, 12).await;
     let teardown = claim(&store, 13).await.unwrap();
     assert_eq!(teardown.kind, JobKind::Teardown);
     assert!(store.finish_teardown(&teardown, at(14)).await.unwrap());
@@ -3755,11 +3596,7 @@ pub async fn events_record_each_change_in_commit_order_and_outlive_the_stack<S: 
         ("stack.deleted", json!({}), 14),
     ];
     assert!(
-        store
-            .get_stack(Access::Team(t.id), &s.slug)
-            .await
-            .unwrap()
-            .is_none(),
+        !visible(&store, Access::Team(t.id), &s.slug).await,
         "the stack is gone"
     );
     let events = events_of(&store, s.id).await;
@@ -3885,11 +3722,7 @@ pub async fn running_stacks_returns_live_releases_of_stacks_not_being_deleted<S:
         .await
         .unwrap();
     stack(&store, Some(t.id), 15).await;
-    store
-        .request_deletion(Access::Team(t.id), &c.slug, ctx(16))
-        .await
-        .unwrap()
-        .unwrap();
+    delete(&store, Access::Team(t.id), &c.slug, 16).await;
 
     let mut running = store.running_stacks().await.unwrap();
     running.sort_by_key(|(s, _, _)| s.id);
@@ -3932,10 +3765,7 @@ pub async fn prune_removes_old_events_expired_records_and_past_counters_only<S: 
         .unwrap();
     for (key, now) in [("old", 0), ("new", day / 2)] {
         assert_eq!(
-            store
-                .idempotency_begin(idem("t", key, "h", now))
-                .await
-                .unwrap(),
+            begin(&store, "t", key, "h", now).await,
             IdempotencyBegin::Started
         );
     }
@@ -3964,10 +3794,7 @@ pub async fn prune_removes_old_events_expired_records_and_past_counters_only<S: 
         "an event exactly at the bound stays"
     );
     assert_eq!(
-        store
-            .idempotency_begin(idem("t", "new", "h", day / 2 + 1_000))
-            .await
-            .unwrap(),
+        begin(&store, "t", "new", "h", day / 2 + 1_000).await,
         IdempotencyBegin::InProgress,
         "a live record stays"
     );

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, JsonBytes, QueryParams};
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
-use crate::routes::{page_limit, parse_slug};
+use crate::routes::{load_stack, page_limit, parse_slug};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -58,7 +58,7 @@ pub fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
 }
 
 fn json_response(body: String, version: i64) -> Response {
-    let mut res = (
+    let res = (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -66,6 +66,11 @@ fn json_response(body: String, version: i64) -> Response {
         body,
     )
         .into_response();
+    with_etag(res, version)
+}
+
+/// The env version as the response's `ETag`, the value `If-Match` takes back.
+fn with_etag(mut res: Response, version: i64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         res.headers_mut().insert(header::ETAG, v);
     }
@@ -83,12 +88,7 @@ async fn resolve<S: Store>(
     if let Some(id) = state.stack_ids.get(access, slug) {
         return Ok(id);
     }
-    let detail = state
-        .store
-        .get_stack(access, slug)
-        .await
-        .map_err(|e| ApiError::store("fetch_failed", &e))?
-        .ok_or_else(ApiError::not_found)?;
+    let detail = load_stack(state, access, slug).await?;
     state.stack_ids.put(access, slug.clone(), detail.stack.id);
     Ok(detail.stack.id)
 }
@@ -160,12 +160,13 @@ struct WriteRequest<'a> {
 }
 
 /// Runs one env write for a team caller: idempotency, dry run or the queue, and the response.
-/// `identity` is what makes two requests "the same" for `Idempotency-Key`.
+/// `identity` (its parts concatenated) is what makes two requests "the same" for
+/// `Idempotency-Key`; it is passed in parts so a PATCH body is copied only when a key was sent.
 async fn write<S: Store>(
     state: &AppState<S>,
     req: WriteRequest<'_>,
     op: EnvOp,
-    identity: &[u8],
+    identity: &[&[u8]],
 ) -> ApiResult<Response> {
     let WriteRequest {
         caller,
@@ -194,12 +195,17 @@ async fn write<S: Store>(
             outcome.version,
         ));
     }
-    let hash = sha256_hex(&[identity, format!("{:?}", write.if_match).as_bytes()].concat());
+    let if_match = write.if_match;
+    let request_hash = || {
+        let mut bytes = identity.concat();
+        bytes.extend_from_slice(format!("{if_match:?}").as_bytes());
+        sha256_hex(&bytes)
+    };
     let reservation = match idempotency::start(
         &state.store,
         headers,
         caller.idempotency_scope(),
-        &hash,
+        request_hash,
         "persist_failed",
     )
     .await?
@@ -250,7 +256,7 @@ pub async fn patch<S: Store>(
 ) -> ApiResult<Response> {
     let slug = parse_slug(&slug)?;
     let patch = EnvPatch::parse(&body).map_err(|e| env_error(&e))?;
-    let identity = [format!("PATCH /stacks/{slug}/env\n").as_bytes(), &body].concat();
+    let route = format!("PATCH /stacks/{slug}/env\n");
     let req = WriteRequest {
         caller: Caller::Team(p),
         rid: &rid,
@@ -258,7 +264,7 @@ pub async fn patch<S: Store>(
         slug: &slug,
         dry_run: q.dry_run.unwrap_or(false),
     };
-    write(&state, req, EnvOp::Patch(patch), &identity).await
+    write(&state, req, EnvOp::Patch(patch), &[route.as_bytes(), &body]).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +299,7 @@ pub async fn rollback<S: Store>(
         slug: &slug,
         dry_run: q.dry_run.unwrap_or(false),
     };
-    write(&state, req, op, identity.as_bytes()).await
+    write(&state, req, op, &[identity.as_bytes()]).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,7 +333,7 @@ pub async fn get<S: Store>(
     } else {
         json!(outcome.env.masked())
     };
-    let mut res = Json(json!({
+    let res = Json(json!({
         "ok": true,
         "stack_id": slug,
         "env": env,
@@ -335,10 +341,7 @@ pub async fn get<S: Store>(
         "updated_at": outcome.updated_at.to_rfc3339(),
     }))
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
-        res.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(res)
+    Ok(with_etag(res, outcome.version))
 }
 
 #[derive(Debug, Default, Deserialize)]

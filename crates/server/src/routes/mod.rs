@@ -11,12 +11,29 @@ pub mod tokens;
 pub mod upload;
 pub mod views;
 
-use crate::error::ApiError;
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
 use stackyard_core::StackSlug;
+use stackyard_core::model::{Access, StackDetail};
+use stackyard_core::store::Store;
 
 /// A slug from the path. A malformed one cannot name any stack, so it is a plain 404.
 pub fn parse_slug(raw: &str) -> Result<StackSlug, ApiError> {
     StackSlug::parse(raw).map_err(|_| ApiError::not_found())
+}
+
+/// The stack `access` may see, or 404: a missing stack and another team's look the same.
+pub async fn load_stack<S: Store>(
+    state: &AppState<S>,
+    access: Access,
+    slug: &StackSlug,
+) -> ApiResult<StackDetail> {
+    state
+        .store
+        .get_stack(access, slug)
+        .await
+        .map_err(|e| ApiError::store("fetch_failed", &e))?
+        .ok_or_else(ApiError::not_found)
 }
 
 /// `?limit=` clamped to 1..=200 (default 50).

@@ -6,7 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code};
-use crate::routes::{parse_slug, views};
+use crate::routes::{load_stack, parse_slug, views};
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
@@ -50,16 +50,19 @@ pub async fn redeploy<S: Store>(
     } else {
         None
     };
-    let identity = json!({
-        "route": format!("POST /stacks/{slug}/redeploy"),
-        "manifest": code.as_ref().map(|c| &c.manifest_text),
-        "services": code.as_ref().map(Code::identity),
-    });
+    let request_hash = || {
+        let identity = json!({
+            "route": format!("POST /stacks/{slug}/redeploy"),
+            "manifest": code.as_ref().map(|c| &c.manifest_text),
+            "services": code.as_ref().map(Code::identity),
+        });
+        sha256_hex(identity.to_string().as_bytes())
+    };
     let reservation = match idempotency::start(
         &state.store,
         &headers,
         caller.idempotency_scope(),
-        &sha256_hex(identity.to_string().as_bytes()),
+        request_hash,
         "provision_failed",
     )
     .await?
@@ -155,13 +158,7 @@ pub async fn list<S: Store>(
     caller: Caller,
     Path(slug): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let slug = parse_slug(&slug)?;
-    let detail = state
-        .store
-        .get_stack(caller.access(), &slug)
-        .await
-        .map_err(|e| ApiError::store("fetch_failed", &e))?
-        .ok_or_else(ApiError::not_found)?;
+    let detail = load_stack(&state, caller.access(), &parse_slug(&slug)?).await?;
     let releases = state
         .store
         .list_releases(detail.stack.id)

@@ -7,7 +7,7 @@ use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code, Form};
-use crate::routes::{page_limit, parse_slug, views};
+use crate::routes::{load_stack, page_limit, parse_slug, views};
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
@@ -90,7 +90,7 @@ pub async fn create<S: Store>(
         &state.store,
         &headers,
         caller.idempotency_scope(),
-        &validated.request_hash(),
+        || validated.request_hash(),
         "provision_failed",
     )
     .await?
@@ -193,13 +193,7 @@ async fn get_detail<S: Store>(
     access: Access,
     slug: &str,
 ) -> ApiResult<Json<Value>> {
-    let slug = parse_slug(slug)?;
-    let detail = state
-        .store
-        .get_stack(access, &slug)
-        .await
-        .map_err(|e| ApiError::store("fetch_failed", &e))?
-        .ok_or_else(ApiError::not_found)?;
+    let detail = load_stack(state, access, &parse_slug(slug)?).await?;
     Ok(Json(views::stack_detail(&detail)))
 }
 

@@ -5,7 +5,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
-use crate::routes::parse_slug;
+use crate::routes::{load_stack, parse_slug};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use stackyard_core::ServiceName;
-use stackyard_core::model::{StackDetail, StackEvent, StackId};
+use stackyard_core::model::{StackEvent, StackId};
 use stackyard_core::store::Store;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,20 +24,6 @@ const LOG_BACKLOG: usize = 200;
 /// How often an events stream looks for new rows. Events are rows (written by whichever server
 /// ran the job), so polling is what lets any server follow any stack.
 const EVENT_POLL: Duration = Duration::from_millis(200);
-
-async fn stack<S: Store>(
-    state: &AppState<S>,
-    caller: &Caller,
-    slug: &str,
-) -> ApiResult<StackDetail> {
-    let slug = parse_slug(slug)?;
-    state
-        .store
-        .get_stack(caller.access(), &slug)
-        .await
-        .map_err(|e| ApiError::store("fetch_failed", &e))?
-        .ok_or_else(ApiError::not_found)
-}
 
 fn sse<St>(events: St) -> Response
 where
@@ -68,7 +54,7 @@ pub async fn logs<S: Store>(
     Path((slug, svc)): Path<(String, String)>,
     QueryParams(q): QueryParams<LogsQuery>,
 ) -> ApiResult<Response> {
-    let detail = stack(&state, &caller, &slug).await?;
+    let detail = load_stack(&state, caller.access(), &parse_slug(&slug)?).await?;
     let no_service = || {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
@@ -116,7 +102,7 @@ pub async fn events<S: Store>(
     headers: HeaderMap,
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> ApiResult<Response> {
-    let detail = stack(&state, &caller, &slug).await?;
+    let detail = load_stack(&state, caller.access(), &parse_slug(&slug)?).await?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

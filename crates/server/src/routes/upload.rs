@@ -180,7 +180,7 @@ pub async fn save_artifacts<S: Store>(
     state: &AppState<S>,
     files: BTreeMap<String, Bytes>,
 ) -> ApiResult<Vec<(String, i64)>> {
-    let data_dir = state.data_dir.clone();
+    let data_dir = state.config.store.data_dir.clone();
     let sizes: Vec<(String, i64)> = files
         .iter()
         .map(|(d, b)| (d.clone(), b.len() as i64))

@@ -16,21 +16,14 @@ async fn new_stack(app: &TestApp) -> String {
 
 impl TestApp {
     pub fn patch_env(&self, slug: &str, env: Value) -> reqwest::RequestBuilder {
-        self.client
-            .patch(self.url(&format!("/stacks/{slug}/env")))
-            .bearer_auth(&self.admin_token)
+        self.patch(&format!("/stacks/{slug}/env"), Some(&self.admin_token))
             .json(&json!({ "env": env }))
     }
 
     pub async fn env_map(&self, slug: &str, reveal: bool) -> Value {
         let q = if reveal { "?reveal=true" } else { "" };
-        let (code, body) = json_of(
-            self.get(&format!("/stacks/{slug}/env{q}"), Some(&self.admin_token))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (code, body) =
+            call(self.get(&format!("/stacks/{slug}/env{q}"), Some(&self.admin_token))).await;
         assert_eq!(code, 200, "{body}");
         body
     }
@@ -46,15 +39,11 @@ async fn concurrent_disjoint_writers(app: Arc<TestApp>, slug: &str, writers: usi
             barrier.wait().await;
             let mut versions = Vec::new();
             for i in 0..3 {
-                let res = app
-                    .patch_env(
-                        &slug,
-                        json!({ format!("N{writers}_W{w}_K{i}"): format!("v{w}-{i}") }),
-                    )
-                    .send()
-                    .await
-                    .unwrap();
-                let (code, body) = json_of(res).await;
+                let (code, body) = call(app.patch_env(
+                    &slug,
+                    json!({ format!("N{writers}_W{w}_K{i}"): format!("v{w}-{i}") }),
+                ))
+                .await;
                 assert_eq!(code, 200, "{body}");
                 versions.push(body["version"].as_i64().unwrap());
             }
@@ -111,13 +100,7 @@ async fn patch_merges_deletes_and_reports_what_changed(backend: Backend) {
         return;
     };
     let slug = new_stack(&app).await;
-    let (code, b) = json_of(
-        app.patch_env(&slug, json!({"A": "1", "DB_PASSWORD": "hunter2"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.patch_env(&slug, json!({"A": "1", "DB_PASSWORD": "hunter2"}))).await;
     assert_eq!(code, 200, "{b}");
     assert_eq!(b["version"], 1);
     assert_eq!(
@@ -131,22 +114,10 @@ async fn patch_merges_deletes_and_reports_what_changed(backend: Backend) {
         format!("Env vars persisted. Call POST /stacks/{slug}/redeploy to apply.")
     );
     // No-op: same value and deleting an absent key → no version, no audit row.
-    let (_, b) = json_of(
-        app.patch_env(&slug, json!({"A": "1", "NOPE": null}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, b) = call(app.patch_env(&slug, json!({"A": "1", "NOPE": null}))).await;
     assert_eq!(b["version"], 1);
     assert_eq!(b["changed"], json!({"set": [], "deleted": []}));
-    let (_, b) = json_of(
-        app.patch_env(&slug, json!({"A": "", "B": "2"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, b) = call(app.patch_env(&slug, json!({"A": "", "B": "2"}))).await;
     assert_eq!(b["version"], 2);
     assert_eq!(b["changed"], json!({"set": ["B"], "deleted": ["A"]}));
     let masked = app.env_map(&slug, false).await;
@@ -166,13 +137,7 @@ async fn patch_merges_deletes_and_reports_what_changed(backend: Backend) {
         2
     );
     // The audit log names keys, never values.
-    let (_, audit) = json_of(
-        app.get("/api/v1/audit", Some(&app.admin_token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, audit) = call(app.get("/api/v1/audit", Some(&app.admin_token))).await;
     assert!(!audit.to_string().contains("hunter2"));
     let updated = audit["items"]
         .as_array()
@@ -185,24 +150,13 @@ async fn patch_merges_deletes_and_reports_what_changed(backend: Backend) {
         json!({"version": 2, "keys_set": 1, "keys_deleted": 1, "total_after": 2, "set": ["B"], "deleted": ["A"]})
     );
     // The GET on the stack shows the env version.
-    let (_, s) = json_of(
-        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, s) = call(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))).await;
     assert_eq!(s["env_version"], 2);
     // History, newest first.
-    let (_, h) = json_of(
-        app.get(
-            &format!("/stacks/{slug}/env/versions"),
-            Some(&app.admin_token),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
+    let (_, h) = call(app.get(
+        &format!("/stacks/{slug}/env/versions"),
+        Some(&app.admin_token),
+    ))
     .await;
     assert_eq!(h["total"], 2);
     assert_eq!(h["items"][0]["version"], 2);
@@ -245,17 +199,15 @@ async fn bad_bodies_get_their_code_write_nothing_and_echo_no_value(backend: Back
         ),
         (r#"{"env": {}}"#.into(), "missing_env"),
     ];
+    let path = format!("/stacks/{slug}/env");
+    let admin = Some(app.admin_token.as_str());
     for (body, want) in cases {
-        let res = app
-            .client
-            .patch(app.url(&format!("/stacks/{slug}/env")))
-            .bearer_auth(&app.admin_token)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let (code, b) = json_of(res).await;
+        let (code, b) = call(
+            app.patch(&path, admin)
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+        .await;
         assert_eq!(code, 400, "{body}: {b}");
         assert_eq!(assert_envelope(code, &b), want, "{body}");
         assert!(!b.to_string().contains(secret), "value echoed: {b}");
@@ -263,29 +215,12 @@ async fn bad_bodies_get_their_code_write_nothing_and_echo_no_value(backend: Back
     assert_eq!(app.env_map(&slug, false).await["version"], 0);
     assert_eq!(app.count("env_versions", "version >= 1").await, 0);
     // Not JSON content type, unknown stack, no token.
-    let res = app
-        .client
-        .patch(app.url(&format!("/stacks/{slug}/env")))
-        .bearer_auth(&app.admin_token)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = app.patch(&path, admin).body("{}").send().await.unwrap();
     assert_eq!(res.status(), 415);
-    let (code, b) = json_of(
-        app.patch_env("stk-00000000000000000000", json!({"A": "1"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (404, "not_found")
-    );
+    let (code, b) = call(app.patch_env("stk-00000000000000000000", json!({"A": "1"}))).await;
+    assert_error(code, &b, 404, "not_found");
     let res = app
-        .client
-        .patch(app.url(&format!("/stacks/{slug}/env")))
+        .patch(&path, None)
         .json(&json!({"env": {"A": "1"}}))
         .send()
         .await
@@ -293,9 +228,7 @@ async fn bad_bodies_get_their_code_write_nothing_and_echo_no_value(backend: Back
     assert_eq!(res.status(), 401);
     let other = app.create_team("other", None).await;
     let res = app
-        .client
-        .patch(app.url(&format!("/stacks/{slug}/env")))
-        .bearer_auth(&other)
+        .patch(&path, Some(&other))
         .json(&json!({"env": {"A": "1"}}))
         .send()
         .await
@@ -310,26 +243,11 @@ async fn size_limit_is_65536_bytes_of_json(backend: Backend) {
     let slug = new_stack(&app).await;
     // {"K":"<v>"} is 8 bytes plus the value.
     let exact = "v".repeat(65_536 - 8);
-    let (code, b) = json_of(
-        app.patch_env(&slug, json!({"K": exact}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.patch_env(&slug, json!({"K": exact}))).await;
     assert_eq!(code, 200, "{b}");
     let over = "v".repeat(65_536 - 7);
-    let (code, b) = json_of(
-        app.patch_env(&slug, json!({"K": over}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (413, "env_too_large")
-    );
+    let (code, b) = call(app.patch_env(&slug, json!({"K": over}))).await;
+    assert_error(code, &b, 413, "env_too_large");
     let env = app.env_map(&slug, true).await;
     assert_eq!(env["version"], 1);
     assert_eq!(env["env"]["K"].as_str().unwrap().len(), 65_536 - 8);
@@ -344,18 +262,12 @@ async fn if_match_and_dry_run(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let (code, b) = json_of(
+    let (code, b) = call(
         app.patch_env(&slug, json!({"A": "2"}))
-            .header("If-Match", "\"0\"")
-            .send()
-            .await
-            .unwrap(),
+            .header("If-Match", "\"0\""),
     )
     .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (412, "version_mismatch")
-    );
+    assert_error(code, &b, 412, "version_mismatch");
     assert_eq!(b["current_version"], 1);
     let res = app
         .patch_env(&slug, json!({"A": "2"}))
@@ -366,15 +278,12 @@ async fn if_match_and_dry_run(backend: Backend) {
     assert_eq!(res.headers()["etag"], "\"2\"");
     let (code, b) = json_of(res).await;
     assert_eq!((code, &b["version"]), (200, &json!(2)));
-    let url = app.url(&format!("/stacks/{slug}/env?dry_run=true"));
-    let (code, b) = json_of(
-        app.client
-            .patch(url)
-            .bearer_auth(&app.admin_token)
-            .json(&json!({"env": {"B": "3"}}))
-            .send()
-            .await
-            .unwrap(),
+    let (code, b) = call(
+        app.patch(
+            &format!("/stacks/{slug}/env?dry_run=true"),
+            Some(&app.admin_token),
+        )
+        .json(&json!({"env": {"B": "3"}})),
     )
     .await;
     assert_eq!(code, 200);
@@ -406,7 +315,7 @@ async fn rollback_restores_a_version_as_a_new_one(backend: Backend) {
         )
         .json(&json!({"version": v}))
     };
-    let (code, b) = json_of(rb(1).send().await.unwrap()).await;
+    let (code, b) = call(rb(1)).await;
     assert_eq!(code, 200, "{b}");
     assert_eq!(b["version"], 3);
     assert_eq!(b["changed"], json!({"set": ["A", "B"], "deleted": ["C"]}));
@@ -414,7 +323,7 @@ async fn rollback_restores_a_version_as_a_new_one(backend: Backend) {
         app.env_map(&slug, true).await["env"],
         json!({"A": "1", "B": "1"})
     );
-    let (code, b) = json_of(rb(0).send().await.unwrap()).await;
+    let (code, b) = call(rb(0)).await;
     assert_eq!((code, &b["version"]), (200, &json!(4)));
     assert_eq!(app.env_map(&slug, true).await["env"], json!({}));
     assert_eq!(
@@ -422,11 +331,8 @@ async fn rollback_restores_a_version_as_a_new_one(backend: Backend) {
             .await,
         2
     );
-    let (code, b) = json_of(rb(99).send().await.unwrap()).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (404, "version_not_found")
-    );
+    let (code, b) = call(rb(99)).await;
+    assert_error(code, &b, 404, "version_not_found");
     // Push history past the kept window: old versions are pruned and answer 404.
     for i in 0..200 {
         app.patch_env(&slug, json!({"N": i.to_string()}))
@@ -434,13 +340,10 @@ async fn rollback_restores_a_version_as_a_new_one(backend: Backend) {
             .await
             .unwrap();
     }
-    let (code, b) = json_of(rb(2).send().await.unwrap()).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (404, "version_not_found")
-    );
+    let (code, b) = call(rb(2)).await;
+    assert_error(code, &b, 404, "version_not_found");
     let current = app.env_map(&slug, false).await["version"].as_i64().unwrap();
-    let (code, b) = json_of(rb(current - 3).send().await.unwrap()).await;
+    let (code, b) = call(rb(current - 3)).await;
     assert_eq!(code, 200, "{b}");
     assert_eq!(
         app.env_map(&slug, true).await["env"]["N"],
@@ -483,18 +386,12 @@ async fn idempotent_patch_replayed_concurrently_makes_one_version(backend: Backe
     assert_eq!(replay.headers()["idempotent-replay"], "true");
     assert_eq!(json_of(replay).await.1["version"], 1);
     assert_eq!(app.env_map(&slug, false).await["version"], 1);
-    let (code, b) = json_of(
+    let (code, b) = call(
         app.patch_env(&slug, json!({"K": "other"}))
-            .header("Idempotency-Key", "k1")
-            .send()
-            .await
-            .unwrap(),
+            .header("Idempotency-Key", "k1"),
     )
     .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (422, "idempotency_key_reused")
-    );
+    assert_error(code, &b, 422, "idempotency_key_reused");
 }
 
 async fn patch_racing_delete_never_wins_after_deleting_committed(backend: Backend) {
@@ -581,22 +478,13 @@ async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backen
     let waited = started.elapsed();
     assert_eq!(res.headers()["retry-after"], "1");
     let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (503, "persist_failed")
-    );
+    assert_error(code, &b, 503, "persist_failed");
     assert!(
         waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8),
         "waited {waited:?}"
     );
     holder.release().await;
-    let (code, b) = json_of(
-        app.patch_env(&slug, json!({"A": "1"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.patch_env(&slug, json!({"A": "1"}))).await;
     assert_eq!(code, 200, "{b}");
     assert_eq!(b["version"], 2);
 }
@@ -609,13 +497,7 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
         return;
     };
     let slug = new_stack(&app).await;
-    let (code, _) = json_of(
-        app.patch_env(&slug, json!({"A": "1"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.patch_env(&slug, json!({"A": "1"}))).await;
     assert_eq!(code, 200);
 
     proxy.cut();
@@ -626,40 +508,19 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
         .unwrap();
     assert_eq!(res.headers()["retry-after"], "1");
     let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (503, "persist_failed")
-    );
-    let (code, b) = json_of(
-        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (503, "fetch_failed")
-    );
-    let (code, b) = json_of(app.get("/readyz", None).send().await.unwrap()).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (503, "not_ready")
-    );
+    assert_error(code, &b, 503, "persist_failed");
+    let (code, b) = call(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))).await;
+    assert_error(code, &b, 503, "fetch_failed");
+    let (code, b) = call(app.get("/readyz", None)).await;
+    assert_error(code, &b, 503, "not_ready");
     assert!(!b.to_string().contains("postgres://"), "{b}");
-    let (code, _) = json_of(app.get("/healthz", None).send().await.unwrap()).await;
+    let (code, _) = call(app.get("/healthz", None)).await;
     assert_eq!(code, 200, "the process stays alive");
 
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (code, b) = json_of(
-            app.patch_env(&slug, json!({"B": "2"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (code, b) = call(app.patch_env(&slug, json!({"B": "2"}))).await;
         if code == 200 {
             assert_eq!(b["version"], 2, "the failed PATCH wrote nothing");
             break;
@@ -668,20 +529,14 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
         assert!(Instant::now() < deadline, "no recovery after restore: {b}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (code, _) = json_of(app.get("/readyz", None).send().await.unwrap()).await;
+    let (code, _) = call(app.get("/readyz", None)).await;
     assert_eq!(code, 200);
     assert_eq!(
         app.count("stacks", "").await,
         1,
         "nothing was half-created during the outage"
     );
-    let (_, s) = json_of(
-        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, s) = call(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))).await;
     assert_ne!(
         s["status"], "deleting",
         "the refused DELETE changed nothing"
@@ -735,7 +590,7 @@ impl LockHolder {
     }
 }
 
-crate::both_backends!(
+both_backends!(
     patch_env_concurrent_disjoint_writers_lose_nothing,
     patch_merges_deletes_and_reports_what_changed,
     bad_bodies_get_their_code_write_nothing_and_echo_no_value,

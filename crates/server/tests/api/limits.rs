@@ -23,10 +23,7 @@ async fn five_pass_then_429(app: &TestApp) {
         .unwrap();
     assert!((1..=86_400).contains(&retry), "{retry}");
     let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (429, "rate_limit_exceeded")
-    );
+    assert_error(code, &b, 429, "rate_limit_exceeded");
     assert_eq!(b["retry_after_seconds"], retry);
     // Team callers are not limited per day.
     let (code, _) = app
@@ -43,7 +40,7 @@ async fn sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter(ba
     assert_eq!(app.count("rate_counters", "").await, 1);
 }
 
-crate::both_backends!(sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter);
+both_backends!(sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixth_anonymous_create_of_the_day_is_refused_by_the_redis_counter() {
@@ -82,11 +79,7 @@ async fn sixth_anonymous_create_of_the_day_is_refused_by_the_redis_counter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_allows_anonymous_creates_and_counts_it() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = stackyard_testkit::free_port().unwrap();
     let url = format!("redis://127.0.0.1:{closed}");
     let Some(app) = TestApp::spawn_with(Backend::Sqlite, &["--redis-url", &url]).await else {
         return;
@@ -97,14 +90,7 @@ async fn redis_down_allows_anonymous_creates_and_counts_it() {
             .await;
         assert_eq!(code, 202, "create {i}: {b}");
     }
-    let text = app
-        .get("/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("stackyard_rate_limit_redis_errors_total"),
         "{text}"

@@ -40,61 +40,26 @@ async fn create_get_list_delete_round_trip(backend: Backend) {
     assert_eq!(healthy["release"]["status"], "live");
     assert!(healthy.get("expires_at").is_none());
 
-    let (code, v1) = json_of(
-        app.get(&format!("/api/v1/stacks/{slug}"), Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, v1) = call(app.get(&format!("/api/v1/stacks/{slug}"), Some(&token))).await;
     assert_eq!(code, 200);
     assert_eq!(v1["stack_id"], slug.as_str());
 
-    let (code, list) = json_of(
-        app.get("/api/v1/stacks", Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, list) = call(app.get("/api/v1/stacks", Some(&token))).await;
     assert_eq!(code, 200);
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["stack_id"], slug.as_str());
     assert_eq!(list["items"][0]["status"], "healthy");
 
-    let res = app
-        .delete(&format!("/stacks/{slug}"), Some(&token))
-        .send()
-        .await
-        .unwrap();
-    let (code, del) = json_of(res).await;
+    let (code, del) = call(app.delete(&format!("/stacks/{slug}"), Some(&token))).await;
     assert_eq!(code, 202, "{del}");
     assert_eq!(del["status"], "deleting");
-    let (code, again) = json_of(
-        app.delete(&format!("/stacks/{slug}"), Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, again) = call(app.delete(&format!("/stacks/{slug}"), Some(&token))).await;
     assert!(code == 202 || code == 404, "repeat delete: {code} {again}");
     app.wait_for(&slug, Some(&token), |c, _| c == 404).await;
-    let (code, _) = json_of(
-        app.delete(&format!("/stacks/{slug}"), Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.delete(&format!("/stacks/{slug}"), Some(&token))).await;
     assert_eq!(code, 404);
 
-    let (_, audit) = json_of(
-        app.get(&format!("/api/v1/audit?stack={slug}"), Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, audit) = call(app.get(&format!("/api/v1/audit?stack={slug}"), Some(&token))).await;
     let kinds: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -136,40 +101,16 @@ async fn anonymous_stacks_expire_and_are_visible_only_anonymously(backend: Backe
     assert_eq!(body["expires_in"], "6h");
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
     let slug = body["stack_id"].as_str().unwrap().to_owned();
-    let (code, got) = json_of(
-        app.get(&format!("/stacks/{slug}"), None)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, got) = call(app.get(&format!("/stacks/{slug}"), None)).await;
     assert_eq!(code, 200);
     assert!(got["expires_at"].is_string());
     // A team cannot see an anonymous stack, and the v1 route requires a token.
-    let (code, _) = json_of(
-        app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.get(&format!("/stacks/{slug}"), Some(&app.admin_token))).await;
     assert_eq!(code, 404);
-    let (code, b) = json_of(
-        app.get(&format!("/api/v1/stacks/{slug}"), None)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.get(&format!("/api/v1/stacks/{slug}"), None)).await;
     assert_eq!(assert_envelope(code, &b), "unauthorized");
     // Anonymous callers may delete anonymous stacks (the slug is the secret).
-    let (code, _) = json_of(
-        app.delete(&format!("/stacks/{slug}"), None)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.delete(&format!("/stacks/{slug}"), None)).await;
     assert_eq!(code, 202);
 }
 
@@ -195,62 +136,35 @@ async fn another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_40
             "GET" => app.get(&path, Some(&other)),
             _ => app.delete(&path, Some(&other)),
         };
-        let (code, b) = json_of(rb.send().await.unwrap()).await;
+        let (code, b) = call(rb).await;
         assert_eq!(assert_envelope(code, &b), "not_found", "{method} {path}");
         assert_eq!(code, 404);
     }
-    let (_, list) = json_of(
-        app.get("/api/v1/stacks", Some(&other))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = call(app.get("/api/v1/stacks", Some(&other))).await;
     assert_eq!(list["total"], 0);
     // The owner's stack is untouched by the other team's DELETE.
-    let (code, b) = json_of(
-        app.get(&format!("/stacks/{slug}"), Some(&owner))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.get(&format!("/stacks/{slug}"), Some(&owner))).await;
     assert_eq!(code, 200);
     assert_ne!(b["status"], "deleting");
 
     // Revoke the other team's token: it stops working at once, everywhere.
-    let (_, who) = json_of(
-        app.get("/api/v1/whoami", Some(&other))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, who) = call(app.get("/api/v1/whoami", Some(&other))).await;
     let id = who["token"]["id"].as_i64().unwrap();
-    let (code, _) = json_of(
-        app.delete(&format!("/api/v1/tokens/{id}"), Some(&other))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.delete(&format!("/api/v1/tokens/{id}"), Some(&other))).await;
     assert_eq!(code, 200);
     for path in [
         "/api/v1/whoami".to_owned(),
         "/api/v1/stacks".to_owned(),
         format!("/stacks/{slug}"),
     ] {
-        let (code, b) = json_of(app.get(&path, Some(&other)).send().await.unwrap()).await;
+        let (code, b) = call(app.get(&path, Some(&other))).await;
         assert_eq!(assert_envelope(code, &b), "unauthorized", "{path}");
     }
     // An invalid token on an optional-auth route is 401, not a downgrade to anonymous.
     let (code, b) = app
         .create_stack(Some("sy_not-a-real-token"), two_service_form("x"))
         .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (401, "unauthorized")
-    );
+    assert_error(code, &b, 401, "unauthorized");
 }
 
 async fn create_rejects_each_invalid_form_with_its_code_and_writes_nothing(backend: Backend) {
@@ -351,13 +265,11 @@ async fn create_rejects_each_invalid_form_with_its_code_and_writes_nothing(backe
         assert_eq!(assert_envelope(code, &body), want, "{body}");
     }
     // Not multipart at all.
-    let res = app
-        .post("/stacks/new", t)
-        .json(&serde_json::json!({"manifest": one}))
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = json_of(res).await;
+    let (code, body) = call(
+        app.post("/stacks/new", t)
+            .json(&serde_json::json!({"manifest": one})),
+    )
+    .await;
     assert_eq!(assert_envelope(code, &body), "invalid_form");
 
     for table in STACK_TABLES {
@@ -398,13 +310,7 @@ async fn concurrent_creates_respect_the_team_cap_exactly(backend: Backend) {
     }
     assert_eq!(codes.iter().filter(|c| **c == 202).count(), 5, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 402).count(), 15, "{codes:?}");
-    let (_, list) = json_of(
-        app.get("/api/v1/stacks", Some(&token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = call(app.get("/api/v1/stacks", Some(&token))).await;
     assert_eq!(list["total"], 5);
 }
 
@@ -429,10 +335,7 @@ async fn idempotency_key_replays_and_rejects_reuse(backend: Backend) {
     let (_, second) = json_of(second).await;
     assert_eq!(first, second);
     let (code, body) = json_of(send("different").await.unwrap()).await;
-    assert_eq!(
-        (code, assert_envelope(code, &body).as_str()),
-        (422, "idempotency_key_reused")
-    );
+    assert_error(code, &body, 422, "idempotency_key_reused");
     assert_eq!(app.count("stacks", "").await, 1);
     // A request that fails validation does not burn the key.
     let bad = app
@@ -470,13 +373,7 @@ async fn list_pages_newest_first(backend: Backend) {
         slugs.push(b["stack_id"].as_str().unwrap().to_owned());
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
-    let (_, p1) = json_of(
-        app.get("/api/v1/stacks?limit=2", Some(&t))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, p1) = call(app.get("/api/v1/stacks?limit=2", Some(&t))).await;
     assert_eq!(p1["total"], 5);
     let ids = |p: &Value| {
         p["items"]
@@ -488,25 +385,13 @@ async fn list_pages_newest_first(backend: Backend) {
     };
     assert_eq!(ids(&p1), [slugs[4].clone(), slugs[3].clone()]);
     let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
-    let (_, p2) = json_of(
-        app.get(&format!("/api/v1/stacks?limit=2&cursor={cursor}"), Some(&t))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, p2) = call(app.get(&format!("/api/v1/stacks?limit=2&cursor={cursor}"), Some(&t))).await;
     assert_eq!(ids(&p2), [slugs[2].clone(), slugs[1].clone()]);
-    let (code, b) = json_of(
-        app.get("/api/v1/stacks?limit=abc", Some(&t))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, b) = call(app.get("/api/v1/stacks?limit=abc", Some(&t))).await;
     assert_eq!(assert_envelope(code, &b), "invalid_query");
 }
 
-crate::both_backends!(
+both_backends!(
     create_get_list_delete_round_trip,
     anonymous_stacks_expire_and_are_visible_only_anonymously,
     another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_401,

@@ -6,18 +6,8 @@ use serde_json::Value;
 use stackyard_server::{RunningServer, ServeArgs};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Keeps the test database alive as long as the app.
-#[allow(dead_code)]
-pub enum DbGuard {
-    Sqlite(stackyard_testkit::sqlite::SqliteTestDb),
-    Postgres(stackyard_testkit::pg::PgTestDb),
-}
+use stackyard_testkit::TestDb;
+pub use stackyard_testkit::{Backend, both_backends};
 
 pub struct TestApp {
     pub base: String,
@@ -27,7 +17,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub data_dir: tempfile::TempDir,
     _server: RunningServer,
-    _db: DbGuard,
+    db: TestDb,
 }
 
 #[derive(Parser)]
@@ -60,18 +50,8 @@ impl TestApp {
         extra: &[&str],
         proxy: Option<&TcpProxy>,
     ) -> Option<TestApp> {
-        let (guard, db_url) = match backend {
-            Backend::Sqlite => {
-                let db = stackyard_testkit::sqlite::fresh();
-                let url = db.url.clone();
-                (DbGuard::Sqlite(db), url)
-            }
-            Backend::Postgres => {
-                let db = stackyard_testkit::pg::fresh().await?;
-                let url = db.url.clone();
-                (DbGuard::Postgres(db), url)
-            }
-        };
+        let db = TestDb::fresh(backend).await?;
+        let db_url = db.url.clone();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let server_url = match proxy {
             Some(p) => p.rewrite(&db_url),
@@ -93,10 +73,7 @@ impl TestApp {
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Wrapper::parse_from(argv).serve;
         let server = stackyard_server::start(args).await.expect("server starts");
-        let admin_token = std::fs::read_to_string(data_dir.path().join("admin-token"))
-            .expect("admin token written")
-            .trim()
-            .to_owned();
+        let admin_token = stackyard_testkit::admin_token(data_dir.path());
         Some(TestApp {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::new(),
@@ -105,7 +82,7 @@ impl TestApp {
             backend,
             data_dir,
             _server: server,
-            _db: guard,
+            db,
         })
     }
 
@@ -144,15 +121,23 @@ impl TestApp {
         with_token(self.client.post(self.url(path)), token)
     }
 
-    /// `POST /stacks/new` with a form.
-    pub async fn create_stack(&self, token: Option<&str>, form: Form) -> (u16, Value) {
+    pub fn patch(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        with_token(self.client.patch(self.url(path)), token)
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
         let res = self
-            .post("/stacks/new", token)
-            .multipart(form)
+            .get("/metrics", None)
             .send()
             .await
             .expect("request sent");
-        json_of(res).await
+        res.text().await.expect("body")
+    }
+
+    /// `POST /stacks/new` with a form.
+    pub async fn create_stack(&self, token: Option<&str>, form: Form) -> (u16, Value) {
+        call(self.post("/stacks/new", token).multipart(form)).await
     }
 
     /// Polls `GET /stacks/:slug` until `done` accepts the body (or the status code is 404 when
@@ -165,13 +150,7 @@ impl TestApp {
     ) -> (u16, Value) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let (code, body) = json_of(
-                self.get(&format!("/stacks/{slug}"), token)
-                    .send()
-                    .await
-                    .expect("get"),
-            )
-            .await;
+            let (code, body) = call(self.get(&format!("/stacks/{slug}"), token)).await;
             if done(code, &body) {
                 return (code, body);
             }
@@ -185,28 +164,7 @@ impl TestApp {
 
     /// A single integer from `sql`, read straight from the database.
     pub async fn scalar(&self, sql: &str) -> i64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.db_url)
-                    .await
-                    .expect("sqlite");
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&pool)
-                    .await
-                    .expect("scalar");
-                pool.close().await;
-                n
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.db_url).await.expect("pg");
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&pool)
-                    .await
-                    .expect("scalar");
-                pool.close().await;
-                n
-            }
-        }
+        self.db.scalar(sql).await
     }
 
     /// Rows in `table` (optionally filtered by a SQL condition) read straight from the database.
@@ -233,6 +191,11 @@ pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
     let v =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({code}): {text}"));
     (code, v)
+}
+
+/// Sends `req` and returns the status and the JSON body.
+pub async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
+    json_of(req.send().await.expect("request sent")).await
 }
 
 /// A gzipped tarball of `(path, contents)` files.
@@ -293,23 +256,13 @@ pub fn assert_envelope(code: u16, body: &Value) -> String {
     body["error"].as_str().expect("error code").to_owned()
 }
 
-/// Declares a test body `async fn name(backend: Backend)` once and runs it on both backends.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name($crate::support::Backend::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name($crate::support::Backend::Postgres).await }
-            )*
-        }
-    };
+/// Asserts an error answer: the envelope, with status `status` and error code `error`.
+#[track_caller]
+pub fn assert_error(code: u16, body: &Value, status: u16, error: &str) {
+    assert_eq!(
+        (code, assert_envelope(code, body).as_str()),
+        (status, error)
+    );
 }
 
 /// A gzipped tarball written header by header, so tests can build entries the `tar` crate's

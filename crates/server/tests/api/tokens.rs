@@ -8,108 +8,46 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revocable(backend: Bac
         return;
     };
     let admin = app.admin_token.clone();
-    let (code, who) = json_of(
-        app.get("/api/v1/whoami", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, who) = call(app.get("/api/v1/whoami", Some(&admin))).await;
     assert_eq!(code, 200);
     assert_eq!(who["team"]["name"], "default");
     assert!(who["team"]["max_stacks"].is_null());
     assert_eq!(who["token"]["name"], "admin");
 
-    let res = app
-        .post("/api/v1/tokens", Some(&admin))
-        .json(&json!({"name": "ci"}))
-        .send()
-        .await
-        .unwrap();
-    let (code, created) = json_of(res).await;
+    let (code, created) = call(
+        app.post("/api/v1/tokens", Some(&admin))
+            .json(&json!({"name": "ci"})),
+    )
+    .await;
     assert_eq!(code, 201, "{created}");
     let secret = created["token"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("sy_"));
-    let (code, who2) = json_of(
-        app.get("/api/v1/whoami", Some(&secret))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, who2) = call(app.get("/api/v1/whoami", Some(&secret))).await;
     assert_eq!(code, 200);
     assert_eq!(who2["token"]["name"], "ci");
 
-    let (_, list) = json_of(
-        app.get("/api/v1/tokens", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = call(app.get("/api/v1/tokens", Some(&admin))).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains(&secret));
 
     let id = created["id"].as_i64().unwrap();
-    let (code, _) = json_of(
-        app.delete(&format!("/api/v1/tokens/{id}"), Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.delete(&format!("/api/v1/tokens/{id}"), Some(&admin))).await;
     assert_eq!(code, 200);
-    let (code, b) = json_of(
-        app.get("/api/v1/whoami", Some(&secret))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (401, "unauthorized")
-    );
-    let (code, b) = json_of(
-        app.delete(&format!("/api/v1/tokens/{id}"), Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (404, "not_found")
-    );
+    let (code, b) = call(app.get("/api/v1/whoami", Some(&secret))).await;
+    assert_error(code, &b, 401, "unauthorized");
+    let (code, b) = call(app.delete(&format!("/api/v1/tokens/{id}"), Some(&admin))).await;
+    assert_error(code, &b, 404, "not_found");
 
     // Another team cannot revoke this team's tokens.
     let other = app.create_team("other", Some(1)).await;
     let admin_id = who["token"]["id"].as_i64().unwrap();
-    let (code, _) = json_of(
-        app.delete(&format!("/api/v1/tokens/{admin_id}"), Some(&other))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (code, _) = call(app.delete(&format!("/api/v1/tokens/{admin_id}"), Some(&other))).await;
     assert_eq!(code, 404);
 
-    let (_, audit) = json_of(
-        app.get("/api/v1/audit?kind=token.created", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, audit) = call(app.get("/api/v1/audit?kind=token.created", Some(&admin))).await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
     assert!(!audit.to_string().contains(&secret));
-    let (_, audit) = json_of(
-        app.get("/api/v1/audit?kind=token.revoked", Some(&admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, audit) = call(app.get("/api/v1/audit?kind=token.revoked", Some(&admin))).await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
 
     // Required routes without a token.
@@ -119,7 +57,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revocable(backend: Bac
         "/api/v1/audit",
         "/api/v1/stacks",
     ] {
-        let (code, b) = json_of(app.get(path, None).send().await.unwrap()).await;
+        let (code, b) = call(app.get(path, None)).await;
         assert_eq!(
             (code, assert_envelope(code, &b).as_str()),
             (401, "unauthorized"),
@@ -134,53 +72,27 @@ async fn framework_rejections_use_the_envelope(backend: Backend) {
     };
     let t = Some(app.admin_token.as_str());
     // Bad JSON, wrong content type, wrong shape.
-    let res = app
-        .post("/api/v1/tokens", t)
-        .header("content-type", "application/json")
-        .body("{nope")
-        .send()
-        .await
-        .unwrap();
-    let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (400, "invalid_body")
-    );
-    let res = app
-        .post("/api/v1/tokens", t)
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (415, "unsupported_media_type")
-    );
-    let res = app
-        .post("/api/v1/tokens", t)
-        .json(&json!({"nom": 1}))
-        .send()
-        .await
-        .unwrap();
-    let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (400, "invalid_body")
-    );
+    let (code, b) = call(
+        app.post("/api/v1/tokens", t)
+            .header("content-type", "application/json")
+            .body("{nope"),
+    )
+    .await;
+    assert_error(code, &b, 400, "invalid_body");
+    let (code, b) = call(
+        app.post("/api/v1/tokens", t)
+            .header("content-type", "text/plain")
+            .body("{}"),
+    )
+    .await;
+    assert_error(code, &b, 415, "unsupported_media_type");
+    let (code, b) = call(app.post("/api/v1/tokens", t).json(&json!({"nom": 1}))).await;
+    assert_error(code, &b, 400, "invalid_body");
     // Unknown route and method not allowed.
-    let (code, b) = json_of(app.get("/nope", None).send().await.unwrap()).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (404, "not_found")
-    );
-    let res = app.client.put(app.url("/stacks/new")).send().await.unwrap();
-    let (code, b) = json_of(res).await;
-    assert_eq!(
-        (code, assert_envelope(code, &b).as_str()),
-        (405, "method_not_allowed")
-    );
+    let (code, b) = call(app.get("/nope", None)).await;
+    assert_error(code, &b, 404, "not_found");
+    let (code, b) = call(app.client.put(app.url("/stacks/new"))).await;
+    assert_error(code, &b, 405, "method_not_allowed");
     // Request ids: echoed when sane, minted otherwise, and always the one in the body.
     let res = app
         .get("/nope", None)
@@ -205,11 +117,11 @@ async fn operational_routes_answer(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let (code, b) = json_of(app.get("/healthz", None).send().await.unwrap()).await;
+    let (code, b) = call(app.get("/healthz", None)).await;
     assert_eq!((code, &b["ok"]), (200, &json!(true)));
-    let (code, b) = json_of(app.get("/readyz", None).send().await.unwrap()).await;
+    let (code, b) = call(app.get("/readyz", None)).await;
     assert_eq!(code, 200, "{b}");
-    let (code, doc) = json_of(app.get("/openapi.json", None).send().await.unwrap()).await;
+    let (code, doc) = call(app.get("/openapi.json", None)).await;
     assert_eq!(code, 200);
     for path in [
         "/stacks/new",
@@ -228,14 +140,7 @@ async fn operational_routes_answer(backend: Backend) {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     app.get("/nope", None).send().await.unwrap();
-    let text = app
-        .get("/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("stackyard_http_requests_total"), "{text}");
 }
 
@@ -249,32 +154,21 @@ async fn audit_is_team_scoped_and_pages(backend: Backend) {
             .await;
     }
     let other = app.create_team("other", None).await;
-    let (_, theirs) = json_of(app.get("/api/v1/audit", Some(&other)).send().await.unwrap()).await;
+    let (_, theirs) = call(app.get("/api/v1/audit", Some(&other))).await;
     assert!(!theirs.to_string().contains("stack.created"), "{theirs}");
-    let (_, p1) = json_of(
-        app.get("/api/v1/audit?kind=stack.created&limit=2", Some(&t))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, p1) = call(app.get("/api/v1/audit?kind=stack.created&limit=2", Some(&t))).await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
     let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
-    let (_, p2) = json_of(
-        app.get(
-            &format!("/api/v1/audit?kind=stack.created&limit=2&cursor={cursor}"),
-            Some(&t),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
+    let (_, p2) = call(app.get(
+        &format!("/api/v1/audit?kind=stack.created&limit=2&cursor={cursor}"),
+        Some(&t),
+    ))
     .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert!(p1["items"][0]["id"].as_i64() > p1["items"][1]["id"].as_i64());
 }
 
-crate::both_backends!(
+both_backends!(
     tokens_are_shown_once_listed_without_secrets_and_revocable,
     framework_rejections_use_the_envelope,
     operational_routes_answer,

@@ -16,13 +16,12 @@
 
 use super::{BenchDb, Spread, emit};
 use anyhow::{Context, bail};
-use clap::{Args, Parser};
+use clap::Args;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use stackyard_core::Manifest;
 use stackyard_core::manifest::resolve_service_refs;
 use stackyard_core::tarball::procfile_command;
-use stackyard_server::ServeArgs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -103,13 +102,15 @@ async fn run_on(
     url: &str,
     data_dir: &Path,
 ) -> anyhow::Result<Value> {
-    let server = stackyard_server::start(serve_args(url, data_dir)?).await?;
+    let serve = super::serve_args(
+        url,
+        data_dir,
+        &["--runtime", "local", "--router-listen", "127.0.0.1:0"],
+    )?;
+    let server = stackyard_server::start(serve).await?;
     let base = format!("http://{}", server.addr);
     let result = async {
-        let token = std::fs::read_to_string(data_dir.join("admin-token"))
-            .context("reading the admin token")?
-            .trim()
-            .to_owned();
+        let token = super::admin_token(data_dir)?;
         let client = reqwest::Client::builder().no_proxy().build()?;
         let mut deploys = Vec::new();
         let mut starts = Vec::new();
@@ -124,29 +125,6 @@ async fn run_on(
     server.stop().await;
     let (deploys, starts) = result?;
     Ok(report(args, example, url, &deploys, &starts))
-}
-
-/// Server settings: the local runtime, API and router on free ports, quiet.
-fn serve_args(database_url: &str, data_dir: &Path) -> anyhow::Result<ServeArgs> {
-    #[derive(Parser)]
-    struct W {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    Ok(W::try_parse_from([
-        "stackyard",
-        "--listen",
-        "127.0.0.1:0",
-        "--runtime",
-        "local",
-        "--router-listen",
-        "127.0.0.1:0",
-        "--database-url",
-        database_url,
-        "--data-dir",
-        &data_dir.display().to_string(),
-    ])?
-    .serve)
 }
 
 fn load_example(given: Option<&Path>) -> anyhow::Result<Example> {
@@ -204,38 +182,10 @@ fn load_example(given: Option<&Path>) -> anyhow::Result<Example> {
     })
 }
 
-/// A gzipped tarball of a directory's regular files (paths relative to it; `__pycache__` and
-/// dot-files left out, as the CLI leaves them out).
+/// The directory packed as `stackyard deploy` packs it.
 fn tar_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    fn walk(
-        b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
-        root: &Path,
-        dir: &Path,
-    ) -> anyhow::Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        entries.sort();
-        for p in entries {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with('.') || name == "__pycache__" {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&p)?;
-            if meta.is_dir() {
-                walk(b, root, &p)?;
-            } else if meta.is_file() {
-                b.append_path_with_name(&p, p.strip_prefix(root)?)?;
-            }
-        }
-        Ok(())
-    }
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    walk(&mut b, dir, dir)?;
-    Ok(b.into_inner()?.finish()?)
+    let packed = stackyard_cli::pack::pack_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(std::fs::read(packed.path())?)
 }
 
 fn ms(d: Duration) -> f64 {

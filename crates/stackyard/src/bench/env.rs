@@ -66,12 +66,15 @@ async fn run_on(args: &EnvBenchArgs, url: &str) -> anyhow::Result<Value> {
         "stackyard-bench-data-{}",
         stackyard_core::ids::random_hex(4)
     ));
-    let serve = crate::serve_args_for_bench(url, &data_dir, args.writers);
+    let connections = (args.writers / 2).clamp(8, 32).to_string();
+    let serve = super::serve_args(
+        url,
+        &data_dir,
+        &["--runtime", "noop", "--db-connections", &connections],
+    )?;
     let server = stackyard_server::start(serve).await?;
     let base = format!("http://{}", server.addr);
-    let token = std::fs::read_to_string(data_dir.join("admin-token"))?
-        .trim()
-        .to_owned();
+    let token = super::admin_token(&data_dir)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.writers * 2)
         .build()?;

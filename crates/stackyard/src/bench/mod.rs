@@ -13,7 +13,10 @@ mod load;
 pub mod router;
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use sqlx::Connection;
+use stackyard_server::ServeArgs;
+use std::path::Path;
 
 /// A fresh database for a run and how to clean it up.
 pub(crate) enum BenchDb {
@@ -73,6 +76,39 @@ impl BenchDb {
             }
         }
     }
+}
+
+/// Settings for an in-process benchmark server on `database_url` and `data_dir`, its API on a
+/// free port; `extra` adds flags (runtime, router, pool size).
+pub(crate) fn serve_args(
+    database_url: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<ServeArgs> {
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let data_dir = data_dir.display().to_string();
+    let base = [
+        "stackyard",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &data_dir,
+    ];
+    Ok(W::try_parse_from(base.iter().chain(extra))?.serve)
+}
+
+/// The admin token the server wrote into `data_dir` on its first start.
+pub(crate) fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(data_dir.join("admin-token"))
+        .context("reading the admin token")?
+        .trim()
+        .to_owned())
 }
 
 /// `url` with its database name replaced.

@@ -77,10 +77,7 @@ fn each_error_class_has_its_exit_code() {
     // (412 → 4 is checked in the walk-through, with its hint.)
 
     // No server → 5, after the retries of a safe request.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = stackyard_testkit::free_port().unwrap();
     let down = Client::with_env(&format!("http://127.0.0.1:{port}"), &token);
     let run = down.run(&["ls"]);
     run.code(5);

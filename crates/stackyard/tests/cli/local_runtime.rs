@@ -3,6 +3,16 @@
 
 use crate::support::*;
 
+/// The stack id from a deploy's `Created stk-… (name), release v1` note.
+fn created_slug(run: &Run) -> String {
+    run.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Created "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `Created` line: {run:?}"))
+        .to_owned()
+}
+
 #[test]
 fn deploy_two_service_example_serves_and_a_crashing_example_fails_with_its_log() {
     let server = Server::start(&["--runtime", "local"]);
@@ -12,13 +22,7 @@ fn deploy_two_service_example_serves_and_a_crashing_example_fails_with_its_log()
     let dir = repo_example("two-service");
     let run = cli.run(&["deploy", dir.to_str().unwrap()]);
     run.ok();
-    let slug = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Created "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no `Created` line: {run:?}"))
-        .to_owned();
+    let slug = created_slug(&run);
     assert!(
         run.stdout.contains(&format!("{slug} is live (release v1)")),
         "{run:?}"
@@ -56,13 +60,7 @@ fn deploy_two_service_example_serves_and_a_crashing_example_fails_with_its_log()
         "{run:?}"
     );
     assert!(run.stderr.contains("stackyard logs"), "{run:?}");
-    let crashed = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Created "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let crashed = created_slug(&run);
     let logs = cli.run(&["logs", &crashed, "app"]);
     logs.ok();
     assert!(logs.stdout.contains("starting up"), "{logs:?}");

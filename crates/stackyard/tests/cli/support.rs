@@ -41,10 +41,7 @@ impl Server {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned()
+        stackyard_testkit::admin_token(self.data.path())
     }
 }
 
@@ -272,12 +269,7 @@ fn write(root: &Path, rel: &str, body: &str) {
 pub fn two_service_copy(root: &Path) -> PathBuf {
     let dir = root.join("two-service");
     copy_tree(&repo_example("two-service"), &dir);
-    write(&dir, "web/.stackyardignore", "*.log\n");
-    write(&dir, "web/debug.log", "noise\n");
-    write(&dir, "web/.git/HEAD", "ref: refs/heads/main\n");
-    write(root, "outside.txt", "not for upload\n");
-    #[cfg(unix)]
-    std::os::unix::fs::symlink("../../outside.txt", dir.join("web/outside-link")).unwrap();
+    add_packing_fixtures(root, &dir);
     dir
 }
 
@@ -292,14 +284,20 @@ pub fn example_stack(root: &Path) -> PathBuf {
     );
     write(&dir, "web/Procfile", "web: python3 -m http.server $PORT\n");
     write(&dir, "web/index.html", "<h1>hello</h1>\n");
-    write(&dir, "web/.stackyardignore", "*.log\n");
-    write(&dir, "web/debug.log", "noise\n");
-    write(&dir, "web/.git/HEAD", "ref: refs/heads/main\n");
     write(&dir, "worker/worker.py", "print('working')\n");
+    add_packing_fixtures(root, &dir);
+    dir
+}
+
+/// What packing `DIR/web` must leave out: an ignore file and a file it ignores, a `.git`
+/// directory, and a link to `ROOT/outside.txt`.
+fn add_packing_fixtures(root: &Path, dir: &Path) {
+    write(dir, "web/.stackyardignore", "*.log\n");
+    write(dir, "web/debug.log", "noise\n");
+    write(dir, "web/.git/HEAD", "ref: refs/heads/main\n");
     write(root, "outside.txt", "not for upload\n");
     #[cfg(unix)]
     std::os::unix::fs::symlink("../../outside.txt", dir.join("web/outside-link")).unwrap();
-    dir
 }
 
 /// One request the scripted server received.

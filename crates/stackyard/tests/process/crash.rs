@@ -160,7 +160,7 @@ async fn sigkill_under_64_writers_loses_no_acknowledged_patch(backend: Backend) 
     }
 }
 
-crate::both_backends!(
+both_backends!(
     sigkill_during_a_claimed_teardown_then_restart_finishes_it,
     sigkill_under_64_writers_loses_no_acknowledged_patch,
 );

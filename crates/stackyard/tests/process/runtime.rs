@@ -17,29 +17,10 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-/// A gzipped tarball of a directory's files, paths relative to it.
-pub fn tar_dir(dir: &Path) -> Vec<u8> {
-    fn walk(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, root: &Path, dir: &Path) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let rel = p.strip_prefix(root).unwrap();
-            if p.is_dir() {
-                walk(b, root, &p);
-            } else {
-                b.append_path_with_name(&p, rel).unwrap();
-            }
-        }
-    }
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    walk(&mut b, dir, dir);
-    b.into_inner().unwrap().finish().unwrap()
+/// A service directory packed as `stackyard deploy` packs it.
+fn tar_dir(dir: &Path) -> Vec<u8> {
+    let packed = stackyard_cli::pack::pack_dir(dir).expect("pack");
+    std::fs::read(packed.path()).unwrap()
 }
 
 /// A multipart form for the example (or test app) in `dir`: its manifest and one tarball per
@@ -233,6 +214,24 @@ async fn redeploy(
     b["release"]["version"].as_i64().unwrap()
 }
 
+/// DELETE (202), then polls until the stack reads as 404.
+async fn delete_and_wait_gone(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    slug: &str,
+    within: Duration,
+) {
+    let res = client
+        .delete(server.url(&format!("/stacks/{slug}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    wait_until(client, server, token, slug, within, |c, _| c == 404).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     let db = Db::fresh(Backend::Sqlite).await.unwrap();
@@ -422,22 +421,7 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
 
     // Teardown: nothing of the stack runs or stays on disk.
     assert!(!pids_of(&slug).is_empty());
-    let res = client
-        .delete(server.url(&format!("/stacks/{slug}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    wait_until(
-        &client,
-        &server,
-        &token,
-        &slug,
-        Duration::from_secs(60),
-        |c, _| c == 404,
-    )
-    .await;
+    delete_and_wait_gone(&client, &server, &token, &slug, Duration::from_secs(60)).await;
     assert!(
         pids_of(&slug).iter().all(|p| !alive(*p)),
         "processes left: {:?}",
@@ -468,22 +452,7 @@ async fn fifty_stacks_created_and_deleted_concurrently_leave_no_process_or_file(
             let slug = create(&client, &server, Some(&token), form).await;
             wait_healthy(&client, &server, Some(&token), &slug).await;
             assert!(!pids_of(&slug).is_empty(), "{slug} runs nothing");
-            let res = client
-                .delete(server.url(&format!("/stacks/{slug}")))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 202);
-            wait_until(
-                &client,
-                &server,
-                &token,
-                &slug,
-                Duration::from_secs(120),
-                |c, _| c == 404,
-            )
-            .await;
+            delete_and_wait_gone(&client, &server, &token, &slug, Duration::from_secs(120)).await;
             slug
         }));
     }
@@ -506,12 +475,7 @@ async fn a_killed_server_restarts_its_stacks_and_stops_the_orphans() {
     let db = Db::fresh(Backend::Sqlite).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let app = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = stackyard_testkit::free_port().unwrap().to_string();
     let args = [
         "--runtime",
         "local",

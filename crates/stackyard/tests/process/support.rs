@@ -8,61 +8,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stackyard");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh database for a test; `None` when PostgreSQL is unavailable outside CI.
-pub struct Db {
-    pub url: String,
-    _sqlite: Option<stackyard_testkit::sqlite::SqliteTestDb>,
-    _pg: Option<stackyard_testkit::pg::PgTestDb>,
-}
-
-impl Db {
-    pub async fn fresh(backend: Backend) -> Option<Db> {
-        match backend {
-            Backend::Sqlite => {
-                let db = stackyard_testkit::sqlite::fresh();
-                Some(Db {
-                    url: db.url.clone(),
-                    _sqlite: Some(db),
-                    _pg: None,
-                })
-            }
-            Backend::Postgres => {
-                let db = stackyard_testkit::pg::fresh().await?;
-                Some(Db {
-                    url: db.url.clone(),
-                    _sqlite: None,
-                    _pg: Some(db),
-                })
-            }
-        }
-    }
-
-    pub async fn scalar(&self, sql: &str) -> i64 {
-        if self.url.starts_with("sqlite") {
-            let pool = sqlx::SqlitePool::connect(&self.url).await.expect("sqlite");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                .fetch_one(&pool)
-                .await
-                .expect(sql);
-            pool.close().await;
-            n
-        } else {
-            let pool = sqlx::PgPool::connect(&self.url).await.expect("pg");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                .fetch_one(&pool)
-                .await
-                .expect(sql);
-            pool.close().await;
-            n
-        }
-    }
-}
+pub use stackyard_testkit::{Backend, TestDb as Db, both_backends};
 
 /// A `stackyard serve` child process (see `stackyard_testkit::process`).
 pub struct Server {
@@ -88,10 +34,7 @@ impl Server {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin-token"))
-            .expect("admin token")
-            .trim()
-            .to_owned()
+        stackyard_testkit::admin_token(&self.data_dir)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -169,23 +112,4 @@ pub async fn wait_until(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Declares a test body `async fn name(backend: Backend)` once and runs it on both backends.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name($crate::support::Backend::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name($crate::support::Backend::Postgres).await }
-            )*
-        }
-    };
 }
