@@ -4,7 +4,7 @@
 
 use crate::env::{EnvChange, EnvMap, EnvPatch};
 use crate::model::EnvOutcome;
-use crate::store::{EnvOp, EnvWrite, EnvWriteError};
+use crate::store::{EnvOp, EnvWrite, EnvWriteError, IdempotencyRecord};
 use crate::time::Millis;
 use serde_json::json;
 use std::borrow::Cow;
@@ -48,6 +48,10 @@ pub struct BatchPlan {
     /// The map and version after the batch (equal to the base when nothing changed).
     pub map: EnvMap,
     pub version: i64,
+    /// The idempotency records the batch completes: one per write that carried a key and was
+    /// not refused (a no-op write too: its answer is replayable). A key sent twice in one batch
+    /// keeps its last answer, as applying the writes one by one would.
+    pub completions: Vec<IdempotencyRecord>,
 }
 
 impl BatchPlan {
@@ -160,11 +164,47 @@ pub fn plan_batch(
             }
         }
     }
+    let completions = completions(writes, &outcomes);
     BatchPlan {
         outcomes,
         records,
         map,
         version,
+        completions,
+    }
+}
+
+fn completions(
+    writes: &[EnvWrite],
+    outcomes: &[Result<EnvOutcome, EnvWriteError>],
+) -> Vec<IdempotencyRecord> {
+    let mut out: Vec<IdempotencyRecord> = Vec::new();
+    for (w, o) in writes.iter().zip(outcomes) {
+        let (Some(idem), Ok(outcome)) = (&w.idempotency, o) else {
+            continue;
+        };
+        out.retain(|r| r.scope != idem.scope || r.key != idem.key);
+        out.push(idem.record(outcome));
+    }
+    out
+}
+
+/// The audit row of `GET /stacks/:slug/env?reveal=true`: `stack.env.revealed` `{version}`,
+/// written before the values are handed out.
+pub fn revealed(
+    team_id: Option<crate::model::TeamId>,
+    slug: &crate::ids::StackSlug,
+    version: i64,
+    ctx: crate::model::AuditCtx,
+) -> crate::lifecycle::AuditRecord {
+    crate::lifecycle::AuditRecord {
+        at: ctx.now,
+        team_id,
+        actor: ctx.actor.0,
+        kind: AUDIT_ENV_REVEALED,
+        stack_slug: Some(slug.clone()),
+        request_id: ctx.request_id,
+        metadata: json!({ "version": version }),
     }
 }
 
@@ -378,6 +418,42 @@ mod tests {
         let md = plan.records[0].audit_metadata.to_string();
         assert!(!md.contains("hunter2"));
         assert!(md.contains("PASSWORD"));
+    }
+
+    #[test]
+    fn completions_answer_each_keyed_write_and_a_repeated_key_keeps_its_last_answer() {
+        use crate::store::Idempotent;
+        let keyed = |body: &str, key: &str| {
+            let mut w = write(body);
+            w.idempotency = Some(Idempotent::new(
+                "team:1".into(),
+                key.into(),
+                200,
+                |o: &EnvOutcome| format!("v{}", o.version),
+            ));
+            w
+        };
+        let mut stale = keyed(r#"{"env":{"C":"3"}}"#, "c");
+        stale.if_match = Some(0);
+        let writes = vec![
+            keyed(r#"{"env":{"A":"1"}}"#, "a"),
+            keyed(r#"{"env":{"B":"2"}}"#, "a"),
+            stale,
+            write(r#"{"env":{"D":"4"}}"#),
+        ];
+        let plan = plan_batch(EnvMap::new(), 0, &writes, &BTreeMap::new(), Millis(1));
+        assert_eq!(
+            plan.completions.len(),
+            1,
+            "refused and unkeyed writes complete nothing"
+        );
+        assert_eq!(
+            (
+                plan.completions[0].key.as_str(),
+                plan.completions[0].body.as_str()
+            ),
+            ("a", "v2")
+        );
     }
 
     #[test]

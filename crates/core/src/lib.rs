@@ -7,6 +7,7 @@
 pub mod env;
 pub mod envlog;
 pub mod ids;
+pub mod lifecycle;
 pub mod manifest;
 pub mod model;
 pub mod runtime;

@@ -341,6 +341,14 @@ impl NewEvent {
         }
     }
 
+    /// `env.version` `{version, set, deleted}`: key names only, never values.
+    pub fn env_version(version: i64, change: &EnvChange) -> NewEvent {
+        NewEvent {
+            kind: "env.version",
+            data: serde_json::json!({ "version": version, "set": change.set, "deleted": change.deleted }),
+        }
+    }
+
     pub fn stack_deleted() -> NewEvent {
         NewEvent {
             kind: "stack.deleted",

@@ -15,7 +15,7 @@
 //! disconnects mid-request cannot strand the writes queued behind it.
 
 use stackyard_core::model::{EnvOutcome, StackId};
-use stackyard_core::store::{EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError, Store};
+use stackyard_core::store::{EnvBatchError, EnvStore, EnvWrite, EnvWriteError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -36,18 +36,16 @@ struct Queue {
     pending: Vec<Pending>,
 }
 
-pub struct EnvQueue<S: Store> {
+pub struct EnvQueue<S: EnvStore> {
     store: S,
-    render: EnvResponseRenderer,
     /// A std mutex: held only to push or take a vector, never across an await.
     queues: Arc<Mutex<HashMap<StackId, Queue>>>,
 }
 
-impl<S: Store> EnvQueue<S> {
-    pub fn new(store: S, render: EnvResponseRenderer) -> Self {
+impl<S: EnvStore> EnvQueue<S> {
+    pub fn new(store: S) -> Self {
         Self {
             store,
-            render,
             queues: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -66,8 +64,8 @@ impl<S: Store> EnvQueue<S> {
             fresh
         };
         if start_drainer {
-            let (store, render, queues) = (self.store.clone(), self.render, self.queues.clone());
-            tokio::spawn(drain(store, render, queues, stack));
+            let (store, queues) = (self.store.clone(), self.queues.clone());
+            tokio::spawn(drain(store, queues, stack));
         }
         rx.await.unwrap_or_else(|_| {
             Err(EnvBatchError::Store(
@@ -77,12 +75,7 @@ impl<S: Store> EnvQueue<S> {
     }
 }
 
-async fn drain<S: Store>(
-    store: S,
-    render: EnvResponseRenderer,
-    queues: Arc<Mutex<HashMap<StackId, Queue>>>,
-    stack: StackId,
-) {
+async fn drain<S: EnvStore>(store: S, queues: Arc<Mutex<HashMap<StackId, Queue>>>, stack: StackId) {
     // If the store call panics, the guard drops the queue entry (and with it the waiters'
     // reply senders, so they get an error) instead of leaving an entry no drainer serves.
     struct Guard<'a>(&'a Mutex<HashMap<StackId, Queue>>, StackId, bool);
@@ -116,7 +109,7 @@ async fn drain<S: Store>(
         let started = std::time::Instant::now();
         let (writes, replies): (Vec<EnvWrite>, Vec<oneshot::Sender<WriteResult>>) =
             batch.into_iter().map(|p| (p.write, p.reply)).unzip();
-        let applied = store.apply_env_writes(stack, writes, render).await;
+        let applied = store.apply_env_writes(stack, writes).await;
         let elapsed = started.elapsed();
         metrics::histogram!("stackyard_env_batch_size").record(size as f64);
         metrics::histogram!("stackyard_env_batch_seconds").record(elapsed.as_secs_f64());

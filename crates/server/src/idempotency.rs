@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use stackyard_core::store::{IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRequest, Store};
+use stackyard_core::store::{Housekeeping, IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRequest};
 use std::time::Duration;
 
 pub const HEADER: &str = "idempotency-key";
@@ -49,7 +49,7 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Looks the key up and reserves it. `request_hash` identifies the request's meaning (route and
 /// parsed body), so a replay with the same content but a new multipart boundary still matches;
 /// it is only computed when a key was sent, so requests without one never hash their body.
-pub async fn start<S: Store>(
+pub async fn start<S: Housekeeping>(
     store: &S,
     headers: &HeaderMap,
     scope: String,
@@ -90,7 +90,7 @@ pub async fn start<S: Store>(
 
 /// Frees a reservation whose request failed, so a retry runs again. Failing to free it only
 /// delays the retry until the reservation goes stale, so errors are logged, not returned.
-pub async fn abandon<S: Store>(store: &S, reservation: Option<&Reservation>) {
+pub async fn abandon<S: Housekeeping>(store: &S, reservation: Option<&Reservation>) {
     if let Some(r) = reservation
         && let Err(e) = store.idempotency_abandon(&r.scope, &r.key).await
     {

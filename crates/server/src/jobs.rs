@@ -9,7 +9,7 @@ use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
 use stackyard_core::model::{Job, JobKind, Release, ServiceStatus, Stack};
 use stackyard_core::runtime::{BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink};
-use stackyard_core::store::{DeployResult, Store};
+use stackyard_core::store::{DeployResult, JobStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -21,7 +21,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: Store> {
+pub struct Workers<S: JobStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -30,7 +30,7 @@ pub struct Workers<S: Store> {
     pub slots: usize,
 }
 
-impl<S: Store> Workers<S> {
+impl<S: JobStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true. Jobs still running then are left to
     /// their leases (another server, or this one after a restart, resumes them).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -215,12 +215,12 @@ fn backoff_ms(attempts: i64) -> i64 {
 }
 
 /// Turns runtime progress into fenced status writes.
-struct JobSink<S: Store> {
+struct JobSink<S: JobStore> {
     store: S,
     job: Job,
 }
 
-impl<S: Store> StatusSink for JobSink<S> {
+impl<S: JobStore> StatusSink for JobSink<S> {
     fn service_status<'a>(
         &'a self,
         service: &'a ServiceName,

@@ -4,7 +4,7 @@
 
 use crate::now;
 use stackyard_core::model::{Access, Actor, AuditCtx};
-use stackyard_core::store::Store;
+use stackyard_core::store::{Housekeeping, StackStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -19,7 +19,7 @@ pub fn expiry_tick(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
-pub async fn run<S: Store>(
+pub async fn run<S: StackStore + Housekeeping>(
     store: S,
     ttl: Duration,
     jobs_ready: Arc<Notify>,
@@ -49,7 +49,7 @@ pub async fn run<S: Store>(
 }
 
 /// Marks every expired anonymous stack `deleting` and queues its teardown.
-pub async fn expire<S: Store>(store: &S, jobs_ready: &Notify) {
+pub async fn expire<S: StackStore>(store: &S, jobs_ready: &Notify) {
     let expired = match store.expired_stacks(now(), 100).await {
         Ok(v) => v,
         Err(e) => {

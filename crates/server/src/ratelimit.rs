@@ -6,7 +6,7 @@
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use stackyard_core::Millis;
-use stackyard_core::store::Store;
+use stackyard_core::store::Housekeeping;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -42,7 +42,7 @@ impl RateLimiter {
     }
 
     /// Counts one anonymous create for `fingerprint` and refuses it past the daily limit.
-    pub async fn check_anonymous<S: Store>(
+    pub async fn check_anonymous<S: Housekeeping>(
         &self,
         store: &S,
         fingerprint: &str,

@@ -1,75 +1,36 @@
-//! Stack events (`GET /stacks/:slug/events`): rows written by each change inside its own
-//! transaction, read back by id. Every writer holds the stack's row lock when it takes an id
-//! from the sequence, so a stack's ids follow commit order, whichever server wrote them.
+//! `EventStore` on PostgreSQL: stack events and the audit log. Every writer of a stack's events
+//! holds the stack's row lock when it takes an id, so ids follow commit order per stack, across
+//! every server sharing the database.
 
 use crate::PgStore;
-use crate::error::{Result, col, json_col};
+use crate::sql::OPS;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use stackyard_core::model::{AuditEntry, Page, StackEvent, StackId, TeamId};
+use stackyard_core::store::{AuditFilter, EventStore, StoreError};
 
-use sqlx::PgConnection;
-use stackyard_core::model::{StackEvent, StackId};
-use stackyard_core::time::Millis;
-
-pub(crate) use stackyard_core::model::NewEvent as Event;
-
-/// Writes `events` in order (ids ascend with it), in one statement inside the caller's
-/// transaction, which must hold the stack's row lock.
-pub(crate) async fn insert(
-    conn: &mut PgConnection,
-    stack: StackId,
-    slug: &str,
-    at: Millis,
-    events: &[Event],
-) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-    let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
-    sqlx::query(
-        "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
-         SELECT $1, $2, e.kind, e.data::jsonb, $5 \
-         FROM UNNEST($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, data, ord) ORDER BY e.ord",
-    )
-    .bind(stack.0)
-    .bind(slug)
-    .bind(&kinds)
-    .bind(&data)
-    .bind(at.0)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-impl PgStore {
-    pub(crate) async fn list_events_impl(
+impl EventStore for PgStore {
+    async fn list_events(
         &self,
         stack: StackId,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<StackEvent>> {
-        let limit = limit.max(1);
-        let rows = self
-            .read(|mut c| async move {
-                Ok(sqlx::query(
-                    "SELECT id, at, kind, data::text AS data FROM stack_events \
-                     WHERE stack_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                )
-                .bind(stack.0)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *c)
-                .await?)
-            })
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StackEvent {
-                    id: col(row, "id")?,
-                    at: Millis(col(row, "at")?),
-                    kind: col(row, "kind")?,
-                    data: json_col(row, "data")?,
-                })
-            })
-            .collect()
+    ) -> Result<Vec<StackEvent>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.list_events(&mut c, stack, after, limit).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn list_audit(
+        &self,
+        team: TeamId,
+        filter: AuditFilter,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        let filter = &filter;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.list_audit(&mut c, team, filter.clone()).await
+        };
+        Ok(self.read(read).await?)
     }
 }

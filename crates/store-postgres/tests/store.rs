@@ -10,7 +10,6 @@
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use stackyard_core::env::EnvPatch;
-use stackyard_core::ids::StackSlug;
 use stackyard_core::model::*;
 use stackyard_core::store::*;
 use stackyard_store_postgres::PgStore;
@@ -35,8 +34,8 @@ stackyard_testkit::store_suite!(factory);
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
-    json!({ "stack": slug.as_str(), "version": o.version }).to_string()
+fn render(o: &EnvOutcome) -> String {
+    json!({ "version": o.version }).to_string()
 }
 
 fn patch(key: &str, value: &str, now: i64) -> EnvWrite {
@@ -80,7 +79,7 @@ fn spawn_waiting_write(store: &PgStore, stack: StackId) -> JoinHandle<BatchResul
     let store = store.clone();
     tokio::spawn(async move {
         store
-            .apply_env_writes(stack, vec![patch("A", "1", 1)], render)
+            .apply_env_writes(stack, vec![patch("A", "1", 1)])
             .await
     })
 }
@@ -112,7 +111,7 @@ async fn held_stack_row_lock_times_out_env_writes_and_deletion_then_they_succeed
 
     let started = Instant::now();
     let err = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 1)], render)
+        .apply_env_writes(stack.id, vec![patch("A", "1", 1)])
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -141,7 +140,7 @@ async fn held_stack_row_lock_times_out_env_writes_and_deletion_then_they_succeed
 
     holder.rollback().await.unwrap();
     let out = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 3)], render)
+        .apply_env_writes(stack.id, vec![patch("A", "1", 3)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -206,7 +205,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
 
     // The next calls succeed on the same store: reads, writes, the batch path.
     let out = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 2)], render)
+        .apply_env_writes(stack.id, vec![patch("A", "1", 2)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -235,7 +234,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
     assert_eq!(got.stack.env_version, 1);
     assert!(terminate_store_backends(&mut side).await >= 1);
     let out = store
-        .apply_env_writes(stack.id, vec![patch("B", "2", 3)], render)
+        .apply_env_writes(stack.id, vec![patch("B", "2", 3)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 2);
@@ -459,18 +458,12 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
         .map(|i| {
             let mut w = patch(&format!("K{}", i % 40), &format!("v{i}"), 1);
             if i % 10 == 0 {
-                w.idempotency = Some(IdempotencyPending {
-                    scope: "t".into(),
-                    key: format!("k{i}"),
-                });
+                w.idempotency = Some(Idempotent::new("t".into(), format!("k{i}"), 200, render));
             }
             w
         })
         .collect();
-    let out = store
-        .apply_env_writes(stack.id, writes, render)
-        .await
-        .unwrap();
+    let out = store.apply_env_writes(stack.id, writes).await.unwrap();
     assert!(out.iter().all(Result::is_ok));
     assert_eq!(out.last().unwrap().as_ref().unwrap().version, 250);
 
@@ -517,10 +510,7 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
         ctx: ctx(2),
         idempotency: None,
     };
-    let out = store
-        .apply_env_writes(stack.id, vec![rb], render)
-        .await
-        .unwrap();
+    let out = store.apply_env_writes(stack.id, vec![rb]).await.unwrap();
     let restored = out[0].as_ref().unwrap();
     assert_eq!(restored.version, 251);
     for i in 110..150 {
@@ -557,7 +547,7 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
     let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let known = format!("{:0>64}", 3);
     store
-        .apply_env_writes(stack.id, vec![patch("K", "v", 1)], render)
+        .apply_env_writes(stack.id, vec![patch("K", "v", 1)])
         .await
         .unwrap();
     let row = |sql: &'static str| {
@@ -576,8 +566,6 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
         manifest: Some("services:\n  web: {}\n".into()),
         ctx: ctx(2),
         idempotency: None,
-        note: String::new(),
-        render: |_, _, _| String::new(),
     };
     store
         .create_release(Access::Anonymous, &stack.slug, release.clone())

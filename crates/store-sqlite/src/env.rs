@@ -4,69 +4,28 @@
 //! The semantics live in `stackyard_core::envlog`; this module only reads its inputs under the
 //! write lock and writes its plan. One batch costs a constant number of statements: `BEGIN
 //! IMMEDIATE`, the stack read, one `INSERT … SELECT FROM json_each` for all version rows, one
-//! for all audit rows, one for all `env.version` events, the stack update, the idempotency completions, an occasional prune, and
-//! one `COMMIT` (the only fsync). Every statement is cached on the single writer connection.
+//! for all audit rows, one for all `env.version` events, the stack update, the idempotency
+//! completions, an occasional prune, and one `COMMIT` (the only fsync). Every statement is cached on the single writer connection.
 
-use crate::audit::AuditRow;
-use crate::error::{col, db_err, json_col, parsed};
-use crate::{SqliteStore, audit, idempotency};
+use crate::SqliteStore;
+use crate::sql::OPS;
 use serde::Serialize;
-use serde_json::json;
 use sqlx::SqliteConnection;
 use stackyard_core::env::EnvMap;
-use stackyard_core::envlog::{self, ChangeValues, VersionRecord};
-use stackyard_core::ids::StackSlug;
+use stackyard_core::envlog::{self, BatchPlan, ChangeValues, VersionRecord};
 use stackyard_core::model::*;
-use stackyard_core::store::{
-    EnvBatchError, EnvResponseRenderer, EnvWrite, EnvWriteError, StoreError, parse_id_cursor,
-};
+use stackyard_core::store::{EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, StoreError};
 use stackyard_core::time::Millis;
+use stackyard_store_sql::error::{Result, from_json, to_json};
+use stackyard_store_sql::rows::EnvHead;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The stack row as a batch sees it under the lock.
-struct EnvHead {
-    env: EnvMap,
-    version: i64,
-    updated_at: Millis,
-    team_id: Option<TeamId>,
-    slug: StackSlug,
-    deleting: bool,
-}
-
-async fn env_head(
-    conn: &mut SqliteConnection,
-    stack: StackId,
-) -> Result<Option<EnvHead>, StoreError> {
-    let row = sqlx::query(
-        "SELECT status, env, env_version, env_updated_at, team_id, slug FROM stacks WHERE id = $1",
-    )
-    .bind(stack.0)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_err)?;
-    let Some(row) = row else { return Ok(None) };
-    let env: String = col(&row, "env")?;
-    let status: String = col(&row, "status")?;
-    let slug: String = col(&row, "slug")?;
-    let team_id: Option<i64> = col(&row, "team_id")?;
-    Ok(Some(EnvHead {
-        // serde_json's message could quote a value: keep only that it failed.
-        env: EnvMap::from_json(&env)
-            .map_err(|_| StoreError::Corrupt("the stored env map is not valid".into()))?,
-        version: col(&row, "env_version")?,
-        updated_at: Millis(col(&row, "env_updated_at")?),
-        team_id: team_id.map(TeamId),
-        slug: parsed(StackSlug::parse(&slug).ok(), "stack slug")?,
-        deleting: status == StackStatus::Deleting.as_str(),
-    }))
-}
 
 /// The stack under the lock, or why the whole batch is refused.
 async fn writable_head(
     conn: &mut SqliteConnection,
     stack: StackId,
-) -> Result<EnvHead, EnvBatchError> {
-    match env_head(conn, stack).await? {
+) -> std::result::Result<EnvHead, EnvBatchError> {
+    match OPS.env_head(conn, stack, true).await? {
         None => Err(EnvBatchError::NotFound),
         Some(h) if h.deleting => Err(EnvBatchError::Deleting),
         Some(h) => Ok(h),
@@ -80,39 +39,38 @@ async fn rebuild_versions(
     conn: &mut SqliteConnection,
     stack: StackId,
     wanted: &BTreeSet<i64>,
-) -> Result<BTreeMap<i64, EnvMap>, StoreError> {
+) -> Result<BTreeMap<i64, EnvMap>> {
     let mut out = BTreeMap::new();
     for &version in wanted {
-        let snap = sqlx::query(
+        let snap: Option<(i64, String)> = sqlx::query_as(
             "SELECT version, snapshot FROM env_versions \
              WHERE stack_id = $1 AND version <= $2 AND snapshot IS NOT NULL ORDER BY version DESC LIMIT 1",
         )
         .bind(stack.0)
         .bind(version)
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
         // Pruning removes whole prefixes ending just below a snapshot, so no snapshot at or
         // below the version means the version itself is gone.
-        let Some(snap) = snap else { continue };
-        let snap_version: i64 = col(&snap, "version")?;
-        let base: BTreeMap<String, String> = json_col(&snap, "snapshot")?;
-        let rows = sqlx::query(
+        let Some((snap_version, snapshot)) = snap else {
+            continue;
+        };
+        let base: BTreeMap<String, String> = from_json(&snapshot, "env snapshot")?;
+        let rows: Vec<String> = sqlx::query_scalar(
             "SELECT changes FROM env_versions WHERE stack_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
         )
         .bind(stack.0)
         .bind(snap_version)
         .bind(version)
         .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
         if i64::try_from(rows.len()).ok() != Some(version - snap_version) {
-            return Err(StoreError::Corrupt("the env history has a gap".into()));
+            return Err(StoreError::Corrupt("the env history has a gap".into()).into());
         }
         let changes = rows
             .iter()
-            .map(|r| json_col::<ChangeValues>(r, "changes"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|c| from_json::<ChangeValues>(c, "env change"))
+            .collect::<Result<Vec<_>>>()?;
         out.insert(version, envlog::replay(EnvMap::from_map(base), changes));
     }
     Ok(out)
@@ -177,23 +135,73 @@ impl From<&VersionRecord> for EventJson {
     fn from(r: &VersionRecord) -> Self {
         EventJson {
             at: r.created_at.0,
-            data: json!({ "version": r.version, "set": r.change.set, "deleted": r.change.deleted }),
+            data: NewEvent::env_version(r.version, &r.change).data,
         }
     }
 }
 
-fn encode<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
-    serde_json::to_string(rows)
-        .map_err(|_| StoreError::Corrupt("an env record could not be encoded".into()))
+/// The batch's version rows, audit rows and `env.version` events (one statement each, in
+/// version order, so ids ascend with it) and the stack's new map and version.
+async fn write_versions(
+    conn: &mut SqliteConnection,
+    stack: StackId,
+    (team_id, slug): (Option<TeamId>, &str),
+    plan: &BatchPlan,
+    now: Millis,
+) -> Result<()> {
+    let versions: Vec<VersionRow<'_>> = plan.records.iter().map(VersionRow::from).collect();
+    let audits: Vec<AuditJson<'_>> = plan.records.iter().map(AuditJson::from).collect();
+    let events: Vec<EventJson> = plan.records.iter().map(EventJson::from).collect();
+    // `->>` yields SQL NULL for a JSON null and the JSON text for arrays and objects.
+    sqlx::query(
+        "INSERT INTO env_versions (stack_id, version, created_at, actor, set_keys, deleted_keys, changes, snapshot) \
+         SELECT $1, r.value->>'version', r.value->>'created_at', r.value->>'actor', r.value->>'set', \
+                r.value->>'deleted', r.value->>'changes', r.value->>'snapshot' \
+         FROM json_each($2) AS r ORDER BY r.key",
+    )
+    .bind(stack.0)
+    .bind(to_json(&versions)?)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
+         SELECT r.value->>'at', $1, r.value->>'actor', r.value->>'kind', $2, r.value->>'request_id', \
+                r.value->>'metadata' \
+         FROM json_each($3) AS r ORDER BY r.key",
+    )
+    .bind(team_id.map(|t| t.0))
+    .bind(slug)
+    .bind(to_json(&audits)?)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+         SELECT $1, $2, 'env.version', r.value->>'data', r.value->>'at' \
+         FROM json_each($3) AS r ORDER BY r.key",
+    )
+    .bind(stack.0)
+    .bind(slug)
+    .bind(to_json(&events)?)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE stacks SET env = $2, env_version = $3, env_updated_at = $4, updated_at = $4 WHERE id = $1",
+    )
+    .bind(stack.0)
+    .bind(plan.map.to_json())
+    .bind(plan.version)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
-impl SqliteStore {
-    pub(crate) async fn apply_env_writes_impl(
+impl EnvStore for SqliteStore {
+    async fn apply_env_writes(
         &self,
         stack: StackId,
         writes: Vec<EnvWrite>,
-        render: EnvResponseRenderer,
-    ) -> Result<Vec<Result<EnvOutcome, EnvWriteError>>, EnvBatchError> {
+    ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
         let Some(now) = writes.iter().map(|w| w.ctx.now).max() else {
             return Ok(Vec::new());
         };
@@ -205,76 +213,15 @@ impl SqliteStore {
         let wanted = envlog::rollback_targets(&writes, head.version);
         let targets = rebuild_versions(&mut tx, stack, &wanted).await?;
         let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
-
-        let completions: Vec<(&str, &str, &EnvOutcome)> = writes
-            .iter()
-            .zip(&plan.outcomes)
-            .filter_map(|(w, o)| match (&w.idempotency, o) {
-                (Some(p), Ok(o)) => Some((p.scope.as_str(), p.key.as_str(), o)),
-                _ => None,
-            })
-            .collect();
-        if plan.records.is_empty() && completions.is_empty() {
-            tx.rollback().await.map_err(db_err)?;
+        if plan.records.is_empty() && plan.completions.is_empty() {
             return Ok(plan.outcomes);
         }
-
         if !plan.records.is_empty() {
-            let versions: Vec<VersionRow<'_>> = plan.records.iter().map(VersionRow::from).collect();
-            let audits: Vec<AuditJson<'_>> = plan.records.iter().map(AuditJson::from).collect();
-            // All version rows in one statement; `->>` yields SQL NULL for a JSON null and the
-            // JSON text for arrays and objects.
-            sqlx::query(
-                "INSERT INTO env_versions (stack_id, version, created_at, actor, set_keys, deleted_keys, changes, snapshot) \
-                 SELECT $1, r.value->>'version', r.value->>'created_at', r.value->>'actor', r.value->>'set', \
-                        r.value->>'deleted', r.value->>'changes', r.value->>'snapshot' \
-                 FROM json_each($2) AS r ORDER BY r.key",
-            )
-            .bind(stack.0)
-            .bind(encode(&versions)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            // All audit rows in one statement, in version order (ids ascend with it).
-            sqlx::query(
-                "INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
-                 SELECT r.value->>'at', $1, r.value->>'actor', r.value->>'kind', $2, r.value->>'request_id', \
-                        r.value->>'metadata' \
-                 FROM json_each($3) AS r ORDER BY r.key",
-            )
-            .bind(head.team_id.map(|t| t.0))
-            .bind(head.slug.as_str())
-            .bind(encode(&audits)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            // All events in one statement, in version order (ids ascend with it).
-            let events: Vec<EventJson> = plan.records.iter().map(EventJson::from).collect();
-            sqlx::query(
-                "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
-                 SELECT $1, $2, 'env.version', r.value->>'data', r.value->>'at' \
-                 FROM json_each($3) AS r ORDER BY r.key",
-            )
-            .bind(stack.0)
-            .bind(head.slug.as_str())
-            .bind(encode(&events)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            sqlx::query(
-                "UPDATE stacks SET env = $2, env_version = $3, env_updated_at = $4, updated_at = $4 WHERE id = $1",
-            )
-            .bind(stack.0)
-            .bind(plan.map.to_json())
-            .bind(plan.version)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            let owner = (head.team_id, head.slug.as_str());
+            write_versions(&mut tx, stack, owner, &plan, now).await?;
         }
-        for (scope, key, outcome) in completions {
-            idempotency::complete(&mut tx, scope, key, 200, &render(&head.slug, outcome), now)
-                .await?;
+        for record in &plan.completions {
+            OPS.complete_idempotency(&mut tx, record, now).await?;
         }
         // Pruning only when a snapshot was written: the floor only moves at snapshots.
         if plan.wrote_snapshot()
@@ -285,24 +232,25 @@ impl SqliteStore {
                 .bind(floor)
                 .execute(&mut *tx)
                 .await
-                .map_err(db_err)?;
+                .map_err(stackyard_store_sql::Error::from)?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit()
+            .await
+            .map_err(stackyard_store_sql::Error::from)?;
         Ok(plan.outcomes)
     }
 
-    pub(crate) async fn preview_env_write_impl(
+    async fn preview_env_write(
         &self,
         stack: StackId,
         write: EnvWrite,
-    ) -> Result<Result<EnvOutcome, EnvWriteError>, EnvBatchError> {
+    ) -> std::result::Result<EnvWriteResult, EnvBatchError> {
         // Read-only: one consistent snapshot is enough, nothing is written.
         let mut tx = self.read_tx().await?;
         let head = writable_head(&mut tx, stack).await?;
         let writes = [write];
         let wanted = envlog::rollback_targets(&writes, head.version);
         let targets = rebuild_versions(&mut tx, stack, &wanted).await?;
-        tx.commit().await.map_err(db_err)?;
         let now = writes[0].ctx.now;
         let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
         plan.outcomes.into_iter().next().ok_or_else(|| {
@@ -312,84 +260,29 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) async fn get_env_impl(
+    async fn get_env(
         &self,
         stack: StackId,
         reveal: Option<AuditCtx>,
-    ) -> Result<Option<EnvOutcome>, StoreError> {
-        let outcome = |h: EnvHead| EnvOutcome {
-            version: h.version,
-            changed: Default::default(),
-            env: h.env,
-            updated_at: h.updated_at,
-        };
-        let Some(ctx) = reveal else {
-            let mut conn = self.reader.acquire().await.map_err(db_err)?;
-            return Ok(env_head(&mut conn, stack).await?.map(outcome));
-        };
-        // Write lock: the values are handed out only if the reveal's audit row commits.
-        let mut tx = self.write_tx().await?;
-        let Some(head) = env_head(&mut tx, stack).await? else {
-            tx.rollback().await.map_err(db_err)?;
-            return Ok(None);
-        };
-        audit::insert(
-            &mut tx,
-            AuditRow {
-                at: ctx.now,
-                team_id: head.team_id,
-                actor: &ctx.actor.0,
-                kind: envlog::AUDIT_ENV_REVEALED,
-                stack_slug: Some(head.slug.as_str()),
-                request_id: ctx.request_id.as_deref(),
-                metadata: json!({ "version": head.version }),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(Some(outcome(head)))
+    ) -> std::result::Result<Option<EnvOutcome>, StoreError> {
+        Ok(match reveal {
+            None => OPS
+                .env_head(&mut *self.reader().await?, stack, false)
+                .await?
+                .map(EnvHead::outcome),
+            Some(ctx) => OPS.reveal_env(self.write_tx().await?, stack, ctx).await?,
+        })
     }
 
-    pub(crate) async fn list_env_versions_impl(
+    async fn list_env_versions(
         &self,
         stack: StackId,
         limit: i64,
         cursor: Option<&str>,
-    ) -> Result<Page<EnvVersionInfo>, StoreError> {
-        let limit = limit.max(1);
-        let before = parse_id_cursor(cursor);
-        // Read-only: one snapshot so that `total` and the page agree.
-        let mut tx = self.read_tx().await?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM env_versions WHERE stack_id = $1 AND version >= 1",
-        )
-        .bind(stack.0)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let rows = sqlx::query(
-            "SELECT version, created_at, actor, set_keys, deleted_keys FROM env_versions \
-             WHERE stack_id = $1 AND version >= 1 AND version < $2 ORDER BY version DESC LIMIT $3",
-        )
-        .bind(stack.0)
-        .bind(before)
-        .bind(limit.saturating_add(1))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(EnvVersionInfo {
-                version: col(row, "version")?,
-                created_at: Millis(col(row, "created_at")?),
-                actor: col(row, "actor")?,
-                set: json_col(row, "set_keys")?,
-                deleted: json_col(row, "deleted_keys")?,
-            });
-        }
-        Ok(Page::from_overfetch(items, limit, total, |v| {
-            v.version.to_string()
-        }))
+    ) -> std::result::Result<Page<EnvVersionInfo>, StoreError> {
+        let mut conn = self.reader().await?;
+        Ok(OPS
+            .list_env_versions(&mut conn, stack, limit, cursor)
+            .await?)
     }
 }

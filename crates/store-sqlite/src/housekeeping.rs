@@ -1,59 +1,101 @@
-//! Expiry of anonymous stacks, the database-backed anonymous rate limit, and pruning of rows
-//! that only matter for a while (events, idempotency records, past days' counters).
+//! `Housekeeping` on SQLite: idempotency reservations, the anonymous rate counters, pruning.
 
-use crate::error::{db_err, parsed};
-use crate::{SqliteStore, writer_err};
-use stackyard_core::ids::StackSlug;
-use stackyard_core::store::StoreError;
+use crate::SqliteStore;
+use crate::sql::OPS;
+use stackyard_core::store::{Housekeeping, IdempotencyBegin, IdempotencyRequest, StoreError};
 use stackyard_core::time::Millis;
+use stackyard_store_sql::Error;
+use stackyard_store_sql::ops::millis;
+use stackyard_store_sql::rows::IdempotencyRow;
 
-impl SqliteStore {
-    pub(crate) async fn expired_stacks_impl(
-        &self,
-        now: Millis,
-        limit: i64,
-    ) -> Result<Vec<StackSlug>, StoreError> {
-        let slugs: Vec<String> = sqlx::query_scalar(
-            "SELECT slug FROM stacks \
-             WHERE team_id IS NULL AND expires_at <= $1 AND status <> 'deleting' \
-             ORDER BY expires_at, id LIMIT $2",
-        )
-        .bind(now.0)
-        .bind(limit.max(1))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        slugs
-            .iter()
-            .map(|s| parsed(StackSlug::parse(s).ok(), "stack slug"))
-            .collect()
+impl Housekeeping for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
     }
 
-    pub(crate) async fn count_anonymous_create_impl(
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await
+            .map_err(Error::from)?;
+        Ok(())
+    }
+
+    async fn idempotency_begin(
+        &self,
+        req: IdempotencyRequest<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let now = req.now;
+        let expires_at = now.saturating_add_ms(millis(req.ttl)).0;
+        // Write lock before the lookup: two requests with the same key must not both see "no
+        // record" and both start.
+        let mut tx = self.write_tx().await?;
+        let row: Option<IdempotencyRow> = sqlx::query_as(
+            "SELECT request_hash, state, status, body, created_at, expires_at \
+             FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(req.scope)
+        .bind(req.key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let stale_before = now.0.saturating_sub(millis(req.stale_after));
+        let answer = match row.filter(|r| r.expires_at > now.0) {
+            // A reservation whose request never finished (its server died) is taken over.
+            Some(r)
+                if r.state == "pending"
+                    && r.request_hash == req.request_hash
+                    && r.created_at < stale_before =>
+            {
+                IdempotencyBegin::Started
+            }
+            Some(r) => r.answer(req.request_hash)?,
+            None => IdempotencyBegin::Started,
+        };
+        if answer != IdempotencyBegin::Started {
+            return Ok(answer);
+        }
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, state, status, body, created_at, expires_at) \
+             VALUES ($1, $2, $3, 'pending', NULL, NULL, $4, $5) \
+             ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash, \
+               state = 'pending', status = NULL, body = NULL, \
+               created_at = excluded.created_at, expires_at = excluded.expires_at",
+        )
+        .bind(req.scope)
+        .bind(req.key)
+        .bind(req.request_hash)
+        .bind(now.0)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok(IdempotencyBegin::Started)
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        Ok(OPS
+            .idempotency_abandon(&mut *self.writer().await?, scope, key)
+            .await?)
+    }
+
+    async fn count_anonymous_create(
         &self,
         fingerprint: &str,
         now: Millis,
     ) -> Result<i64, StoreError> {
-        // One statement, atomic on its own; on the writer so concurrent callers queue instead
-        // of spinning in SQLite's busy handler, each getting the count its increment made.
-        sqlx::query_scalar(
-            "INSERT INTO rate_counters (fingerprint, day, count) VALUES ($1, $2, 1) \
-             ON CONFLICT (fingerprint, day) DO UPDATE SET count = rate_counters.count + 1 \
-             RETURNING count",
-        )
-        .bind(fingerprint)
-        .bind(now.utc_day())
-        .fetch_one(&self.writer)
-        .await
-        .map_err(writer_err)
+        let mut conn = self.writer().await?;
+        Ok(OPS
+            .count_anonymous_create(&mut conn, fingerprint, now)
+            .await?)
     }
 
-    pub(crate) async fn prune_impl(
-        &self,
-        now: Millis,
-        events_before: Millis,
-    ) -> Result<u64, StoreError> {
-        // Write lock for the three deletes, so the count returned is what one commit removed.
+    async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
         let mut removed = 0;
         for (sql, bound) in [
@@ -65,10 +107,10 @@ impl SqliteStore {
                 .bind(bound)
                 .execute(&mut *tx)
                 .await
-                .map_err(db_err)?
+                .map_err(Error::from)?
                 .rows_affected();
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await.map_err(Error::from)?;
         Ok(removed)
     }
 }

@@ -63,10 +63,6 @@ fn set(key: &str, value: &str) -> EnvWrite {
     }
 }
 
-fn render(_: &StackSlug, o: &EnvOutcome) -> String {
-    o.version.to_string()
-}
-
 async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(store.pool())
@@ -100,7 +96,7 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
 
     let started = Instant::now();
     let err = store
-        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .apply_env_writes(s.id, vec![set("A", "1")])
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -122,7 +118,7 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
 
     holder.rollback().await.unwrap();
     let out = store
-        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .apply_env_writes(s.id, vec![set("A", "1")])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -171,7 +167,7 @@ async fn sqlite_in_memory_url_works_on_one_connection() {
         .unwrap();
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .apply_env_writes(s.id, vec![set("A", "1")])
         .await
         .unwrap();
     let d = store
@@ -196,7 +192,7 @@ async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
     let (db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .apply_env_writes(s.id, vec![set("A", "1")])
         .await
         .unwrap();
     drop(store);
@@ -223,7 +219,7 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
     }];
     let s = store.create_stack(new).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")], render)
+        .apply_env_writes(s.id, vec![set("A", "1")])
         .await
         .unwrap();
     store
@@ -297,7 +293,7 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
     let (_db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     let writes: Vec<EnvWrite> = (0..50).map(|i| set(&format!("K{i}"), "v")).collect();
-    let out = store.apply_env_writes(s.id, writes, render).await.unwrap();
+    let out = store.apply_env_writes(s.id, writes).await.unwrap();
     assert_eq!(out.len(), 50);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM env_versions").await, 51);
     assert_eq!(
@@ -355,7 +351,7 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
     new.artifacts = vec![("ab".repeat(32), 10)];
     let s = store.create_stack(new).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("K", "v")], render)
+        .apply_env_writes(s.id, vec![set("K", "v")])
         .await
         .unwrap();
     let text = |sql: &'static str| {
@@ -374,8 +370,6 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
         manifest: Some("services:\n  web: {}\n".into()),
         ctx: ctx(2),
         idempotency: None,
-        note: String::new(),
-        render: |_, _, _| String::new(),
     };
     store
         .create_release(Access::Anonymous, &s.slug, release.clone())

@@ -268,17 +268,13 @@ fn if_match(mut w: EnvWrite, version: i64) -> EnvWrite {
 }
 
 fn with_key(mut w: EnvWrite, scope: &str, key: &str) -> EnvWrite {
-    w.idempotency = Some(IdempotencyPending {
-        scope: scope.into(),
-        key: key.into(),
-    });
+    w.idempotency = Some(Idempotent::new(scope.into(), key.into(), 200, render));
     w
 }
 
 /// The response body idempotent env writes store: deterministic, so tests can predict it.
-fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
-    json!({ "stack": slug.as_str(), "version": o.version, "set": o.changed.set, "deleted": o.changed.deleted })
-        .to_string()
+fn render(o: &EnvOutcome) -> String {
+    json!({ "version": o.version, "set": o.changed.set, "deleted": o.changed.deleted }).to_string()
 }
 
 async fn apply<S: Store>(
@@ -287,7 +283,7 @@ async fn apply<S: Store>(
     writes: Vec<EnvWrite>,
 ) -> Vec<Result<EnvOutcome, EnvWriteError>> {
     store
-        .apply_env_writes(s.id, writes, render)
+        .apply_env_writes(s.id, writes)
         .await
         .expect("apply_env_writes")
 }
@@ -400,8 +396,6 @@ fn new_release(services: Option<Vec<ReleaseService>>, now: i64) -> NewRelease {
         manifest: None,
         ctx: ctx(now),
         idempotency: None,
-        note: String::new(),
-        render: render_release,
     }
 }
 
@@ -689,12 +683,12 @@ pub async fn create_stack_writes_stack_services_release_job_and_audit_atomically
     );
 
     let mut new = new_stack(Some(t.id), 10);
-    new.idempotency = Some(IdempotencyCompletion {
-        scope: scope.clone(),
-        key: "create-1".into(),
-        status: 202,
-        body: r#"{"ok":true}"#.into(),
-    });
+    new.idempotency = Some(Idempotent::new(
+        scope.clone(),
+        "create-1".into(),
+        202,
+        |_: &Stack| r#"{"ok":true}"#.to_owned(),
+    ));
     let s = store.create_stack(new.clone()).await.unwrap();
     assert_eq!(s.slug, new.slug);
     assert_eq!(s.name, "My app");
@@ -1360,7 +1354,7 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     assert!(store.deploy_context(&job).await.unwrap().is_none());
     assert!(matches!(
         store
-            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 5)], render)
+            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 5)])
             .await,
         Err(EnvBatchError::NotFound)
     ));
@@ -1557,7 +1551,7 @@ pub async fn idempotency_begin_reserves_then_reports_in_progress_mismatch_and_re
         begin(&store, "anon:1", "k", "h1", 5).await,
         IdempotencyBegin::Replay {
             status: 200,
-            body: render(&s.slug, &out)
+            body: render(&out)
         }
     );
     assert_eq!(
@@ -2125,7 +2119,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
     delete(&store, Access::Team(t.id), &s.slug, 2).await;
     assert_eq!(
         store
-            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 3)], render)
+            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 3)])
             .await,
         Err(EnvBatchError::Deleting)
     );
@@ -2147,7 +2141,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
     let missing = StackId(i64::from(i32::MAX));
     assert_eq!(
         store
-            .apply_env_writes(missing, vec![patch(json!({ "B": "2" }), 3)], render)
+            .apply_env_writes(missing, vec![patch(json!({ "B": "2" }), 3)])
             .await,
         Err(EnvBatchError::NotFound)
     );
@@ -2185,14 +2179,14 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
         begin(&store, "t", "k1", "k1", 4).await,
         IdempotencyBegin::Replay {
             status: 200,
-            body: render(&s.slug, &o1)
+            body: render(&o1)
         }
     );
     assert_eq!(
         begin(&store, "t", "k2", "k2", 4).await,
         IdempotencyBegin::Replay {
             status: 200,
-            body: render(&s.slug, &o2)
+            body: render(&o2)
         },
         "a no-op write completes its record too"
     );
@@ -2219,7 +2213,7 @@ pub async fn apply_env_writes_completes_idempotency_records_in_the_batch<S: Stor
         begin(&store, "t", "k4", "k4", 7).await,
         IdempotencyBegin::Replay {
             status: 200,
-            body: render(&s.slug, &o4)
+            body: render(&o4)
         }
     );
     assert_eq!(current_env(&store, &s).await.version, 2);
@@ -2237,7 +2231,7 @@ pub async fn apply_env_writes_concurrent_batches_lose_nothing<S: Store>(store: S
                 .map(|j| patch(json!({ format!("T{i}_{j}"): format!("v{i}.{j}") }), i))
                 .collect();
             barrier.wait().await;
-            store.apply_env_writes(id, writes, render).await
+            store.apply_env_writes(id, writes).await
         }));
     }
     let mut versions = BTreeSet::new();
@@ -2699,11 +2693,12 @@ pub async fn create_release_records_the_env_of_that_moment_and_queues_one_deploy
         IdempotencyBegin::Started
     );
     let mut rel = new_release(None, 2);
-    rel.note = "a warning".into();
-    rel.idempotency = Some(IdempotencyPending {
-        scope: scope.clone(),
-        key: "redeploy-1".into(),
-    });
+    rel.idempotency = Some(Idempotent::new(
+        scope.clone(),
+        "redeploy-1".into(),
+        202,
+        |(s, info): &(Stack, ReleaseInfo)| render_release(&s.slug, info, "a warning"),
+    ));
     let (s2, info) = store
         .create_release(Access::Team(t.id), &s.slug, rel)
         .await
@@ -2966,10 +2961,12 @@ pub async fn create_release_refuses_deleting_and_missing_stacks_and_writes_nothi
     let before_kept = snapshot(kept.clone()).await;
     let mut rel = new_release(Some(vec![extra_service("web", 80, true)]), 3);
     rel.artifacts = vec![("b".repeat(64), 1)];
-    rel.idempotency = Some(IdempotencyPending {
-        scope: scope.clone(),
-        key: "k".into(),
-    });
+    rel.idempotency = Some(Idempotent::new(
+        scope.clone(),
+        "k".into(),
+        202,
+        |(s, info): &(Stack, ReleaseInfo)| render_release(&s.slug, info, ""),
+    ));
     assert_eq!(
         store
             .create_release(Access::Team(t.id), &s.slug, rel.clone())

@@ -19,9 +19,7 @@ use stackyard_core::StackSlug;
 use stackyard_core::env::{EnvError, EnvPatch, push_json_str};
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{Access, EnvOutcome, StackId};
-use stackyard_core::store::{
-    EnvBatchError, EnvOp, EnvWrite, EnvWriteError, IdempotencyPending, Store,
-};
+use stackyard_core::store::{EnvBatchError, EnvOp, EnvWrite, EnvWriteError, Idempotent, Store};
 
 /// The PATCH / rollback response body; also what an idempotent replay returns (the store
 /// renders it inside the write's transaction). Written by hand around the masked map so a
@@ -214,9 +212,11 @@ async fn write<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
-    write.idempotency = reservation.as_ref().map(|r| IdempotencyPending {
-        scope: r.scope.clone(),
-        key: r.key.clone(),
+    write.idempotency = reservation.as_ref().map(|r| {
+        let slug = slug.clone();
+        Idempotent::new(r.scope.clone(), r.key.clone(), 200, move |o| {
+            render(&slug, o)
+        })
     });
     let result: WriteResult = state.env_queue.submit(stack, write).await;
     let outcome = match result {

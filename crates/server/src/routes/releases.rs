@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use stackyard_core::StackSlug;
 use stackyard_core::ids::sha256_hex;
-use stackyard_core::model::ReleaseInfo;
-use stackyard_core::store::{IdempotencyPending, NewRelease, ReleaseError, Store};
+use stackyard_core::model::{ReleaseInfo, Stack};
+use stackyard_core::store::{Idempotent, NewRelease, ReleaseError, Store};
 
 /// Whether the request carries a body at all: a redeploy without one reuses the current code.
 fn has_body(headers: &HeaderMap) -> bool {
@@ -104,12 +104,16 @@ async fn redeploy_reserved<S: Store>(
         artifacts,
         manifest,
         ctx: audit_ctx(caller, rid),
-        idempotency: reservation.map(|r| IdempotencyPending {
-            scope: r.scope.clone(),
-            key: r.key.clone(),
+        idempotency: reservation.map(|r| {
+            Idempotent::new(
+                r.scope.clone(),
+                r.key.clone(),
+                202,
+                move |(stack, info): &(Stack, ReleaseInfo)| {
+                    render_response(&stack.slug, info, &note)
+                },
+            )
         }),
-        note,
-        render: render_response,
     };
     let (stack, info) = match state
         .store

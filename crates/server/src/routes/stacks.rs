@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::Access;
-use stackyard_core::store::{CreateStackError, IdempotencyCompletion, NewStack, Store};
+use stackyard_core::store::{CreateStackError, Idempotent, NewStack, Store};
 use stackyard_core::{EnvironmentName, StackName, StackSlug};
 
 /// A create request that passed every check; nothing has been written yet.
@@ -163,11 +163,9 @@ async fn create_reserved<S: Store>(
         services: v.code.services,
         artifacts: sizes,
         ctx,
-        idempotency: reservation.map(|r| IdempotencyCompletion {
-            scope: r.scope.clone(),
-            key: r.key.clone(),
-            status: 202,
-            body: body.to_string(),
+        idempotency: reservation.map(|r| {
+            let body = body.to_string();
+            Idempotent::new(r.scope.clone(), r.key.clone(), 202, move |_| body.clone())
         }),
     };
     match state.store.create_stack(new).await {

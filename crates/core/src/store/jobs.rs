@@ -1,0 +1,95 @@
+//! Durable jobs (deploy, teardown): claims with a lease, and the fenced writes a worker makes
+//! while it runs one. A claim token fences every write (a job taken over after its lease
+//! expired cannot finish twice); the stack's operation generation fences status writes (a slow
+//! old deploy cannot overwrite a newer state).
+
+use super::StoreError;
+use crate::env::EnvMap;
+use crate::ids::ServiceName;
+use crate::model::{Job, Release, ServiceStatus, Stack};
+use crate::time::Millis;
+use std::future::Future;
+use std::time::Duration;
+
+/// How a deploy ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployResult {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+pub trait JobStore: Clone + Send + Sync + 'static {
+    /// Claims the oldest runnable job: queued, or running with an expired lease (its worker
+    /// died), and whose stack has no other job running. At most one worker gets each claim.
+    fn claim_job(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Extends the lease of a job still held by this claim; false if the claim was lost.
+    fn renew_job_lease(
+        &self,
+        job: &Job,
+        now: Millis,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Puts every running job back in the queue. Only for a store no other server shares, at
+    /// start-up: any job still marked running was held by a previous, dead instance.
+    fn requeue_running_jobs(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The stack, the job's release (the stack's newest when the job names none) and the env
+    /// map that release recorded when it was created, for a deploy: a deploy applies exactly the
+    /// env version its release carries, not env written since.
+    fn deploy_context(
+        &self,
+        job: &Job,
+    ) -> impl Future<Output = Result<Option<(Stack, Release, EnvMap)>, StoreError>> + Send;
+
+    /// Records a service's status (and URL / error) if the job's generation is still the
+    /// stack's, and moves the stack status along (`lifecycle::status`). Returns false, changing
+    /// nothing, when a newer operation owns the stack (a redeploy or a deletion) or the stack
+    /// has no such service.
+    fn record_service_status(
+        &self,
+        job: &Job,
+        service: &ServiceName,
+        status: ServiceStatus,
+        url: Option<&str>,
+        error: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a deploy job and marks it done. False if the claim was lost; if a newer operation
+    /// owns the stack only the job is closed. Otherwise the stack, its release and services move
+    /// as `lifecycle::deploy` decides: live, failed while an older release keeps serving, or
+    /// failed with nothing live.
+    fn finish_deploy(
+        &self,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a teardown job: deletes the stack and everything that hangs off it (audit rows, job
+    /// records and events stay), audits `stack.deleted`, writes event `stack.deleted`, marks the
+    /// job done (`lifecycle::delete`). False if the claim was lost.
+    fn finish_teardown(
+        &self,
+        job: &Job,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives a job back after a failure: queued again at `run_after`, or failed for good when
+    /// `give_up`. Giving up a deploy whose generation is current ends it exactly like a failed
+    /// `finish_deploy` with `error` (rolling back to a live release if there is one).
+    fn retry_job(
+        &self,
+        job: &Job,
+        error: &str,
+        run_after: Millis,
+        give_up: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

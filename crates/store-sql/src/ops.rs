@@ -1,0 +1,1029 @@
+//! The operations both stores run the same way, generic over the sqlx database, with the
+//! store's statements ([`Sql`]). Rust has no trait aliases, so the sqlx bounds that make the
+//! code generic are stated once, on the one `impl` block below.
+//!
+//! A lifecycle step takes the transaction the store opened (so the store decides how it
+//! locks), reads its inputs under the lock, asks `stackyard_core::lifecycle` for the plan,
+//! writes it and commits. Reads take a connection (the store decides whether that is a
+//! snapshot transaction, and the PostgreSQL store retries them on a fresh connection).
+
+use crate::error::{Result, corrupt, is_unique_violation, to_json};
+use crate::rows::*;
+use crate::sql::Sql;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
+use stackyard_core::env::EnvMap;
+use stackyard_core::ids::{StackSlug, TeamName, TokenDigest};
+use stackyard_core::lifecycle::{
+    self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
+    create::TeamCap, status::Report,
+};
+use stackyard_core::model::*;
+use stackyard_core::store::{
+    AuditFilter, CreateStackError, DeployResult, IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease,
+    NewStack, NewToken, ReleaseError, StoreError, parse_id_cursor, parse_stack_cursor,
+    stack_cursor,
+};
+use stackyard_core::time::Millis;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// How a lifecycle step names its stack.
+#[derive(Debug, Clone, Copy)]
+pub enum StackRef<'a> {
+    /// As a caller sees it: by slug, filtered by access.
+    Slug(Access, &'a StackSlug),
+    /// As a job names it.
+    Id(StackId),
+}
+
+/// The shared operations over database `DB`, with one store's statements. A `const` per store.
+pub struct Ops<DB> {
+    sql: &'static Sql,
+    _db: PhantomData<fn() -> DB>,
+}
+
+impl<DB> Ops<DB> {
+    pub const fn new(sql: &'static Sql) -> Self {
+        Self {
+            sql,
+            _db: PhantomData,
+        }
+    }
+}
+
+/// `Duration` as whole milliseconds, saturating.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl<DB> Ops<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    /// The stack (locked), its services and its open releases; `None` if the caller may not
+    /// see a stack by that slug, or none has that id.
+    pub async fn lock_stack(
+        &self,
+        conn: &mut DB::Connection,
+        by: StackRef<'_>,
+    ) -> Result<Option<Locked>> {
+        let row: Option<StackRow> = match by {
+            StackRef::Slug(access, slug) => {
+                let team = match access {
+                    Access::Anonymous => None,
+                    Access::Team(t) => Some(t.0),
+                };
+                sqlx::query_as(self.sql.lock_stack_by_slug)
+                    .bind(slug.as_str())
+                    .bind(team)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            }
+            StackRef::Id(id) => {
+                sqlx::query_as(self.sql.lock_stack_by_id)
+                    .bind(id.0)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            }
+        };
+        let Some(row) = row else { return Ok(None) };
+        let stack = Stack::try_from(row)?;
+        let services: Vec<ServiceRow> = sqlx::query_as(self.sql.services_of)
+            .bind(stack.id.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        let releases: Vec<ReleaseRow> = sqlx::query_as(self.sql.open_releases)
+            .bind(stack.id.0)
+            .bind(stack.release)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(Some(Locked {
+            stack,
+            services: decode(services)?,
+            releases: decode(releases)?,
+        }))
+    }
+
+    /// Writes `plan` for the stack `target` (the locked one; `None` when the plan inserts it)
+    /// and returns the stack's id. Plain sequential statements, in the plan's order.
+    pub async fn write_plan(
+        &self,
+        conn: &mut DB::Connection,
+        target: Option<&Stack>,
+        plan: &Plan,
+    ) -> Result<StackId> {
+        let at = plan.at.0;
+        let (id, slug): (StackId, &StackSlug) = match (&plan.stack, target) {
+            (
+                Some(StackWrite::Insert {
+                    stack,
+                    fingerprint,
+                    manifest,
+                }),
+                _,
+            ) => {
+                let id: i64 = sqlx::query_scalar(self.sql.insert_stack)
+                    .bind(stack.slug.as_str())
+                    .bind(stack.name.as_str())
+                    .bind(stack.environment.as_str())
+                    .bind(stack.team_id.map(|t| t.0))
+                    .bind(fingerprint.as_deref())
+                    .bind(stack.tier.as_str())
+                    .bind(stack.status.as_str())
+                    .bind(stack.error.as_deref())
+                    .bind(stack.release)
+                    .bind(stack.op_generation)
+                    .bind(manifest.as_str())
+                    .bind(stack.created_at.0)
+                    .bind(stack.updated_at.0)
+                    .bind(stack.expires_at.map(|t| t.0))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                (StackId(id), &stack.slug)
+            }
+            (_, Some(s)) => (s.id, &s.slug),
+            (_, None) => return Err(corrupt("a lifecycle plan names no stack")),
+        };
+        match &plan.stack {
+            Some(StackWrite::Update { stack, manifest }) => {
+                sqlx::query(self.sql.update_stack)
+                    .bind(id.0)
+                    .bind(stack.status.as_str())
+                    .bind(stack.error.as_deref())
+                    .bind(stack.release)
+                    .bind(stack.op_generation)
+                    .bind(stack.updated_at.0)
+                    .bind(manifest.as_deref())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Some(StackWrite::Delete) => {
+                sqlx::query(self.sql.delete_stack)
+                    .bind(id.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Some(StackWrite::Insert { .. }) | None => {}
+        }
+        for w in &plan.services {
+            match w {
+                ServiceWrite::Put { position, service } => {
+                    sqlx::query(self.sql.put_service)
+                        .bind(id.0)
+                        .bind(service.name.as_str())
+                        .bind(*position)
+                        .bind(service.status.as_str())
+                        .bind(service.expose)
+                        .bind(i64::from(service.port))
+                        .bind(service.url.as_deref())
+                        .bind(service.error.as_deref())
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?
+                }
+                ServiceWrite::Remove(name) => {
+                    sqlx::query(self.sql.remove_service)
+                        .bind(id.0)
+                        .bind(name.as_str())
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+        }
+        for w in &plan.releases {
+            match w {
+                ReleaseWrite::Insert { version, services } => {
+                    sqlx::query(self.sql.insert_release)
+                        .bind(id.0)
+                        .bind(*version)
+                        .bind(to_json(services)?)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?
+                }
+                ReleaseWrite::SetStatus { version, status } => {
+                    sqlx::query(self.sql.set_release_status)
+                        .bind(id.0)
+                        .bind(*version)
+                        .bind(status.as_str())
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+        }
+        if let Some(actor) = &plan.env_version_zero {
+            sqlx::query(self.sql.insert_env_version_zero)
+                .bind(id.0)
+                .bind(at)
+                .bind(actor.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        for w in &plan.jobs {
+            match w {
+                JobWrite::SupersedeQueued => {
+                    sqlx::query(self.sql.supersede_queued_jobs)
+                        .bind(id.0)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?
+                }
+                JobWrite::Queue {
+                    kind,
+                    generation,
+                    release,
+                } => {
+                    sqlx::query(self.sql.queue_job)
+                        .bind(id.0)
+                        .bind(slug.as_str())
+                        .bind(kind.as_str())
+                        .bind(*generation)
+                        .bind(*release)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+        }
+        // In digest order: two transactions inserting the same new digests wait on them in
+        // one order (PostgreSQL), never in a cycle.
+        let mut artifacts: Vec<&(String, i64)> = plan.artifacts.iter().collect();
+        artifacts.sort();
+        for (digest, size) in artifacts {
+            sqlx::query(self.sql.insert_artifact)
+                .bind(digest.as_str())
+                .bind(*size)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if let Some(audit) = &plan.audit {
+            self.insert_audit(conn, audit).await?;
+        }
+        self.insert_events(conn, id, slug, plan.at, &plan.events)
+            .await?;
+        if let Some(record) = &plan.idempotency {
+            self.complete_idempotency(conn, record, plan.at).await?;
+        }
+        Ok(id)
+    }
+
+    pub async fn insert_audit(&self, conn: &mut DB::Connection, a: &AuditRecord) -> Result<()> {
+        sqlx::query(self.sql.insert_audit)
+            .bind(a.at.0)
+            .bind(a.team_id.map(|t| t.0))
+            .bind(a.actor.as_str())
+            .bind(a.kind)
+            .bind(a.stack_slug.as_ref().map(StackSlug::as_str))
+            .bind(a.request_id.as_deref())
+            .bind(a.metadata.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes `events` in order: their ids follow it.
+    pub async fn insert_events(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        slug: &StackSlug,
+        at: Millis,
+        events: &[NewEvent],
+    ) -> Result<()> {
+        for e in events {
+            sqlx::query(self.sql.insert_event)
+                .bind(stack.0)
+                .bind(slug.as_str())
+                .bind(e.kind)
+                .bind(e.data.to_string())
+                .bind(at.0)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the answer of an idempotent request, in the transaction of its change. A record
+    /// whose reservation is gone (expired and dropped) is inserted done for
+    /// [`IDEMPOTENCY_TTL`], with an empty request hash: a replay of it answers `Mismatch`.
+    pub async fn complete_idempotency(
+        &self,
+        conn: &mut DB::Connection,
+        record: &IdempotencyRecord,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(self.sql.complete_idempotency)
+            .bind(record.scope.as_str())
+            .bind(record.key.as_str())
+            .bind(i64::from(record.status))
+            .bind(record.body.as_str())
+            .bind(now.0)
+            .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a claimed job as `end` says, fenced by its claim; false when the claim was lost.
+    pub async fn end_job(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job,
+        end: &JobEnd,
+        now: Millis,
+    ) -> Result<bool> {
+        let q = match end {
+            JobEnd::Done => sqlx::query_scalar::<DB, i64>(self.sql.close_job)
+                .bind(job.id)
+                .bind(job.claim.as_str())
+                .bind(now.0),
+            JobEnd::Retry { run_after, error } => sqlx::query_scalar(self.sql.requeue_job)
+                .bind(job.id)
+                .bind(job.claim.as_str())
+                .bind(error.as_str())
+                .bind(run_after.0),
+            JobEnd::GiveUp { error } => sqlx::query_scalar(self.sql.fail_job)
+                .bind(job.id)
+                .bind(job.claim.as_str())
+                .bind(error.as_str())
+                .bind(now.0),
+        };
+        Ok(q.fetch_optional(&mut *conn).await?.is_some())
+    }
+
+    async fn commit(tx: Transaction<'static, DB>) -> Result<()> {
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes `plan` for `stack` (unless it writes nothing) and commits.
+    async fn commit_plan(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: Option<&Stack>,
+        plan: &Plan,
+    ) -> Result<Option<StackId>> {
+        let id = if plan.is_empty() {
+            None
+        } else {
+            Some(self.write_plan(&mut tx, stack, plan).await?)
+        };
+        Self::commit(tx).await?;
+        Ok(id)
+    }
+
+    // ---- lifecycle steps ----
+
+    /// A capped team's limit and count, read under the team's lock; `None` for no cap.
+    async fn team_cap(&self, conn: &mut DB::Connection, team: TeamId) -> Result<Option<TeamCap>> {
+        let cap: Option<Option<i64>> = sqlx::query_scalar(self.sql.team_cap)
+            .bind(team.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match cap {
+            None => Err(corrupt("the stack's team does not exist")),
+            // Uncapped teams' creates never wait on each other.
+            Some(None) => Ok(None),
+            Some(Some(_)) => {
+                // Read again under the lock: the cap itself may have changed. The count runs
+                // after the lock was granted, so it sees every stack a concurrent creator of
+                // the team committed before us.
+                let max: Option<i64> = sqlx::query_scalar(self.sql.lock_team_cap)
+                    .bind(team.0)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let Some(max) = max else { return Ok(None) };
+                let count: i64 = sqlx::query_scalar(self.sql.count_team_stacks)
+                    .bind(team.0)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(Some(TeamCap { max, count }))
+            }
+        }
+    }
+
+    /// `StackStore::create_stack`. Lock order: a capped team's row, then only new rows.
+    pub async fn create_stack(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        new: NewStack,
+    ) -> Result<Stack, CreateStackError> {
+        let cap = match new.team_id {
+            Some(team) => self.team_cap(&mut tx, team).await?,
+            None => None,
+        };
+        let planned = lifecycle::create::plan(new, cap)?;
+        let id = self
+            .commit_plan(tx, None, &planned.plan)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e, "stacks_slug_key") {
+                    StoreError::Conflict("stack").into()
+                } else {
+                    e
+                }
+            })?
+            .ok_or_else(|| corrupt("the new stack was not written"))?;
+        Ok(Stack {
+            id,
+            ..planned.outcome
+        })
+    }
+
+    /// `StackStore::request_deletion`. Lock: the stack row, then its queued jobs.
+    pub async fn request_deletion(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        access: Access,
+        slug: &StackSlug,
+        ctx: AuditCtx,
+    ) -> Result<Option<Stack>> {
+        let Some(locked) = self
+            .lock_stack(&mut tx, StackRef::Slug(access, slug))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let planned = lifecycle::delete::request(&locked, ctx);
+        self.commit_plan(tx, Some(&locked.stack), &planned.plan)
+            .await?;
+        Ok(Some(planned.outcome))
+    }
+
+    /// `StackStore::create_release`. Lock: the stack row, then its jobs, then the rows hanging
+    /// off it; `NotFound` and `Deleting` are decided under it.
+    pub async fn create_release(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        access: Access,
+        slug: &StackSlug,
+        new: NewRelease,
+    ) -> Result<(Stack, ReleaseInfo), ReleaseError> {
+        let Some(locked) = self
+            .lock_stack(&mut tx, StackRef::Slug(access, slug))
+            .await?
+        else {
+            return Err(ReleaseError::NotFound);
+        };
+        let planned = lifecycle::release::plan(&locked, new)?;
+        self.commit_plan(tx, Some(&locked.stack), &planned.plan)
+            .await?;
+        Ok(planned.outcome)
+    }
+
+    /// `JobStore::record_service_status`. Lock: the stack row, before the generation check,
+    /// so a deletion or a redeploy cannot slip in between the check and the write.
+    pub async fn record_service_status(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        job: &Job,
+        report: Report<'_>,
+        now: Millis,
+    ) -> Result<bool> {
+        let locked = self.lock_stack(&mut tx, StackRef::Id(job.stack_id)).await?;
+        let Some(locked) = locked else {
+            return Ok(false);
+        };
+        let Some(plan) = lifecycle::status::record(&locked, job, report, now) else {
+            return Ok(false);
+        };
+        self.commit_plan(tx, Some(&locked.stack), &plan).await?;
+        Ok(true)
+    }
+
+    /// Ends a claimed job (`end`) and writes what the step decides from the stack locked
+    /// first (lock order: the stack row, then the job row); false when the claim was lost.
+    async fn end_and_plan(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        job: &Job,
+        end: JobEnd,
+        lock: bool,
+        now: Millis,
+        step: impl FnOnce(Option<&Locked>) -> Plan,
+    ) -> Result<bool> {
+        let locked = if lock {
+            self.lock_stack(&mut tx, StackRef::Id(job.stack_id)).await?
+        } else {
+            None
+        };
+        if !self.end_job(&mut tx, job, &end, now).await? {
+            return Ok(false);
+        }
+        let plan = step(locked.as_ref());
+        self.commit_plan(tx, locked.as_ref().map(|l| &l.stack), &plan)
+            .await?;
+        Ok(true)
+    }
+
+    /// `JobStore::finish_deploy`.
+    pub async fn finish_deploy(
+        &self,
+        tx: Transaction<'static, DB>,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
+    ) -> Result<bool> {
+        self.end_and_plan(tx, job, JobEnd::Done, true, now, |l| {
+            lifecycle::deploy::finish(l, job, &result, now)
+        })
+        .await
+    }
+
+    /// `JobStore::finish_teardown`.
+    pub async fn finish_teardown(
+        &self,
+        tx: Transaction<'static, DB>,
+        job: &Job,
+        now: Millis,
+    ) -> Result<bool> {
+        self.end_and_plan(tx, job, JobEnd::Done, true, now, |l| {
+            lifecycle::delete::finish(l.map(|l| &l.stack), now)
+        })
+        .await
+    }
+
+    /// `JobStore::retry_job`. The stack is locked only when a deploy is given up, which ends
+    /// the stack's operation. The trait gives no separate `now`: `run_after` stamps the rows
+    /// (when giving up it is "now" by construction).
+    pub async fn retry_job(
+        &self,
+        tx: Transaction<'static, DB>,
+        job: &Job,
+        error: &str,
+        run_after: Millis,
+        give_up: bool,
+    ) -> Result<bool> {
+        let error = error.to_owned();
+        let (end, lock) = if give_up {
+            let lock = job.kind == JobKind::Deploy;
+            (
+                JobEnd::GiveUp {
+                    error: error.clone(),
+                },
+                lock,
+            )
+        } else {
+            (
+                JobEnd::Retry {
+                    run_after,
+                    error: error.clone(),
+                },
+                false,
+            )
+        };
+        self.end_and_plan(tx, job, end, lock, run_after, |l| {
+            lifecycle::deploy::give_up(l, job, &error, run_after)
+        })
+        .await
+    }
+
+    /// `JobStore::renew_job_lease`: one fenced statement.
+    pub async fn renew_job_lease(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<bool> {
+        let id: Option<i64> = sqlx::query_scalar(self.sql.renew_job_lease)
+            .bind(job.id)
+            .bind(job.claim.as_str())
+            .bind(now.saturating_add_ms(millis(lease)).0)
+            .bind(now.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(id.is_some())
+    }
+
+    /// `JobStore::requeue_running_jobs`: one statement.
+    pub async fn requeue_running_jobs(&self, conn: &mut DB::Connection) -> Result<u64> {
+        let ids: Vec<i64> = sqlx::query_scalar(self.sql.requeue_running_jobs)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(ids.len() as u64)
+    }
+
+    // ---- teams and tokens ----
+
+    async fn insert_token(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        token: &NewToken,
+        now: Millis,
+    ) -> Result<TokenInfo> {
+        let id: i64 = sqlx::query_scalar(self.sql.insert_token)
+            .bind(team.0)
+            .bind(token.name.as_str())
+            .bind(token.digest.0.as_str())
+            .bind(now.0)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| {
+                let e = e.into();
+                if is_unique_violation(&e, "tokens_digest_key") {
+                    StoreError::Conflict("token").into()
+                } else {
+                    e
+                }
+            })?;
+        Ok(TokenInfo {
+            id,
+            team_id: team,
+            name: token.name.clone(),
+            created_at: now,
+        })
+    }
+
+    async fn insert_team(
+        &self,
+        conn: &mut DB::Connection,
+        name: &str,
+        max_stacks: Option<i64>,
+        now: Millis,
+    ) -> Result<Option<Team>> {
+        let row: Option<TeamRow> = sqlx::query_as(self.sql.insert_team)
+            .bind(name)
+            .bind(max_stacks)
+            .bind(now.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row.map(Team::from))
+    }
+
+    /// `TeamStore::bootstrap_default_team`.
+    pub async fn bootstrap_default_team(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        admin: NewToken,
+        now: Millis,
+    ) -> Result<bool> {
+        let any: Option<i64> = sqlx::query_scalar(self.sql.any_team)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if any.is_some() {
+            return Ok(false);
+        }
+        let Some(team) = self.insert_team(&mut tx, "default", None, now).await? else {
+            return Ok(false);
+        };
+        self.insert_token(&mut tx, team.id, &admin, now).await?;
+        self.insert_audit(&mut tx, &lifecycle::team::bootstrapped(team.id, now))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// `TeamStore::create_team`.
+    pub async fn create_team(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        name: &TeamName,
+        max_stacks: Option<i64>,
+        token: NewToken,
+        ctx: AuditCtx,
+    ) -> Result<(Team, TokenInfo)> {
+        let Some(team) = self
+            .insert_team(&mut tx, name.as_str(), max_stacks, ctx.now)
+            .await?
+        else {
+            return Err(StoreError::Conflict("team").into());
+        };
+        let info = self.insert_token(&mut tx, team.id, &token, ctx.now).await?;
+        let audit = lifecycle::team::created(team.id, &team.name, max_stacks, &ctx);
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await?;
+        Ok((team, info))
+    }
+
+    /// `TeamStore::create_token`.
+    pub async fn create_token(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        token: NewToken,
+        ctx: AuditCtx,
+    ) -> Result<TokenInfo> {
+        let exists: Option<i64> = sqlx::query_scalar(self.sql.team_exists)
+            .bind(team.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(corrupt("the token's team does not exist"));
+        }
+        let info = self.insert_token(&mut tx, team, &token, ctx.now).await?;
+        self.insert_audit(&mut tx, &lifecycle::team::token_created(&info, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(info)
+    }
+
+    /// `TeamStore::revoke_token`.
+    pub async fn revoke_token(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        token_id: i64,
+        ctx: AuditCtx,
+    ) -> Result<bool> {
+        let revoked: Option<i64> = sqlx::query_scalar(self.sql.revoke_token)
+            .bind(token_id)
+            .bind(team.0)
+            .bind(ctx.now.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if revoked.is_none() {
+            return Ok(false);
+        }
+        let audit = lifecycle::team::token_revoked(team, token_id, &ctx);
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// `TeamStore::authenticate`.
+    pub async fn authenticate(
+        &self,
+        conn: &mut DB::Connection,
+        digest: &TokenDigest,
+    ) -> Result<Option<Principal>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(self.sql.authenticate)
+            .bind(digest.0.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row.map(Principal::from))
+    }
+
+    /// `TeamStore::list_tokens`.
+    pub async fn list_tokens(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+    ) -> Result<Vec<TokenInfo>> {
+        let rows: Vec<TokenRow> = sqlx::query_as(self.sql.list_tokens)
+            .bind(team.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(rows.into_iter().map(TokenInfo::from).collect())
+    }
+
+    // ---- reads ----
+
+    /// The listing's `total`: carried by the page's rows, else counted (an empty page).
+    async fn total<R>(
+        &self,
+        conn: &mut DB::Connection,
+        rows: &[Counted<R>],
+        count: sqlx::query::QueryScalar<'_, DB, i64, DB::Arguments>,
+    ) -> Result<i64> {
+        match rows.first() {
+            Some(r) => Ok(r.total),
+            None => Ok(count.fetch_one(&mut *conn).await?),
+        }
+    }
+
+    /// `StackStore::list_stacks`: one statement (the page and its total) on `conn`.
+    pub async fn list_stacks(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Page<Stack>> {
+        let limit = limit.max(1);
+        let (before_at, before_id) = parse_stack_cursor(cursor);
+        let rows: Vec<Counted<StackRow>> = sqlx::query_as(self.sql.list_stacks)
+            .bind(team.0)
+            .bind(before_at)
+            .bind(before_id)
+            .bind(limit.saturating_add(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        let count = sqlx::query_scalar(self.sql.count_all_team_stacks).bind(team.0);
+        let total = self.total(conn, &rows, count).await?;
+        let items = decode(rows.into_iter().map(|r| r.row).collect())?;
+        Ok(Page::from_overfetch(items, limit, total, stack_cursor))
+    }
+
+    /// `StackStore::count_stacks`.
+    pub async fn count_stacks(&self, conn: &mut DB::Connection, team: TeamId) -> Result<i64> {
+        Ok(sqlx::query_scalar(self.sql.count_team_stacks)
+            .bind(team.0)
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+
+    /// `StackStore::list_releases`.
+    pub async fn list_releases(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+    ) -> Result<Vec<Release>> {
+        let rows: Vec<ReleaseRow> = sqlx::query_as(self.sql.list_releases)
+            .bind(stack.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
+    }
+
+    /// `StackStore::expired_stacks`.
+    pub async fn expired_stacks(
+        &self,
+        conn: &mut DB::Connection,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<StackSlug>> {
+        let slugs: Vec<String> = sqlx::query_scalar(self.sql.expired_stacks)
+            .bind(now.0)
+            .bind(limit.max(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        slugs.iter().map(|s| slug(s)).collect()
+    }
+
+    /// `StackStore::running_stacks`: one statement, one snapshot. At most one release of a
+    /// stack is live (a deploy going live supersedes the others in its transaction).
+    pub async fn running_stacks(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<Vec<(Stack, Release, EnvMap)>> {
+        let rows: Vec<DeployRow> = sqlx::query_as(self.sql.running_stacks)
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
+    }
+
+    /// `JobStore::deploy_context`: one statement, one snapshot.
+    pub async fn deploy_context(
+        &self,
+        conn: &mut DB::Connection,
+        job: &Job,
+    ) -> Result<Option<(Stack, Release, EnvMap)>> {
+        let row: Option<DeployRow> = sqlx::query_as(self.sql.deploy_context)
+            .bind(job.stack_id.0)
+            .bind(job.release)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            return Ok(Some(row.try_into()?));
+        }
+        let stack: Option<StackRow> = sqlx::query_as(self.sql.stack_by_id)
+            .bind(job.stack_id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match stack {
+            None => Ok(None),
+            Some(_) => Err(corrupt("the job's release does not exist")),
+        }
+    }
+
+    /// `EventStore::list_events`.
+    pub async fn list_events(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StackEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(self.sql.list_events)
+            .bind(stack.0)
+            .bind(after)
+            .bind(limit.max(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
+    }
+
+    /// `EventStore::list_audit`: one statement (the page and its total) on `conn`.
+    pub async fn list_audit(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        filter: AuditFilter,
+    ) -> Result<Page<AuditEntry>> {
+        let limit = filter.limit.max(1);
+        let before = parse_id_cursor(filter.cursor.as_deref());
+        let (stack, kind) = (filter.stack.as_deref(), filter.kind.as_deref());
+        let rows: Vec<Counted<AuditEntryRow>> = sqlx::query_as(self.sql.list_audit)
+            .bind(team.0)
+            .bind(stack)
+            .bind(kind)
+            .bind(before)
+            .bind(limit.saturating_add(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        let count = sqlx::query_scalar(self.sql.count_audit)
+            .bind(team.0)
+            .bind(stack)
+            .bind(kind);
+        let total = self.total(conn, &rows, count).await?;
+        let items = decode(rows.into_iter().map(|r| r.row).collect())?;
+        Ok(Page::from_overfetch(items, limit, total, |e| {
+            e.id.to_string()
+        }))
+    }
+
+    /// The stack row as the env path sees it, locked (`lock`) or not.
+    pub async fn env_head(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        lock: bool,
+    ) -> Result<Option<EnvHead>> {
+        let sql = if lock {
+            self.sql.lock_env_head
+        } else {
+            self.sql.env_head
+        };
+        let row: Option<EnvHeadRow> = sqlx::query_as(sql)
+            .bind(stack.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(EnvHead::try_from).transpose()
+    }
+
+    /// `EnvStore::get_env` with `reveal`: the values are handed out only if the audit row
+    /// `stack.env.revealed` commits. Lock: the stack row.
+    pub async fn reveal_env(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: StackId,
+        ctx: AuditCtx,
+    ) -> Result<Option<EnvOutcome>> {
+        let Some(head) = self.env_head(&mut tx, stack, false).await? else {
+            return Ok(None);
+        };
+        let audit = stackyard_core::envlog::revealed(head.team_id, &head.slug, head.version, ctx);
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await?;
+        Ok(Some(head.outcome()))
+    }
+
+    /// `EnvStore::list_env_versions`: one statement (the page and its total) on `conn`.
+    pub async fn list_env_versions(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Page<EnvVersionInfo>> {
+        let limit = limit.max(1);
+        let rows: Vec<Counted<EnvVersionRow>> = sqlx::query_as(self.sql.list_env_versions)
+            .bind(stack.0)
+            .bind(parse_id_cursor(cursor))
+            .bind(limit.saturating_add(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        let count = sqlx::query_scalar(self.sql.count_env_versions).bind(stack.0);
+        let total = self.total(conn, &rows, count).await?;
+        let items = decode(rows.into_iter().map(|r| r.row).collect())?;
+        Ok(Page::from_overfetch(items, limit, total, |v| {
+            v.version.to_string()
+        }))
+    }
+
+    // ---- housekeeping ----
+
+    /// `Housekeeping::idempotency_abandon`: one statement; a completed record stays.
+    pub async fn idempotency_abandon(
+        &self,
+        conn: &mut DB::Connection,
+        scope: &str,
+        key: &str,
+    ) -> Result<()> {
+        sqlx::query(self.sql.abandon_idempotency)
+            .bind(scope)
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `Housekeeping::count_anonymous_create`: one atomic upsert.
+    pub async fn count_anonymous_create(
+        &self,
+        conn: &mut DB::Connection,
+        fingerprint: &str,
+        now: Millis,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(self.sql.count_anonymous_create)
+            .bind(fingerprint)
+            .bind(now.utc_day())
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+}

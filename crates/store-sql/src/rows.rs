@@ -1,0 +1,382 @@
+//! Rows as both stores select them, decoded by `sqlx::FromRow` and checked into domain types.
+//! The column sets agree across the dialects because each store's SQL selects them under these
+//! names (PostgreSQL casts its `jsonb` columns `::text`); integers the schema keeps as `INT` in
+//! PostgreSQL decode as `i32`. Release columns carry an `r_` prefix so a release can be
+//! selected next to its stack.
+
+use crate::error::{Error, Result, corrupt, from_json, parsed};
+use stackyard_core::env::EnvMap;
+use stackyard_core::ids::{ServiceName, StackSlug};
+use stackyard_core::model::*;
+use stackyard_core::store::IdempotencyBegin;
+use stackyard_core::time::Millis;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct StackRow {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub environment: String,
+    pub team_id: Option<i64>,
+    pub tier: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub env_version: i64,
+    pub release: i64,
+    pub op_generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl TryFrom<StackRow> for Stack {
+    type Error = Error;
+    fn try_from(r: StackRow) -> Result<Stack> {
+        Ok(Stack {
+            id: StackId(r.id),
+            slug: slug(&r.slug)?,
+            name: r.name,
+            environment: r.environment,
+            team_id: r.team_id.map(TeamId),
+            tier: r.tier,
+            status: parsed(StackStatus::parse(&r.status), "stack status")?,
+            error: r.error,
+            env_version: r.env_version,
+            release: r.release,
+            op_generation: r.op_generation,
+            created_at: Millis(r.created_at),
+            updated_at: Millis(r.updated_at),
+            expires_at: r.expires_at.map(Millis),
+        })
+    }
+}
+
+/// A stored stack slug.
+pub fn slug(s: &str) -> Result<StackSlug> {
+    parsed(StackSlug::parse(s).ok(), "stack slug")
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ServiceRow {
+    pub name: String,
+    pub status: String,
+    pub expose: bool,
+    pub port: i32,
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TryFrom<ServiceRow> for Service {
+    type Error = Error;
+    fn try_from(r: ServiceRow) -> Result<Service> {
+        Ok(Service {
+            name: parsed(ServiceName::parse(&r.name).ok(), "service name")?,
+            status: parsed(ServiceStatus::parse(&r.status), "service status")?,
+            expose: r.expose,
+            port: parsed(u16::try_from(r.port).ok(), "service port")?,
+            url: r.url,
+            error: r.error,
+        })
+    }
+}
+
+/// A release row, selected as `r_version, r_status, r_env_version, r_created_at, r_spec`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ReleaseRow {
+    pub r_version: i64,
+    pub r_status: String,
+    pub r_env_version: i64,
+    pub r_created_at: i64,
+    pub r_spec: String,
+}
+
+impl TryFrom<ReleaseRow> for Release {
+    type Error = Error;
+    fn try_from(r: ReleaseRow) -> Result<Release> {
+        Ok(Release {
+            info: ReleaseInfo {
+                version: r.r_version,
+                status: parsed(ReleaseStatus::parse(&r.r_status), "release status")?,
+                env_version: r.r_env_version,
+                created_at: Millis(r.r_created_at),
+            },
+            services: from_json(&r.r_spec, "release spec")?,
+        })
+    }
+}
+
+/// A release with the env map it recorded (`r_env`), next to its stack.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeployRow {
+    #[sqlx(flatten)]
+    pub stack: StackRow,
+    #[sqlx(flatten)]
+    pub release: ReleaseRow,
+    pub r_env: String,
+}
+
+impl TryFrom<DeployRow> for (Stack, Release, EnvMap) {
+    type Error = Error;
+    fn try_from(r: DeployRow) -> Result<(Stack, Release, EnvMap)> {
+        Ok((
+            r.stack.try_into()?,
+            r.release.try_into()?,
+            env_map(&r.r_env)?,
+        ))
+    }
+}
+
+/// A stored env map. serde_json's message could quote a value: only that it failed is kept.
+pub fn env_map(text: &str) -> Result<EnvMap> {
+    EnvMap::from_json(text).map_err(|_| corrupt("a stored env map is not valid"))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub stack_id: i64,
+    pub stack_slug: String,
+    pub kind: String,
+    pub generation: i64,
+    pub release: i64,
+    pub attempts: i64,
+    pub claim: Option<String>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Error;
+    fn try_from(r: JobRow) -> Result<Job> {
+        Ok(Job {
+            id: r.id,
+            stack_id: StackId(r.stack_id),
+            slug: slug(&r.stack_slug)?,
+            kind: parsed(JobKind::parse(&r.kind), "job kind")?,
+            generation: r.generation,
+            release: r.release,
+            attempts: r.attempts,
+            claim: parsed(r.claim, "job claim")?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct TeamRow {
+    pub id: i64,
+    pub name: String,
+    pub tier: String,
+    pub max_stacks: Option<i64>,
+    pub created_at: i64,
+}
+
+impl From<TeamRow> for Team {
+    fn from(r: TeamRow) -> Team {
+        Team {
+            id: TeamId(r.id),
+            name: r.name,
+            tier: r.tier,
+            max_stacks: r.max_stacks,
+            created_at: Millis(r.created_at),
+        }
+    }
+}
+
+/// A token's metadata, selected as `token_id, team_id, token_name, token_created_at`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub token_id: i64,
+    pub team_id: i64,
+    pub token_name: String,
+    pub token_created_at: i64,
+}
+
+impl From<TokenRow> for TokenInfo {
+    fn from(r: TokenRow) -> TokenInfo {
+        TokenInfo {
+            id: r.token_id,
+            team_id: TeamId(r.team_id),
+            name: r.token_name,
+            created_at: Millis(r.token_created_at),
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct PrincipalRow {
+    #[sqlx(flatten)]
+    pub team: TeamRow,
+    #[sqlx(flatten)]
+    pub token: TokenRow,
+}
+
+impl From<PrincipalRow> for Principal {
+    fn from(r: PrincipalRow) -> Principal {
+        Principal {
+            team: r.team.into(),
+            token: r.token.into(),
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditEntryRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub kind: String,
+    pub stack_slug: Option<String>,
+    pub request_id: Option<String>,
+    pub metadata: String,
+}
+
+impl TryFrom<AuditEntryRow> for AuditEntry {
+    type Error = Error;
+    fn try_from(r: AuditEntryRow) -> Result<AuditEntry> {
+        Ok(AuditEntry {
+            id: r.id,
+            at: Millis(r.at),
+            actor: r.actor,
+            kind: r.kind,
+            stack_id: r.stack_slug,
+            request_id: r.request_id,
+            metadata: from_json(&r.metadata, "audit metadata")?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+impl TryFrom<EventRow> for StackEvent {
+    type Error = Error;
+    fn try_from(r: EventRow) -> Result<StackEvent> {
+        Ok(StackEvent {
+            id: r.id,
+            at: Millis(r.at),
+            kind: r.kind,
+            data: from_json(&r.data, "event data")?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EnvVersionRow {
+    pub version: i64,
+    pub created_at: i64,
+    pub actor: String,
+    pub set_keys: String,
+    pub deleted_keys: String,
+}
+
+impl TryFrom<EnvVersionRow> for EnvVersionInfo {
+    type Error = Error;
+    fn try_from(r: EnvVersionRow) -> Result<EnvVersionInfo> {
+        Ok(EnvVersionInfo {
+            version: r.version,
+            created_at: Millis(r.created_at),
+            actor: r.actor,
+            set: from_json(&r.set_keys, "env key list")?,
+            deleted: from_json(&r.deleted_keys, "env key list")?,
+        })
+    }
+}
+
+/// The stack row as the env path sees it: the map, its version, and what a write is refused
+/// or audited by.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EnvHeadRow {
+    pub status: String,
+    pub env: String,
+    pub env_version: i64,
+    pub env_updated_at: i64,
+    pub team_id: Option<i64>,
+    pub slug: String,
+}
+
+/// [`EnvHeadRow`] decoded.
+#[derive(Debug, Clone)]
+pub struct EnvHead {
+    pub env: EnvMap,
+    pub version: i64,
+    pub updated_at: Millis,
+    pub team_id: Option<TeamId>,
+    pub slug: StackSlug,
+    pub deleting: bool,
+}
+
+impl TryFrom<EnvHeadRow> for EnvHead {
+    type Error = Error;
+    fn try_from(r: EnvHeadRow) -> Result<EnvHead> {
+        Ok(EnvHead {
+            env: env_map(&r.env)?,
+            version: r.env_version,
+            updated_at: Millis(r.env_updated_at),
+            team_id: r.team_id.map(TeamId),
+            slug: slug(&r.slug)?,
+            deleting: r.status == StackStatus::Deleting.as_str(),
+        })
+    }
+}
+
+impl EnvHead {
+    /// The current map as an `EnvOutcome` of no change.
+    pub fn outcome(self) -> EnvOutcome {
+        EnvOutcome {
+            version: self.version,
+            changed: Default::default(),
+            env: self.env,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Decodes every row of a result.
+pub fn decode<R, T>(rows: Vec<R>) -> Result<Vec<T>>
+where
+    T: TryFrom<R, Error = Error>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// A row of a listing, with the count of the whole listing next to it (`total`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Counted<T> {
+    #[sqlx(flatten)]
+    pub row: T,
+    pub total: i64,
+}
+
+/// An `Idempotency-Key` record, selected as `request_hash, state, status, body, created_at,
+/// expires_at`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct IdempotencyRow {
+    pub request_hash: String,
+    pub state: String,
+    pub status: Option<i32>,
+    pub body: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl IdempotencyRow {
+    /// What a live record answers a request identified by `request_hash`: a different request
+    /// `Mismatch`, a finished one its answer, an unfinished one `InProgress`. (Taking over a
+    /// stale reservation is the store's decision: it happens under its lock.)
+    pub fn answer(self, request_hash: &str) -> Result<IdempotencyBegin> {
+        if self.request_hash != request_hash {
+            return Ok(IdempotencyBegin::Mismatch);
+        }
+        if self.state != "done" {
+            return Ok(IdempotencyBegin::InProgress);
+        }
+        let status = self.status.and_then(|s| u16::try_from(s).ok());
+        Ok(IdempotencyBegin::Replay {
+            status: parsed(status, "idempotency status")?,
+            body: self.body.unwrap_or_default(),
+        })
+    }
+}

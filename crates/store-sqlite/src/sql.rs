@@ -1,0 +1,178 @@
+//! Every statement the shared operations (`stackyard_store_sql::Ops`) run, in SQLite's
+//! dialect. There are no row locks: every write runs inside `BEGIN IMMEDIATE` on the single
+//! writer connection, so the `lock_*` statements are plain reads. `team_id IS $2` matches NULL
+//! with NULL, so one statement serves team callers and anonymous ones.
+
+use sqlx::Sqlite;
+use stackyard_store_sql::Ops;
+use stackyard_store_sql::sql::Sql;
+
+/// The shared operations on this store's statements.
+pub(crate) const OPS: Ops<Sqlite> = Ops::new(&SQL);
+
+macro_rules! stack_cols {
+    () => {
+        "id, slug, name, environment, team_id, tier, status, error, env_version, release, \
+         op_generation, created_at, updated_at, expires_at"
+    };
+}
+
+macro_rules! release_cols {
+    () => {
+        "version AS r_version, status AS r_status, env_version AS r_env_version, \
+         created_at AS r_created_at, spec AS r_spec"
+    };
+}
+
+macro_rules! deploy_cols {
+    () => {
+        "s.id, s.slug, s.name, s.environment, s.team_id, s.tier, s.status, s.error, \
+         s.env_version, s.release, s.op_generation, s.created_at, s.updated_at, s.expires_at, \
+         r.version AS r_version, r.status AS r_status, r.env_version AS r_env_version, \
+         r.created_at AS r_created_at, r.spec AS r_spec, r.env AS r_env"
+    };
+}
+
+macro_rules! env_head_cols {
+    () => {
+        "status, env, env_version, env_updated_at, team_id, slug"
+    };
+}
+
+pub(crate) static SQL: Sql = Sql {
+    lock_stack_by_slug: concat!(
+        "SELECT ",
+        stack_cols!(),
+        " FROM stacks WHERE slug = $1 AND team_id IS $2"
+    ),
+    lock_stack_by_id: concat!("SELECT ", stack_cols!(), " FROM stacks WHERE id = $1"),
+    stack_by_id: concat!("SELECT ", stack_cols!(), " FROM stacks WHERE id = $1"),
+    services_of: "SELECT name, status, expose, port, url, error FROM services \
+                  WHERE stack_id = $1 ORDER BY position",
+    open_releases: concat!(
+        "SELECT ",
+        release_cols!(),
+        " FROM releases WHERE stack_id = $1 AND (version = $2 OR status IN ('pending', 'live')) \
+         ORDER BY version"
+    ),
+
+    team_cap: "SELECT max_stacks FROM teams WHERE id = $1",
+    lock_team_cap: "SELECT max_stacks FROM teams WHERE id = $1",
+    count_team_stacks: "SELECT COUNT(*) FROM stacks WHERE team_id = $1 AND status <> 'deleting'",
+
+    insert_stack: "INSERT INTO stacks (slug, name, environment, team_id, fingerprint, tier, status, \
+                     error, env, env_version, env_updated_at, release, op_generation, manifest, \
+                     created_at, updated_at, expires_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', 0, $12, $9, $10, $11, $12, $13, $14) \
+                   RETURNING id",
+    update_stack: "UPDATE stacks SET status = $2, error = $3, release = $4, op_generation = $5, \
+                     updated_at = $6, manifest = COALESCE($7, manifest) WHERE id = $1",
+    delete_stack: "DELETE FROM stacks WHERE id = $1",
+    put_service: "INSERT INTO services (stack_id, name, position, status, expose, port, url, error, updated_at) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                  ON CONFLICT (stack_id, name) DO UPDATE SET position = excluded.position, \
+                    status = excluded.status, expose = excluded.expose, port = excluded.port, \
+                    url = excluded.url, error = excluded.error, updated_at = excluded.updated_at",
+    remove_service: "DELETE FROM services WHERE stack_id = $1 AND name = $2",
+    insert_release: "INSERT INTO releases (stack_id, version, status, env_version, spec, env, created_at) \
+                     SELECT id, $2, 'pending', env_version, $3, env, $4 FROM stacks WHERE id = $1",
+    set_release_status: "UPDATE releases SET status = $3 WHERE stack_id = $1 AND version = $2",
+    insert_env_version_zero: "INSERT INTO env_versions (stack_id, version, created_at, actor, set_keys, \
+                                deleted_keys, changes, snapshot) \
+                              VALUES ($1, 0, $2, $3, '[]', '[]', '{}', '{}')",
+    supersede_queued_jobs: "UPDATE jobs SET state = 'superseded', updated_at = $2 \
+                            WHERE stack_id = $1 AND state = 'queued'",
+    queue_job: "INSERT INTO jobs (stack_id, stack_slug, kind, state, generation, release, attempts, \
+                  run_after, created_at, updated_at) \
+                VALUES ($1, $2, $3, 'queued', $4, $5, 0, $6, $6, $6)",
+    insert_artifact: "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) \
+                      ON CONFLICT (digest) DO NOTHING",
+    insert_audit: "INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    insert_event: "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
+                   VALUES ($1, $2, $3, $4, $5)",
+    complete_idempotency: "INSERT INTO idempotency_keys (scope, key, request_hash, state, status, body, \
+                             created_at, expires_at) \
+                           VALUES ($1, $2, '', 'done', $3, $4, $5, $6) \
+                           ON CONFLICT (scope, key) DO UPDATE SET state = 'done', \
+                             status = excluded.status, body = excluded.body",
+
+    close_job: "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $3 \
+                WHERE id = $1 AND claim = $2 AND state = 'running' RETURNING id",
+    requeue_job: "UPDATE jobs SET state = 'queued', run_after = $4, last_error = $3, claim = NULL, \
+                    claimed_by = NULL, lease_until = NULL, updated_at = $4 \
+                  WHERE id = $1 AND claim = $2 AND state = 'running' RETURNING id",
+    fail_job: "UPDATE jobs SET state = 'failed', last_error = $3, lease_until = NULL, updated_at = $4 \
+               WHERE id = $1 AND claim = $2 AND state = 'running' RETURNING id",
+    renew_job_lease: "UPDATE jobs SET lease_until = $3, updated_at = $4 \
+                      WHERE id = $1 AND claim = $2 AND state = 'running' RETURNING id",
+    requeue_running_jobs: "UPDATE jobs SET state = 'queued', claim = NULL, lease_until = NULL \
+                           WHERE state = 'running' RETURNING id",
+
+    deploy_context: concat!(
+        "SELECT ",
+        deploy_cols!(),
+        " FROM stacks s JOIN releases r ON r.stack_id = s.id \
+           AND r.version = CASE WHEN $2 > 0 THEN $2 ELSE s.release END \
+         WHERE s.id = $1"
+    ),
+    running_stacks: concat!(
+        "SELECT ",
+        deploy_cols!(),
+        " FROM stacks s JOIN releases r ON r.stack_id = s.id AND r.status = 'live' \
+         WHERE s.status <> 'deleting' ORDER BY s.id"
+    ),
+    list_releases: concat!(
+        "SELECT ",
+        release_cols!(),
+        " FROM releases WHERE stack_id = $1 ORDER BY version DESC"
+    ),
+    list_stacks: concat!(
+        "SELECT ",
+        stack_cols!(),
+        ", (SELECT COUNT(*) FROM stacks WHERE team_id = $1) AS total FROM stacks \
+         WHERE team_id = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ),
+    count_all_team_stacks: "SELECT COUNT(*) FROM stacks WHERE team_id = $1",
+    expired_stacks: "SELECT slug FROM stacks \
+                     WHERE team_id IS NULL AND expires_at <= $1 AND status <> 'deleting' \
+                     ORDER BY expires_at, id LIMIT $2",
+    list_events: "SELECT id, at, kind, data FROM stack_events WHERE stack_id = $1 AND id > $2 \
+                  ORDER BY id LIMIT $3",
+    list_audit: "SELECT id, at, actor, kind, stack_slug, request_id, metadata, \
+                   (SELECT COUNT(*) FROM audit_log WHERE team_id = $1 \
+                      AND ($2 IS NULL OR stack_slug = $2) AND ($3 IS NULL OR kind = $3)) AS total \
+                 FROM audit_log \
+                 WHERE team_id = $1 AND ($2 IS NULL OR stack_slug = $2) AND ($3 IS NULL OR kind = $3) \
+                   AND id < $4 ORDER BY id DESC LIMIT $5",
+    count_audit: "SELECT COUNT(*) FROM audit_log WHERE team_id = $1 \
+                  AND ($2 IS NULL OR stack_slug = $2) AND ($3 IS NULL OR kind = $3)",
+    env_head: concat!("SELECT ", env_head_cols!(), " FROM stacks WHERE id = $1"),
+    lock_env_head: concat!("SELECT ", env_head_cols!(), " FROM stacks WHERE id = $1"),
+    list_env_versions: "SELECT version, created_at, actor, set_keys, deleted_keys, \
+                          (SELECT COUNT(*) FROM env_versions WHERE stack_id = $1 AND version >= 1) AS total \
+                        FROM env_versions WHERE stack_id = $1 AND version >= 1 AND version < $2 \
+                        ORDER BY version DESC LIMIT $3",
+    count_env_versions: "SELECT COUNT(*) FROM env_versions WHERE stack_id = $1 AND version >= 1",
+
+    any_team: "SELECT id FROM teams LIMIT 1",
+    insert_team: "INSERT INTO teams (name, tier, max_stacks, created_at) VALUES ($1, 'team', $2, $3) \
+                  ON CONFLICT (name) DO NOTHING RETURNING id, name, tier, max_stacks, created_at",
+    team_exists: "SELECT id FROM teams WHERE id = $1",
+    insert_token: "INSERT INTO tokens (team_id, name, digest, created_at) VALUES ($1, $2, $3, $4) \
+                   RETURNING id",
+    authenticate: "SELECT t.id, t.name, t.tier, t.max_stacks, t.created_at, k.id AS token_id, \
+                     k.team_id, k.name AS token_name, k.created_at AS token_created_at \
+                   FROM tokens k JOIN teams t ON t.id = k.team_id \
+                   WHERE k.digest = $1 AND k.revoked_at IS NULL",
+    list_tokens: "SELECT id AS token_id, team_id, name AS token_name, created_at AS token_created_at \
+                  FROM tokens WHERE team_id = $1 AND revoked_at IS NULL ORDER BY id",
+    revoke_token: "UPDATE tokens SET revoked_at = $3 \
+                   WHERE id = $1 AND team_id = $2 AND revoked_at IS NULL RETURNING id",
+
+    abandon_idempotency: "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'pending'",
+    count_anonymous_create: "INSERT INTO rate_counters (fingerprint, day, count) VALUES ($1, $2, 1) \
+                             ON CONFLICT (fingerprint, day) DO UPDATE SET count = rate_counters.count + 1 \
+                             RETURNING count",
+};
