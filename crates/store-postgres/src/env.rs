@@ -20,77 +20,16 @@ use crate::sql::OPS;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 use stackyard_core::env::EnvMap;
-use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
+use stackyard_core::envlog::BatchPlan;
 use stackyard_core::model::*;
 use stackyard_core::store::{
     EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, IDEMPOTENCY_TTL, StoreError,
 };
 use stackyard_core::time::Millis;
-use stackyard_store_sql::error::{Error, Result, corrupt, from_json, to_json};
+use stackyard_store_sql::error::{Result, to_json};
 use stackyard_store_sql::ops::millis;
 use stackyard_store_sql::rows::EnvHead;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// Rebuilds each wanted version's map from the newest snapshot at or below it plus the changes
-/// after that snapshot, in one statement for all targets. Versions that no longer exist
-/// (pruned) are left out, which the planner reports as `VersionNotFound`.
-async fn rebuild_versions(
-    conn: &mut PgConnection,
-    stack: StackId,
-    wanted: &BTreeSet<i64>,
-) -> Result<BTreeMap<i64, EnvMap>> {
-    let mut out = BTreeMap::new();
-    let Some(&highest) = wanted.last() else {
-        return Ok(out);
-    };
-    let targets: Vec<i64> = wanted.iter().copied().collect();
-    // Every row from the oldest snapshot any target needs up to the highest target.
-    let history: Vec<(i64, Option<String>, String)> = sqlx::query_as(
-        "SELECT version, snapshot::text AS snapshot, changes::text AS changes FROM env_versions \
-         WHERE stack_id = $1 AND version <= $2 AND version >= ( \
-           SELECT MIN(( \
-             SELECT MAX(e.version) FROM env_versions e \
-             WHERE e.stack_id = $1 AND e.version <= t AND e.snapshot IS NOT NULL)) \
-           FROM UNNEST($3::bigint[]) AS t) \
-         ORDER BY version",
-    )
-    .bind(stack.0)
-    .bind(highest)
-    .bind(&targets)
-    .fetch_all(&mut *conn)
-    .await?;
-    for &target in wanted {
-        // The newest snapshot at or below the target. Pruning removes whole prefixes ending
-        // just below a snapshot, so no snapshot means the version itself is gone.
-        let Some(start) = history
-            .iter()
-            .rposition(|(v, snap, _)| *v <= target && snap.is_some())
-        else {
-            continue;
-        };
-        let (snap_version, snapshot, _) = &history[start];
-        let snapshot = snapshot.as_deref().unwrap_or("{}");
-        let base: BTreeMap<String, String> = from_json(snapshot, "env snapshot")?;
-        let mut changes = Vec::new();
-        let mut expected = snap_version + 1;
-        for (v, _, c) in history[start + 1..]
-            .iter()
-            .take_while(|(v, _, _)| *v <= target)
-        {
-            if *v != expected {
-                return Err(corrupt("the env history has a gap"));
-            }
-            expected += 1;
-            changes.push(from_json::<ChangeValues>(c, "env change")?);
-        }
-        if expected != target + 1 {
-            // The target itself is missing above its snapshot.
-            return Err(corrupt("the env history has a gap"));
-        }
-        out.insert(target, envlog::replay(EnvMap::from_map(base), changes));
-    }
-    Ok(out)
-}
+use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
 
 /// The plan's rows as parallel arrays, one element per version record.
 #[derive(Default)]
@@ -176,61 +115,53 @@ prune AS ( \
   DELETE FROM env_versions WHERE stack_id = $1 AND version < $21) \
 SELECT 1";
 
-/// The stack under the lock, or why the whole batch is refused.
-async fn writable_head(
-    conn: &mut PgConnection,
-    stack: StackId,
-    lock: bool,
-) -> std::result::Result<EnvHead, EnvBatchError> {
-    match OPS.env_head(conn, stack, lock).await? {
-        None => Err(EnvBatchError::NotFound),
-        Some(h) if h.deleting => Err(EnvBatchError::Deleting),
-        Some(h) => Ok(h),
-    }
-}
+/// PostgreSQL's batch: everything in one statement (`WRITE_BATCH`).
+struct Batch;
 
-/// Writes a planned batch in one statement (`WRITE_BATCH`).
-async fn write_batch(
-    conn: &mut PgConnection,
-    stack: StackId,
-    head: (Option<TeamId>, &str),
-    plan: &BatchPlan,
-    now: Millis,
-    prune_below: Option<i64>,
-) -> Result<()> {
-    let rows = RecordArrays::from_plan(plan)?;
-    let done = &plan.completions;
-    let scopes: Vec<&str> = done.iter().map(|c| c.scope.as_str()).collect();
-    let keys: Vec<&str> = done.iter().map(|c| c.key.as_str()).collect();
-    let bodies: Vec<&str> = done.iter().map(|c| c.body.as_str()).collect();
-    let statuses: Vec<i32> = done.iter().map(|c| i32::from(c.status)).collect();
-    sqlx::query(WRITE_BATCH)
-        .bind(stack.0)
-        .bind(&rows.versions)
-        .bind(&rows.created_at)
-        .bind(&rows.actors)
-        .bind(&rows.set_keys)
-        .bind(&rows.deleted_keys)
-        .bind(&rows.changes)
-        .bind(&rows.snapshots)
-        .bind(&rows.kinds)
-        .bind(&rows.request_ids)
-        .bind(&rows.metadata)
-        .bind(head.0.map(|t| t.0))
-        .bind(head.1)
-        .bind(plan.map.to_json())
-        .bind(plan.version)
-        .bind(now.0)
-        .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
-        .bind(&scopes)
-        .bind(&keys)
-        .bind(&bodies)
-        .bind(prune_below)
-        .bind(&rows.events)
-        .bind(&statuses)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+impl EnvBatchWriter<Postgres> for Batch {
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        stack: StackId,
+        batch: &EnvBatch,
+        now: Millis,
+        prune_below: Option<i64>,
+    ) -> Result<()> {
+        let plan = &batch.plan;
+        let rows = RecordArrays::from_plan(plan)?;
+        let done = &plan.completions;
+        let scopes: Vec<&str> = done.iter().map(|c| c.scope.as_str()).collect();
+        let keys: Vec<&str> = done.iter().map(|c| c.key.as_str()).collect();
+        let bodies: Vec<&str> = done.iter().map(|c| c.body.as_str()).collect();
+        let statuses: Vec<i32> = done.iter().map(|c| i32::from(c.status)).collect();
+        sqlx::query(WRITE_BATCH)
+            .bind(stack.0)
+            .bind(&rows.versions)
+            .bind(&rows.created_at)
+            .bind(&rows.actors)
+            .bind(&rows.set_keys)
+            .bind(&rows.deleted_keys)
+            .bind(&rows.changes)
+            .bind(&rows.snapshots)
+            .bind(&rows.kinds)
+            .bind(&rows.request_ids)
+            .bind(&rows.metadata)
+            .bind(batch.team_id.map(|t| t.0))
+            .bind(batch.slug.as_str())
+            .bind(plan.map.to_json())
+            .bind(plan.version)
+            .bind(now.0)
+            .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
+            .bind(&scopes)
+            .bind(&keys)
+            .bind(&bodies)
+            .bind(prune_below)
+            .bind(&rows.events)
+            .bind(&statuses)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
 }
 
 impl EnvStore for PgStore {
@@ -239,33 +170,13 @@ impl EnvStore for PgStore {
         stack: StackId,
         writes: Vec<EnvWrite>,
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
-        let Some(now) = writes.iter().map(|w| w.ctx.now).max() else {
-            return Ok(Vec::new());
-        };
         // Lock: the stack row, and nothing else that another transaction could hold before
         // it (the rows written after it hang off the stack or are idempotency records, last
-        // in the global order). The deleting check, the merge, the size rule, the version
-        // bump, the history, the audit rows and the idempotency records all decide and commit
-        // under it, in one transaction and one commit.
-        let mut tx = self.begin().await?;
-        let head = writable_head(&mut tx, stack, true).await?;
-        let wanted = envlog::rollback_targets(&writes, head.version);
-        let targets = rebuild_versions(&mut tx, stack, &wanted).await?;
-        let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
-        if plan.records.is_empty() && plan.completions.is_empty() {
-            // Nothing to write: dropping the transaction rolls it back (in the background,
-            // when the connection goes back to the pool).
-            return Ok(plan.outcomes);
-        }
-        let floor = if plan.wrote_snapshot() {
-            envlog::prune_floor(plan.version, self.env_history)
-        } else {
-            None
-        };
-        let owner = (head.team_id, head.slug.as_str());
-        write_batch(&mut tx, stack, owner, &plan, now, floor).await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(plan.outcomes)
+        // in the global order). One transaction, one commit.
+        let tx = self.begin().await?;
+        let keep = self.env_history;
+        OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
+            .await?
     }
 
     async fn preview_env_write(
@@ -273,32 +184,11 @@ impl EnvStore for PgStore {
         stack: StackId,
         write: EnvWrite,
     ) -> std::result::Result<EnvWriteResult, EnvBatchError> {
-        let writes = [write];
-        // No lock, nothing written: the head and the history a rollback needs. History rows
-        // at or below the head's version never change (pruning only removes them, which the
-        // planner then reports as not found), so two statements see a consistent picture.
-        let writes_ref = &writes;
-        let found = self
-            .read(|mut c: PoolConnection<Postgres>| async move {
-                let Some(head) = OPS.env_head(&mut c, stack, false).await? else {
-                    return Ok(None);
-                };
-                if head.deleting {
-                    return Ok(Some(Err(EnvBatchError::Deleting)));
-                }
-                let wanted = envlog::rollback_targets(writes_ref, head.version);
-                let targets = rebuild_versions(&mut c, stack, &wanted).await?;
-                Ok(Some(Ok((head, targets))))
-            })
-            .await?;
-        let (head, targets) = match found {
-            None => return Err(EnvBatchError::NotFound),
-            Some(r) => r?,
+        let write = &write;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.preview_env_write(&mut c, stack, write).await
         };
-        let now = writes[0].ctx.now;
-        let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
-        let first = plan.outcomes.into_iter().next();
-        Ok(first.ok_or_else(|| corrupt("the planner returned no outcome"))?)
+        self.read(read).await?
     }
 
     async fn get_env(

@@ -11,7 +11,6 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, random_hex};
-use stackyard_core::lifecycle::status::Report;
 use stackyard_core::model::*;
 use stackyard_core::store::{DeployResult, JobStore, StoreError};
 use stackyard_core::time::Millis;
@@ -112,15 +111,9 @@ impl JobStore for PgStore {
         error: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let report = Report {
-            service,
-            status,
-            url,
-            error,
-        };
-        Ok(OPS
-            .record_service_status(self.begin().await?, job, report, now)
-            .await?)
+        let tx = self.begin().await?;
+        let done = OPS.record_service_status(tx, job, service, status, url, error, now);
+        Ok(done.await?)
     }
 
     async fn finish_deploy(

@@ -18,4 +18,4 @@ pub mod rows;
 pub mod sql;
 
 pub use error::{Error, Result};
-pub use ops::{Ops, StackRef};
+pub use ops::{EnvBatch, EnvBatchWriter, Ops, StackRef};

@@ -7,25 +7,51 @@
 //! writes it and commits. Reads take a connection (the store decides whether that is a
 //! snapshot transaction, and the PostgreSQL store retries them on a fresh connection).
 
-use crate::error::{Result, corrupt, is_unique_violation, to_json};
+use crate::error::{Result, corrupt, from_json, is_unique_violation, to_json};
 use crate::rows::*;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 use stackyard_core::env::EnvMap;
-use stackyard_core::ids::{StackSlug, TeamName, TokenDigest};
+use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
+use stackyard_core::ids::{ServiceName, StackSlug, TeamName, TokenDigest};
 use stackyard_core::lifecycle::{
     self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
     create::TeamCap, status::Report,
 };
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    AuditFilter, CreateStackError, DeployResult, IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease,
-    NewStack, NewToken, ReleaseError, StoreError, parse_id_cursor, parse_stack_cursor,
-    stack_cursor,
+    AuditFilter, CreateStackError, DeployResult, EnvBatchError, EnvWrite, EnvWriteResult,
+    IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease, NewStack, NewToken, ReleaseError, StoreError,
+    parse_id_cursor, parse_stack_cursor, stack_cursor,
 };
 use stackyard_core::time::Millis;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::time::Duration;
+
+/// An env batch planned under the stack's lock: the plan and whose stack it is (for the audit
+/// and event rows the store writes).
+#[derive(Debug)]
+pub struct EnvBatch {
+    pub team_id: Option<TeamId>,
+    pub slug: StackSlug,
+    pub plan: BatchPlan,
+}
+
+/// How a store writes a planned env batch — the hot path, in its own statements: the version,
+/// audit and event rows of `batch.plan.records`, the stack's new map and version (when there
+/// are records), the idempotency completions, and the pruning of versions below
+/// `prune_below`.
+pub trait EnvBatchWriter<DB: Database>: Sync {
+    fn write(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        batch: &EnvBatch,
+        now: Millis,
+        prune_below: Option<i64>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
+}
 
 /// How a lifecycle step names its stack.
 #[derive(Debug, Clone, Copy)]
@@ -486,13 +512,23 @@ where
 
     /// `JobStore::record_service_status`. Lock: the stack row, before the generation check,
     /// so a deletion or a redeploy cannot slip in between the check and the write.
+    #[allow(clippy::too_many_arguments)] // the trait method's arguments, as they come
     pub async fn record_service_status(
         &self,
         mut tx: Transaction<'static, DB>,
         job: &Job,
-        report: Report<'_>,
+        service: &ServiceName,
+        status: ServiceStatus,
+        url: Option<&str>,
+        error: Option<&str>,
         now: Millis,
     ) -> Result<bool> {
+        let report = Report {
+            service,
+            status,
+            url,
+            error,
+        };
         let locked = self.lock_stack(&mut tx, StackRef::Id(job.stack_id)).await?;
         let Some(locked) = locked else {
             return Ok(false);
@@ -971,6 +1007,132 @@ where
         self.insert_audit(&mut tx, &audit).await?;
         Self::commit(tx).await?;
         Ok(Some(head.outcome()))
+    }
+
+    /// Rebuilds each wanted version's map from the newest snapshot at or below it plus the
+    /// changes after that snapshot. Versions that no longer exist (pruned) are left out, which
+    /// the planner reports as `VersionNotFound`. Rollbacks are rare: two statements a target.
+    async fn rebuild_versions(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        wanted: &BTreeSet<i64>,
+    ) -> Result<BTreeMap<i64, EnvMap>> {
+        let mut out = BTreeMap::new();
+        for &version in wanted {
+            let snap: Option<(i64, String)> = sqlx::query_as(self.sql.env_snapshot_at)
+                .bind(stack.0)
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            // Pruning removes whole prefixes ending just below a snapshot, so no snapshot at
+            // or below the version means the version itself is gone.
+            let Some((snap_version, snapshot)) = snap else {
+                continue;
+            };
+            let base: BTreeMap<String, String> = from_json(&snapshot, "env snapshot")?;
+            let rows: Vec<String> = sqlx::query_scalar(self.sql.env_changes_between)
+                .bind(stack.0)
+                .bind(snap_version)
+                .bind(version)
+                .fetch_all(&mut *conn)
+                .await?;
+            if i64::try_from(rows.len()).ok() != Some(version - snap_version) {
+                return Err(corrupt("the env history has a gap"));
+            }
+            let changes = rows
+                .iter()
+                .map(|c| from_json::<ChangeValues>(c, "env change"))
+                .collect::<Result<Vec<_>>>()?;
+            out.insert(version, envlog::replay(EnvMap::from_map(base), changes));
+        }
+        Ok(out)
+    }
+
+    /// Reads the stack's env (under its lock when `lock`) and plans `writes` on it
+    /// (`envlog::plan_batch`); refused as a whole when the stack is gone or being deleted.
+    pub async fn plan_env_batch(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        writes: &[EnvWrite],
+        lock: bool,
+        now: Millis,
+    ) -> Result<std::result::Result<EnvBatch, EnvBatchError>> {
+        let head = match self.env_head(conn, stack, lock).await? {
+            None => return Ok(Err(EnvBatchError::NotFound)),
+            Some(h) if h.deleting => return Ok(Err(EnvBatchError::Deleting)),
+            Some(h) => h,
+        };
+        let wanted = envlog::rollback_targets(writes, head.version);
+        let targets = self.rebuild_versions(conn, stack, &wanted).await?;
+        let plan = envlog::plan_batch(head.env, head.version, writes, &targets, now);
+        Ok(Ok(EnvBatch {
+            team_id: head.team_id,
+            slug: head.slug,
+            plan,
+        }))
+    }
+
+    /// `EnvStore::apply_env_writes`: the batch planned under the stack's lock (taken by the
+    /// first read of `tx`), written by the store's `writer`, committed once. The deleting
+    /// check, the merge, the size rule, the version bump, the history, the audit rows and the
+    /// idempotency records all decide and commit under that lock, in one transaction.
+    pub async fn apply_env_writes<W: EnvBatchWriter<DB>>(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: StackId,
+        writes: Vec<EnvWrite>,
+        keep_versions: i64,
+        writer: &W,
+    ) -> Result<std::result::Result<Vec<EnvWriteResult>, EnvBatchError>> {
+        let Some(now) = writes.iter().map(|w| w.ctx.now).max() else {
+            return Ok(Ok(Vec::new()));
+        };
+        let batch = match self
+            .plan_env_batch(&mut tx, stack, &writes, true, now)
+            .await?
+        {
+            Ok(batch) => batch,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let plan = &batch.plan;
+        if plan.records.is_empty() && plan.completions.is_empty() {
+            // Nothing to write: dropping the transaction rolls it back.
+            return Ok(Ok(batch.plan.outcomes));
+        }
+        // The prune floor only moves when a snapshot is written.
+        let floor = if plan.wrote_snapshot() {
+            envlog::prune_floor(plan.version, keep_versions)
+        } else {
+            None
+        };
+        writer.write(&mut tx, stack, &batch, now, floor).await?;
+        Self::commit(tx).await?;
+        Ok(Ok(batch.plan.outcomes))
+    }
+
+    /// `EnvStore::preview_env_write`: the batch of one write planned without a lock, nothing
+    /// written. History rows at or below the head's version never change (pruning only
+    /// removes them, which the planner then reports), so separate statements agree.
+    pub async fn preview_env_write(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        write: &EnvWrite,
+    ) -> Result<std::result::Result<EnvWriteResult, EnvBatchError>> {
+        let writes = std::slice::from_ref(write);
+        let batch = match self
+            .plan_env_batch(conn, stack, writes, false, write.ctx.now)
+            .await?
+        {
+            Ok(batch) => batch,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let first = batch.plan.outcomes.into_iter().next();
+        Ok(Ok(first.ok_or_else(|| {
+            corrupt("the planner returned no outcome")
+        })?))
     }
 
     /// `EnvStore::list_env_versions`: one statement (the page and its total) on `conn`.

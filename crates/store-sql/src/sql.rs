@@ -108,6 +108,11 @@ pub struct Sql {
     pub list_env_versions: &'static str,
     /// `$1` stack id → how many versions ≥ 1 are kept.
     pub count_env_versions: &'static str,
+    /// `$1` stack id, `$2` version → `(version, snapshot)` of the newest snapshot at or below it.
+    pub env_snapshot_at: &'static str,
+    /// `$1` stack id, `$2` after version, `$3` up to version → the `changes` of those versions,
+    /// oldest first.
+    pub env_changes_between: &'static str,
 
     // ---- teams and tokens ----
     /// No parameters → any team's id.

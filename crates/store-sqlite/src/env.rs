@@ -10,71 +10,16 @@
 use crate::SqliteStore;
 use crate::sql::OPS;
 use serde::Serialize;
+use sqlx::Sqlite;
 use sqlx::SqliteConnection;
 use stackyard_core::env::EnvMap;
-use stackyard_core::envlog::{self, BatchPlan, ChangeValues, VersionRecord};
+use stackyard_core::envlog::{BatchPlan, ChangeValues, VersionRecord};
 use stackyard_core::model::*;
 use stackyard_core::store::{EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, StoreError};
 use stackyard_core::time::Millis;
-use stackyard_store_sql::error::{Result, from_json, to_json};
+use stackyard_store_sql::error::{Result, to_json};
 use stackyard_store_sql::rows::EnvHead;
-use std::collections::{BTreeMap, BTreeSet};
-
-/// The stack under the lock, or why the whole batch is refused.
-async fn writable_head(
-    conn: &mut SqliteConnection,
-    stack: StackId,
-) -> std::result::Result<EnvHead, EnvBatchError> {
-    match OPS.env_head(conn, stack, true).await? {
-        None => Err(EnvBatchError::NotFound),
-        Some(h) if h.deleting => Err(EnvBatchError::Deleting),
-        Some(h) => Ok(h),
-    }
-}
-
-/// Rebuilds each wanted version's map from the newest snapshot at or below it plus the changes
-/// after that snapshot. Versions that no longer exist (pruned) are left out, which the planner
-/// reports as `VersionNotFound`.
-async fn rebuild_versions(
-    conn: &mut SqliteConnection,
-    stack: StackId,
-    wanted: &BTreeSet<i64>,
-) -> Result<BTreeMap<i64, EnvMap>> {
-    let mut out = BTreeMap::new();
-    for &version in wanted {
-        let snap: Option<(i64, String)> = sqlx::query_as(
-            "SELECT version, snapshot FROM env_versions \
-             WHERE stack_id = $1 AND version <= $2 AND snapshot IS NOT NULL ORDER BY version DESC LIMIT 1",
-        )
-        .bind(stack.0)
-        .bind(version)
-        .fetch_optional(&mut *conn)
-        .await?;
-        // Pruning removes whole prefixes ending just below a snapshot, so no snapshot at or
-        // below the version means the version itself is gone.
-        let Some((snap_version, snapshot)) = snap else {
-            continue;
-        };
-        let base: BTreeMap<String, String> = from_json(&snapshot, "env snapshot")?;
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT changes FROM env_versions WHERE stack_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
-        )
-        .bind(stack.0)
-        .bind(snap_version)
-        .bind(version)
-        .fetch_all(&mut *conn)
-        .await?;
-        if i64::try_from(rows.len()).ok() != Some(version - snap_version) {
-            return Err(StoreError::Corrupt("the env history has a gap".into()).into());
-        }
-        let changes = rows
-            .iter()
-            .map(|c| from_json::<ChangeValues>(c, "env change"))
-            .collect::<Result<Vec<_>>>()?;
-        out.insert(version, envlog::replay(EnvMap::from_map(base), changes));
-    }
-    Ok(out)
-}
+use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
 
 /// One `env_versions` row as an element of the JSON array the batch insert reads.
 #[derive(Serialize)]
@@ -140,6 +85,39 @@ impl From<&VersionRecord> for EventJson {
     }
 }
 
+/// SQLite's batch: the version rows, audit rows and `env.version` events in one statement
+/// each (`INSERT … SELECT FROM json_each`, in version order so ids ascend with it), the stack
+/// update, one upsert per idempotency completion, the prune.
+struct Batch;
+
+impl EnvBatchWriter<Sqlite> for Batch {
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        stack: StackId,
+        batch: &EnvBatch,
+        now: Millis,
+        prune_below: Option<i64>,
+    ) -> Result<()> {
+        let plan = &batch.plan;
+        if !plan.records.is_empty() {
+            let owner = (batch.team_id, batch.slug.as_str());
+            write_versions(conn, stack, owner, plan, now).await?;
+        }
+        for record in &plan.completions {
+            OPS.complete_idempotency(conn, record, now).await?;
+        }
+        if let Some(floor) = prune_below {
+            sqlx::query("DELETE FROM env_versions WHERE stack_id = $1 AND version < $2")
+                .bind(stack.0)
+                .bind(floor)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The batch's version rows, audit rows and `env.version` events (one statement each, in
 /// version order, so ids ascend with it) and the stack's new map and version.
 async fn write_versions(
@@ -202,42 +180,11 @@ impl EnvStore for SqliteStore {
         stack: StackId,
         writes: Vec<EnvWrite>,
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
-        let Some(now) = writes.iter().map(|w| w.ctx.now).max() else {
-            return Ok(Vec::new());
-        };
-        // Write lock before reading the map: the deleting check, the merge, the size rule, the
-        // version bump, the history, the audit rows and the idempotency records all decide and
-        // commit under it, in one transaction and one fsync.
-        let mut tx = self.write_tx().await?;
-        let head = writable_head(&mut tx, stack).await?;
-        let wanted = envlog::rollback_targets(&writes, head.version);
-        let targets = rebuild_versions(&mut tx, stack, &wanted).await?;
-        let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
-        if plan.records.is_empty() && plan.completions.is_empty() {
-            return Ok(plan.outcomes);
-        }
-        if !plan.records.is_empty() {
-            let owner = (head.team_id, head.slug.as_str());
-            write_versions(&mut tx, stack, owner, &plan, now).await?;
-        }
-        for record in &plan.completions {
-            OPS.complete_idempotency(&mut tx, record, now).await?;
-        }
-        // Pruning only when a snapshot was written: the floor only moves at snapshots.
-        if plan.wrote_snapshot()
-            && let Some(floor) = envlog::prune_floor(plan.version, self.env_history)
-        {
-            sqlx::query("DELETE FROM env_versions WHERE stack_id = $1 AND version < $2")
-                .bind(stack.0)
-                .bind(floor)
-                .execute(&mut *tx)
-                .await
-                .map_err(stackyard_store_sql::Error::from)?;
-        }
-        tx.commit()
-            .await
-            .map_err(stackyard_store_sql::Error::from)?;
-        Ok(plan.outcomes)
+        // Write lock (BEGIN IMMEDIATE) before reading the map: one transaction, one fsync.
+        let tx = self.write_tx().await?;
+        let keep = self.env_history;
+        OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
+            .await?
     }
 
     async fn preview_env_write(
@@ -245,19 +192,9 @@ impl EnvStore for SqliteStore {
         stack: StackId,
         write: EnvWrite,
     ) -> std::result::Result<EnvWriteResult, EnvBatchError> {
-        // Read-only: one consistent snapshot is enough, nothing is written.
+        // Read-only: one consistent snapshot, nothing is written.
         let mut tx = self.read_tx().await?;
-        let head = writable_head(&mut tx, stack).await?;
-        let writes = [write];
-        let wanted = envlog::rollback_targets(&writes, head.version);
-        let targets = rebuild_versions(&mut tx, stack, &wanted).await?;
-        let now = writes[0].ctx.now;
-        let plan = envlog::plan_batch(head.env, head.version, &writes, &targets, now);
-        plan.outcomes.into_iter().next().ok_or_else(|| {
-            EnvBatchError::Store(StoreError::Corrupt(
-                "the planner returned no outcome".into(),
-            ))
-        })
+        OPS.preview_env_write(&mut tx, stack, &write).await?
     }
 
     async fn get_env(

@@ -6,7 +6,6 @@ use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, random_hex};
-use stackyard_core::lifecycle::status::Report;
 use stackyard_core::model::*;
 use stackyard_core::store::{DeployResult, JobStore, StoreError};
 use stackyard_core::time::Millis;
@@ -96,14 +95,9 @@ impl JobStore for SqliteStore {
         error: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let report = Report {
-            service,
-            status,
-            url,
-            error,
-        };
         let tx = self.write_tx().await?;
-        Ok(OPS.record_service_status(tx, job, report, now).await?)
+        let done = OPS.record_service_status(tx, job, service, status, url, error, now);
+        Ok(done.await?)
     }
 
     async fn finish_deploy(

@@ -155,6 +155,11 @@ pub(crate) static SQL: Sql = Sql {
                         FROM env_versions WHERE stack_id = $1 AND version >= 1 AND version < $2 \
                         ORDER BY version DESC LIMIT $3",
     count_env_versions: "SELECT COUNT(*) FROM env_versions WHERE stack_id = $1 AND version >= 1",
+    env_snapshot_at: "SELECT version, snapshot FROM env_versions \
+                      WHERE stack_id = $1 AND version <= $2 AND snapshot IS NOT NULL \
+                      ORDER BY version DESC LIMIT 1",
+    env_changes_between: "SELECT changes FROM env_versions \
+                          WHERE stack_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
 
     any_team: "SELECT id FROM teams LIMIT 1",
     insert_team: "INSERT INTO teams (name, tier, max_stacks, created_at) VALUES ($1, 'team', $2, $3) \
