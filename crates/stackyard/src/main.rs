@@ -1,7 +1,5 @@
 //! `stackyard`: one binary for the server and its operator commands.
 
-mod bench;
-
 use clap::{Parser, Subcommand};
 use stackyard_core::TeamName;
 use stackyard_server::serve::{store_options_for, with_store};
@@ -30,20 +28,9 @@ enum Command {
     Admin(Admin),
     /// Benchmarks (results go to stdout; see docs/performance.md).
     #[command(subcommand)]
-    Bench(Bench),
+    Bench(stackyard_bench::Bench),
     #[command(flatten)]
     Client(stackyard_cli::Command),
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Contended env PATCH throughput against the one-row-lock-per-change reference design.
-    Env(bench::env::EnvBenchArgs),
-    /// Time from `POST /stacks/new` to all healthy for an example stack (local runtime), next to
-    /// the apps' own start time.
-    Deploy(bench::deploy::DeployBenchArgs),
-    /// Router throughput for a trivial upstream, next to the upstream hit directly.
-    Router(bench::router::RouterBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -94,9 +81,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(*args).await,
-        Command::Bench(Bench::Env(args)) => bench::env::run(args).await,
-        Command::Bench(Bench::Deploy(args)) => bench::deploy::run(args).await,
-        Command::Bench(Bench::Router(args)) => bench::router::run(args).await,
+        Command::Bench(bench) => stackyard_bench::run(bench).await,
         // Dispatched in `main`, which owns the exit code of client commands.
         Command::Client(_) => Ok(()),
         Command::Admin(Admin::CreateTeam {

@@ -13,10 +13,31 @@ mod load;
 pub mod router;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sqlx::Connection;
 use stackyard_server::ServeArgs;
 use std::path::Path;
+
+/// The `stackyard bench` subcommands.
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Contended env PATCH throughput against the one-row-lock-per-change reference design.
+    Env(env::EnvBenchArgs),
+    /// Time from `POST /stacks/new` to all healthy for an example stack (local runtime), next to
+    /// the apps' own start time.
+    Deploy(deploy::DeployBenchArgs),
+    /// Router throughput for a trivial upstream, next to the upstream hit directly.
+    Router(router::RouterBenchArgs),
+}
+
+/// Runs one benchmark and prints its report on stdout.
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Env(args) => env::run(args).await,
+        Bench::Deploy(args) => deploy::run(args).await,
+        Bench::Router(args) => router::run(args).await,
+    }
+}
 
 /// A fresh database for a run and how to clean it up.
 pub(crate) enum BenchDb {
