@@ -20,7 +20,7 @@ pub enum EnvError {
     MissingEnv,
     #[error("{0}")]
     InvalidKey(String),
-    #[error("env key {0:?} appears more than once in the request body")]
+    #[error("env key `{0}` appears more than once in the request body")]
     DuplicateKey(String),
     #[error("{0}")]
     InvalidValue(String),
@@ -352,7 +352,9 @@ impl EnvPatch {
         let mut seen = HashSet::new();
         for (k, v) in &entries {
             if !seen.insert(k.as_str().to_owned()) {
-                return Err(EnvError::DuplicateKey(k.to_string()));
+                return Err(EnvError::DuplicateKey(crate::ids::escape_for_message(
+                    k.as_str(),
+                )));
             }
             if let Some(v) = v {
                 check_value(k.as_str(), v)?;
@@ -387,7 +389,7 @@ impl EnvPatch {
         let mut seen = HashSet::with_capacity(pairs.len());
         for (k, _) in &pairs {
             if !seen.insert(k.as_str()) {
-                return Err(EnvError::DuplicateKey(crate::ids::truncate_for_message(k)));
+                return Err(EnvError::DuplicateKey(crate::ids::escape_for_message(k)));
             }
         }
         let mut entries = Vec::with_capacity(pairs.len());
@@ -402,7 +404,8 @@ impl EnvPatch {
                 }
                 RawValue::Other => {
                     return Err(EnvError::InvalidValue(format!(
-                        "the value of env key {key:?} must be a string or null"
+                        "the value of env key `{}` must be a string or null",
+                        key.as_str()
                     )));
                 }
             };
@@ -418,7 +421,7 @@ impl EnvPatch {
 fn check_value(key: &str, v: &str) -> Result<(), EnvError> {
     if v.contains('\0') {
         return Err(EnvError::InvalidValue(format!(
-            "the value of env key {key:?} contains a NUL byte, which no process can receive"
+            "the value of env key `{key}` contains a NUL byte, which no process can receive"
         )));
     }
     Ok(())

@@ -283,6 +283,7 @@ mod tests {
             if_match: None,
             ctx: ctx(),
             idempotency: None,
+            deadline: None,
         }
     }
 
@@ -347,6 +348,7 @@ mod tests {
             if_match: None,
             ctx: ctx(),
             idempotency: None,
+            deadline: None,
         };
         let missing = EnvWrite {
             op: EnvOp::Rollback { to_version: 0 },
@@ -373,6 +375,7 @@ mod tests {
             if_match: None,
             ctx: ctx(),
             idempotency: None,
+            deadline: None,
         };
         let plan = plan_batch(
             EnvMap::new(),

@@ -111,8 +111,8 @@ impl ServiceName {
             Ok(Self(s.to_owned()))
         } else {
             Err(ParseError(format!(
-                "service name {:?} is not a DNS label (lowercase letters, digits and `-`, 1-63 characters, starting and ending with a letter or digit)",
-                truncate_for_message(s)
+                "service name `{}` is not a DNS label (lowercase letters, digits and `-`, 1-63 characters, starting and ending with a letter or digit)",
+                escape_for_message(s)
             )))
         }
     }
@@ -136,8 +136,8 @@ impl EnvKey {
             Ok(Self(s.to_owned()))
         } else {
             Err(ParseError(format!(
-                "env key {:?} must match ^[A-Za-z_][A-Za-z0-9_]*$ and be 1-256 bytes",
-                truncate_for_message(s)
+                "env key `{}` must match ^[A-Za-z_][A-Za-z0-9_]*$ and be 1-256 bytes",
+                escape_for_message(s)
             )))
         }
     }

@@ -102,7 +102,7 @@ impl<S: Store> AppState<S> {
         runtime: Arc<dyn Runtime>,
         rate_limiter: RateLimiter,
     ) -> Self {
-        let env_queue = EnvQueue::new(store.clone());
+        let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
         let auth_cache = crate::auth::AuthCache::new(!store.is_shared());
         Self {
             inner: Arc::new(Shared {

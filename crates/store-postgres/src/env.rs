@@ -23,13 +23,14 @@ use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::BatchPlan;
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, IDEMPOTENCY_TTL, StoreError,
+    EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, IDEMPOTENCY_TTL, StoreError, batch_deadline,
 };
 use stackyard_core::time::Millis;
 use stackyard_store_sql::error::{Result, to_json};
 use stackyard_store_sql::ops::millis;
 use stackyard_store_sql::rows::EnvHead;
 use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
+use std::time::Instant;
 
 /// The plan's rows as parallel arrays, one element per version record.
 #[derive(Default)]
@@ -168,12 +169,14 @@ impl EnvStore for PgStore {
     async fn apply_env_writes(
         &self,
         stack: StackId,
-        writes: Vec<EnvWrite>,
+        writes: &[EnvWrite],
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
         // Lock: the stack row, and nothing else that another transaction could hold before
         // it (the rows written after it hang off the stack or are idempotency records, last
-        // in the global order). One transaction, one commit.
-        let tx = self.begin().await?;
+        // in the global order). One transaction, one commit. The wait ends at the most
+        // impatient write's deadline, time queued included.
+        let deadline = batch_deadline(writes).unwrap_or_else(|| Instant::now() + self.lock_timeout);
+        let tx = self.begin_until(deadline).await?;
         let keep = self.env_history;
         OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
             .await?

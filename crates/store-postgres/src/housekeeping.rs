@@ -79,11 +79,9 @@ impl Housekeeping for PgStore {
     }
 
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
-        // Lock: the one idempotency row, taken by the DELETE; a completed record stays.
-        let mut tx = self.begin().await?;
-        OPS.idempotency_abandon(&mut tx, scope, key).await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(())
+        Ok(OPS
+            .idempotency_abandon(self.begin().await?, scope, key)
+            .await?)
     }
 
     async fn count_anonymous_create(
@@ -91,15 +89,9 @@ impl Housekeeping for PgStore {
         fingerprint: &str,
         now: Millis,
     ) -> Result<i64, StoreError> {
-        // Lock: the counter row, taken by the upsert; concurrent callers (on any server) queue
-        // on it and each gets the count its own increment made. In a transaction only so that
-        // the wait is bounded by lock_timeout.
-        let mut tx = self.begin().await?;
-        let count = OPS
-            .count_anonymous_create(&mut tx, fingerprint, now)
-            .await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(count)
+        // In a transaction only so that the wait for the counter row is bounded.
+        let tx = self.begin().await?;
+        Ok(OPS.count_anonymous_create(tx, fingerprint, now).await?)
     }
 
     async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {

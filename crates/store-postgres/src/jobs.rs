@@ -77,20 +77,16 @@ impl JobStore for PgStore {
         now: Millis,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        // Lock: the job row only; in a transaction so the wait is bounded by lock_timeout.
-        let mut tx = self.begin().await?;
-        let renewed = OPS.renew_job_lease(&mut tx, job, now, lease).await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(renewed)
+        // In a transaction so that the wait for the job row is bounded.
+        Ok(OPS
+            .renew_job_lease(self.begin().await?, job, now, lease)
+            .await?)
     }
 
     async fn requeue_running_jobs(&self) -> Result<u64, StoreError> {
         // Only for a store no other server shares: never called by a server on PostgreSQL
         // (`is_shared()` is true); kept for the trait.
-        let mut tx = self.begin().await?;
-        let n = OPS.requeue_running_jobs(&mut tx).await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(n)
+        Ok(OPS.requeue_running_jobs(self.begin().await?).await?)
     }
 
     async fn deploy_context(

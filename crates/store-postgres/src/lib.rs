@@ -42,7 +42,7 @@ use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A handle on one PostgreSQL database: a connection pool and the store settings. Cheap to
 /// clone; clones share the pool.
@@ -52,8 +52,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// `BEGIN; SET LOCAL lock_timeout = '<ms>ms'`, built once from an integer.
-    begin_sql: Arc<str>,
+    /// Bound on a write transaction's waits (see `begin_until`).
+    lock_timeout: Duration,
     env_history: i64,
     /// How many times a lost connection is replaced before giving up: enough to walk past
     /// every dead connection the pool can hold.
@@ -101,10 +101,9 @@ impl PgStore {
             .await
             .map_err(|e| migration_failed("PostgreSQL", &e))?;
 
-        let lock_ms = millis(opts.lock_timeout).max(1);
         Ok(PgStore {
             pool,
-            begin_sql: format!("BEGIN; SET LOCAL lock_timeout = '{lock_ms}ms'").into(),
+            lock_timeout: opts.lock_timeout,
             env_history: opts.env_history.max(1),
             retries: max_connections.min(64),
         })
@@ -116,22 +115,41 @@ impl PgStore {
         &self.pool
     }
 
-    /// Opens a write transaction: `BEGIN` and `SET LOCAL lock_timeout` in one simple-query
-    /// round trip. A connection that turns out to be dead is replaced (nothing has run yet).
+    /// Opens a write transaction whose waits end `lock_timeout` from now (`begin_until`).
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        self.begin_until(Instant::now() + self.lock_timeout).await
+    }
+
+    /// Opens a write transaction whose waits end at `deadline`: `BEGIN` and `SET LOCAL` of
+    /// `lock_timeout` and `statement_timeout` to the time left, in one simple-query round
+    /// trip, after at most that long waiting for a pooled connection. `lock_timeout` alone
+    /// bounds each lock acquisition separately, and a `FOR UPDATE` queued behind another
+    /// waiter makes two (the tuple lock, then the holder's transaction), so the statement is
+    /// bounded too (PostgreSQL stops that timer before the commit itself runs). A connection
+    /// that turns out to be dead is replaced (nothing has run yet).
+    pub(crate) async fn begin_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Transaction<'static, Postgres>> {
         let mut attempt = 0;
         loop {
-            match self
-                .pool
-                .begin_with(AssertSqlSafe(self.begin_sql.clone()))
-                .await
-            {
-                Ok(tx) => return Ok(tx),
-                Err(e) if is_connection_lost(&e) && attempt < self.retries => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = millis(left);
+            if ms == 0 {
+                return Err(Error::Store(StoreError::LockTimeout));
+            }
+            let sql = format!(
+                "BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'"
+            );
+            let begin = self.pool.begin_with(AssertSqlSafe(sql));
+            match tokio::time::timeout(left, begin).await {
+                Ok(Ok(tx)) => return Ok(tx),
+                Ok(Err(e)) if is_connection_lost(&e) && attempt < self.retries => {
                     attempt += 1;
                     tracing::info!(attempt, "replacing a lost database connection");
                 }
-                Err(e) => return Err(Error::Db(e)),
+                Ok(Err(e)) => return Err(Error::Db(e)),
+                Err(_) => return Err(Error::Store(StoreError::LockTimeout)),
             }
         }
     }

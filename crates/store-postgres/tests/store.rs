@@ -45,6 +45,7 @@ fn patch(key: &str, value: &str, now: i64) -> EnvWrite {
         if_match: None,
         ctx: ctx(now),
         idempotency: None,
+        deadline: None,
     }
 }
 
@@ -77,11 +78,7 @@ type BatchResult = Result<Vec<Result<EnvOutcome, EnvWriteError>>, EnvBatchError>
 /// Starts an env batch of one write (`A=1`) in its own task, to be left waiting on a held lock.
 fn spawn_waiting_write(store: &PgStore, stack: StackId) -> JoinHandle<BatchResult> {
     let store = store.clone();
-    tokio::spawn(async move {
-        store
-            .apply_env_writes(stack, vec![patch("A", "1", 1)])
-            .await
-    })
+    tokio::spawn(async move { store.apply_env_writes(stack, &[patch("A", "1", 1)]).await })
 }
 
 /// Terminates every backend of the store's pool on this database; returns how many.
@@ -111,7 +108,7 @@ async fn held_stack_row_lock_times_out_env_writes_and_deletion_then_they_succeed
 
     let started = Instant::now();
     let err = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 1)])
+        .apply_env_writes(stack.id, &[patch("A", "1", 1)])
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -140,7 +137,7 @@ async fn held_stack_row_lock_times_out_env_writes_and_deletion_then_they_succeed
 
     holder.rollback().await.unwrap();
     let out = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 3)])
+        .apply_env_writes(stack.id, &[patch("A", "1", 3)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -205,7 +202,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
 
     // The next calls succeed on the same store: reads, writes, the batch path.
     let out = store
-        .apply_env_writes(stack.id, vec![patch("A", "1", 2)])
+        .apply_env_writes(stack.id, &[patch("A", "1", 2)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -234,7 +231,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
     assert_eq!(got.stack.env_version, 1);
     assert!(terminate_store_backends(&mut side).await >= 1);
     let out = store
-        .apply_env_writes(stack.id, vec![patch("B", "2", 3)])
+        .apply_env_writes(stack.id, &[patch("B", "2", 3)])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 2);
@@ -463,7 +460,7 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
             w
         })
         .collect();
-    let out = store.apply_env_writes(stack.id, writes).await.unwrap();
+    let out = store.apply_env_writes(stack.id, &writes).await.unwrap();
     assert!(out.iter().all(Result::is_ok));
     assert_eq!(out.last().unwrap().as_ref().unwrap().version, 250);
 
@@ -509,8 +506,9 @@ async fn env_batch_of_many_writes_commits_every_version_and_audit_row_in_order()
         if_match: None,
         ctx: ctx(2),
         idempotency: None,
+        deadline: None,
     };
-    let out = store.apply_env_writes(stack.id, vec![rb]).await.unwrap();
+    let out = store.apply_env_writes(stack.id, &[rb]).await.unwrap();
     let restored = out[0].as_ref().unwrap();
     assert_eq!(restored.version, 251);
     for i in 110..150 {
@@ -547,7 +545,7 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
     let stack = store.create_stack(new_stack(None, 0)).await.unwrap();
     let known = format!("{:0>64}", 3);
     store
-        .apply_env_writes(stack.id, vec![patch("K", "v", 1)])
+        .apply_env_writes(stack.id, &[patch("K", "v", 1)])
         .await
         .unwrap();
     let row = |sql: &'static str| {

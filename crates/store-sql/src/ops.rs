@@ -627,10 +627,10 @@ where
         .await
     }
 
-    /// `JobStore::renew_job_lease`: one fenced statement.
+    /// `JobStore::renew_job_lease`: one fenced statement. Lock: the job row.
     pub async fn renew_job_lease(
         &self,
-        conn: &mut DB::Connection,
+        mut tx: Transaction<'static, DB>,
         job: &Job,
         now: Millis,
         lease: Duration,
@@ -640,16 +640,19 @@ where
             .bind(job.claim.as_str())
             .bind(now.saturating_add_ms(millis(lease)).0)
             .bind(now.0)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *tx)
             .await?;
+        Self::commit(tx).await?;
         Ok(id.is_some())
     }
 
-    /// `JobStore::requeue_running_jobs`: one statement.
-    pub async fn requeue_running_jobs(&self, conn: &mut DB::Connection) -> Result<u64> {
+    /// `JobStore::requeue_running_jobs`: one statement. Only for a store no other server
+    /// shares, at start-up.
+    pub async fn requeue_running_jobs(&self, mut tx: Transaction<'static, DB>) -> Result<u64> {
         let ids: Vec<i64> = sqlx::query_scalar(self.sql.requeue_running_jobs)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *tx)
             .await?;
+        Self::commit(tx).await?;
         Ok(ids.len() as u64)
     }
 
@@ -1082,7 +1085,7 @@ where
         &self,
         mut tx: Transaction<'static, DB>,
         stack: StackId,
-        writes: Vec<EnvWrite>,
+        writes: &[EnvWrite],
         keep_versions: i64,
         writer: &W,
     ) -> Result<std::result::Result<Vec<EnvWriteResult>, EnvBatchError>> {
@@ -1160,32 +1163,37 @@ where
 
     // ---- housekeeping ----
 
-    /// `Housekeeping::idempotency_abandon`: one statement; a completed record stays.
+    /// `Housekeeping::idempotency_abandon`: one statement; a completed record stays. Lock:
+    /// the one idempotency row.
     pub async fn idempotency_abandon(
         &self,
-        conn: &mut DB::Connection,
+        mut tx: Transaction<'static, DB>,
         scope: &str,
         key: &str,
     ) -> Result<()> {
         sqlx::query(self.sql.abandon_idempotency)
             .bind(scope)
             .bind(key)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        Self::commit(tx).await
     }
 
-    /// `Housekeeping::count_anonymous_create`: one atomic upsert.
+    /// `Housekeeping::count_anonymous_create`: one atomic upsert. Lock: the counter row;
+    /// concurrent callers (on any server) queue on it and each gets the count its own
+    /// increment made.
     pub async fn count_anonymous_create(
         &self,
-        conn: &mut DB::Connection,
+        mut tx: Transaction<'static, DB>,
         fingerprint: &str,
         now: Millis,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(self.sql.count_anonymous_create)
+        let count = sqlx::query_scalar(self.sql.count_anonymous_create)
             .bind(fingerprint)
             .bind(now.utc_day())
-            .fetch_one(&mut *conn)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await?;
+        Self::commit(tx).await?;
+        Ok(count)
     }
 }

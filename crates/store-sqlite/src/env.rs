@@ -15,11 +15,14 @@ use sqlx::SqliteConnection;
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{BatchPlan, ChangeValues, VersionRecord};
 use stackyard_core::model::*;
-use stackyard_core::store::{EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, StoreError};
+use stackyard_core::store::{
+    EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, StoreError, batch_deadline,
+};
 use stackyard_core::time::Millis;
 use stackyard_store_sql::error::{Result, to_json};
 use stackyard_store_sql::rows::EnvHead;
 use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
+use std::time::Instant;
 
 /// One `env_versions` row as an element of the JSON array the batch insert reads.
 #[derive(Serialize)]
@@ -178,10 +181,12 @@ impl EnvStore for SqliteStore {
     async fn apply_env_writes(
         &self,
         stack: StackId,
-        writes: Vec<EnvWrite>,
+        writes: &[EnvWrite],
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
         // Write lock (BEGIN IMMEDIATE) before reading the map: one transaction, one fsync.
-        let tx = self.write_tx().await?;
+        // The wait ends at the most impatient write's deadline, time queued included.
+        let deadline = batch_deadline(writes).unwrap_or_else(|| Instant::now() + self.lock_timeout);
+        let tx = self.write_tx_until(deadline).await?;
         let keep = self.env_history;
         OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
             .await?

@@ -80,7 +80,7 @@ impl Housekeeping for SqliteStore {
 
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
         Ok(OPS
-            .idempotency_abandon(&mut *self.writer().await?, scope, key)
+            .idempotency_abandon(self.write_tx().await?, scope, key)
             .await?)
     }
 
@@ -89,10 +89,8 @@ impl Housekeeping for SqliteStore {
         fingerprint: &str,
         now: Millis,
     ) -> Result<i64, StoreError> {
-        let mut conn = self.writer().await?;
-        Ok(OPS
-            .count_anonymous_create(&mut conn, fingerprint, now)
-            .await?)
+        let tx = self.write_tx().await?;
+        Ok(OPS.count_anonymous_create(tx, fingerprint, now).await?)
     }
 
     async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {

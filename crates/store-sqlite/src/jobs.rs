@@ -70,13 +70,13 @@ impl JobStore for SqliteStore {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         Ok(OPS
-            .renew_job_lease(&mut *self.writer().await?, job, now, lease)
+            .renew_job_lease(self.write_tx().await?, job, now, lease)
             .await?)
     }
 
     async fn requeue_running_jobs(&self) -> Result<u64, StoreError> {
         // Only called at start-up by the process that owns the file.
-        Ok(OPS.requeue_running_jobs(&mut *self.writer().await?).await?)
+        Ok(OPS.requeue_running_jobs(self.write_tx().await?).await?)
     }
 
     async fn deploy_context(

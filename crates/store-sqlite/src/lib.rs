@@ -33,12 +33,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 use stackyard_core::store::{StoreError, StoreOptions};
 use stackyard_store_sql::error::{classify, migration_failed};
 use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 /// A handle on one SQLite database. Cheap to clone (two pool handles).
 ///
@@ -49,6 +50,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     env_history: i64,
+    lock_timeout: Duration,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -63,7 +65,8 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite:///abs/path.db`,
     /// `sqlite://relative.db`, anything sqlx accepts), in WAL mode with `synchronous=FULL`,
-    /// foreign keys on and `busy_timeout = opts.lock_timeout`, and runs the embedded migrations.
+    /// foreign keys on and `busy_timeout = opts.lock_timeout` (the writer waits for its lock in
+    /// `write_tx_until` instead), and runs the embedded migrations.
     pub async fn connect(
         url: &str,
         opts: StoreOptions,
@@ -74,10 +77,24 @@ impl SqliteStore {
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(opts.lock_timeout);
-        // WAL is a property of the file: set it once, on the writer, before anything else opens
-        // the file. Switching needs an exclusive lock that busy_timeout does not wait for, so
-        // reader connections leave the pragma alone.
-        let writer_opts = base.clone().journal_mode(SqliteJournalMode::Wal);
+        // A private in-memory database exists once per connection; a shared-cache one reports
+        // SQLITE_LOCKED (no waiting) between connections. Either way: one pool for everything.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // WAL is a property of the file: set it once, before anything else uses the file (the
+        // migrations' connection, then the writer's). Switching needs an exclusive lock that
+        // busy_timeout does not wait for, so reader connections leave the pragma alone.
+        let wal = base.clone().journal_mode(SqliteJournalMode::Wal);
+        if !in_memory {
+            // The migrations wait for the lock like any other process would (another server
+            // just stopping, a backup reading the file).
+            let mut setup = wal.connect().await.map_err(|e| connect_err(&e))?;
+            let migrated = sqlx::migrate!("./migrations").run(&mut setup).await;
+            let _ = setup.close().await;
+            migrated.map_err(|e| migration_failed("SQLite", &e))?;
+        }
+        // The writer does not wait in SQLite's busy handler: `write_tx_until` waits for the
+        // write lock itself, against a deadline that also counts the time spent waiting for
+        // the writer connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -87,19 +104,14 @@ impl SqliteStore {
             .max_lifetime(None)
             // A round trip per transaction for a connection we own; a dead one errors anyway.
             .test_before_acquire(false)
-            .connect_with(writer_opts)
+            .connect_with(wal.busy_timeout(Duration::ZERO))
             .await
             .map_err(|e| connect_err(&e))?;
-
-        sqlx::migrate!("./migrations")
-            .run(&writer)
-            .await
-            .map_err(|e| migration_failed("SQLite", &e))?;
-
-        // A private in-memory database exists once per connection; a shared-cache one reports
-        // SQLITE_LOCKED (no waiting) between connections. Either way: one pool for everything.
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let reader = if in_memory {
+            sqlx::migrate!("./migrations")
+                .run(&writer)
+                .await
+                .map_err(|e| migration_failed("SQLite", &e))?;
             writer.clone()
         } else {
             SqlitePoolOptions::new()
@@ -113,6 +125,7 @@ impl SqliteStore {
             writer,
             reader,
             env_history: opts.env_history.max(1),
+            lock_timeout: opts.lock_timeout,
         })
     }
 
@@ -124,18 +137,36 @@ impl SqliteStore {
 
     /// Starts a write transaction: the writer connection, then `BEGIN IMMEDIATE`, which takes
     /// SQLite's write lock before the first read so that what we read cannot change before we
-    /// write. Waiting longer than `lock_timeout` for either is `LockTimeout`.
+    /// write. Waiting longer than `lock_timeout` for both together is `LockTimeout`.
     pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
+        self.write_tx_until(Instant::now() + self.lock_timeout)
             .await
-            .map_err(writer_err)
     }
 
-    /// The writer connection, for a single statement that writes: it queues behind the other
-    /// writes instead of spinning in SQLite's busy handler.
-    pub(crate) async fn writer(&self) -> Result<PoolConnection<Sqlite>> {
-        self.writer.acquire().await.map_err(writer_err)
+    /// `write_tx` giving up at `deadline`. The writer connection is waited for in the pool
+    /// (in-process writers queue there fairly); the database's lock, held only by another
+    /// process, is tried again with short pauses, so the whole wait ends at the deadline.
+    pub(crate) async fn write_tx_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Transaction<'static, Sqlite>> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Store(StoreError::LockTimeout));
+            }
+            let begin = self.writer.begin_with("BEGIN IMMEDIATE");
+            match tokio::time::timeout(remaining, begin).await {
+                Ok(Ok(tx)) => return Ok(tx),
+                Ok(Err(e)) if classify(&e) == StoreError::LockTimeout => {
+                    tokio::time::sleep(pause.min(remaining)).await;
+                    pause = (pause * 2).min(MAX_LOCK_PAUSE);
+                }
+                Ok(Err(e)) => return Err(writer_err(e)),
+                Err(_) => return Err(Error::Store(StoreError::LockTimeout)),
+            }
+        }
     }
 
     /// A reader connection, for a read that is one statement (one snapshot by itself).
@@ -149,6 +180,9 @@ impl SqliteStore {
         Ok(self.reader.begin().await?)
     }
 }
+
+/// The longest pause between two tries of the database's write lock.
+const MAX_LOCK_PAUSE: Duration = Duration::from_millis(20);
 
 /// Waiting for the writer connection *is* waiting for the write lock: a pool timeout there is
 /// `LockTimeout`, not `Unavailable`.

@@ -60,6 +60,7 @@ fn set(key: &str, value: &str) -> EnvWrite {
         if_match: None,
         ctx: ctx(1),
         idempotency: None,
+        deadline: None,
     }
 }
 
@@ -96,7 +97,7 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
 
     let started = Instant::now();
     let err = store
-        .apply_env_writes(s.id, vec![set("A", "1")])
+        .apply_env_writes(s.id, &[set("A", "1")])
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -118,7 +119,7 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
 
     holder.rollback().await.unwrap();
     let out = store
-        .apply_env_writes(s.id, vec![set("A", "1")])
+        .apply_env_writes(s.id, &[set("A", "1")])
         .await
         .unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
@@ -128,6 +129,38 @@ async fn sqlite_a_held_write_lock_times_out_then_the_write_succeeds() {
         .unwrap()
         .unwrap();
     assert_eq!(d.status, StackStatus::Deleting);
+}
+
+/// The writer waits for SQLite's lock in its own loop (not in SQLite's busy handler): a write
+/// held up by another process goes ahead soon after that process lets go, and a write whose
+/// deadline has already passed is refused without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_waiting_write_proceeds_once_the_lock_is_released_in_time() {
+    let (_db, store) = open(StoreOptions::default()).await;
+    let s = store.create_stack(new_stack(0)).await.unwrap();
+    let mut holder = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("UPDATE stacks SET updated_at = updated_at")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.apply_env_writes(s.id, &[set("A", "1")]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.rollback().await.unwrap();
+    let out = waiting.await.unwrap().unwrap();
+    assert_eq!(out[0].as_ref().unwrap().version, 1);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+
+    let mut late = set("B", "2");
+    late.deadline = Some(Instant::now());
+    let started = Instant::now();
+    let err = store.apply_env_writes(s.id, &[late]).await.unwrap_err();
+    assert_eq!(err, EnvBatchError::Store(StoreError::LockTimeout));
+    assert!(started.elapsed() < Duration::from_millis(100));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,7 +200,7 @@ async fn sqlite_in_memory_url_works_on_one_connection() {
         .unwrap();
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")])
+        .apply_env_writes(s.id, &[set("A", "1")])
         .await
         .unwrap();
     let d = store
@@ -192,7 +225,7 @@ async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
     let (db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")])
+        .apply_env_writes(s.id, &[set("A", "1")])
         .await
         .unwrap();
     drop(store);
@@ -219,7 +252,7 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
     }];
     let s = store.create_stack(new).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("A", "1")])
+        .apply_env_writes(s.id, &[set("A", "1")])
         .await
         .unwrap();
     store
@@ -293,7 +326,7 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
     let (_db, store) = open(StoreOptions::default()).await;
     let s = store.create_stack(new_stack(0)).await.unwrap();
     let writes: Vec<EnvWrite> = (0..50).map(|i| set(&format!("K{i}"), "v")).collect();
-    let out = store.apply_env_writes(s.id, writes).await.unwrap();
+    let out = store.apply_env_writes(s.id, &writes).await.unwrap();
     assert_eq!(out.len(), 50);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM env_versions").await, 51);
     assert_eq!(
@@ -351,7 +384,7 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
     new.artifacts = vec![("ab".repeat(32), 10)];
     let s = store.create_stack(new).await.unwrap();
     store
-        .apply_env_writes(s.id, vec![set("K", "v")])
+        .apply_env_writes(s.id, &[set("K", "v")])
         .await
         .unwrap();
     let text = |sql: &'static str| {

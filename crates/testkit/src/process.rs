@@ -6,11 +6,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub struct ServerProcess {
     child: Child,
+    /// Every line the server printed to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
     /// `http://ADDR` of the API.
     pub base: String,
     /// `http://ADDR` of the router, when the server runs the local runtime.
@@ -22,6 +24,17 @@ impl ServerProcess {
     /// unless `extra` names a runtime or a step, and a router on port 0 unless `extra` names
     /// one. `STACKYARD_TEST_SERVER_LOG=1` echoes the server's log.
     pub fn start(bin: &str, db_url: &str, data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_env(bin, db_url, data_dir, extra, &[])
+    }
+
+    /// `start` with extra environment variables for the server.
+    pub fn start_with_env(
+        bin: &str,
+        db_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let local = extra.windows(2).any(|w| w == ["--runtime", "local"]);
         let mut defaults: Vec<&str> = vec!["--listen", "127.0.0.1:0"];
         if !extra.contains(&"--runtime") {
@@ -41,6 +54,7 @@ impl ServerProcess {
             .arg(data_dir)
             .args(extra)
             .env("STACKYARD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -48,6 +62,8 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel();
         let echo = std::env::var_os("STACKYARD_TEST_SERVER_LOG").is_some();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 for (what, marker) in [
@@ -55,9 +71,10 @@ impl ServerProcess {
                     ("router", "router listening on http://"),
                 ] {
                     if let Some(i) = line.find(marker) {
+                        // Ends at a space, or at the quote closing a JSON log line's message.
                         let addr: String = line[i + marker.len()..]
                             .chars()
-                            .take_while(|c| !c.is_whitespace())
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
                             .collect();
                         let _ = tx.send((what, addr));
                     }
@@ -65,6 +82,7 @@ impl ServerProcess {
                 if echo {
                     eprintln!("server: {line}");
                 }
+                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let (mut base, mut router) = (None, None);
@@ -79,6 +97,7 @@ impl ServerProcess {
         }
         ServerProcess {
             child,
+            log,
             base: base.unwrap_or_default(),
             router,
         }
@@ -86,6 +105,11 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The lines the server printed to stderr so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn pid(&self) -> u32 {

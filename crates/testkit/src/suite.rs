@@ -250,6 +250,7 @@ fn patch(env: Value, now: i64) -> EnvWrite {
         if_match: None,
         ctx: ctx(now),
         idempotency: None,
+        deadline: None,
     }
 }
 
@@ -259,6 +260,7 @@ fn rollback(to_version: i64, now: i64) -> EnvWrite {
         if_match: None,
         ctx: ctx(now),
         idempotency: None,
+        deadline: None,
     }
 }
 
@@ -283,7 +285,7 @@ async fn apply<S: Store>(
     writes: Vec<EnvWrite>,
 ) -> Vec<Result<EnvOutcome, EnvWriteError>> {
     store
-        .apply_env_writes(s.id, writes)
+        .apply_env_writes(s.id, &writes)
         .await
         .expect("apply_env_writes")
 }
@@ -1354,7 +1356,7 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     assert!(store.deploy_context(&job).await.unwrap().is_none());
     assert!(matches!(
         store
-            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 5)])
+            .apply_env_writes(s.id, &[patch(json!({ "B": "2" }), 5)])
             .await,
         Err(EnvBatchError::NotFound)
     ));
@@ -2119,7 +2121,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
     delete(&store, Access::Team(t.id), &s.slug, 2).await;
     assert_eq!(
         store
-            .apply_env_writes(s.id, vec![patch(json!({ "B": "2" }), 3)])
+            .apply_env_writes(s.id, &[patch(json!({ "B": "2" }), 3)])
             .await,
         Err(EnvBatchError::Deleting)
     );
@@ -2141,7 +2143,7 @@ pub async fn apply_env_writes_refuses_deleting_and_missing_stacks<S: Store>(stor
     let missing = StackId(i64::from(i32::MAX));
     assert_eq!(
         store
-            .apply_env_writes(missing, vec![patch(json!({ "B": "2" }), 3)])
+            .apply_env_writes(missing, &[patch(json!({ "B": "2" }), 3)])
             .await,
         Err(EnvBatchError::NotFound)
     );
@@ -2231,7 +2233,7 @@ pub async fn apply_env_writes_concurrent_batches_lose_nothing<S: Store>(store: S
                 .map(|j| patch(json!({ format!("T{i}_{j}"): format!("v{i}.{j}") }), i))
                 .collect();
             barrier.wait().await;
-            store.apply_env_writes(id, writes).await
+            store.apply_env_writes(id, &writes).await
         }));
     }
     let mut versions = BTreeSet::new();

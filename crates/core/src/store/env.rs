@@ -6,6 +6,7 @@ use super::{Idempotent, StoreError};
 use crate::env::{EnvError, EnvPatch};
 use crate::model::{AuditCtx, EnvOutcome, EnvVersionInfo, Page, StackId};
 use std::future::Future;
+use std::time::Instant;
 
 /// One env write queued for a stack: a merge or a rollback, with its own precondition.
 #[derive(Debug, Clone)]
@@ -16,6 +17,15 @@ pub struct EnvWrite {
     pub ctx: AuditCtx,
     /// Completed with the write's own outcome in the batch's transaction (never for dry runs).
     pub idempotency: Option<Idempotent<EnvOutcome>>,
+    /// When the writer stops waiting: its request's arrival plus the lock bound, so that time
+    /// spent queued behind other batches counts too. `None`: the store's bound, from the start
+    /// of the batch.
+    pub deadline: Option<Instant>,
+}
+
+/// The deadline of a batch: its most impatient write's.
+pub fn batch_deadline(writes: &[EnvWrite]) -> Option<Instant> {
+    writes.iter().filter_map(|w| w.deadline).min()
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +68,7 @@ pub trait EnvStore: Clone + Send + Sync + 'static {
     fn apply_env_writes(
         &self,
         stack: StackId,
-        writes: Vec<EnvWrite>,
+        writes: &[EnvWrite],
     ) -> impl Future<Output = Result<Vec<EnvWriteResult>, EnvBatchError>> + Send;
 
     /// What `apply_env_writes` would do with one write, without writing anything.

@@ -24,7 +24,9 @@ mod jobs;
 mod stacks;
 mod teams;
 
-pub use env::{EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult};
+pub use env::{
+    EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
+};
 pub use events::{AuditFilter, EventStore};
 pub use housekeeping::Housekeeping;
 pub use idempotency::{
@@ -71,7 +73,9 @@ impl StoreError {
 /// Settings every store takes.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Bound on waiting for a row/database lock (spec: 3 s).
+    /// Bound on everything a write transaction waits for before it holds its lock (spec: 3 s):
+    /// a pooled connection, the database's lock, and, for env writes, the batches queued
+    /// ahead in this process. Past it the write is `StoreError::LockTimeout`, nothing written.
     pub lock_timeout: Duration,
     /// Env versions kept per stack (at least this many of the newest).
     pub env_history: i64,

@@ -180,6 +180,7 @@ async fn write<S: Store>(
         if_match: if_match(headers),
         ctx: audit_ctx(caller, rid),
         idempotency: None,
+        deadline: None,
     };
     if dry_run {
         let outcome = state

@@ -489,6 +489,47 @@ async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backen
     assert_eq!(b["version"], 2);
 }
 
+/// While another session holds the stack's lock and the stack's deploy job also waits for it,
+/// a redeploy and a PATCH arrive together. Each answers a retryable 503 within
+/// `--lock-timeout` (3 s) + 0.5 s of its arrival — the in-process queues ahead of the database
+/// included — and both succeed once the lock is released.
+async fn lock_waits_stay_bounded_behind_a_waiting_job_and_a_waiting_redeploy(backend: Backend) {
+    // Slow noop steps: the create's deploy job is still reporting when the lock is taken.
+    let Some(app) = TestApp::spawn_with(backend, &["--noop-step", "400ms"]).await else {
+        return;
+    };
+    let slug = new_stack(&app).await;
+    let holder = LockHolder::hold(&app, &slug).await;
+    let timed = |req: reqwest::RequestBuilder| async move {
+        let started = Instant::now();
+        let (code, body) = call(req).await;
+        (code, body, started.elapsed())
+    };
+    let redeploy = timed(app.post(&format!("/stacks/{slug}/redeploy"), Some(&app.admin_token)));
+    let patch = async {
+        // Arrives while the redeploy (and the job) already wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        timed(app.patch_env(&slug, json!({"A": "1"}))).await
+    };
+    let ((rc, rb, rt), (pc, pb, pt)) = tokio::join!(redeploy, patch);
+    assert_error(pc, &pb, 503, "persist_failed");
+    assert!(
+        pt >= Duration::from_millis(2500) && pt <= Duration::from_millis(3500),
+        "the PATCH waited {pt:?}"
+    );
+    assert_error(rc, &rb, 503, "provision_failed");
+    assert!(
+        rt <= Duration::from_millis(3500),
+        "the redeploy waited {rt:?}"
+    );
+    holder.release().await;
+    let (code, b) =
+        call(app.post(&format!("/stacks/{slug}/redeploy"), Some(&app.admin_token))).await;
+    assert_eq!(code, 202, "{b}");
+    let (code, b) = call(app.patch_env(&slug, json!({"A": "1"}))).await;
+    assert_eq!(code, 200, "{b}");
+}
+
 /// The database goes away (a proxy in between is cut) and comes back: writes and reads answer a
 /// retryable 503 meanwhile, and succeed again after the restore without a server restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -600,4 +641,5 @@ both_backends!(
     idempotent_patch_replayed_concurrently_makes_one_version,
     patch_racing_delete_never_wins_after_deleting_committed,
     a_held_row_lock_gives_503_after_about_three_seconds_then_success,
+    lock_waits_stay_bounded_behind_a_waiting_job_and_a_waiting_redeploy,
 );

@@ -8,5 +8,6 @@ mod support;
 mod env;
 mod hostile;
 mod limits;
+mod messages;
 mod stacks;
 mod tokens;

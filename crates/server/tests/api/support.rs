@@ -67,9 +67,10 @@ impl TestApp {
             server_url,
             "--runtime".into(),
             "noop".into(),
-            "--noop-step".into(),
-            "5ms".into(),
         ];
+        if !extra.contains(&"--noop-step") {
+            argv.extend(["--noop-step".into(), "5ms".into()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Wrapper::parse_from(argv).serve;
         let server = stackyard_server::start(args).await.expect("server starts");

@@ -7,5 +7,6 @@ mod support;
 
 mod admin;
 mod crash;
+mod logs;
 mod runtime;
 mod shared_queue;
