@@ -1093,7 +1093,7 @@ where
             return Ok(Ok(Vec::new()));
         };
         let batch = match self
-            .plan_env_batch(&mut tx, stack, &writes, true, now)
+            .plan_env_batch(&mut tx, stack, writes, true, now)
             .await?
         {
             Ok(batch) => batch,
