@@ -198,7 +198,7 @@ fn print_report(r: &Value) {
     );
 }
 
-async fn create_stack(
+pub(crate) async fn create_stack(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -233,7 +233,7 @@ async fn create_stack(
     Ok(body["stack_id"].as_str().unwrap_or_default().to_owned())
 }
 
-async fn patch(
+pub(crate) async fn patch(
     client: &reqwest::Client,
     base: &str,
     token: &str,

@@ -1,11 +1,13 @@
 //! `stackyard bench …`: benchmarks that print a report (or `--json`); the numbers and the
 //! exact commands are recorded in `docs/performance.md`.
 //!
+//! - `api` ([`api`]): the polled read routes side by side with `/healthz`;
 //! - `env` ([`env`]): contended env PATCH throughput against the one-row-lock-per-change design;
 //! - `deploy` ([`deploy`]): `POST /stacks/new` → all healthy for an example stack, next to the
 //!   apps' own start time;
 //! - `router` ([`router`]): router throughput next to the upstream hit directly.
 
+pub mod api;
 mod cpu;
 pub mod deploy;
 pub mod env;
@@ -21,6 +23,9 @@ use std::path::Path;
 /// The `stackyard bench` subcommands.
 #[derive(Subcommand)]
 pub enum Bench {
+    /// The read routes clients poll (`GET /stacks/:slug`, the stack list, the env), next to
+    /// `GET /healthz`, in one run.
+    Api(api::ApiBenchArgs),
     /// Contended env PATCH throughput against the one-row-lock-per-change reference design.
     Env(env::EnvBenchArgs),
     /// Time from `POST /stacks/new` to all healthy for an example stack (local runtime), next to
@@ -33,6 +38,7 @@ pub enum Bench {
 /// Runs one benchmark and prints its report on stdout.
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Api(args) => api::run(args).await,
         Bench::Env(args) => env::run(args).await,
         Bench::Deploy(args) => deploy::run(args).await,
         Bench::Router(args) => router::run(args).await,

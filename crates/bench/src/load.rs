@@ -45,21 +45,29 @@ struct WorkerResult {
     latencies_us: Vec<u32>,
 }
 
-/// Runs `connections` workers on `runtime` against `addr` with `Host: host`: `warmup` unmeasured,
-/// then `duration` measured. `sample` is called as the measured window opens and as it
-/// closes; both results are returned with the measurements.
+/// The bytes of `GET path` with `Host: host` and `headers`.
+pub(crate) fn get(host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Runs `connections` workers on `runtime` sending `request` (see [`get`]) to `addr`: `warmup`
+/// unmeasured, then `duration` measured. `sample` is called as the measured window opens and
+/// as it closes; both results are returned with the measurements.
 pub(crate) async fn run<S>(
     runtime: &tokio::runtime::Handle,
     addr: SocketAddr,
-    host: &str,
+    request: &str,
     connections: usize,
     warmup: Duration,
     duration: Duration,
     sample: impl Fn() -> S,
 ) -> (LoadResult, S, S) {
-    let request: Arc<[u8]> = format!("GET / HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n")
-        .into_bytes()
-        .into();
+    let request: Arc<[u8]> = request.as_bytes().into();
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let workers: Vec<_> = (0..connections)
         .map(|_| runtime.spawn(worker(addr, request.clone(), phase.clone())))
@@ -331,7 +339,7 @@ mod tests {
         let (r, (), ()) = run(
             &tokio::runtime::Handle::current(),
             addr,
-            "x.test",
+            &get("x.test", "/", &[]),
             4,
             Duration::from_millis(50),
             Duration::from_millis(200),

@@ -197,11 +197,12 @@ async fn measure_with(
 
     let targets = [("direct", upstream), ("router", router), ("relay", relay)];
     let mut looped = serde_json::Map::new();
+    let request = load::get(HOST, "/", &[]);
     for (name, addr) in targets {
         let (r, before, after) = load::run(
             client_rt.handle(),
             addr,
-            HOST,
+            &request,
             args.connections,
             args.warmup,
             args.duration,

@@ -20,7 +20,6 @@ macro_rules! stack_cols {
          s.env_version, s.release, s.op_generation, s.created_at, s.updated_at, s.expires_at"
     };
 }
-pub(crate) use stack_cols;
 
 macro_rules! release_cols {
     () => {
@@ -109,6 +108,17 @@ pub(crate) static SQL: Sql = Sql {
     requeue_running_jobs: "UPDATE jobs SET state = 'queued', claim = NULL, lease_until = NULL \
                            WHERE state = 'running' RETURNING id",
 
+    get_stack: concat!(
+        "SELECT ",
+        stack_cols!(),
+        ", r.version AS r_version, r.status AS r_status, r.env_version AS r_env_version, \
+           r.created_at AS r_created_at, \
+           COALESCE((SELECT json_agg(json_build_array(name, status, expose, port, url, error) \
+                                     ORDER BY position) \
+                     FROM services WHERE stack_id = s.id), '[]')::text AS services \
+         FROM stacks s LEFT JOIN releases r ON r.stack_id = s.id AND r.version = s.release \
+         WHERE s.slug = $1 AND s.team_id IS NOT DISTINCT FROM $2"
+    ),
     deploy_context: concat!(
         "SELECT ",
         stack_cols!(),

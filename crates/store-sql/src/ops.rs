@@ -77,6 +77,14 @@ impl<DB> Ops<DB> {
     }
 }
 
+/// The `team_id` a caller may see: NULL (anonymous) or its team's.
+fn access_team(access: Access) -> Option<i64> {
+    match access {
+        Access::Anonymous => None,
+        Access::Team(t) => Some(t.0),
+    }
+}
+
 /// `Duration` as whole milliseconds, saturating.
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -107,13 +115,9 @@ where
     ) -> Result<Option<Locked>> {
         let row: Option<StackRow> = match by {
             StackRef::Slug(access, slug) => {
-                let team = match access {
-                    Access::Anonymous => None,
-                    Access::Team(t) => Some(t.0),
-                };
                 sqlx::query_as(self.sql.lock_stack_by_slug)
                     .bind(slug.as_str())
-                    .bind(team)
+                    .bind(access_team(access))
                     .fetch_optional(&mut *conn)
                     .await?
             }
@@ -833,6 +837,21 @@ where
             Some(r) => Ok(r.total),
             None => Ok(count.fetch_one(&mut *conn).await?),
         }
+    }
+
+    /// `StackStore::get_stack`: one statement, one snapshot.
+    pub async fn get_stack(
+        &self,
+        conn: &mut DB::Connection,
+        access: Access,
+        slug: &StackSlug,
+    ) -> Result<Option<StackDetail>> {
+        let row: Option<DetailRow> = sqlx::query_as(self.sql.get_stack)
+            .bind(slug.as_str())
+            .bind(access_team(access))
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(StackDetail::try_from).transpose()
     }
 
     /// `StackStore::list_stacks`: one statement (the page and its total) on `conn`.

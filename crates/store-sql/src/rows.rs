@@ -80,6 +80,71 @@ impl TryFrom<ServiceRow> for Service {
     }
 }
 
+/// `get_stack`'s one row: the stack, its newest release (`r_*`, NULL before the first) and its
+/// services as a JSON array of `[name, status, expose, port, url, error]` in position order.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DetailRow {
+    #[sqlx(flatten)]
+    pub stack: StackRow,
+    pub r_version: Option<i64>,
+    pub r_status: Option<String>,
+    pub r_env_version: Option<i64>,
+    pub r_created_at: Option<i64>,
+    pub services: String,
+}
+
+/// One element of [`DetailRow::services`]. `expose` is a JSON boolean from PostgreSQL and 0 / 1
+/// from SQLite.
+type ServiceJson = (
+    String,
+    String,
+    serde_json::Value,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+impl TryFrom<DetailRow> for StackDetail {
+    type Error = Error;
+    fn try_from(r: DetailRow) -> Result<StackDetail> {
+        let release = match (r.r_version, r.r_status, r.r_env_version, r.r_created_at) {
+            (Some(version), Some(status), Some(env_version), Some(created_at)) => {
+                Some(ReleaseInfo {
+                    version,
+                    status: parsed(ReleaseStatus::parse(&status), "release status")?,
+                    env_version,
+                    created_at: Millis(created_at),
+                })
+            }
+            _ => None,
+        };
+        let services: Vec<ServiceJson> = from_json(&r.services, "service list")?;
+        let services = services
+            .into_iter()
+            .map(|(name, status, expose, port, url, error)| {
+                let expose = match expose {
+                    serde_json::Value::Bool(b) => b,
+                    serde_json::Value::Number(n) => n.as_i64() != Some(0),
+                    _ => return Err(corrupt("stored service expose flag is not valid")),
+                };
+                Ok(Service {
+                    name: parsed(ServiceName::parse(&name).ok(), "service name")?,
+                    status: parsed(ServiceStatus::parse(&status), "service status")?,
+                    expose,
+                    port: parsed(u16::try_from(port).ok(), "service port")?,
+                    url,
+                    error,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StackDetail {
+            stack: r.stack.try_into()?,
+            services,
+            release,
+        })
+    }
+}
+
 /// A release row, selected as `r_version, r_status, r_env_version, r_created_at, r_spec`.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ReleaseRow {

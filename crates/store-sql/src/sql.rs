@@ -79,6 +79,9 @@ pub struct Sql {
     pub requeue_running_jobs: &'static str,
 
     // ---- reads ----
+    /// `$1` slug, `$2` team id or NULL → a `DetailRow`: the stack, its newest release and its
+    /// services, in one statement (the most polled read).
+    pub get_stack: &'static str,
     /// `$1` stack id, `$2` release (0: the stack's newest) → a `DeployRow`.
     pub deploy_context: &'static str,
     /// No parameters → `DeployRow`s of every stack not `deleting` with a `live` release.

@@ -21,6 +21,7 @@
 //! (`env`), job claims (`jobs`), idempotency reservations and pruning (`housekeeping`), and
 //! `get_stack` (`stacks`). One module per storage trait.
 
+mod cache;
 mod env;
 mod events;
 mod housekeeping;
@@ -29,6 +30,7 @@ mod sql;
 mod stacks;
 mod teams;
 
+use cache::DetailCache;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -39,6 +41,7 @@ use stackyard_store_sql::error::{classify, migration_failed};
 use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A handle on one SQLite database. Cheap to clone (two pool handles).
@@ -51,6 +54,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     env_history: i64,
     lock_timeout: Duration,
+    /// `get_stack`'s answers until a write begins (`cache`).
+    details: Arc<DetailCache>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -94,8 +99,15 @@ impl SqliteStore {
         }
         // The writer does not wait in SQLite's busy handler: `write_tx_until` waits for the
         // write lock itself, against a deadline that also counts the time spent waiting for
-        // the writer connection.
+        // the writer connection. A write ends for the stack cache only once its connection is
+        // back in the pool, after its commit or rollback.
+        let details = Arc::new(DetailCache::default());
+        let ended = details.clone();
         let writer = SqlitePoolOptions::new()
+            .after_release(move |_, _| {
+                ended.write_ended();
+                Box::pin(async { Ok(true) })
+            })
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(opts.lock_timeout)
@@ -126,6 +138,7 @@ impl SqliteStore {
             reader,
             env_history: opts.env_history.max(1),
             lock_timeout: opts.lock_timeout,
+            details,
         })
     }
 
@@ -158,7 +171,10 @@ impl SqliteStore {
             }
             let begin = self.writer.begin_with("BEGIN IMMEDIATE");
             match tokio::time::timeout(remaining, begin).await {
-                Ok(Ok(tx)) => return Ok(tx),
+                Ok(Ok(tx)) => {
+                    self.details.write_began();
+                    return Ok(tx);
+                }
                 Ok(Err(e)) if classify(&e) == StoreError::LockTimeout => {
                     tokio::time::sleep(pause.min(remaining)).await;
                     pause = (pause * 2).min(MAX_LOCK_PAUSE);

@@ -109,6 +109,15 @@ pub(crate) static SQL: Sql = Sql {
     requeue_running_jobs: "UPDATE jobs SET state = 'queued', claim = NULL, lease_until = NULL \
                            WHERE state = 'running' RETURNING id",
 
+    get_stack: "SELECT s.id, s.slug, s.name, s.environment, s.team_id, s.tier, s.status, s.error, \
+           s.env_version, s.release, s.op_generation, s.created_at, s.updated_at, s.expires_at, \
+           r.version AS r_version, r.status AS r_status, r.env_version AS r_env_version, \
+           r.created_at AS r_created_at, \
+           (SELECT json_group_array(json_array(name, status, expose, port, url, error) \
+                                    ORDER BY position) \
+            FROM services WHERE stack_id = s.id) AS services \
+         FROM stacks s LEFT JOIN releases r ON r.stack_id = s.id AND r.version = s.release \
+         WHERE s.slug = $1 AND s.team_id IS $2",
     deploy_context: concat!(
         "SELECT ",
         deploy_cols!(),

@@ -11,7 +11,6 @@ use stackyard_core::store::{
     CreateStackError, NewRelease, NewStack, ReleaseError, StackStore, StoreError,
 };
 use stackyard_core::time::Millis;
-use stackyard_store_sql::StackRef;
 
 impl StackStore for SqliteStore {
     async fn create_stack(&self, new: NewStack) -> Result<Stack, CreateStackError> {
@@ -23,24 +22,18 @@ impl StackStore for SqliteStore {
         access: Access,
         slug: &StackSlug,
     ) -> Result<Option<StackDetail>, StoreError> {
-        // One read snapshot for the stack, its services and its releases. The "lock" reads
-        // take no lock here: only BEGIN IMMEDIATE locks in SQLite.
-        let mut tx = self.read_tx().await?;
-        let locked = OPS
-            .lock_stack(&mut tx, StackRef::Slug(access, slug))
+        // The most polled read: answered from memory until a write begins (`cache`).
+        if let Some(hit) = self.details.get(access, slug) {
+            return Ok(Some(hit));
+        }
+        let epoch = self.details.epoch();
+        let detail = OPS
+            .get_stack(&mut *self.reader().await?, access, slug)
             .await?;
-        Ok(locked.map(|l| {
-            let release = l
-                .releases
-                .into_iter()
-                .find(|r| r.info.version == l.stack.release)
-                .map(|r| r.info);
-            StackDetail {
-                stack: l.stack,
-                services: l.services,
-                release,
-            }
-        }))
+        if let (Some(epoch), Some(d)) = (epoch, &detail) {
+            self.details.put(epoch, d);
+        }
+        Ok(detail)
     }
 
     async fn list_stacks(

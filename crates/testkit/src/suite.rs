@@ -89,6 +89,7 @@ macro_rules! store_suite {
             list_events_pages_by_after_and_is_per_stack,
             running_stacks_returns_live_releases_of_stacks_not_being_deleted,
             prune_removes_old_events_expired_records_and_past_counters_only,
+            get_stack_after_a_write_returns_sees_it_while_readers_race,
         );
     };
     (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
@@ -3812,4 +3813,63 @@ pub async fn prune_removes_old_events_expired_records_and_past_counters_only<S: 
         2,
         "nothing else is touched"
     );
+}
+
+/// A read that starts after a write returned sees that write, however many reads race it (the
+/// SQLite store answers `get_stack` from memory between writes: this is the rule it keeps).
+pub async fn get_stack_after_a_write_returns_sees_it_while_readers_race<S: Store>(store: S) {
+    let t = team(&store, "racers", None).await;
+    let s = stack(&store, Some(t.id), 1).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(9));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (store, s, stop, barrier) = (store.clone(), s.clone(), stop.clone(), barrier.clone());
+        readers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                detail(&store, &s).await;
+                reads += 1;
+                // An answer from memory never waits: let the writer run.
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    barrier.wait().await;
+    for i in 1..=40 {
+        let out = apply_one(&store, &s, patch(json!({ "K": i.to_string() }), 10 + i)).await;
+        assert_eq!(out.unwrap().version, i);
+        let seen = detail(&store, &s).await;
+        assert_eq!(
+            seen.stack.env_version, i,
+            "a read after write {i} returned missed it"
+        );
+        if i % 10 == 0 {
+            // A lifecycle write too: the stack's status changes.
+            let job = claim(&store, 100 + i).await.expect("the deploy job");
+            store
+                .finish_deploy(
+                    &job,
+                    DeployResult {
+                        ok: true,
+                        error: None,
+                    },
+                    at(100 + i),
+                )
+                .await
+                .unwrap();
+            assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Healthy);
+            store
+                .create_release(Access::Team(t.id), &s.slug, new_release(None, 100 + i))
+                .await
+                .unwrap();
+            assert_eq!(detail(&store, &s).await.stack.status, StackStatus::Building);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
 }
