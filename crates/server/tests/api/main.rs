@@ -10,3 +10,4 @@ mod hostile;
 mod limits;
 mod stacks;
 mod tokens;
+mod wire;
