@@ -84,7 +84,7 @@ async fn wire_stack_bodies() {
     let known = [(slug.as_str(), "[slug]")];
     snap!("stack_create_202", scrub(&created, &known));
 
-    app.wait_for(&slug, t, |_, b| b["status"] == "healthy")
+    app.wait_for(&slug, t, |_, b| b["release"]["status"] == "live")
         .await;
     let detail = ok(app.get(&format!("/stacks/{slug}"), t), 200).await;
     snap!("stack_get_200", scrub(&detail, &known));
@@ -131,7 +131,7 @@ async fn wire_stack_bodies() {
         "stack_create_anonymous_202",
         scrub(&anonymous, &[(anon_slug.as_str(), "[slug]")])
     );
-    app.wait_for(&anon_slug, None, |_, b| b["status"] == "healthy")
+    app.wait_for(&anon_slug, None, |_, b| b["release"]["status"] == "live")
         .await;
     let anon_detail = ok(app.get(&format!("/stacks/{anon_slug}"), None), 200).await;
     snap!(
