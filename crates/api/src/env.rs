@@ -252,5 +252,21 @@ fn env_patch_schema() -> Schema {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RollbackRequest {
     /// The env version whose map becomes current again, as a new version.
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     pub version: i64,
+}
+
+/// An integer as JSON numbers mean it: `3` and `3.0` are the same number (JSON Schema's
+/// `integer` says so too), so both are accepted; `3.5` or a number past 2^53 is not.
+fn integral<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < EXACT => Ok(f as i64),
+        _ => Err(serde::de::Error::custom("expected an integer")),
+    }
 }

@@ -26,8 +26,8 @@ pub use error::ErrorEnvelope;
 pub use ops::{Health, Ready};
 pub use stacks::{
     CreatedRelease, CreatedService, CreatedStack, DeletedStack, RedeployForm, Redeployed, Release,
-    ReleaseItem, ReleaseList, ReleaseServiceItem, Service, StackDetail, StackEventData, StackForm,
-    StackList, StackSummary,
+    ReleaseItem, ReleaseList, ReleaseServiceItem, Service, SseEvent, StackDetail, StackEventData,
+    StackForm, StackList, StackSummary,
 };
 pub use tokens::{
     CreateTokenRequest, CreatedToken, RevokedToken, TeamInfo, TokenItem, TokenList, Whoami,

@@ -339,6 +339,21 @@ impl From<&StackEvent> for StackEventData {
     }
 }
 
+/// One server-sent event of a `text/event-stream` answer, as the OpenAPI document describes the
+/// stream's items (schema only: the server writes events with axum's `Sse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SseEvent {
+    /// The event's id (events stream: the `StackEventData` id, for `Last-Event-ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The event's name (events stream: the `StackEventData` kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Logs: one log line (`[end]` closes a `follow=false` backlog). Events: a `StackEventData`
+    /// as JSON.
+    pub data: String,
+}
+
 /// The `multipart/form-data` body of `POST /stacks/new` (schema only: the server reads the
 /// parts as they stream in). Besides the named fields, one file part per service, named after
 /// the service: a gzipped tar of its build directory.
@@ -364,7 +379,9 @@ fn form_schema(create: bool) -> RefOr<Schema> {
         .schema_type(Type::Object)
         .property(
             "manifest",
-            text("The stack's YAML manifest (`services:` …)."),
+            text("The stack's YAML manifest (`services:` …); not blank.")
+                .min_length(Some(1))
+                .pattern(Some(r"\S")),
         )
         .required("manifest")
         .additional_properties(Some(tarball));
@@ -379,8 +396,8 @@ fn form_schema(create: bool) -> RefOr<Schema> {
         .required("name")
         .property(
             "env",
-            text("The deployment environment label; `development` when absent.")
-                .pattern(Some("^[A-Za-z0-9_-]{1,64}$")),
+            text("The deployment environment label; `development` when absent or empty.")
+                .pattern(Some("^[A-Za-z0-9_-]{0,64}$")),
         )
     } else {
         form.property("name", text("Ignored on redeploy."))

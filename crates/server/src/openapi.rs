@@ -6,11 +6,11 @@
 //! `unauthorized`, idempotency conflicts, …), and the headers they send (`X-Request-Id`,
 //! `Retry-After`, `Idempotent-Replay`). Imports no route module.
 
-use stackyard_api::ErrorEnvelope;
+use stackyard_api::{ErrorEnvelope, StackEventData};
 use std::collections::BTreeMap;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{HttpMethod, Operation, ParameterIn, Paths};
-use utoipa::openapi::schema::{Schema, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Response,
@@ -47,6 +47,11 @@ impl Document {
     pub fn build(mut self) -> OpenApi {
         self.schemas
             .push((ErrorEnvelope::name().into_owned(), ErrorEnvelope::schema()));
+        // The JSON inside each events-stream `data:`, which the stream's item schema only names.
+        self.schemas.push((
+            StackEventData::name().into_owned(),
+            StackEventData::schema(),
+        ));
         let schemas: BTreeMap<_, _> = self.schemas.into_iter().collect();
         let components = ComponentsBuilder::new()
             .schemas_from_iter(schemas)
@@ -127,6 +132,18 @@ impl Shape {
 /// Adds the shared answers to `op` and gives every error answer the envelope body.
 fn complete(op: &mut Operation) {
     let shape = Shape::of(op);
+    for param in op.parameters.iter_mut().flatten() {
+        if let RefOr::T(p) = param
+            && p.name.eq_ignore_ascii_case("Idempotency-Key")
+        {
+            p.schema = Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[!-~]{1,255}$"))
+                    .into(),
+            );
+        }
+    }
     if shape.query {
         error(
             op,

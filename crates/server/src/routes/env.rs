@@ -138,6 +138,8 @@ async fn write<S: Store>(
         dry_run,
     } = req;
     let caller = &caller;
+    // A malformed key is refused even on a dry run, which otherwise ignores it.
+    idempotency::key_from(headers)?;
     let stack = resolve(state, caller.access(), slug).await?;
     let mut write = EnvWrite {
         op,

@@ -33,7 +33,7 @@ fn has_body(headers: &HeaderMap) -> bool {
     security(("bearer" = [])),
     params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
         ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
-    request_body(content = RedeployForm, content_type = "multipart/form-data", description = "Optional: without a body the current code is redeployed"),
+    request_body(content = Option<RedeployForm>, content_type = "multipart/form-data", description = "Optional: without a body the current code is redeployed"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = Redeployed),
         (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`: the form, manifest or a tarball is not valid"),
         (status = 404, description = "`not_found`: no stack with that id for this team"),

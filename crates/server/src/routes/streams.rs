@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use stackyard_api::StackEventData;
+use stackyard_api::{SseEvent, StackEventData};
 use stackyard_core::ServiceName;
 use stackyard_core::model::{StackEvent, StackId};
 use stackyard_core::store::Store;
@@ -51,7 +51,7 @@ pub struct LogsQuery {
     params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
         ("svc" = String, Path, description = "The service's name"),
         ("follow" = Option<bool>, Query, description = "`false`: send the backlog, then `data: [end]`; default `true`")),
-    responses((status = 200, description = "Server-sent events, one `data:` per log line", content_type = "text/event-stream", body = String,
+    responses((status = 200, description = "Server-sent events, one `data:` per log line", content_type = "text/event-stream", body = SseEvent,
             headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 404, description = "`not_found`: no stack with that id for this caller, or no service by that name"),
         (status = 503, description = "`fetch_failed`: the store is unavailable")))]
@@ -104,7 +104,7 @@ pub struct EventsQuery {
     params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
         ("after" = Option<i64>, Query, description = "Resume after this event id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (wins over `?after=`)")),
-    responses((status = 200, description = "Server-sent events; each `data:` is a `StackEventData`", content_type = "text/event-stream", body = StackEventData,
+    responses((status = 200, description = "Server-sent events; each `data:` is a `StackEventData` as JSON", content_type = "text/event-stream", body = SseEvent,
             headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 404, description = "`not_found`: no stack with that id for this caller"),
         (status = 503, description = "`fetch_failed`: the store is unavailable")))]
