@@ -26,6 +26,9 @@ use stackyard_core::model::{Access, StackId};
 use stackyard_core::store::{
     EnvBatchError, EnvOp, EnvWrite, EnvWriteError, IdempotencyPending, Store,
 };
+use std::collections::BTreeMap;
+use utoipa::IntoParams;
+use utoipa::openapi::RefOr;
 
 fn json_response(body: String, version: i64) -> Response {
     with_etag(bodies::json_response(StatusCode::OK, body), version)
@@ -107,9 +110,44 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
     Some(s.parse::<i64>().unwrap_or(-1))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
+    /// `true`: answer what the write would do, write nothing.
     dry_run: Option<bool>,
+}
+
+/// The headers an env write reads (documentation only: the handlers read `HeaderMap`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct WriteHeaders {
+    /// `"<env_version>"`: apply only if the env is still at that version.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// A replay with the same key and body returns the first response.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// The error answers every env write shares (their bodies are the envelope, added with the
+/// other shared answers by `openapi`).
+pub struct WriteErrors;
+
+impl utoipa::IntoResponses for WriteErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            (409, "`stack_deleting`: the stack is being deleted"),
+            (412, "`version_mismatch`: `If-Match` is not the current version (`current_version` says which is)"),
+            (413, "`env_too_large`: the map would be over 64 KiB as JSON"),
+            (503, "`persist_failed`: the store is unavailable or the stack's lock wait exceeded its limit"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            (status.to_string(), RefOr::T(utoipa::openapi::Response::new(description)))
+        })
+        .collect()
+    }
 }
 
 /// What every env write request carries besides its operation.
@@ -207,19 +245,13 @@ async fn write<S: Store>(
 #[utoipa::path(patch, path = "/stacks/{slug}/env", tag = "env",
     description = "Merges `{\"env\": {KEY: value | \"\" | null}}` into the stack's env map (`\"\"` and `null` delete) as one new version. Auth required.",
     security(("bearer" = [])),
-    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
-        ("dry_run" = Option<bool>, Query, description = "`true`: answer what the change would do, write nothing"),
-        ("If-Match" = Option<String>, Header, description = "`\"<env_version>\"`: apply only if the env is still at that version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"), WriteQuery, WriteHeaders),
     request_body(content = EnvPatchRequest, content_type = "application/json"),
     responses((status = 200, description = "The whole map after the change, masked", body = EnvWriteResponse,
             headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
         (status = 400, description = "`invalid_body`, `missing_env`, `invalid_env_key`, `duplicate_env_key`, `invalid_env_value`: the patch is not valid"),
         (status = 404, description = "`not_found`: no stack with that id for this team"),
-        (status = 409, description = "`stack_deleting`: the stack is being deleted"),
-        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version (`current_version` says which is)"),
-        (status = 413, description = "`env_too_large`: the map would be over 64 KiB as JSON"),
-        (status = 503, description = "`persist_failed`: the store is unavailable or the stack's lock wait exceeded its limit")))]
+        WriteErrors))]
 pub async fn patch<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
@@ -245,18 +277,12 @@ pub async fn patch<S: Store>(
 #[utoipa::path(post, path = "/stacks/{slug}/env/rollback", tag = "env",
     description = "Makes the env map equal to version N's, as a new version (history is never rewritten). Auth required.",
     security(("bearer" = [])),
-    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
-        ("dry_run" = Option<bool>, Query, description = "`true`: answer what the rollback would do, write nothing"),
-        ("If-Match" = Option<String>, Header, description = "`\"<env_version>\"`: apply only if the env is still at that version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"), WriteQuery, WriteHeaders),
     request_body(content = RollbackRequest, content_type = "application/json"),
     responses((status = 200, description = "As PATCH: the whole map after the rollback, masked", body = EnvWriteResponse,
             headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
         (status = 404, description = "`not_found`: no stack with that id for this team; `version_not_found`: no such version in the history kept"),
-        (status = 409, description = "`stack_deleting`: the stack is being deleted"),
-        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version (`current_version` says which is)"),
-        (status = 413, description = "`env_too_large`: the map would be over 64 KiB as JSON"),
-        (status = 503, description = "`persist_failed`: the store is unavailable or the stack's lock wait exceeded its limit")))]
+        WriteErrors))]
 pub async fn rollback<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,

@@ -74,13 +74,7 @@ async fn ok(req: reqwest::RequestBuilder, status: u16) -> Value {
 async fn wire_stack_bodies() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let t = Some(app.admin_token.as_str());
-    let created = ok(
-        app.post("/stacks/new", t)
-            .multipart(two_service_form("Wire")),
-        202,
-    )
-    .await;
-    let slug = created["stack_id"].as_str().unwrap().to_owned();
+    let (created, slug) = new_stack(&app, t, "Wire").await;
     let known = [(slug.as_str(), "[slug]")];
     snap!("stack_create_202", scrub(&created, &known));
 
@@ -140,6 +134,18 @@ async fn wire_stack_bodies() {
     );
 }
 
+/// A new two-service stack: its 202 body and its slug.
+async fn new_stack(app: &TestApp, token: Option<&str>, name: &str) -> (Value, String) {
+    let created = ok(
+        app.post("/stacks/new", token)
+            .multipart(two_service_form(name)),
+        202,
+    )
+    .await;
+    let slug = created["stack_id"].as_str().unwrap().to_owned();
+    (created, slug)
+}
+
 /// The JSON `data:` of the first event of an SSE stream that does not end by itself.
 async fn first_sse_data(app: &TestApp, path: &str, token: Option<&str>) -> Value {
     let mut res = app.get(path, token).send().await.unwrap();
@@ -167,13 +173,7 @@ async fn first_sse_data(app: &TestApp, path: &str, token: Option<&str>) -> Value
 async fn wire_env_bodies() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let t = Some(app.admin_token.as_str());
-    let created = ok(
-        app.post("/stacks/new", t)
-            .multipart(two_service_form("Env")),
-        202,
-    )
-    .await;
-    let slug = created["stack_id"].as_str().unwrap().to_owned();
+    let (_, slug) = new_stack(&app, t, "Env").await;
     let known = [(slug.as_str(), "[slug]")];
 
     let env =
@@ -262,13 +262,7 @@ async fn wire_error_envelopes() {
         .unwrap();
     let t = Some(app.admin_token.as_str());
     let capped = app.create_team("capped", Some(0)).await;
-    let created = ok(
-        app.post("/stacks/new", t)
-            .multipart(two_service_form("Errors")),
-        202,
-    )
-    .await;
-    let slug = created["stack_id"].as_str().unwrap().to_owned();
+    let (_, slug) = new_stack(&app, t, "Errors").await;
     let env = format!("/stacks/{slug}/env");
     let missing = "/stacks/stk-000000000000000000000000";
 
