@@ -267,31 +267,15 @@ pub struct ReleaseServiceItem {
 /// An item of `GET /stacks/:slug/releases`: a release and its services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseItem {
-    pub version: i64,
-    pub name: String,
-    #[schema(value_type = schema::ReleaseStatus)]
-    pub status: ReleaseStatus,
-    pub env_version: i64,
-    #[schema(format = DateTime)]
-    pub created_at: String,
+    #[serde(flatten)]
+    pub release: Release,
     pub services: Vec<ReleaseServiceItem>,
 }
 
 impl From<&ReleaseRecord> for ReleaseItem {
     fn from(r: &ReleaseRecord) -> Self {
-        let Release {
-            version,
-            name,
-            status,
-            env_version,
-            created_at,
-        } = Release::from(&r.info);
         Self {
-            version,
-            name,
-            status,
-            env_version,
-            created_at,
+            release: Release::from(&r.info),
             services: r
                 .services
                 .iter()
