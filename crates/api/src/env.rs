@@ -270,3 +270,62 @@ fn integral<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         _ => Err(serde::de::Error::custom("expected an integer")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use stackyard_core::Millis;
+    use stackyard_core::env::EnvChange;
+
+    fn outcome(map: BTreeMap<String, String>) -> EnvOutcome {
+        EnvOutcome {
+            version: 7,
+            changed: EnvChange {
+                set: vec!["A".into()],
+                deleted: vec![],
+            },
+            env: EnvMap::from_map(map),
+            updated_at: Millis(0),
+        }
+    }
+
+    proptest! {
+        /// The streamed map is exactly what serde writes for the masked copy, escapes included.
+        #[test]
+        fn streamed_masked_map_equals_serde_of_a_masked_copy(
+            map in proptest::collection::btree_map("[A-Z_]{1,8}", "[ -~\u{0}-\u{1f}é\"\\\\]{0,12}", 0..8)
+        ) {
+            let m = EnvMap::from_map(map);
+            let streamed = serde_json::to_string(&EnvVars::Masked(&m)).unwrap();
+            prop_assert_eq!(streamed, serde_json::to_string(&m.masked()).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_client_reads_the_write_response_the_server_sends() {
+        let o = outcome(BTreeMap::from([
+            ("API_KEY".to_owned(), "k".to_owned()),
+            ("A".to_owned(), "1".to_owned()),
+        ]));
+        let sent = EnvWriteResponse::new("stk-x", &o, true).to_json();
+        let read: EnvWriteResponse<'static> = serde_json::from_str(&sent).unwrap();
+        assert_eq!(read.env.get("API_KEY"), Some("***"));
+        assert_eq!(read.env.get("A"), Some("1"));
+        assert_eq!(read.version, 7);
+        assert!(read.dry_run);
+        assert_eq!(&*read.changed.set, ["A".to_owned()]);
+        let live = EnvWriteResponse::new("stk-x", &o, false).to_json();
+        assert!(!live.contains("dry_run"), "{live}");
+    }
+
+    #[test]
+    fn rollback_versions_are_integers_however_written() {
+        let v = |body: &str| serde_json::from_str::<RollbackRequest>(body).map(|r| r.version);
+        assert_eq!(v(r#"{"version": 3}"#).unwrap(), 3);
+        assert_eq!(v(r#"{"version": -6717.0}"#).unwrap(), -6717);
+        assert!(v(r#"{"version": 3.5}"#).is_err());
+        assert!(v(r#"{"version": 1e300}"#).is_err());
+        assert!(v(r#"{"version": "3"}"#).is_err());
+    }
+}

@@ -2,9 +2,10 @@
 //! (`Serialize` for the server, `Deserialize` for clients, `ToSchema` for the OpenAPI document),
 //! one module per resource. `shared/spec/api.md` is the prose; these types are the letter.
 //!
-//! Field names, order of declaration aside, and presence are the compat contract: a field that
-//! is omitted when unset says so with `skip_serializing_if`; every other `Option` is sent as
-//! `null`. Times are RFC 3339 strings in UTC with milliseconds.
+//! Field names and presence are the compat contract: a field that is omitted when unset says so
+//! with `skip_serializing_if`; every other `Option` is sent as `null`. Times are RFC 3339
+//! strings in UTC with milliseconds. Response types are `Deserialize` too, so a client reads
+//! exactly what the server writes.
 //!
 //! Conversions from the domain records (`From<&stackyard_core::model::…>`) live beside each
 //! type, so the server renders by converting and clients read by deserializing the same types.
