@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use stackyard_api::ErrorEnvelope;
 use stackyard_core::store::StoreError;
 
 #[derive(Debug, Clone)]
@@ -14,8 +14,8 @@ pub struct ApiError {
     pub message: String,
     pub agent_action: Option<String>,
     pub retry_after: Option<u64>,
-    /// Extra top-level fields (e.g. `current_version` on 412).
-    pub extra: Map<String, Value>,
+    /// On 412 `version_mismatch`: the env version the stack is at.
+    pub current_version: Option<i64>,
 }
 
 impl ApiError {
@@ -26,7 +26,7 @@ impl ApiError {
             message: message.into(),
             agent_action: None,
             retry_after: None,
-            extra: Map::new(),
+            current_version: None,
         }
     }
 
@@ -71,8 +71,8 @@ impl ApiError {
         self
     }
 
-    pub fn with_field(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
+    pub fn with_current_version(mut self, version: i64) -> Self {
+        self.current_version = Some(version);
         self
     }
 
@@ -109,21 +109,13 @@ impl ApiError {
 
     /// The final response, with the envelope body and headers.
     pub fn render(&self, request_id: &str) -> Response {
-        let mut body = Map::new();
-        body.insert("ok".into(), Value::Bool(false));
-        body.insert("error".into(), json!(self.code));
-        body.insert("message".into(), json!(self.message));
-        body.insert("request_id".into(), json!(request_id));
-        if let Some(a) = &self.agent_action {
-            body.insert("agent_action".into(), json!(a));
-        }
-        if let Some(r) = self.retry_after {
-            body.insert("retry_after_seconds".into(), json!(r));
-        }
-        for (k, v) in &self.extra {
-            body.insert(k.clone(), v.clone());
-        }
-        let mut res = (self.status, axum::Json(Value::Object(body))).into_response();
+        let body = ErrorEnvelope {
+            agent_action: self.agent_action.clone(),
+            retry_after_seconds: self.retry_after,
+            current_version: self.current_version,
+            ..ErrorEnvelope::new(self.code, &self.message, request_id)
+        };
+        let mut res = (self.status, axum::Json(body)).into_response();
         if let Some(r) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(r));

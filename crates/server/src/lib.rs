@@ -2,9 +2,10 @@
 //! the wiring that picks a store and a runtime at start-up.
 
 pub mod admin;
-pub mod app;
 pub mod artifacts;
 pub mod auth;
+pub mod authcache;
+pub mod bodies;
 pub mod config;
 pub mod envqueue;
 pub mod error;
@@ -17,13 +18,16 @@ pub mod middleware;
 pub mod noop;
 pub mod openapi;
 pub mod ratelimit;
+pub mod router;
 pub mod routes;
 pub mod serve;
+pub mod state;
 pub mod telemetry;
 
-pub use app::AppState;
 pub use config::{RuntimeKind, ServeArgs, StoreArgs};
+pub use router::router;
 pub use serve::{RunningServer, start};
+pub use state::AppState;
 
 use stackyard_core::Millis;
 

@@ -2,7 +2,6 @@
 //! rendering of every error response — ours (`ApiError` extensions) and the framework's (bare
 //! 4xx/5xx) — as the JSON envelope.
 
-use crate::app::MAX_BODY_BYTES;
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
@@ -12,6 +11,9 @@ use axum::response::Response;
 use std::any::Any;
 use std::time::Instant;
 use tracing::Instrument;
+
+/// Request bodies are capped at 50 MiB in total (spec).
+pub const MAX_BODY_BYTES: usize = 50 * 1024 * 1024;
 
 /// Total bytes of request headers we accept. hyper is configured with a larger read buffer
 /// (see `http`), so oversized headers reach us and get a proper envelope instead of a bare

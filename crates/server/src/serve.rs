@@ -1,11 +1,12 @@
 //! Start-up: pick the store from the database URL, bootstrap the first team, start the job
 //! workers and the HTTP listener. `start` returns once the server is ready.
 
-use crate::app::{AppState, router};
 use crate::config::{RuntimeKind, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::{Workers, deploy_plan};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
+use crate::router::router;
+use crate::state::AppState;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use stackyard_core::ApiToken;

@@ -1,14 +1,14 @@
 //! `GET /api/v1/audit`: the team's audit log, newest first.
 
-use crate::app::AppState;
 use crate::auth::TeamCaller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
-use crate::routes::{page_limit, views};
+use crate::routes::page_limit;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use stackyard_api::{AuditItem, AuditPage};
 use stackyard_core::store::{AuditFilter, Store};
 
 #[derive(Debug, Deserialize)]
@@ -20,13 +20,18 @@ pub struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", description = "The team's audit rows, newest first. Auth required.",
-    params(("stack" = Option<String>, Query), ("kind" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "{ok, items, next_cursor}"), (status = 401, description = "unauthorized"), (status = 503, description = "fetch_failed")))]
+    security(("bearer" = [])),
+    params(("stack" = Option<String>, Query, description = "Only rows about this stack (its slug)"),
+        ("kind" = Option<String>, Query, description = "Only rows of this kind, e.g. `stack.created`"),
+        ("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "A page of audit rows", body = AuditPage),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     QueryParams(q): QueryParams<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AuditPage>> {
     let filter = AuditFilter {
         stack: q.stack.filter(|s| !s.is_empty()),
         kind: q.kind.filter(|s| !s.is_empty()),
@@ -38,9 +43,9 @@ pub async fn list<S: Store>(
         .list_audit(p.team.id, filter)
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
-    Ok(Json(json!({
-        "ok": true,
-        "items": page.items.iter().map(views::audit_entry).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(AuditPage {
+        ok: true,
+        items: page.items.iter().map(AuditItem::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }

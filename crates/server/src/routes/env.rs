@@ -1,70 +1,37 @@
 //! `/stacks/:slug/env*`: the stack's environment map — merge PATCH, read (masked), history and
 //! rollback. Writes go through the per-stack group-commit queue (`envqueue`).
 
-use crate::app::AppState;
 use crate::auth::{Caller, TeamCaller, audit_ctx};
+use crate::bodies::{self, env_body};
 use crate::envqueue::WriteResult;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, JsonBytes, QueryParams};
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::{load_stack, page_limit, parse_slug};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use stackyard_api::{
+    EnvPatchRequest, EnvRead, EnvVars, EnvVersion, EnvVersionPage, EnvWriteResponse,
+    RollbackRequest,
+};
 use stackyard_core::StackSlug;
-use stackyard_core::env::{EnvError, EnvPatch, push_json_str};
+use stackyard_core::env::{EnvError, EnvPatch};
 use stackyard_core::ids::sha256_hex;
-use stackyard_core::model::{Access, EnvOutcome, StackId};
-use stackyard_core::store::{EnvBatchError, EnvOp, EnvWrite, EnvWriteError, Idempotent, Store};
-
-/// The PATCH / rollback response body; also what an idempotent replay returns (the store
-/// renders it inside the write's transaction). Written by hand around the masked map so a
-/// possibly 64 KiB map is neither copied nor run through a generic serializer per response
-/// (it was most of the cost of a PATCH with a large map):
-/// `{ok, stack_id, env, version, changed: {set, deleted}, message[, dry_run]}`.
-fn response_json(slug: &StackSlug, o: &EnvOutcome, dry_run: bool) -> String {
-    let message = if dry_run {
-        "Dry run: nothing was written.".to_owned()
-    } else {
-        format!("Env vars persisted. Call POST /stacks/{slug}/redeploy to apply.")
-    };
-    let mut out = String::with_capacity(o.env.encoded_len() + 256);
-    out.push_str("{\"ok\":true,\"stack_id\":");
-    push_json_str(&mut out, slug.as_str());
-    out.push_str(",\"env\":");
-    o.env.write_masked_json(&mut out);
-    out.push_str(",\"version\":");
-    out.push_str(&o.version.to_string());
-    out.push_str(",\"changed\":");
-    out.push_str(&serde_json::to_string(&o.changed).unwrap_or_default());
-    out.push_str(",\"message\":");
-    push_json_str(&mut out, &message);
-    if dry_run {
-        out.push_str(",\"dry_run\":true");
-    }
-    out.push('}');
-    out
-}
-
-/// `EnvResponseRenderer` for the store.
-pub fn render(slug: &StackSlug, o: &EnvOutcome) -> String {
-    response_json(slug, o, false)
-}
+use stackyard_core::model::{Access, StackId};
+use stackyard_core::store::{
+    EnvBatchError, EnvOp, EnvWrite, EnvWriteError, Idempotent, Store,
+};
+use std::collections::BTreeMap;
+use utoipa::IntoParams;
+use utoipa::openapi::RefOr;
 
 fn json_response(body: String, version: i64) -> Response {
-    let res = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    with_etag(res, version)
+    with_etag(bodies::json_response(StatusCode::OK, body), version)
 }
 
 /// The env version as the response's `ETag`, the value `If-Match` takes back.
@@ -110,7 +77,7 @@ fn write_error(e: EnvWriteError) -> ApiError {
             "version_mismatch",
             format!("The env version is {current}, not the one in If-Match."),
         )
-        .with_field("current_version", json!(current))
+        .with_current_version(current)
         .with_action("GET /stacks/<id>/env, re-apply your change to the current map, and send it with If-Match set to the current version."),
         EnvWriteError::VersionNotFound(v) => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -143,9 +110,44 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
     Some(s.parse::<i64>().unwrap_or(-1))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
+    /// `true`: answer what the write would do, write nothing.
     dry_run: Option<bool>,
+}
+
+/// The headers an env write reads (documentation only: the handlers read `HeaderMap`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct WriteHeaders {
+    /// `"<env_version>"`: apply only if the env is still at that version.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// A replay with the same key and body returns the first response.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// The error answers every env write shares (their bodies are the envelope, added with the
+/// other shared answers by `openapi`).
+pub struct WriteErrors;
+
+impl utoipa::IntoResponses for WriteErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            (409, "`stack_deleting`: the stack is being deleted"),
+            (412, "`version_mismatch`: `If-Match` is not the current version (`current_version` says which is)"),
+            (413, "`env_too_large`: the map would be over 64 KiB as JSON"),
+            (503, "`persist_failed`: the store is unavailable or the stack's lock wait exceeded its limit"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            (status.to_string(), RefOr::T(utoipa::openapi::Response::new(description)))
+        })
+        .collect()
+    }
 }
 
 /// What every env write request carries besides its operation.
@@ -174,6 +176,8 @@ async fn write<S: Store>(
         dry_run,
     } = req;
     let caller = &caller;
+    // A malformed key is refused even on a dry run, which otherwise ignores it.
+    idempotency::key_from(headers)?;
     let stack = resolve(state, caller.access(), slug).await?;
     let mut write = EnvWrite {
         op,
@@ -190,7 +194,7 @@ async fn write<S: Store>(
             .map_err(batch_error)?
             .map_err(write_error)?;
         return Ok(json_response(
-            response_json(slug, &outcome, true),
+            env_body(slug, &outcome, true),
             outcome.version,
         ));
     }
@@ -216,7 +220,7 @@ async fn write<S: Store>(
     write.idempotency = reservation.as_ref().map(|r| {
         let slug = slug.clone();
         Idempotent::new(r.scope.clone(), r.key.clone(), 200, move |o| {
-            render(&slug, o)
+            bodies::env_body(&slug, o, false)
         })
     });
     let result: WriteResult = state.env_queue.submit(stack, write).await;
@@ -235,17 +239,22 @@ async fn write<S: Store>(
         }
     };
     metrics::counter!("stackyard_env_writes_total", "changed" => if outcome.changed.is_empty() { "no" } else { "yes" }).increment(1);
-    Ok(json_response(render(slug, &outcome), outcome.version))
+    Ok(json_response(
+        env_body(slug, &outcome, false),
+        outcome.version,
+    ))
 }
 
 #[utoipa::path(patch, path = "/stacks/{slug}/env", tag = "env",
-    description = "Merges `{\"env\": {KEY: value | \"\" | null}}` into the stack's env map (\"\" and null delete). Auth required.",
-    params(("slug" = String, Path), ("dry_run" = Option<bool>, Query), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, description = "{ok, stack_id, env (masked), version, changed, message}"),
-        (status = 400, description = "invalid_body, missing_env, invalid_env_key, duplicate_env_key, invalid_env_value"),
-        (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 409, description = "stack_deleting, idempotency_in_progress"),
-        (status = 412, description = "version_mismatch"), (status = 413, description = "env_too_large"), (status = 422, description = "idempotency_key_reused"),
-        (status = 503, description = "persist_failed")))]
+    description = "Merges `{\"env\": {KEY: value | \"\" | null}}` into the stack's env map (`\"\"` and `null` delete) as one new version. Auth required.",
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"), WriteQuery, WriteHeaders),
+    request_body(content = EnvPatchRequest, content_type = "application/json"),
+    responses((status = 200, description = "The whole map after the change, masked", body = EnvWriteResponse,
+            headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
+        (status = 400, description = "`invalid_body`, `missing_env`, `invalid_env_key`, `duplicate_env_key`, `invalid_env_value`: the patch is not valid"),
+        (status = 404, description = "`not_found`: no stack with that id for this team"),
+        WriteErrors))]
 pub async fn patch<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
@@ -268,17 +277,15 @@ pub async fn patch<S: Store>(
     write(&state, req, EnvOp::Patch(patch), &[route.as_bytes(), &body]).await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RollbackBody {
-    version: i64,
-}
-
 #[utoipa::path(post, path = "/stacks/{slug}/env/rollback", tag = "env",
-    description = "Makes the env map equal to version N's, as a new version. Auth required.",
-    params(("slug" = String, Path), ("dry_run" = Option<bool>, Query), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
-    request_body(content = String, description = "{\"version\": N}", content_type = "application/json"),
-    responses((status = 200, description = "Same as PATCH"), (status = 404, description = "not_found, version_not_found"), (status = 409, description = "stack_deleting"),
-        (status = 412, description = "version_mismatch"), (status = 413, description = "env_too_large"), (status = 503, description = "persist_failed")))]
+    description = "Makes the env map equal to version N's, as a new version (history is never rewritten). Auth required.",
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"), WriteQuery, WriteHeaders),
+    request_body(content = RollbackRequest, content_type = "application/json"),
+    responses((status = 200, description = "As PATCH: the whole map after the rollback, masked", body = EnvWriteResponse,
+            headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
+        (status = 404, description = "`not_found`: no stack with that id for this team; `version_not_found`: no such version in the history kept"),
+        WriteErrors))]
 pub async fn rollback<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
@@ -286,7 +293,7 @@ pub async fn rollback<S: Store>(
     Path(slug): Path<String>,
     QueryParams(q): QueryParams<WriteQuery>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<RollbackBody>,
+    JsonBody(body): JsonBody<RollbackRequest>,
 ) -> ApiResult<Response> {
     let slug = parse_slug(&slug)?;
     let identity = format!("POST /stacks/{slug}/env/rollback\n{}", body.version);
@@ -310,8 +317,13 @@ pub struct ReadQuery {
 
 #[utoipa::path(get, path = "/stacks/{slug}/env", tag = "env",
     description = "The env map, secret-looking values masked; `?reveal=true` shows them and is audited. Auth required.",
-    params(("slug" = String, Path), ("reveal" = Option<bool>, Query)),
-    responses((status = 200, description = "{ok, stack_id, env, version, updated_at}"), (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 503, description = "fetch_failed")))]
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
+        ("reveal" = Option<bool>, Query, description = "`true`: values in clear (writes a `stack.env.revealed` audit row)")),
+    responses((status = 200, description = "The env map", body = EnvRead,
+            headers(("ETag" = String, description = "`\"<version>\"`, for `If-Match`"))),
+        (status = 404, description = "`not_found`: no stack with that id for this team"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn get<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
@@ -330,17 +342,17 @@ pub async fn get<S: Store>(
         .map_err(|e| ApiError::store("fetch_failed", &e))?
         .ok_or_else(ApiError::not_found)?;
     let env = if reveal {
-        json!(outcome.env)
+        EnvVars::Revealed(&outcome.env)
     } else {
-        json!(outcome.env.masked())
+        EnvVars::Masked(&outcome.env)
     };
-    let res = Json(json!({
-        "ok": true,
-        "stack_id": slug,
-        "env": env,
-        "version": outcome.version,
-        "updated_at": outcome.updated_at.to_rfc3339(),
-    }))
+    let res = Json(EnvRead {
+        ok: true,
+        stack_id: slug.to_string(),
+        env,
+        version: outcome.version,
+        updated_at: outcome.updated_at.to_rfc3339(),
+    })
     .into_response();
     Ok(with_etag(res, outcome.version))
 }
@@ -352,14 +364,19 @@ pub struct VersionsQuery {
 }
 
 #[utoipa::path(get, path = "/stacks/{slug}/env/versions", tag = "env", description = "Env history, newest first (key names only). Auth required.",
-    params(("slug" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "{ok, items: [{version, created_at, actor, set, deleted}], total, next_cursor}"), (status = 404, description = "not_found")))]
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
+        ("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "A page of env versions", body = EnvVersionPage),
+        (status = 404, description = "`not_found`: no stack with that id for this team"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn versions<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     Path(slug): Path<String>,
     QueryParams(q): QueryParams<VersionsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EnvVersionPage>> {
     let slug = parse_slug(&slug)?;
     let stack = resolve(&state, Access::Team(p.team.id), &slug).await?;
     let page = state
@@ -367,12 +384,10 @@ pub async fn versions<S: Store>(
         .list_env_versions(stack, page_limit(q.limit), q.cursor.as_deref())
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
-    let items: Vec<Value> = page
-        .items
-        .iter()
-        .map(|v| json!({ "version": v.version, "created_at": v.created_at.to_rfc3339(), "actor": v.actor, "set": v.set, "deleted": v.deleted }))
-        .collect();
-    Ok(Json(
-        json!({ "ok": true, "items": items, "total": page.total, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(EnvVersionPage {
+        ok: true,
+        items: page.items.iter().map(EnvVersion::from).collect(),
+        total: page.total,
+        next_cursor: page.next_cursor,
+    }))
 }

@@ -9,10 +9,9 @@ pub mod stacks;
 pub mod streams;
 pub mod tokens;
 pub mod upload;
-pub mod views;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use stackyard_core::StackSlug;
 use stackyard_core::model::{Access, StackDetail};
 use stackyard_core::store::Store;

@@ -1,18 +1,20 @@
 //! `POST /stacks/:slug/redeploy` and `GET /stacks/:slug/releases`.
 
-use crate::app::AppState;
 use crate::auth::{Caller, TeamCaller, audit_ctx};
+use crate::bodies::{json_response, redeploy_body};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code};
-use crate::routes::{load_stack, parse_slug, views};
+use crate::routes::{load_stack, parse_slug};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use axum::response::Response;
+use serde_json::json;
+use stackyard_api::{RedeployForm, Redeployed, ReleaseItem, ReleaseList};
 use stackyard_core::StackSlug;
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{ReleaseInfo, Stack};
@@ -29,10 +31,15 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 #[utoipa::path(post, path = "/stacks/{slug}/redeploy", tag = "stacks",
     description = "A new release: with no body from the current release's code and the current env; with a multipart body (as /stacks/new; `name` and `env` ignored) from new code. Auth required.",
-    params(("slug" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, description = "{ok, stack_id, status: building, release, note}"), (status = 400, description = "the multipart errors of /stacks/new"),
-        (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 409, description = "stack_deleting, idempotency_in_progress"),
-        (status = 422, description = "idempotency_key_reused"), (status = 503, description = "provision_failed")))]
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
+    request_body(content = Option<RedeployForm>, content_type = "multipart/form-data", description = "Optional: without a body the current code is redeployed"),
+    responses((status = 202, description = "Accepted; the deploy job is queued", body = Redeployed),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`: the form, manifest or a tarball is not valid"),
+        (status = 404, description = "`not_found`: no stack with that id for this team"),
+        (status = 409, description = "`stack_deleting`: the stack is being deleted"),
+        (status = 503, description = "`provision_failed`: the store (or artifact storage) is unavailable")))]
 pub async fn redeploy<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
@@ -110,7 +117,7 @@ async fn redeploy_reserved<S: Store>(
                 r.key.clone(),
                 202,
                 move |(stack, info): &(Stack, ReleaseInfo)| {
-                    render_response(&stack.slug, info, &note)
+                    redeploy_body(&stack.slug, info, &note)
                 },
             )
         }),
@@ -133,55 +140,32 @@ async fn redeploy_reserved<S: Store>(
         Err(ReleaseError::Store(e)) => return Err(ApiError::store("provision_failed", &e)),
     };
     state.jobs_ready.notify_one();
-    let body = render_response(&stack.slug, &info, &release_note);
-    Ok((
+    Ok(json_response(
         StatusCode::ACCEPTED,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
-}
-
-/// The redeploy's 202 body; the store also stores it for idempotent replays.
-fn render_response(slug: &StackSlug, info: &ReleaseInfo, note: &str) -> String {
-    json!({
-        "ok": true,
-        "stack_id": slug,
-        "status": "building",
-        "release": views::release(info),
-        "note": note,
-    })
-    .to_string()
+        redeploy_body(&stack.slug, &info, &release_note),
+    ))
 }
 
 #[utoipa::path(get, path = "/stacks/{slug}/releases", tag = "stacks", description = "The stack's releases, newest first. Auth optional.",
-    params(("slug" = String, Path)),
-    responses((status = 200, description = "{ok, items: [{version, name, status, env_version, created_at, services}]}"), (status = 404, description = "not_found")))]
+    security((), ("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)")),
+    responses((status = 200, description = "The releases", body = ReleaseList),
+        (status = 404, description = "`not_found`: no stack with that id for this caller"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     Path(slug): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ReleaseList>> {
     let detail = load_stack(&state, caller.access(), &parse_slug(&slug)?).await?;
     let releases = state
         .store
         .list_releases(detail.stack.id)
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
-    let items: Vec<Value> = releases
-        .iter()
-        .map(|r| {
-            let mut v = views::release(&r.info);
-            v["services"] =
-                json!(r
-                .services
-                .iter()
-                .map(|s| json!({ "name": s.name, "artifact": s.artifact, "command": s.command }))
-                .collect::<Vec<_>>());
-            v
-        })
-        .collect();
-    Ok(Json(
-        json!({ "ok": true, "stack_id": slug, "items": items }),
-    ))
+    Ok(Json(ReleaseList {
+        ok: true,
+        stack_id: slug,
+        items: releases.iter().map(ReleaseItem::from).collect(),
+    }))
 }

@@ -1,22 +1,27 @@
 //! `/stacks/*` and `/api/v1/stacks*`: create (multipart), read, list, delete.
 
-use crate::app::AppState;
 use crate::auth::{Caller, TeamCaller, audit_ctx};
+use crate::bodies::{create_body, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code, Form};
-use crate::routes::{load_stack, page_limit, parse_slug, views};
+use crate::routes::{load_stack, page_limit, parse_slug};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use stackyard_api::{
+    CreatedRelease, CreatedService, CreatedStack, DeletedStack, StackDetail, StackForm, StackList,
+    StackSummary,
+};
 use stackyard_core::ids::sha256_hex;
-use stackyard_core::model::Access;
+use stackyard_core::model::{Access, StackStatus};
 use stackyard_core::store::{CreateStackError, Idempotent, NewStack, Store};
 use stackyard_core::{EnvironmentName, StackName, StackSlug};
 
@@ -65,13 +70,16 @@ async fn validate(mut form: Form) -> ApiResult<Validated> {
 }
 
 #[utoipa::path(post, path = "/stacks/new", tag = "stacks",
-    description = "Create a stack from a manifest and one gzipped tarball per service (multipart/form-data). Auth optional.",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first response")),
-    responses((status = 202, description = "Accepted; the deploy job is queued"),
-              (status = 400, description = "invalid_form, missing_manifest, invalid_manifest, missing_tarball, invalid_tarball, name_required, invalid_name, invalid_env, invalid_env_key, missing_start_command"),
-              (status = 401, description = "unauthorized"), (status = 402, description = "deployment_limit_reached"),
-              (status = 409, description = "idempotency_in_progress"), (status = 413, description = "payload_too_large"),
-              (status = 422, description = "idempotency_key_reused"), (status = 503, description = "provision_failed")))]
+    description = "Create a stack from a manifest and one gzipped tarball per service (multipart/form-data). Everything is validated before anything is written. Auth optional (`--allow-anonymous`).",
+    security((), ("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and form returns the first response")),
+    request_body(content = StackForm, content_type = "multipart/form-data"),
+    responses((status = 202, description = "Accepted; the deploy job is queued", body = CreatedStack),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`: the form, manifest or a tarball is not valid"),
+        (status = 401, description = "`unauthorized`: this server accepts no anonymous stacks"),
+        (status = 402, description = "`deployment_limit_reached`: the team has its maximum of stacks"),
+        (status = 429, description = "`rate_limit_exceeded`: the anonymous daily cap of this network is reached"),
+        (status = 503, description = "`provision_failed`: the store (or artifact storage) is unavailable")))]
 pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
@@ -133,20 +141,22 @@ async fn create_reserved<S: Store>(
             )
         }
     };
-    let body = json!({
-        "ok": true,
-        "stack_id": slug,
-        "name": v.name,
-        "env": v.environment,
-        "status": "building",
-        "tier": tier,
-        "expires_in": if expires_at.is_some() { humantime::format_duration(state.config.anonymous_ttl).to_string() } else { String::new() },
-        "expires_at": expires_at.map(|t| t.to_rfc3339()),
-        "services": v.code.services.iter().map(|s| json!({
-            "name": s.name, "status": "building", "expose": s.expose, "port": s.port, "url": Value::Null,
-        })).collect::<Vec<_>>(),
-        "release": { "version": 1, "name": "v1", "status": "pending", "env_version": 0 },
-        "note": v.code.warnings.join("; "),
+    let body = create_body(&CreatedStack {
+        ok: true,
+        stack_id: slug.to_string(),
+        name: v.name.to_string(),
+        env: v.environment.to_string(),
+        status: StackStatus::Building,
+        tier: tier.clone(),
+        expires_in: if expires_at.is_some() {
+            humantime::format_duration(state.config.anonymous_ttl).to_string()
+        } else {
+            String::new()
+        },
+        expires_at: expires_at.map(|t| t.to_rfc3339()),
+        services: v.code.services.iter().map(CreatedService::from).collect(),
+        release: CreatedRelease::first(),
+        note: v.code.warnings.join("; "),
     });
 
     let sizes = upload::save_artifacts(state, v.code.artifacts).await?;
@@ -164,7 +174,7 @@ async fn create_reserved<S: Store>(
         artifacts: sizes,
         ctx,
         idempotency: reservation.map(|r| {
-            let body = body.to_string();
+            let body = body.clone();
             Idempotent::new(r.scope.clone(), r.key.clone(), 202, move |_| body.clone())
         }),
     };
@@ -183,37 +193,43 @@ async fn create_reserved<S: Store>(
     metrics::counter!("stackyard_stacks_created_total").increment(1);
     state.jobs_ready.notify_one();
     tracing::info!(stack = %slug, "stack created");
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(json_response(StatusCode::ACCEPTED, body))
 }
 
 async fn get_detail<S: Store>(
     state: &AppState<S>,
     access: Access,
     slug: &str,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StackDetail>> {
     let detail = load_stack(state, access, &parse_slug(slug)?).await?;
-    Ok(Json(views::stack_detail(&detail)))
+    Ok(Json(StackDetail::from(&detail)))
 }
 
-#[utoipa::path(get, path = "/stacks/{slug}", tag = "stacks", description = "A stack and its services. Auth optional.",
-    params(("slug" = String, Path)),
-    responses((status = 200, description = "The stack"), (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 503, description = "fetch_failed")))]
+#[utoipa::path(get, path = "/stacks/{slug}", tag = "stacks", description = "A stack and its services. Auth optional: an anonymous caller sees only anonymous stacks.",
+    security((), ("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)")),
+    responses((status = 200, description = "The stack", body = StackDetail),
+        (status = 404, description = "`not_found`: no stack with that id for this caller"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn get_compat<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     Path(slug): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StackDetail>> {
     get_detail(&state, caller.access(), &slug).await
 }
 
 #[utoipa::path(get, path = "/api/v1/stacks/{slug}", tag = "stacks", description = "A stack and its services. Auth required.",
-    params(("slug" = String, Path)),
-    responses((status = 200, description = "The stack"), (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 503, description = "fetch_failed")))]
+    security(("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)")),
+    responses((status = 200, description = "The stack", body = StackDetail),
+        (status = 404, description = "`not_found`: no stack with that id for this team"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn get_v1<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     Path(slug): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StackDetail>> {
     get_detail(&state, Access::Team(p.team.id), &slug).await
 }
 
@@ -224,36 +240,42 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/stacks", tag = "stacks", description = "The team's stacks, newest first. Auth required.",
-    params(("limit" = Option<i64>, Query, description = "1-200, default 50"), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "{ok, items, total, next_cursor}"), (status = 401, description = "unauthorized"), (status = 503, description = "fetch_failed")))]
+    security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, description = "A page of stacks", body = StackList),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StackList>> {
     let page = state
         .store
         .list_stacks(p.team.id, page_limit(q.limit), q.cursor.as_deref())
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
-    Ok(Json(json!({
-        "ok": true,
-        "items": page.items.iter().map(views::stack_summary).collect::<Vec<_>>(),
-        "total": page.total,
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(StackList {
+        ok: true,
+        items: page.items.iter().map(StackSummary::from).collect(),
+        total: page.total,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[utoipa::path(delete, path = "/stacks/{slug}", tag = "stacks",
-    description = "Marks the stack `deleting` and queues its teardown; GET answers 404 once it finished. Auth optional.",
-    params(("slug" = String, Path)),
-    responses((status = 202, description = "Teardown queued"), (status = 401, description = "unauthorized"), (status = 404, description = "not_found"), (status = 503, description = "delete_failed")))]
+    description = "Marks the stack `deleting` and queues its teardown; GET answers 404 once it finished. Repeating the call is harmless. Auth optional.",
+    security((), ("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)")),
+    responses((status = 202, description = "Teardown queued", body = DeletedStack),
+        (status = 404, description = "`not_found`: no stack with that id for this caller"),
+        (status = 503, description = "`delete_failed`: the store is unavailable")))]
 pub async fn delete<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     rid: RequestId,
     Path(slug): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<DeletedStack>)> {
     let slug = parse_slug(&slug)?;
     let stack = state
         .store
@@ -264,12 +286,14 @@ pub async fn delete<S: Store>(
     state.jobs_ready.notify_one();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "ok": true,
-            "stack_id": stack.slug,
-            "status": "deleting",
-            "message": format!("Teardown queued. GET /stacks/{} answers 404 once it has finished.", stack.slug),
-        })),
-    )
-        .into_response())
+        Json(DeletedStack {
+            ok: true,
+            stack_id: stack.slug.to_string(),
+            status: StackStatus::Deleting,
+            message: format!(
+                "Teardown queued. GET /stacks/{} answers 404 once it has finished.",
+                stack.slug
+            ),
+        }),
+    ))
 }

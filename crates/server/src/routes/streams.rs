@@ -1,17 +1,18 @@
 //! Server-sent event streams: a service's logs (`/stacks/:slug/logs/:svc`, compat) and a stack's
 //! status events (`/stacks/:slug/events`, resumable with `Last-Event-ID`).
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::routes::{load_stack, parse_slug};
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
+use stackyard_api::{SseEvent, StackEventData};
 use stackyard_core::ServiceName;
 use stackyard_core::model::{StackEvent, StackId};
 use stackyard_core::store::Store;
@@ -46,8 +47,14 @@ pub struct LogsQuery {
 
 #[utoipa::path(get, path = "/stacks/{slug}/logs/{svc}", tag = "stacks",
     description = "A service's stdout/stderr as server-sent events, one `data:` per line: the last 200 lines, then new ones; `?follow=false` ends with `data: [end]`. Auth optional.",
-    params(("slug" = String, Path), ("svc" = String, Path), ("follow" = Option<bool>, Query)),
-    responses((status = 200, description = "text/event-stream"), (status = 404, description = "not_found")))]
+    security((), ("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
+        ("svc" = String, Path, description = "The service's name"),
+        ("follow" = Option<bool>, Query, description = "`false`: send the backlog, then `data: [end]`; default `true`")),
+    responses((status = 200, description = "Server-sent events, one `data:` per log line", content_type = "text/event-stream", body = SseEvent,
+            headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+        (status = 404, description = "`not_found`: no stack with that id for this caller, or no service by that name"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn logs<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
@@ -92,9 +99,15 @@ pub struct EventsQuery {
 }
 
 #[utoipa::path(get, path = "/stacks/{slug}/events", tag = "stacks",
-    description = "Status changes as server-sent events (`stack.status`, `service.status`, `release.created`, `release.status`, `env.version`, `stack.deleted`), each a JSON `data:` with an `event:` name and an `id:`; `Last-Event-ID` (or `?after=`) resumes. The stream ends after `stack.deleted`. Auth optional.",
-    params(("slug" = String, Path), ("after" = Option<i64>, Query), ("Last-Event-ID" = Option<String>, Header)),
-    responses((status = 200, description = "text/event-stream"), (status = 404, description = "not_found")))]
+    description = "Status changes as server-sent events (`stack.status`, `service.status`, `release.created`, `release.status`, `env.version`, `stack.deleted`), each a JSON `data:` (`StackEventData`) with an `event:` name and an `id:`; `Last-Event-ID` (or `?after=`) resumes. The stream ends after `stack.deleted`. Auth optional.",
+    security((), ("bearer" = [])),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
+        ("after" = Option<i64>, Query, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (wins over `?after=`)")),
+    responses((status = 200, description = "Server-sent events; each `data:` is a `StackEventData` as JSON", content_type = "text/event-stream", body = SseEvent,
+            headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
+        (status = 404, description = "`not_found`: no stack with that id for this caller"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn events<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
@@ -137,9 +150,11 @@ fn follow_events<S: Store>(
             if let Some(e) = c.buffered.pop_front() {
                 c.after = e.id;
                 c.done = e.kind == "stack.deleted";
-                let event = Event::default().id(e.id.to_string()).event(e.kind.clone()).data(
-                    serde_json::json!({ "id": e.id, "at": e.at.to_rfc3339(), "kind": e.kind, "data": e.data }).to_string(),
-                );
+                let data = stackyard_api::to_json_string(&StackEventData::from(&e), 128);
+                let event = Event::default()
+                    .id(e.id.to_string())
+                    .event(e.kind.clone())
+                    .data(data);
                 return Some((Ok(event), c));
             }
             if c.done {

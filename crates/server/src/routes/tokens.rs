@@ -1,64 +1,60 @@
 //! `/api/v1/whoami` and `/api/v1/tokens*`: a team's API tokens. A token is shown once, at
 //! creation; only its SHA-256 is stored.
 
-use crate::app::AppState;
 use crate::auth::{TeamCaller, audit_ctx};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::middleware::RequestId;
-use crate::routes::views;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use stackyard_api::{CreateTokenRequest, CreatedToken, RevokedToken, TokenItem, TokenList, Whoami};
 use stackyard_core::ApiToken;
 use stackyard_core::store::{NewToken, Store};
 
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "tokens", description = "The calling team and token. Auth required.",
-    responses((status = 200, description = "{ok, team, token}"), (status = 401, description = "unauthorized")))]
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller", body = Whoami),
+        (status = 503, description = "`fetch_failed`: the store cannot check the token")))]
 pub async fn whoami<S: Store>(
     TeamCaller(p): TeamCaller,
     State(_): State<AppState<S>>,
-) -> Json<Value> {
-    Json(json!({
-        "ok": true,
-        "team": { "id": p.team.id, "name": p.team.name, "max_stacks": p.team.max_stacks },
-        "token": views::token(&p.token),
-    }))
+) -> Json<Whoami> {
+    Json(Whoami::from(&p))
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", description = "The team's live tokens (never their secrets). Auth required.",
-    responses((status = 200, description = "{ok, items}"), (status = 401, description = "unauthorized")))]
+    security(("bearer" = [])),
+    responses((status = 200, description = "The tokens", body = TokenList),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenList>> {
     let tokens = state
         .store
         .list_tokens(p.team.id)
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
-    Ok(Json(
-        json!({ "ok": true, "items": tokens.iter().map(views::token).collect::<Vec<_>>() }),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CreateToken {
-    name: String,
+    Ok(Json(TokenList {
+        ok: true,
+        items: tokens.iter().map(TokenItem::from).collect(),
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", description = "Creates a token for the caller's team; the token is in the response once. Auth required.",
-    request_body(content = String, description = "{\"name\": \"ci\"}", content_type = "application/json"),
-    responses((status = 201, description = "{ok, id, name, token}"), (status = 400, description = "invalid_body, invalid_name"), (status = 401, description = "unauthorized")))]
+    security(("bearer" = [])),
+    request_body(content = CreateTokenRequest, content_type = "application/json"),
+    responses((status = 201, description = "Created; `token` is shown only here", body = CreatedToken),
+        (status = 400, description = "`invalid_name`: not 1-64 printable characters"),
+        (status = 503, description = "`persist_failed`: the store is unavailable")))]
 pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     rid: RequestId,
-    JsonBody(body): JsonBody<CreateToken>,
-) -> ApiResult<Response> {
+    JsonBody(body): JsonBody<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
@@ -82,20 +78,28 @@ pub async fn create<S: Store>(
         .map_err(|e| ApiError::store("persist_failed", &e))?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "ok": true, "id": info.id, "name": info.name, "token": token.expose(), "created_at": info.created_at.to_rfc3339() })),
-    )
-        .into_response())
+        Json(CreatedToken {
+            ok: true,
+            id: info.id,
+            name: info.name,
+            token: token.expose().to_owned(),
+            created_at: info.created_at.to_rfc3339(),
+        }),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", description = "Revokes a token of the caller's team; it stops working at once. Auth required.",
-    params(("id" = i64, Path)),
-    responses((status = 200, description = "{ok, id, revoked}"), (status = 401, description = "unauthorized"), (status = 404, description = "not_found")))]
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 200, description = "Revoked", body = RevokedToken),
+        (status = 404, description = "`not_found`: no live token with that id belongs to this team"),
+        (status = 503, description = "`persist_failed`: the store is unavailable")))]
 pub async fn revoke<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
     rid: RequestId,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RevokedToken>> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -114,5 +118,9 @@ pub async fn revoke<S: Store>(
         return Err(not_found());
     }
     state.auth_cache.forget_token(id);
-    Ok(Json(json!({ "ok": true, "id": id, "revoked": true })))
+    Ok(Json(RevokedToken {
+        ok: true,
+        id,
+        revoked: true,
+    }))
 }

@@ -2,9 +2,9 @@
 //! multipart form, validating the manifest and every tarball before anything is written, and
 //! storing the artifacts.
 
-use crate::app::AppState;
 use crate::artifacts;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;

@@ -11,3 +11,4 @@ mod limits;
 mod messages;
 mod stacks;
 mod tokens;
+mod wire;

@@ -1,15 +1,11 @@
-//! Shared application state and the route table.
+//! The application state every handler gets: the store, the config, the queues and caches.
+//! Imports no route module (the route table is `router`), so nothing here can form an import
+//! circle with the handlers that read it.
 
+use crate::authcache::AuthCache;
 use crate::config::ServeArgs;
 use crate::envqueue::EnvQueue;
-use crate::error::ApiError;
-use crate::middleware;
 use crate::ratelimit::RateLimiter;
-use crate::routes::{audit, env, ops, releases, stacks, streams, tokens};
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use stackyard_core::StackSlug;
 use stackyard_core::model::{Access, StackId};
@@ -19,9 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::Notify;
-
-/// Request bodies are capped at 50 MiB in total (spec).
-pub const MAX_BODY_BYTES: usize = 50 * 1024 * 1024;
 
 /// Cheap-to-clone handle on everything a handler needs. The store type is a generic, not a
 /// trait object, so the hot paths are monomorphised (the backend is picked once in `serve`).
@@ -45,7 +38,7 @@ pub struct Shared<S: Store> {
     pub jobs_ready: Arc<Notify>,
     pub metrics: PrometheusHandle,
     pub env_queue: EnvQueue<S>,
-    pub auth_cache: crate::auth::AuthCache,
+    pub auth_cache: AuthCache,
     /// Runs the services; also the source of their logs.
     pub runtime: Arc<dyn Runtime>,
     pub rate_limiter: RateLimiter,
@@ -103,7 +96,7 @@ impl<S: Store> AppState<S> {
         rate_limiter: RateLimiter,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
-        let auth_cache = crate::auth::AuthCache::new(!store.is_shared());
+        let auth_cache = AuthCache::new(!store.is_shared());
         Self {
             inner: Arc::new(Shared {
                 store,
@@ -118,46 +111,4 @@ impl<S: Store> AppState<S> {
             }),
         }
     }
-}
-
-pub fn router<S: Store>(state: AppState<S>) -> Router {
-    Router::new()
-        .route("/stacks/new", post(stacks::create::<S>))
-        .route(
-            "/stacks/{slug}",
-            get(stacks::get_compat::<S>).delete(stacks::delete::<S>),
-        )
-        .route("/stacks/{slug}/redeploy", post(releases::redeploy::<S>))
-        .route("/stacks/{slug}/releases", get(releases::list::<S>))
-        .route("/stacks/{slug}/logs/{svc}", get(streams::logs::<S>))
-        .route("/stacks/{slug}/events", get(streams::events::<S>))
-        .route("/api/v1/stacks", get(stacks::list::<S>))
-        .route("/api/v1/stacks/{slug}", get(stacks::get_v1::<S>))
-        .route(
-            "/stacks/{slug}/env",
-            get(env::get::<S>).patch(env::patch::<S>),
-        )
-        .route("/stacks/{slug}/env/versions", get(env::versions::<S>))
-        .route("/stacks/{slug}/env/rollback", post(env::rollback::<S>))
-        .route("/api/v1/whoami", get(tokens::whoami::<S>))
-        .route(
-            "/api/v1/tokens",
-            get(tokens::list::<S>).post(tokens::create::<S>),
-        )
-        .route("/api/v1/tokens/{id}", delete(tokens::revoke::<S>))
-        .route("/api/v1/audit", get(audit::list::<S>))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz::<S>))
-        .route("/metrics", get(ops::metrics::<S>))
-        .route("/openapi.json", get(ops::openapi))
-        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async {
-            ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
-        })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            middleware::panic_response,
-        ))
-        .layer(axum::middleware::from_fn(middleware::envelope))
-        .with_state(state)
 }
