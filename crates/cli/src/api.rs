@@ -333,6 +333,7 @@ pub fn unexpected_answer(e: &serde_json::Error) -> CliError {
             Exit::Server,
             format!("the server's answer is not what this client expects{at}"),
         )
+        .with_code("unexpected_answer")
         .with_hint("the server may run another version of stackyard than this client; use the same version on both")
     } else {
         CliError::new(Exit::Server, "the server's answer is not JSON")
