@@ -1,5 +1,8 @@
 //! The HTTP client: requests with the token, the error envelope turned into [`CliError`],
-//! bounded retries, streamed multipart uploads, and server-sent event streams.
+//! bounded retries, streamed multipart uploads, and server-sent event streams. Bodies are the
+//! wire contract's types (`stackyard-api`): JSON requests are sent from them and answers read
+//! into them ([`Api::send_json`], [`Api::get`]), so an answer of another shape is one clear
+//! error rather than a field silently missing.
 //!
 //! Retry rule: only requests that are safe to repeat are retried — `GET`, `DELETE`, and writes
 //! that carry an `Idempotency-Key` (the server replays the first answer to a repeat). They are
@@ -11,7 +14,9 @@ use crate::config::{Settings, Token};
 use crate::error::{CliError, Exit, Result};
 use crate::output::Out;
 use reqwest::Method;
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,7 +93,8 @@ fn file_body(file: std::fs::File) -> reqwest::Body {
 #[derive(Debug, Clone)]
 pub enum Payload {
     Empty,
-    Json(Value),
+    /// A JSON body, rendered once from its request type and sent as is by every attempt.
+    Json(String),
     Form(Arc<Upload>),
 }
 
@@ -124,8 +130,9 @@ impl Request {
         self
     }
 
-    pub fn json(mut self, v: Value) -> Request {
-        self.payload = Payload::Json(v);
+    /// A JSON body: one of `stackyard_api`'s request types.
+    pub fn json(mut self, body: &impl Serialize) -> Request {
+        self.payload = Payload::Json(stackyard_api::to_json_string(body, 0));
         self
     }
 
@@ -221,7 +228,7 @@ impl Api {
         b = b.headers(headers);
         b = match &req.payload {
             Payload::Empty => b,
-            Payload::Json(v) => b.json(v),
+            Payload::Json(v) => b.header(CONTENT_TYPE, "application/json").body(v.clone()),
             Payload::Form(u) => b.multipart(u.form()?),
         };
         Ok(b)
@@ -280,22 +287,21 @@ impl Api {
                     continue;
                 }
             }
-            return Err(crate::config::no_token_hint(err));
+            return Err(no_token_hint(err));
         }
     }
 
-    /// Sends `req` and parses the JSON body of the 2xx answer.
-    pub async fn json(&self, req: &Request) -> Result<Value> {
+    /// Sends `req` and reads the 2xx answer as `T`: the route's answer type in
+    /// `stackyard_api`, or `serde_json::Value` for a document passed on as sent.
+    pub async fn send_json<T: DeserializeOwned>(&self, req: &Request) -> Result<T> {
         let res = self.send(req).await?;
         let body = res.bytes().await.map_err(|e| self.transport_error(&e))?;
-        serde_json::from_slice(&body).map_err(|_| {
-            CliError::new(Exit::Server, "the server's answer is not JSON")
-                .with_hint("check that the URL points at a stackyard server")
-        })
+        serde_json::from_slice(&body).map_err(|e| unexpected_answer(&e))
     }
 
-    pub async fn get_json(&self, path: &str) -> Result<Value> {
-        self.json(&Request::get(path)).await
+    /// `GET path`, read as `T` (see [`Api::send_json`]).
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send_json(&Request::get(path)).await
     }
 
     pub fn transport_error(&self, e: &reqwest::Error) -> CliError {
@@ -311,6 +317,39 @@ impl Api {
         .with_hint(
             "check that `stackyard serve` is running there, or point --url / STACKYARD_URL at it",
         )
+    }
+}
+
+/// A 2xx answer that is not JSON, or JSON of another shape than the route's type. The error
+/// names where the body stopped matching, never what it held (it may hold env values).
+pub fn unexpected_answer(e: &serde_json::Error) -> CliError {
+    let at = if e.line() > 0 {
+        format!(" (line {}, column {})", e.line(), e.column())
+    } else {
+        String::new()
+    };
+    if e.is_data() {
+        CliError::new(
+            Exit::Server,
+            format!("the server's answer is not what this client expects{at}"),
+        )
+        .with_code("unexpected_answer")
+        .with_hint("the server may run another version of stackyard than this client; use the same version on both")
+    } else {
+        CliError::new(Exit::Server, "the server's answer is not JSON")
+            .with_hint("check that the URL points at a stackyard server")
+    }
+}
+
+/// The server's 401, with what to do when no token is configured.
+fn no_token_hint(e: CliError) -> CliError {
+    if e.status == Some(401) && e.hint.is_none() {
+        CliError {
+            hint: Some("run `stackyard login`, or set STACKYARD_TOKEN".into()),
+            ..e
+        }
+    } else {
+        e
     }
 }
 

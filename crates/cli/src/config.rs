@@ -1,4 +1,6 @@
-//! Where the client finds its server and token, and `stackyard login` / `whoami`.
+//! Where the client finds its server and token: the client flags ([`GlobalArgs`]), the
+//! environment and the config file, resolved into [`Settings`]. Nothing here talks to the
+//! server (`login` checks a token with it, then saves through [`save`]).
 //!
 //! Precedence, highest first: `--url` / `--token`, `STACKYARD_URL` / `STACKYARD_TOKEN`, the
 //! config file `$XDG_CONFIG_HOME/stackyard/config.toml` (else `~/.config/stackyard/config.toml`),
@@ -10,14 +12,44 @@
 //! the client for two strings. The file is written atomically with mode 0600 in a 0700
 //! directory, because it holds a bearer token.
 
-use crate::GlobalArgs;
-use crate::api::Api;
 use crate::error::{CliError, Context, Result};
 use crate::output::{Out, clean};
-use serde_json::json;
 use std::fmt;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The exit-code table, shown at the end of `stackyard --help` (and in the README).
+pub const EXIT_CODES_HELP: &str = "\
+Client commands read the server URL and token from --url/--token, else STACKYARD_URL/STACKYARD_TOKEN,
+else the file written by `stackyard login` ($XDG_CONFIG_HOME/stackyard/config.toml); the default URL
+is http://127.0.0.1:8700.
+
+Exit codes of client commands:
+  0  success (deploy/redeploy: the release is live and every service healthy)
+  1  other errors: invalid request (400), unauthorized (401), unreadable local files
+  2  usage: bad arguments or flags
+  3  not found (404): no such stack, service or env version
+  4  conflict or precondition (409, 412, 422): e.g. --if-version no longer matches
+  5  server or network: 5xx, 429 after 3 retries, connection failures, a deploy that failed";
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = EXIT_CODES_HELP, next_help_heading = "Client options")]
+pub struct GlobalArgs {
+    /// Machine-readable output: one JSON document (JSON lines for streams), no colour, no progress.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only what was asked for: no progress or notes (warnings and errors still go to stderr).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Server URL for client commands [default: STACKYARD_URL, the saved login, http://127.0.0.1:8700].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// API token for client commands [default: STACKYARD_TOKEN, the saved login]. Prefer
+    /// `stackyard login` reading stdin: a token on the command line shows in the process list.
+    #[arg(long, global = true, value_name = "TOKEN", value_parser = parse_token_arg)]
+    pub token: Option<Token>,
+}
 
 /// The server a client talks to when nothing else says.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8700";
@@ -85,7 +117,8 @@ pub fn config_path() -> Result<PathBuf> {
     Ok(base.join("stackyard").join("config.toml"))
 }
 
-fn env_nonempty(name: &str) -> Option<String> {
+/// The variable `name`, unless it is unset or blank (an empty variable means "unset").
+pub fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
@@ -349,119 +382,6 @@ fn set_private(f: &std::fs::File) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn set_private(_f: &std::fs::File) -> std::io::Result<()> {
     Ok(())
-}
-
-/// Reads a token from stdin (its first non-empty line). On a terminal, says what it waits for;
-/// the typed token is not echoed back by us (the terminal may show it while typing).
-fn token_from_stdin(out: &Out) -> Result<Token> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        out.eprint_raw("Paste an API token and press Enter: ");
-    }
-    let mut line = String::new();
-    for l in stdin.lock().lines() {
-        let l = l.context(|| "cannot read the token from stdin".into())?;
-        if !l.trim().is_empty() {
-            line = l;
-            break;
-        }
-    }
-    Token::new(&line).ok_or_else(|| {
-        CliError::usage("no token given")
-            .with_hint("pass --token TOKEN or pipe it in: `stackyard login < token-file`")
-    })
-}
-
-/// `stackyard login`: verify the token with `GET /api/v1/whoami`, then save URL and token.
-pub async fn login(global: &GlobalArgs, out: &Out) -> Result<()> {
-    let path = config_path()?;
-    let existing = load(&path, out)?;
-    let url = global
-        .url
-        .clone()
-        .or_else(|| env_nonempty("STACKYARD_URL"))
-        .or(existing.url)
-        .unwrap_or_else(|| DEFAULT_URL.to_owned());
-    let url = normalize_url(&url)?;
-    let token = match &global.token {
-        Some(t) => t.clone(),
-        None => token_from_stdin(out)?,
-    };
-    let api = Api::new(
-        &Settings {
-            url: url.clone(),
-            token: Some(token.clone()),
-        },
-        out,
-    )?;
-    let who = api.get_json("/api/v1/whoami").await.map_err(|e| {
-        if e.status == Some(401) {
-            CliError {
-                hint: Some(format!(
-                    "check that the token belongs to the server at {url}"
-                )),
-                ..e
-            }
-        } else {
-            e
-        }
-    })?;
-    save(
-        &path,
-        &FileConfig {
-            url: Some(url.clone()),
-            token: Some(token),
-        },
-    )?;
-    let team = who["team"]["name"].as_str().unwrap_or("?");
-    if out.json {
-        out.json_doc(&json!({
-            "ok": true,
-            "url": url,
-            "team": who["team"],
-            "token": who["token"],
-            "config": path.display().to_string(),
-        }));
-    } else if !out.quiet {
-        out.println(&format!(
-            "Logged in to {url} as team {} (token {:?}). Saved to {}.",
-            clean(team),
-            clean(who["token"]["name"].as_str().unwrap_or("?")),
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-/// `stackyard whoami`: the team and token the current settings authenticate as.
-pub async fn whoami(api: &Api, out: &Out) -> Result<()> {
-    let who = api.get_json("/api/v1/whoami").await?;
-    if out.json {
-        out.json_doc(
-            &json!({ "ok": true, "url": api.base(), "team": who["team"], "token": who["token"] }),
-        );
-    } else {
-        out.println(&format!(
-            "team {} (id {}) via token {:?} at {}",
-            clean(who["team"]["name"].as_str().unwrap_or("?")),
-            who["team"]["id"],
-            clean(who["token"]["name"].as_str().unwrap_or("?")),
-            api.base()
-        ));
-    }
-    Ok(())
-}
-
-/// An error for commands that need a token when none is configured.
-pub fn no_token_hint(e: CliError) -> CliError {
-    if e.status == Some(401) && e.hint.is_none() {
-        CliError {
-            hint: Some("run `stackyard login`, or set STACKYARD_TOKEN".into()),
-            ..e
-        }
-    } else {
-        e
-    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@
 //! uses the directory named after the service (`DIR/<service>`) when there is one; otherwise
 //! it is an error whose hint shows the line to add (`build: .` packs DIR itself).
 
-use crate::api::{Api, Request, Upload, UploadFile};
+use crate::api::{Api, Request, Upload, UploadFile, unexpected_answer};
 use crate::error::{CliError, Exit, Result};
 use crate::follow::{self, Goal, Outcome};
 use crate::output::{Cell, Out, clean, human_bytes, table};
 use crate::pack::{self, Packed};
 use reqwest::Method;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use stackyard_api::StackDetail;
 use stackyard_core::manifest::Manifest;
 use stackyard_core::{EnvironmentName, StackName};
 use std::path::{Path, PathBuf};
@@ -226,7 +228,7 @@ pub fn name_from_dir(dir: &Path) -> String {
 
 /// `stackyard deploy [DIR]`.
 pub async fn deploy(api: &Api, out: &Out, args: DeployArgs) -> Result<()> {
-    let dir = crate::dir_or_cwd(args.dir);
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from("."));
     let name = match &args.name {
         Some(n) => StackName::parse(n)
             .map_err(|e| CliError::usage(format!("--name: {e}")))?
@@ -258,31 +260,22 @@ pub async fn deploy(api: &Api, out: &Out, args: DeployArgs) -> Result<()> {
         human_bytes(upload.total_len()),
         api.base()
     ));
-    let body = api
-        .json(
-            &Request::new(Method::POST, "/stacks/new")
-                .form(upload)
-                .idempotent(),
-        )
-        .await?;
+    let (doc, answer) = send_accepted(
+        api,
+        &Request::new(Method::POST, "/stacks/new")
+            .form(upload)
+            .idempotent(),
+    )
+    .await?;
     drop(packed);
-    let slug = body["stack_id"]
-        .as_str()
-        .ok_or_else(|| CliError::new(Exit::Server, "the server's answer has no stack_id"))?
-        .to_owned();
-    let release = body["release"]["version"].as_i64().unwrap_or(1);
-    let services: Vec<String> = body["services"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let slug = answer.stack_id;
+    let release = answer.release.version;
+    let services: Vec<String> = answer.services.into_iter().map(|s| s.name).collect();
     accepted(
         out,
         &slug,
-        &body,
+        &doc,
+        &answer.note,
         &format!("Created {slug} ({}), release v{release}", clean(&name)),
     );
     if args.wait.detach {
@@ -294,24 +287,65 @@ pub async fn deploy(api: &Api, out: &Out, args: DeployArgs) -> Result<()> {
     follow_release(api, out, &slug, release, &services, args.wait.timeout).await
 }
 
+/// What the client acts on in a 202 that accepted a release: `stackyard_api::CreatedStack`
+/// (`POST /stacks/new`) or `stackyard_api::Redeployed` (`POST /stacks/:slug/redeploy`). Only
+/// these fields are required: the server has made the stack or release by now, so a difference
+/// elsewhere in the answer must not cost the user its id; and `--json` reports the answer as
+/// sent, not as this client reads it.
+#[derive(Debug, Deserialize)]
+pub struct Accepted {
+    pub stack_id: String,
+    pub release: AcceptedRelease,
+    /// `POST /stacks/new` only.
+    #[serde(default)]
+    pub services: Vec<AcceptedService>,
+    /// Manifest warnings, or `""`.
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AcceptedRelease {
+    pub version: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AcceptedService {
+    pub name: String,
+}
+
+/// Sends a request whose 202 accepts a release. Returns the answer twice: as sent (the
+/// `deploy.accepted` line passes it on verbatim) and as the client reads it.
+pub async fn send_accepted(api: &Api, req: &Request) -> Result<(Value, Accepted)> {
+    let doc: Value = api.send_json(req).await?;
+    let answer = Accepted::deserialize(&doc).map_err(|e| unexpected_answer(&e))?;
+    Ok((doc, answer))
+}
+
+/// `--json`: the accepted answer, as the server sent it.
+pub fn accepted_line(out: &Out, doc: &Value) {
+    out.json_line(&json!({ "kind": "deploy.accepted", "data": doc }));
+}
+
 /// Reports an accepted upload: the slug on stdout with `--quiet` (so scripts can capture it
-/// even if the deploy then fails), a JSON line with `--json`, a note otherwise.
-fn accepted(out: &Out, slug: &str, body: &Value, note: &str) {
+/// even if the deploy then fails), a JSON line with `--json`, a note otherwise; the server's
+/// note as a warning.
+fn accepted(out: &Out, slug: &str, doc: &Value, server_note: &str, note: &str) {
     if out.json {
-        out.json_line(&json!({ "kind": "deploy.accepted", "data": body }));
+        accepted_line(out, doc);
     } else if out.quiet {
         out.println(slug);
     } else {
         out.note(note);
     }
-    if let Some(n) = body["note"].as_str().filter(|n| !n.is_empty()) {
-        out.warn(&format!("server: {}", clean(n)));
+    if !server_note.is_empty() {
+        out.warn(&format!("server: {}", clean(server_note)));
     }
 }
 
 /// `stackyard redeploy SLUG [DIR]`.
 pub async fn redeploy(api: &Api, out: &Out, args: RedeployArgs) -> Result<()> {
-    let slug = crate::parse_slug(&args.slug)?;
+    let slug = crate::args::parse_slug(&args.slug)?;
     let mut req = Request::new(Method::POST, format!("/stacks/{slug}/redeploy")).idempotent();
     let mut names = Vec::new();
     let mut _packed = Vec::new();
@@ -332,14 +366,13 @@ pub async fn redeploy(api: &Api, out: &Out, args: RedeployArgs) -> Result<()> {
         // The archives must outlive every retry of the request.
         _packed = packed;
     }
-    let body = api.json(&req).await?;
-    let release = body["release"]["version"]
-        .as_i64()
-        .ok_or_else(|| CliError::new(Exit::Server, "the server's answer has no release version"))?;
+    let (doc, answer) = send_accepted(api, &req).await?;
+    let release = answer.release.version;
     accepted(
         out,
         &slug,
-        &body,
+        &doc,
+        &answer.note,
         &format!("Accepted release v{release} of {slug}"),
     );
     if args.wait.detach {
@@ -350,7 +383,7 @@ pub async fn redeploy(api: &Api, out: &Out, args: RedeployArgs) -> Result<()> {
     }
     if names.is_empty() {
         // Best effort: only the display's first lines depend on it.
-        if let Ok(detail) = api.get_json(&format!("/stacks/{slug}")).await {
+        if let Ok(detail) = api.get::<StackDetail>(&format!("/stacks/{slug}")).await {
             names = follow::services_of(&detail)
                 .into_iter()
                 .map(|(n, _)| n)
@@ -381,7 +414,7 @@ pub async fn follow_release(
         }
     };
     // The final state from the server: URLs and errors as stored, not as streamed.
-    let detail = api.get_json(&format!("/stacks/{slug}")).await.ok();
+    let detail: Option<StackDetail> = api.get(&format!("/stacks/{slug}")).await.ok();
     match followed.outcome {
         Outcome::Live | Outcome::Deleted => {
             if out.json {
@@ -436,7 +469,7 @@ pub async fn follow_release(
     }
 }
 
-fn summary(out: &Out, slug: &str, release: i64, detail: Option<&Value>) {
+fn summary(out: &Out, slug: &str, release: i64, detail: Option<&StackDetail>) {
     out.println(&format!("{slug} is live (release v{release})"));
     if let Some(d) = detail {
         out.println(&services_table(out, d));
@@ -444,7 +477,7 @@ fn summary(out: &Out, slug: &str, release: i64, detail: Option<&Value>) {
 }
 
 /// SERVICE / STATUS / URL (/ ERROR, when any service has one) table of a stack detail.
-pub fn services_table(out: &Out, detail: &Value) -> String {
+pub fn services_table(out: &Out, detail: &StackDetail) -> String {
     let services = follow::services_of(detail);
     let any_error = services.iter().any(|(_, s)| s.error.is_some());
     let rows: Vec<Vec<Cell>> = services

@@ -9,12 +9,15 @@
 //! is retried safely.
 
 use crate::api::{Api, Request};
-use crate::deploy::follow_release;
+use crate::deploy::{accepted_line, follow_release, send_accepted};
 use crate::dotenv;
-use crate::error::{CliError, Exit, Result};
+#[cfg(test)]
+use crate::error::Exit;
+use crate::error::{CliError, Result};
 use crate::output::{Cell, Out, Style, clean, table};
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use stackyard_api::{EnvPatchRequest, EnvRead, EnvVersionPage, EnvWriteResponse, RollbackRequest};
 use stackyard_core::EnvKey;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -107,36 +110,38 @@ pub struct RollbackArgs {
 pub async fn run(api: &Api, out: &Out, args: EnvArgs) -> Result<()> {
     match args.action {
         None => {
-            let slug = crate::parse_slug(args.slug.as_deref().unwrap_or_default())?;
+            let slug = crate::args::parse_slug(args.slug.as_deref().unwrap_or_default())?;
             show(api, out, &slug).await
         }
         Some(EnvAction::Set(a)) => {
-            let slug = crate::parse_slug(&a.slug)?;
+            let slug = crate::args::parse_slug(&a.slug)?;
             let vars = collect_set(&a.pairs, a.from_file.as_ref())?;
-            let body: Map<String, Value> = vars.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            write(api, out, &slug, Write::Patch(body), &a.opts).await
+            let env = vars.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            write(api, out, &slug, Write::patch(env), &a.opts).await
         }
         Some(EnvAction::Unset(a)) => {
-            let slug = crate::parse_slug(&a.slug)?;
-            let mut body = Map::new();
+            let slug = crate::args::parse_slug(&a.slug)?;
+            let mut env = BTreeMap::new();
             for (i, k) in a.keys.iter().enumerate() {
                 let key = checked_key(k, || format!("argument {}", i + 2))?;
-                if body.insert(key.clone(), Value::Null).is_some() {
+                // `null` deletes the key.
+                if env.insert(key.clone(), None).is_some() {
                     return Err(CliError::usage(format!("{key} is given twice")));
                 }
             }
-            write(api, out, &slug, Write::Patch(body), &a.opts).await
+            write(api, out, &slug, Write::patch(env), &a.opts).await
         }
         Some(EnvAction::History(a)) => {
-            let slug = crate::parse_slug(&a.slug)?;
+            let slug = crate::args::parse_slug(&a.slug)?;
             history(api, out, &slug, a.limit).await
         }
         Some(EnvAction::Rollback(a)) => {
-            let slug = crate::parse_slug(&a.slug)?;
+            let slug = crate::args::parse_slug(&a.slug)?;
             if a.version < 0 {
                 return Err(CliError::usage("VERSION must be 0 or more"));
             }
-            write(api, out, &slug, Write::Rollback(a.version), &a.opts).await
+            let body = RollbackRequest { version: a.version };
+            write(api, out, &slug, Write::Rollback(body), &a.opts).await
         }
     }
 }
@@ -222,18 +227,24 @@ pub fn collect_set(
 }
 
 enum Write {
-    Patch(Map<String, Value>),
-    Rollback(i64),
+    Patch(EnvPatchRequest),
+    Rollback(RollbackRequest),
+}
+
+impl Write {
+    /// Keys to set (`Some`) or delete (`None`).
+    fn patch(env: BTreeMap<String, Option<String>>) -> Write {
+        Write::Patch(EnvPatchRequest { env })
+    }
 }
 
 /// Sends one env write and reports it by key names.
 async fn write(api: &Api, out: &Out, slug: &str, w: Write, opts: &WriteOpts) -> Result<()> {
     let mut req = match &w {
-        Write::Patch(env) => {
-            Request::new(Method::PATCH, format!("/stacks/{slug}/env")).json(json!({ "env": env }))
+        Write::Patch(body) => Request::new(Method::PATCH, format!("/stacks/{slug}/env")).json(body),
+        Write::Rollback(body) => {
+            Request::new(Method::POST, format!("/stacks/{slug}/env/rollback")).json(body)
         }
-        Write::Rollback(v) => Request::new(Method::POST, format!("/stacks/{slug}/env/rollback"))
-            .json(json!({ "version": v })),
     }
     .idempotent();
     if let Some(v) = opts.if_version {
@@ -242,21 +253,14 @@ async fn write(api: &Api, out: &Out, slug: &str, w: Write, opts: &WriteOpts) -> 
     if opts.dry_run {
         req = req.query("dry_run", "true");
     }
-    let res = api.json(&req).await.map_err(|e| write_hint(e, slug))?;
-    let version = res["version"].as_i64().unwrap_or(-1);
-    let names = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|k| k.as_str().map(clean)).collect())
-            .unwrap_or_default()
-    };
-    let set = names(&res["changed"]["set"]);
-    let deleted = names(&res["changed"]["deleted"]);
+    let res: EnvWriteResponse = api.send_json(&req).await.map_err(|e| write_hint(e, slug))?;
+    let version = res.version;
+    let names = |v: &[String]| -> Vec<String> { v.iter().map(|k| clean(k)).collect() };
+    let set = names(&res.changed.set);
+    let deleted = names(&res.changed.deleted);
     // The answer's map is masked, but values of keys that do not look secret come back in
     // clear: only its key names are shown.
-    let keys: Vec<String> = res["env"]
-        .as_object()
-        .map(|m| m.keys().map(|k| clean(k)).collect())
-        .unwrap_or_default();
+    let keys: Vec<String> = res.env.iter().map(|(k, _)| clean(k)).collect();
     if out.json {
         out.json_doc(&json!({
             "ok": true,
@@ -286,7 +290,7 @@ async fn write(api: &Api, out: &Out, slug: &str, w: Write, opts: &WriteOpts) -> 
             (false, false) => {
                 let mut p = parts.join("; ");
                 if let Write::Rollback(to) = &w {
-                    p = format!("Rolled back to version {to}: {p}");
+                    p = format!("Rolled back to version {}: {p}", to.version);
                 } else if let Some(first) = p.get_mut(0..1) {
                     first.make_ascii_uppercase();
                 }
@@ -301,14 +305,14 @@ async fn write(api: &Api, out: &Out, slug: &str, w: Write, opts: &WriteOpts) -> 
         }
     }
     if opts.redeploy && !opts.dry_run {
-        let body = api
-            .json(&Request::new(Method::POST, format!("/stacks/{slug}/redeploy")).idempotent())
-            .await?;
-        let release = body["release"]["version"].as_i64().ok_or_else(|| {
-            CliError::new(Exit::Server, "the server's answer has no release version")
-        })?;
+        let (doc, answer) = send_accepted(
+            api,
+            &Request::new(Method::POST, format!("/stacks/{slug}/redeploy")).idempotent(),
+        )
+        .await?;
+        let release = answer.release.version;
         if out.json {
-            out.json_line(&json!({ "kind": "deploy.accepted", "data": body }));
+            accepted_line(out, &doc);
         } else {
             out.note(&format!("Accepted release v{release} of {slug}"));
         }
@@ -339,33 +343,31 @@ fn write_hint(e: CliError, slug: &str) -> CliError {
 
 /// `stackyard env SLUG`: the map as the server shows it (secret-looking values masked).
 async fn show(api: &Api, out: &Out, slug: &str) -> Result<()> {
-    let res = api.get_json(&format!("/stacks/{slug}/env")).await?;
+    let res: EnvRead = api.get(&format!("/stacks/{slug}/env")).await?;
     if out.json {
         out.json_doc(&res);
         return Ok(());
     }
-    let version = &res["version"];
-    let empty = Map::new();
-    let env = res["env"].as_object().unwrap_or(&empty);
     if !out.quiet {
         out.note(&format!(
-            "{slug}: env version {version}, {} variables",
-            env.len()
+            "{slug}: env version {}, {} variables",
+            res.version,
+            res.env.len()
         ));
     }
-    if env.is_empty() {
+    if res.env.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<Cell>> = env
+    let rows: Vec<Vec<Cell>> = res
+        .env
         .iter()
         .map(|(k, v)| {
-            let v = v.as_str().unwrap_or_default();
             let style = if v == stackyard_core::env::MASK {
                 Style::Dim
             } else {
                 Style::Plain
             };
-            vec![Cell::plain(k.clone()), Cell::styled(v, style)]
+            vec![Cell::plain(k), Cell::styled(v, style)]
         })
         .collect();
     out.println(&table(out, &["KEY", "VALUE"], &rows));
@@ -374,8 +376,8 @@ async fn show(api: &Api, out: &Out, slug: &str) -> Result<()> {
 
 /// `stackyard env history SLUG`.
 async fn history(api: &Api, out: &Out, slug: &str, limit: u32) -> Result<()> {
-    let res = api
-        .json(
+    let res: EnvVersionPage = api
+        .send_json(
             &Request::get(format!("/stacks/{slug}/env/versions"))
                 .query("limit", limit.clamp(1, 200).to_string()),
         )
@@ -384,37 +386,26 @@ async fn history(api: &Api, out: &Out, slug: &str, limit: u32) -> Result<()> {
         out.json_doc(&res);
         return Ok(());
     }
-    let list = |v: &Value| {
-        let names: Vec<String> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|k| k.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+    let list = |names: &[String]| {
         if names.is_empty() {
             "-".to_owned()
         } else {
             names.join(", ")
         }
     };
-    let rows: Vec<Vec<Cell>> = res["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| {
-                    vec![
-                        Cell::plain(v["version"].to_string()),
-                        Cell::plain(v["created_at"].as_str().unwrap_or("-")),
-                        Cell::plain(v["actor"].as_str().unwrap_or("-")),
-                        Cell::styled(list(&v["set"]), Style::Green),
-                        Cell::styled(list(&v["deleted"]), Style::Red),
-                    ]
-                })
-                .collect()
+    let rows: Vec<Vec<Cell>> = res
+        .items
+        .iter()
+        .map(|v| {
+            vec![
+                Cell::plain(v.version.to_string()),
+                Cell::plain(v.created_at.as_str()),
+                Cell::plain(v.actor.as_str()),
+                Cell::styled(list(&v.set), Style::Green),
+                Cell::styled(list(&v.deleted), Style::Red),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     if rows.is_empty() {
         out.note(&format!("{slug} has no env versions yet."));
         return Ok(());

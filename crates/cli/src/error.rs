@@ -119,6 +119,11 @@ impl CliError {
 
     /// Builds the error for a non-2xx response from its envelope. A body that is not our
     /// envelope (a proxy's HTML page, say) still yields a usable error from the status alone.
+    ///
+    /// Read as a JSON object field by field rather than as `stackyard_api::ErrorEnvelope`: an
+    /// error is reported whatever shape its body has (a partial envelope still gives its
+    /// message), and the fields beyond code, message, request id and `agent_action` are kept
+    /// as sent, because `--json` errors pass them on ([`CliError::to_json`]).
     pub fn from_response(status: u16, body: &[u8]) -> CliError {
         let parsed: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
         let mut e = CliError::new(Exit::for_status(status), "");

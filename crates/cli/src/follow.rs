@@ -10,7 +10,10 @@
 use crate::api::{Api, Request, SseStream};
 use crate::error::{CliError, Exit, Result};
 use crate::output::{Out, Style, clean, one_line, status_style};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use stackyard_api::{Service, StackDetail};
+use stackyard_core::model::{ReleaseStatus, ServiceStatus, StackStatus};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -146,6 +149,8 @@ pub async fn follow(
                         if ev.id.is_some() {
                             last_id = ev.id.clone();
                         }
+                        // Kept as sent: `--json` reports the server's events verbatim; `apply`
+                        // reads the typed `Event` out of it.
                         let Ok(event) = serde_json::from_str::<Value>(&ev.data) else {
                             continue;
                         };
@@ -197,7 +202,7 @@ struct State {
     started: bool,
     /// In the order first named, so the display keeps the manifest's order.
     services: Vec<(String, ServiceState)>,
-    stack_status: Option<String>,
+    stack_status: Option<StackStatus>,
 }
 
 /// What one event did.
@@ -217,11 +222,13 @@ impl State {
     }
 
     fn apply(&mut self, event: &Value) -> Step {
-        let kind = event["kind"].as_str().unwrap_or("");
-        let data = &event["data"];
-        let text = |k: &str| data[k].as_str().map(str::to_owned);
         let mut step = Step::default();
-        if kind == "stack.deleted" {
+        // An event this client cannot read (a kind it does not know, a `data` of another
+        // shape) changes nothing.
+        let Ok(event) = Event::deserialize(event) else {
+            return step;
+        };
+        if let Event::StackDeleted {} = event {
             step.end = Some(match self.goal {
                 Goal::Deleted => Ok(Outcome::Deleted),
                 Goal::Release(_) => Err(CliError::new(
@@ -235,26 +242,27 @@ impl State {
         if !self.started {
             // A stack is `deleting` once and never leaves it, so for `rm --wait` the first
             // `deleting` is where our part of the history starts.
-            let start = match self.goal {
-                Goal::Release(n) => {
-                    kind == "release.created" && data["release"].as_i64() == Some(n)
-                }
-                Goal::Deleted => kind == "stack.status" && data["status"] == "deleting",
+            let start = match (self.goal, &event) {
+                (Goal::Release(n), Event::ReleaseCreated { release }) => *release == n,
+                (Goal::Deleted, Event::StackStatus { status }) => *status == StackStatus::Deleting,
+                _ => false,
             };
             if !start {
                 return step;
             }
             self.started = true;
         }
-        match kind {
-            "service.status" => {
-                let Some(name) = text("service") else {
-                    return step;
-                };
+        match event {
+            Event::ServiceStatus {
+                service: name,
+                status,
+                url,
+                error,
+            } => {
                 let new = ServiceState {
-                    status: text("status").unwrap_or_default(),
-                    url: text("url"),
-                    error: text("error"),
+                    status: status.as_str().to_owned(),
+                    url,
+                    error,
                 };
                 let mut line = format!("{name}: {}", new.status);
                 if let Some(e) = &new.error {
@@ -268,18 +276,15 @@ impl State {
                 }
                 step.change = Some(line);
             }
-            "release.created" => {
-                step.change = data["release"]
-                    .as_i64()
-                    .map(|r| format!("release v{r} created"));
+            Event::ReleaseCreated { release } => {
+                step.change = Some(format!("release v{release} created"));
             }
-            "stack.status" => {
-                let status = text("status").unwrap_or_default();
+            Event::StackStatus { status } => {
                 // The services' lines already tell the in-between states.
-                if matches!(status.as_str(), "failed" | "deleting") {
+                if matches!(status, StackStatus::Failed | StackStatus::Deleting) {
                     step.change = Some(format!("stack: {status}"));
                 }
-                if status == "deleting" && matches!(self.goal, Goal::Release(_)) {
+                if status == StackStatus::Deleting && matches!(self.goal, Goal::Release(_)) {
                     step.end = Some(Err(CliError::new(
                         Exit::Conflict,
                         "the stack is being deleted; the release will not go live",
@@ -288,40 +293,63 @@ impl State {
                 }
                 self.stack_status = Some(status);
             }
-            "release.status" => {
-                let release = data["release"].as_i64();
-                let status = text("status").unwrap_or_default();
-                step.change = Some(format!(
-                    "release v{}: {status}",
-                    release.map_or_else(|| "?".into(), |r| r.to_string())
-                ));
+            Event::ReleaseStatus {
+                release,
+                status,
+                error,
+            } => {
+                step.change = Some(format!("release v{release}: {status}"));
                 if let Goal::Release(n) = self.goal
-                    && release == Some(n)
+                    && release == n
                 {
-                    step.end = match status.as_str() {
-                        "live" => Some(Ok(Outcome::Live)),
-                        "failed" => Some(Ok(Outcome::Failed {
-                            error: text("error"),
-                        })),
-                        "superseded" => Some(Err(CliError::new(
+                    step.end = match status {
+                        ReleaseStatus::Live => Some(Ok(Outcome::Live)),
+                        ReleaseStatus::Failed => Some(Ok(Outcome::Failed { error })),
+                        ReleaseStatus::Superseded => Some(Err(CliError::new(
                             Exit::Conflict,
                             format!("release v{n} was superseded by a newer release before it went live"),
                         )
                         .with_code("release_superseded")
                         .with_hint("someone redeployed meanwhile; `stackyard status` shows the current release"))),
-                        _ => None,
+                        ReleaseStatus::Pending => None,
                     };
                 }
             }
-            "env.version" => {
-                step.change = data["version"]
-                    .as_i64()
-                    .map(|v| format!("env: version {v}"));
+            Event::EnvVersion { version } => {
+                step.change = Some(format!("env: version {version}"));
             }
-            _ => {}
+            Event::StackDeleted {} => {}
         }
         step
     }
+}
+
+/// A stack event (`stackyard_api::StackEventData`) as the follower reads it: `data` by `kind`,
+/// in the shapes `core::model::NewEvent` writes, with the fields the follower acts on.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", content = "data")]
+enum Event {
+    #[serde(rename = "stack.status")]
+    StackStatus { status: StackStatus },
+    #[serde(rename = "service.status")]
+    ServiceStatus {
+        service: String,
+        status: ServiceStatus,
+        url: Option<String>,
+        error: Option<String>,
+    },
+    #[serde(rename = "release.created")]
+    ReleaseCreated { release: i64 },
+    #[serde(rename = "release.status")]
+    ReleaseStatus {
+        release: i64,
+        status: ReleaseStatus,
+        error: Option<String>,
+    },
+    #[serde(rename = "env.version")]
+    EnvVersion { version: i64 },
+    #[serde(rename = "stack.deleted")]
+    StackDeleted {},
 }
 
 /// The progress display.
@@ -427,9 +455,10 @@ impl View {
                 self.out.paint_err(status_style(&s.status), &s.status),
             ));
         }
-        if let Some(st) = &state.stack_status
+        if let Some(st) = state.stack_status
             && state.services.is_empty()
         {
+            let st = st.as_str();
             lines.push(format!(
                 "  {} stack {}",
                 if done { "·" } else { spin },
@@ -474,24 +503,36 @@ impl View {
 }
 
 /// The services of a stack detail (`GET /stacks/:slug`) as `(name, state)`.
-pub fn services_of(detail: &Value) -> Vec<(String, ServiceState)> {
-    detail["services"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    Some((
-                        s["name"].as_str()?.to_owned(),
-                        ServiceState {
-                            status: s["status"].as_str().unwrap_or("").to_owned(),
-                            url: s["url"].as_str().map(str::to_owned),
-                            error: s["error"].as_str().map(str::to_owned),
-                        },
-                    ))
-                })
-                .collect()
+pub fn services_of(detail: &StackDetail) -> Vec<(String, ServiceState)> {
+    detail
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                ServiceState {
+                    status: s.status.as_str().to_owned(),
+                    url: s.url.clone(),
+                    error: s.error.clone(),
+                },
+            )
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+/// The `data` of the `deploy.result` line: the stack's final state, as the server has it,
+/// when it could be read.
+#[derive(Serialize)]
+struct DeployResult<'a> {
+    ok: bool,
+    stack_id: &'a str,
+    release: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StackStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<&'a [Service]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 /// The `--json` summary line a deploy or redeploy ends with.
@@ -499,17 +540,17 @@ pub fn result_line(
     slug: &str,
     release: i64,
     ok: bool,
-    detail: Option<&Value>,
+    detail: Option<&StackDetail>,
     error: Option<&CliError>,
 ) -> Value {
-    let mut data = json!({ "ok": ok, "stack_id": slug, "release": release });
-    if let Some(d) = detail {
-        data["status"] = d["status"].clone();
-        data["services"] = d["services"].clone();
-    }
-    if let Some(e) = error {
-        data["error"] = json!(e.message);
-    }
+    let data = DeployResult {
+        ok,
+        stack_id: slug,
+        release,
+        status: detail.map(|d| d.status),
+        services: detail.map(|d| d.services.as_slice()),
+        error: error.map(|e| e.message.as_str()),
+    };
     json!({ "kind": "deploy.result", "data": data })
 }
 

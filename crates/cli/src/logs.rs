@@ -24,7 +24,7 @@ pub struct LogsArgs {
 }
 
 pub async fn logs(api: &Api, out: &Out, args: LogsArgs) -> Result<()> {
-    let slug = crate::parse_slug(&args.slug)?;
+    let slug = crate::args::parse_slug(&args.slug)?;
     let service =
         stackyard_core::ServiceName::parse(&args.service).map_err(|e| CliError::usage(e.0))?;
     let req = Request::get(format!("/stacks/{slug}/logs/{service}"))

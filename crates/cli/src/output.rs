@@ -7,6 +7,7 @@
 //! into a panic or a second error message.
 
 use crate::error::CliError;
+use serde::Serialize;
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 
@@ -141,17 +142,18 @@ impl Out {
 
     /// One JSON line on stdout (streams, and the single document of non-stream commands when
     /// stdout is not a terminal).
-    pub fn json_line(&self, v: &Value) {
-        self.println(&v.to_string());
+    pub fn json_line(&self, v: &(impl Serialize + ?Sized)) {
+        self.println(&document(v).to_string());
     }
 
     /// The one JSON document of a command: pretty on a terminal, one line otherwise.
-    pub fn json_doc(&self, v: &Value) {
+    pub fn json_doc(&self, v: &(impl Serialize + ?Sized)) {
+        let v = document(v);
         if self.stdout_tty {
-            let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+            let text = serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string());
             self.println(&text);
         } else {
-            self.json_line(v);
+            self.println(&v.to_string());
         }
     }
 
@@ -214,6 +216,14 @@ impl Out {
         }
         self.eprint_line(&text);
     }
+}
+
+/// What `--json` prints for `v`: the value as a `serde_json::Value`, whose objects keep their
+/// keys sorted, so a document reads the same whether it was built with `json!`, received from
+/// the server or serialized from a wire type.
+fn document(v: &(impl Serialize + ?Sized)) -> Value {
+    // Our documents are maps with string keys and plain values, which always convert.
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// One table cell: plain text and how to paint it.

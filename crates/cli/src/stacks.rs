@@ -5,7 +5,10 @@ use crate::error::Result;
 use crate::follow::{self, Goal};
 use crate::output::{Cell, Out, Style, clean, status_style, table};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
+use stackyard_api::{DeletedStack, ReleaseItem, ReleaseList, StackDetail, StackList, StackSummary};
+use stackyard_core::model::ReleaseStatus;
 use std::time::Duration;
 
 /// Largest page the server serves.
@@ -19,40 +22,45 @@ pub struct LsArgs {
 }
 
 /// The release that serves now: the newest `live` one.
-fn live_release(releases: &Value) -> Option<&Value> {
-    releases["items"]
-        .as_array()?
+fn live_release(releases: &ReleaseList) -> Option<&ReleaseItem> {
+    releases
+        .items
         .iter()
-        .find(|r| r["status"] == "live")
+        .find(|r| r.status == ReleaseStatus::Live)
+}
+
+/// `status --json`: the server's stack detail with what the client worked out beside it.
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    #[serde(flatten)]
+    detail: &'a StackDetail,
+    live_release: Option<&'a ReleaseItem>,
+    env_live: bool,
 }
 
 /// `stackyard status SLUG`: the stack, its services, its current and live release, and whether
 /// the latest env version is the one the live release runs with.
 pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
-    let detail = api.get_json(&format!("/stacks/{slug}")).await?;
-    let releases = api.get_json(&format!("/stacks/{slug}/releases")).await?;
-    let env_version = detail["env_version"].as_i64();
-    let live = live_release(&releases).cloned();
-    let env_live = match (&live, env_version) {
-        (Some(r), Some(v)) => r["env_version"].as_i64() == Some(v),
-        _ => false,
-    };
+    let detail: StackDetail = api.get(&format!("/stacks/{slug}")).await?;
+    let releases: ReleaseList = api.get(&format!("/stacks/{slug}/releases")).await?;
+    let live = live_release(&releases);
+    let env_live = live.is_some_and(|r| r.env_version == detail.env_version);
     if out.json {
-        let mut doc = detail.clone();
-        doc["live_release"] = live.clone().unwrap_or(Value::Null);
-        doc["env_live"] = json!(env_live);
-        out.json_doc(&doc);
+        out.json_doc(&StatusDoc {
+            detail: &detail,
+            live_release: live,
+            env_live,
+        });
         return Ok(());
     }
-    let text = |v: &Value| v.as_str().map(clean).unwrap_or_else(|| "-".into());
-    let status = text(&detail["status"]);
+    let status = detail.status.as_str();
     out.println(&format!(
         "{}  {}  {}",
         out.paint(Style::Bold, slug),
-        text(&detail["name"]),
-        out.paint(status_style(&status), &status)
+        clean(&detail.name),
+        out.paint(status_style(status), status)
     ));
-    if let Some(e) = detail["error"].as_str() {
+    if let Some(e) = &detail.error {
         out.println(&format!(
             "error        {}",
             out.paint(Style::Red, &clean(e))
@@ -60,44 +68,42 @@ pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
     }
     let mut lines = vec![format!(
         "environment  {} (tier {})",
-        text(&detail["env"]),
-        text(&detail["tier"])
+        clean(&detail.env),
+        clean(&detail.tier)
     )];
-    let current = &detail["release"];
-    if current.is_object() {
-        let st = text(&current["status"]);
+    let current = detail.release.as_ref();
+    if let Some(c) = current {
+        let st = c.status.as_str();
         lines.push(format!(
             "release      v{} {}",
-            current["version"],
-            out.paint(status_style(&st), &st)
+            c.version,
+            out.paint(status_style(st), st)
         ));
     }
-    match &live {
-        Some(r) if r["version"] != current["version"] => {
-            lines.push(format!("live         v{} (still serving)", r["version"]));
+    match live {
+        Some(r) if Some(r.version) != current.map(|c| c.version) => {
+            lines.push(format!("live         v{} (still serving)", r.version));
         }
         None => lines.push("live         none yet".into()),
         _ => {}
     }
-    if let Some(v) = env_version {
-        let state = if env_live {
-            out.paint(Style::Green, "live")
-        } else {
-            let serving = live
-                .as_ref()
-                .and_then(|r| r["env_version"].as_i64())
-                .map_or_else(
-                    || "no release is live".to_owned(),
-                    |lv| format!("the live release runs version {lv}"),
-                );
-            format!(
-                "{} ({serving}; `stackyard redeploy {slug}` applies it)",
-                out.paint(Style::Yellow, "not live yet")
-            )
-        };
-        lines.push(format!("env vars     version {v}, {state}"));
-    }
-    if let Some(t) = detail["expires_at"].as_str() {
+    let state = if env_live {
+        out.paint(Style::Green, "live")
+    } else {
+        let serving = live.map_or_else(
+            || "no release is live".to_owned(),
+            |r| format!("the live release runs version {}", r.env_version),
+        );
+        format!(
+            "{} ({serving}; `stackyard redeploy {slug}` applies it)",
+            out.paint(Style::Yellow, "not live yet")
+        )
+    };
+    lines.push(format!(
+        "env vars     version {}, {state}",
+        detail.env_version
+    ));
+    if let Some(t) = &detail.expires_at {
         lines.push(format!("expires      {}", clean(t)));
     }
     for l in lines {
@@ -110,9 +116,9 @@ pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
 
 /// `stackyard ls`: every page of `GET /api/v1/stacks`, newest first.
 pub async fn ls(api: &Api, out: &Out, args: LsArgs) -> Result<()> {
-    let mut items: Vec<Value> = Vec::new();
+    let mut items: Vec<StackSummary> = Vec::new();
     let mut cursor: Option<String> = None;
-    let mut total = Value::Null;
+    let mut total = 0;
     loop {
         let want = args
             .limit
@@ -124,15 +130,12 @@ pub async fn ls(api: &Api, out: &Out, args: LsArgs) -> Result<()> {
         if let Some(c) = &cursor {
             req = req.query("cursor", c.clone());
         }
-        let page = api.json(&req).await?;
-        total = page["total"].clone();
-        if let Some(a) = page["items"].as_array() {
-            items.extend(a.iter().cloned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) if !c.is_empty() && page["items"].as_array().is_some_and(|a| !a.is_empty()) => {
-                cursor = Some(c.to_owned());
-            }
+        let page: StackList = api.send_json(&req).await?;
+        total = page.total;
+        let empty = page.items.is_empty();
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(c) if !c.is_empty() && !empty => cursor = Some(c),
             _ => break,
         }
     }
@@ -144,16 +147,15 @@ pub async fn ls(api: &Api, out: &Out, args: LsArgs) -> Result<()> {
         out.note("No stacks yet. `stackyard deploy DIR` creates one.");
         return Ok(());
     }
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     let rows: Vec<Vec<Cell>> = items
         .iter()
         .map(|s| {
             vec![
-                Cell::plain(text(&s["stack_id"])),
-                Cell::plain(text(&s["name"])),
-                Cell::status(&text(&s["status"])),
-                Cell::plain(text(&s["env"])),
-                Cell::plain(text(&s["created_at"])),
+                Cell::plain(s.stack_id.as_str()),
+                Cell::plain(s.name.as_str()),
+                Cell::status(s.status.as_str()),
+                Cell::plain(s.env.as_str()),
+                Cell::plain(s.created_at.as_str()),
             ]
         })
         .collect();
@@ -167,8 +169,8 @@ pub async fn ls(api: &Api, out: &Out, args: LsArgs) -> Result<()> {
 
 /// `stackyard rm SLUG [--wait]`.
 pub async fn rm(api: &Api, out: &Out, slug: &str, wait: Option<Duration>) -> Result<()> {
-    let body = api
-        .json(&Request::new(Method::DELETE, format!("/stacks/{slug}")))
+    let body: DeletedStack = api
+        .send_json(&Request::new(Method::DELETE, format!("/stacks/{slug}")))
         .await?;
     let Some(timeout) = wait else {
         if out.json {
