@@ -26,7 +26,7 @@ fn live_release(releases: &ReleaseList) -> Option<&ReleaseItem> {
     releases
         .items
         .iter()
-        .find(|r| r.status == ReleaseStatus::Live)
+        .find(|r| r.release.status == ReleaseStatus::Live)
 }
 
 /// `status --json`: the server's stack detail with what the client worked out beside it.
@@ -44,7 +44,7 @@ pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
     let detail: StackDetail = api.get(&format!("/stacks/{slug}")).await?;
     let releases: ReleaseList = api.get(&format!("/stacks/{slug}/releases")).await?;
     let live = live_release(&releases);
-    let env_live = live.is_some_and(|r| r.env_version == detail.env_version);
+    let env_live = live.is_some_and(|r| r.release.env_version == detail.env_version);
     if out.json {
         out.json_doc(&StatusDoc {
             detail: &detail,
@@ -81,8 +81,11 @@ pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
         ));
     }
     match live {
-        Some(r) if Some(r.version) != current.map(|c| c.version) => {
-            lines.push(format!("live         v{} (still serving)", r.version));
+        Some(r) if Some(r.release.version) != current.map(|c| c.version) => {
+            lines.push(format!(
+                "live         v{} (still serving)",
+                r.release.version
+            ));
         }
         None => lines.push("live         none yet".into()),
         _ => {}
@@ -92,7 +95,7 @@ pub async fn status(api: &Api, out: &Out, slug: &str) -> Result<()> {
     } else {
         let serving = live.map_or_else(
             || "no release is live".to_owned(),
-            |r| format!("the live release runs version {}", r.env_version),
+            |r| format!("the live release runs version {}", r.release.env_version),
         );
         format!(
             "{} ({serving}; `stackyard redeploy {slug}` applies it)",

@@ -23,9 +23,7 @@ use stackyard_core::StackSlug;
 use stackyard_core::env::{EnvError, EnvPatch};
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{Access, StackId};
-use stackyard_core::store::{
-    EnvBatchError, EnvOp, EnvWrite, EnvWriteError, Idempotent, Store,
-};
+use stackyard_core::store::{EnvBatchError, EnvOp, EnvWrite, EnvWriteError, Idempotent, Store};
 use std::collections::BTreeMap;
 use utoipa::IntoParams;
 use utoipa::openapi::RefOr;

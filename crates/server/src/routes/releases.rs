@@ -116,9 +116,7 @@ async fn redeploy_reserved<S: Store>(
                 r.scope.clone(),
                 r.key.clone(),
                 202,
-                move |(stack, info): &(Stack, ReleaseInfo)| {
-                    redeploy_body(&stack.slug, info, &note)
-                },
+                move |(stack, info): &(Stack, ReleaseInfo)| redeploy_body(&stack.slug, info, &note),
             )
         }),
     };
