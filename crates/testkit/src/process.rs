@@ -66,6 +66,14 @@ impl ServerProcess {
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("server: {line}");
+                }
+                // Kept before the address is handed over: once `start` returns, the log holds
+                // every line up to the listening ones.
+                kept.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
                 for (what, marker) in [
                     ("api", "api listening on http://"),
                     ("router", "router listening on http://"),
@@ -79,10 +87,6 @@ impl ServerProcess {
                         let _ = tx.send((what, addr));
                     }
                 }
-                if echo {
-                    eprintln!("server: {line}");
-                }
-                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let (mut base, mut router) = (None, None);
