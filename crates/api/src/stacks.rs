@@ -230,14 +230,16 @@ pub struct CreatedStack {
     pub note: String,
 }
 
-/// `DELETE /stacks/:slug` 202: marked `deleting`, teardown queued.
+/// `DELETE /stacks/:slug`: 200 once the teardown finished (the stack is gone, no `status`;
+/// `message` is `Stack deleted`), 202 while it still runs (`status` `deleting`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeletedStack {
     pub ok: bool,
     pub stack_id: String,
-    /// Always `deleting`.
-    #[schema(value_type = schema::StackStatus)]
-    pub status: StackStatus,
+    /// `deleting` while the teardown runs (202); absent once the stack is gone (200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::StackStatus>)]
+    pub status: Option<StackStatus>,
     pub message: String,
 }
 

@@ -172,19 +172,28 @@ pub async fn ls(api: &Api, out: &Out, args: LsArgs) -> Result<()> {
 
 /// `stackyard rm SLUG [--wait]`.
 pub async fn rm(api: &Api, out: &Out, slug: &str, wait: Option<Duration>) -> Result<()> {
-    let body: DeletedStack = api
-        .send_json(&Request::new(Method::DELETE, format!("/stacks/{slug}")))
-        .await?;
+    let path = format!("/stacks/{slug}");
     let Some(timeout) = wait else {
+        // The server waits a while for the teardown itself: 200 when it finished (the stack is
+        // gone, no `status`), 202 while it still runs.
+        let body: DeletedStack = api.send_json(&Request::new(Method::DELETE, path)).await?;
         if out.json {
             out.json_doc(&body);
         } else if !out.quiet {
-            out.println(&format!(
-                "{slug} is being deleted (`stackyard rm --wait` waits for the teardown)"
-            ));
+            let said = match body.status {
+                None => format!("{slug} deleted"),
+                Some(_) => format!(
+                    "{slug} is being deleted (`stackyard rm --wait` waits for the teardown)"
+                ),
+            };
+            out.println(&said);
         }
         return Ok(());
     };
+    // Following the teardown's events to the end: the server need not wait too.
+    let _: DeletedStack = api
+        .send_json(&Request::new(Method::DELETE, path).query("wait", "false"))
+        .await?;
     follow::follow(api, out, slug, Goal::Deleted, &[], timeout).await?;
     if out.json {
         out.json_line(&json!({ "kind": "rm.result", "data": { "ok": true, "stack_id": slug, "status": "deleted" } }));

@@ -199,7 +199,9 @@ pub struct ReleaseService {
     pub name: ServiceName,
     /// SHA-256 of the service's tarball, hex.
     pub artifact: String,
-    /// The resolved start command (manifest `command`, Procfile or Dockerfile).
+    /// The resolved start command (manifest `command`, Procfile or Dockerfile); empty when the
+    /// context has none and the runtime starts it with the image's own command
+    /// (`Runtime::needs_start_command`).
     pub command: String,
     /// Working directory relative to the unpacked tarball root (`Dockerfile` `WORKDIR`), "" for the root.
     #[serde(default)]

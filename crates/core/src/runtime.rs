@@ -77,6 +77,13 @@ pub enum RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
+    /// Whether this runtime starts each service by running its start command itself (the local
+    /// runtime): then a build context with none — no manifest `command`, Procfile or Dockerfile
+    /// `CMD`/`ENTRYPOINT`, such as a `FROM scratch` or `FROM nginx` image — cannot run, and
+    /// creating it is refused (400 `missing_start_command`). Runtimes that run images start
+    /// such a context with the image's own command, as InstaNode does, and accept it.
+    fn needs_start_command(&self) -> bool;
+
     /// Rolls out `plan`, reporting each service's progress to `sink`. `Ok` once every service is
     /// healthy; `Err(Failed)` when the release cannot become healthy (the runtime has already
     /// reported which services failed and why).

@@ -120,6 +120,11 @@ impl Runtime for LocalRuntime {
         "local"
     }
 
+    /// It runs each service's start command as a process: no command, nothing to run.
+    fn needs_start_command(&self) -> bool {
+        true
+    }
+
     fn deploy<'a>(
         &'a self,
         plan: &'a DeployPlan,

@@ -121,6 +121,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_ENV_HISTORY", default_value_t = 1000)]
     pub env_history: i64,
 
+    /// How long `DELETE /stacks/:slug` waits for the teardown it queued: done in time, 200 and
+    /// the stack is gone; not yet, 202 (`?wait=false` answers 202 at once).
+    #[arg(long, env = "STACKYARD_DELETE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub delete_wait: Duration,
+
     /// Bound on waiting for a database lock; past it writes answer 503 with Retry-After.
     #[arg(long, env = "STACKYARD_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lock_timeout: Duration,

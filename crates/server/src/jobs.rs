@@ -28,6 +28,8 @@ pub struct Workers<S: JobStore> {
     pub worker_id: String,
     pub lease: Duration,
     pub slots: usize,
+    /// Notified (every waiter) after each finished teardown.
+    pub torn_down: Arc<Notify>,
 }
 
 impl<S: JobStore> Workers<S> {
@@ -178,6 +180,7 @@ impl<S: JobStore> Workers<S> {
         match self.runtime.teardown(&job.slug).await {
             Ok(()) => {
                 self.store.finish_teardown(job, now()).await?;
+                self.torn_down.notify_waiters();
                 tracing::info!(stack = %job.slug, "teardown finished");
             }
             Err(e) => {

@@ -16,6 +16,11 @@ impl Runtime for NoopRuntime {
         "noop"
     }
 
+    /// It runs nothing, so like a runtime that runs images it takes any build context.
+    fn needs_start_command(&self) -> bool {
+        false
+    }
+
     fn deploy<'a>(
         &'a self,
         plan: &'a DeployPlan,

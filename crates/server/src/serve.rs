@@ -165,6 +165,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         worker_id: format!("{}:{}", hostname(), std::process::id()),
         lease: args.job_lease,
         slots: args.job_workers,
+        torn_down: state.teardowns_done.clone(),
     };
     // Jobs start only after the runtime recovered what should be running, so a deploy never
     // races the restart of the same stack.

@@ -43,6 +43,9 @@ pub struct Shared<S: Store> {
     pub runtime: Arc<dyn Runtime>,
     pub rate_limiter: RateLimiter,
     pub stack_ids: StackIdCache,
+    /// Notified (every waiter) when this process's workers finish a teardown, so the `DELETE`
+    /// requests waiting for theirs look again at once.
+    pub teardowns_done: Arc<Notify>,
 }
 
 /// slug → (who may see it, id). Both never change for a slug and slugs are never reused, so
@@ -106,6 +109,7 @@ impl<S: Store> AppState<S> {
                 env_queue,
                 auth_cache,
                 stack_ids: StackIdCache::default(),
+                teardowns_done: Arc::new(Notify::new()),
                 runtime,
                 rate_limiter,
             }),

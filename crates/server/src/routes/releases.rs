@@ -53,7 +53,8 @@ pub async fn redeploy<S: Store>(
     let code: Option<Code> = if has_body(&headers) {
         let mut form = upload::read_form(multipart).await?;
         let manifest = upload::manifest_text(&mut form)?;
-        Some(upload::validate_code_blocking(manifest, form.files).await?)
+        let needs_command = state.runtime.needs_start_command();
+        Some(upload::validate_code_blocking(manifest, form.files, needs_command).await?)
     } else {
         None
     };

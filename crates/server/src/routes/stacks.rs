@@ -23,7 +23,9 @@ use stackyard_api::{
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{Access, StackStatus};
 use stackyard_core::store::{CreateStackError, Idempotent, NewStack, Store};
-use stackyard_core::{EnvironmentName, StackName, StackSlug};
+use stackyard_core::{EnvironmentName, Millis, StackName, StackSlug};
+use std::time::{Duration, Instant};
+use utoipa::IntoParams;
 
 /// A create request that passed every check; nothing has been written yet.
 struct Validated {
@@ -47,8 +49,9 @@ impl Validated {
     }
 }
 
-/// Every check of a create, in the order a client can fix them.
-async fn validate(mut form: Form) -> ApiResult<Validated> {
+/// Every check of a create, in the order a client can fix them. `needs_start_command`: the
+/// runtime's (`Runtime::needs_start_command`).
+async fn validate(mut form: Form, needs_start_command: bool) -> ApiResult<Validated> {
     let manifest_text = upload::manifest_text(&mut form)?;
     let name = form
         .name
@@ -61,7 +64,7 @@ async fn validate(mut form: Form) -> ApiResult<Validated> {
             EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?
         }
     };
-    let code = upload::validate_code_blocking(manifest_text, form.files).await?;
+    let code = upload::validate_code_blocking(manifest_text, form.files, needs_start_command).await?;
     Ok(Validated {
         name,
         environment,
@@ -92,7 +95,8 @@ pub async fn create<S: Store>(
             "This server does not accept anonymous stacks.",
         ));
     }
-    let validated = validate(upload::read_form(multipart).await?).await?;
+    let form = upload::read_form(multipart).await?;
+    let validated = validate(form, state.runtime.needs_start_command()).await?;
 
     let reservation = match idempotency::start(
         &state.store,
@@ -112,6 +116,25 @@ pub async fn create<S: Store>(
         idempotency::abandon(&state.store, reservation.as_ref()).await;
     }
     result
+}
+
+/// The create answer's `note`: the manifest's warnings and, for an anonymous stack, when it
+/// expires and how to keep the app.
+fn create_note(warnings: &[String], expires_at: Option<Millis>, ttl: Duration) -> String {
+    let warnings = warnings.join("; ");
+    let Some(at) = expires_at else {
+        return warnings;
+    };
+    let mut note = format!(
+        "This anonymous stack expires at {} (in {}) and is then deleted; to keep your app, get a team API token (an operator creates one with `stackyard admin create-team`) and deploy it again with that token: team stacks do not expire.",
+        at.to_rfc3339(),
+        humantime::format_duration(ttl)
+    );
+    if !warnings.is_empty() {
+        note.push_str(" Manifest warnings: ");
+        note.push_str(&warnings);
+    }
+    note
 }
 
 async fn create_reserved<S: Store>(
@@ -156,7 +179,7 @@ async fn create_reserved<S: Store>(
         expires_at: expires_at.map(|t| t.to_rfc3339()),
         services: v.code.services.iter().map(CreatedService::from).collect(),
         release: CreatedRelease::first(),
-        note: v.code.warnings.join("; "),
+        note: create_note(&v.code.warnings, expires_at, state.config.anonymous_ttl),
     });
 
     let sizes = upload::save_artifacts(state, v.code.artifacts).await?;
@@ -263,11 +286,24 @@ pub async fn list<S: Store>(
     }))
 }
 
+/// `DELETE /stacks/:slug?wait=`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// `false`: answer 202 as soon as the teardown is queued instead of waiting for it.
+    wait: Option<bool>,
+}
+
+/// How often a waiting `DELETE` looks whether another server finished the teardown (this
+/// server's own workers wake it at once).
+const DELETE_POLL: Duration = Duration::from_millis(250);
+
 #[utoipa::path(delete, path = "/stacks/{slug}", tag = "stacks",
-    description = "Marks the stack `deleting` and queues its teardown; GET answers 404 once it finished. Repeating the call is harmless. Auth optional.",
+    description = "Marks the stack `deleting` and queues its teardown in one transaction, then waits for the teardown up to the server's `--delete-wait` (default 10 s): 200 once the stack is gone, else 202 (GET answers 404 once it has finished). Repeating the call is harmless. Auth optional.",
     security((), ("bearer" = [])),
-    params(("slug" = String, Path, description = "The stack's id (`stk-…`)")),
-    responses((status = 202, description = "Teardown queued", body = DeletedStack),
+    params(("slug" = String, Path, description = "The stack's id (`stk-…`)"), DeleteQuery),
+    responses((status = 200, description = "Deleted: the teardown finished and the stack is gone (`message` is `Stack deleted`, no `status`)", body = DeletedStack),
+        (status = 202, description = "Teardown queued or still running (`status` is `deleting`)", body = DeletedStack),
         (status = 404, description = "`not_found`: no stack with that id for this caller"),
         (status = 503, description = "`delete_failed`: the store is unavailable")))]
 pub async fn delete<S: Store>(
@@ -275,25 +311,69 @@ pub async fn delete<S: Store>(
     caller: Caller,
     rid: RequestId,
     Path(slug): Path<String>,
+    QueryParams(q): QueryParams<DeleteQuery>,
 ) -> ApiResult<(StatusCode, Json<DeletedStack>)> {
     let slug = parse_slug(&slug)?;
+    let access = caller.access();
     let stack = state
         .store
-        .request_deletion(caller.access(), &slug, audit_ctx(&caller, &rid))
+        .request_deletion(access, &slug, audit_ctx(&caller, &rid))
         .await
         .map_err(|e| ApiError::store("delete_failed", &e))?
         .ok_or_else(ApiError::not_found)?;
     state.jobs_ready.notify_one();
+    let stack_id = stack.slug.to_string();
+    if q.wait.unwrap_or(true) && gone_within(&state, access, &slug, state.config.delete_wait).await
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(DeletedStack {
+                ok: true,
+                stack_id,
+                status: None,
+                message: "Stack deleted".to_owned(),
+            }),
+        ));
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(DeletedStack {
             ok: true,
-            stack_id: stack.slug.to_string(),
-            status: StackStatus::Deleting,
             message: format!(
-                "Teardown queued. GET /stacks/{} answers 404 once it has finished.",
-                stack.slug
+                "Teardown queued. GET /stacks/{stack_id} answers 404 once it has finished."
             ),
+            stack_id,
+            status: Some(StackStatus::Deleting),
         }),
     ))
+}
+
+/// Waits up to `wait` for the stack to be gone (its teardown finished), woken by this
+/// server's workers as teardowns finish and looking every [`DELETE_POLL`] for one another
+/// server ran. A store error ends the wait early: the deletion itself is committed, and the
+/// client learns the rest from the 202.
+async fn gone_within<S: Store>(
+    state: &AppState<S>,
+    access: Access,
+    slug: &StackSlug,
+    wait: Duration,
+) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        // Registered before looking, so a teardown finishing in between still wakes us.
+        let finished = state.teardowns_done.notified();
+        match state.store.get_stack(access, slug).await {
+            Ok(None) => return true,
+            Ok(Some(_)) => {}
+            Err(_) => return false,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::select! {
+            _ = finished => {}
+            _ = tokio::time::sleep(left.min(DELETE_POLL)) => {}
+        }
+    }
 }

@@ -115,47 +115,63 @@ pub fn manifest_text(form: &mut Form) -> ApiResult<String> {
         })
 }
 
-/// Validates the manifest and every service's tarball and start command. CPU-heavy (tarball
-/// inspection): call it on the blocking pool (`validate_code_blocking`).
-pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) -> ApiResult<Code> {
+/// Validates the manifest and every service's tarball and start command, structure first: every
+/// service has its tarball part and no part names an unknown service before any tarball's
+/// contents are judged. A service without a start command is refused only when the runtime
+/// runs start commands itself (`needs_start_command`); otherwise its command stays empty and
+/// the image's own starts it. CPU-heavy (tarball inspection): call it on the blocking pool
+/// (`validate_code_blocking`).
+pub fn validate_code(
+    manifest_text: String,
+    mut files: BTreeMap<String, Bytes>,
+    needs_start_command: bool,
+) -> ApiResult<Code> {
     let manifest = Manifest::parse(&manifest_text)
         .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
-    let limits = TarballLimits::default();
-    let mut services = Vec::with_capacity(manifest.services.len());
-    let mut artifacts = BTreeMap::new();
+    let mut parts = Vec::with_capacity(manifest.services.len());
     for spec in &manifest.services {
         let svc = spec.name.as_str();
         let bytes = files.remove(svc).ok_or_else(|| {
             ApiError::bad_request("missing_tarball", format!("No tarball part named `{svc}` was sent for service `{svc}`."))
                 .with_action(format!("Add a form part named `{svc}` holding a gzipped tar of the service's build directory."))
         })?;
-        let info = tarball::inspect(&bytes, &limits).map_err(|e| {
-            ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}"))
-        })?;
-        let start = tarball::resolve_start(spec.command.as_deref(), &info).ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_start_command",
-                format!("Service `{svc}` has no start command: no `command` in the manifest, no Procfile and no Dockerfile CMD/ENTRYPOINT in its tarball."),
-            )
-            .with_action(format!("Add `command: \"...\"` to service `{svc}` in the manifest, or a Procfile with a `web:` line at the tarball root."))
-        })?;
-        services.push(ReleaseService {
-            name: spec.name.clone(),
-            artifact: info.digest.clone(),
-            command: start.command,
-            workdir: start.workdir,
-            port: spec.port,
-            expose: spec.expose,
-            health: spec.health.clone(),
-            env: spec.env.clone(),
-        });
-        artifacts.insert(info.digest, bytes);
+        parts.push((spec, bytes));
     }
     if let Some(extra) = files.keys().next() {
         return Err(invalid_form(format!(
             "The form part `{}` does not name a service in the manifest.",
             stackyard_core::ids::truncate_for_message(extra)
         )));
+    }
+    let limits = TarballLimits::default();
+    let mut services = Vec::with_capacity(parts.len());
+    let mut artifacts = BTreeMap::new();
+    for (spec, bytes) in parts {
+        let svc = spec.name.as_str();
+        let info = tarball::inspect(&bytes, &limits).map_err(|e| {
+            ApiError::bad_request("invalid_tarball", format!("Service `{svc}`: {e}"))
+        })?;
+        let (command, workdir) = match tarball::resolve_start(spec.command.as_deref(), &info) {
+            Some(start) => (start.command, start.workdir),
+            None if needs_start_command => return Err(ApiError::bad_request(
+                "missing_start_command",
+                format!("Service `{svc}` has no start command: no `command` in the manifest, no Procfile and no Dockerfile CMD/ENTRYPOINT in its tarball."),
+            )
+            .with_action(format!("Add `command: \"...\"` to service `{svc}` in the manifest, or a Procfile with a `web:` line at the tarball root."))),
+            // The image's own command starts it.
+            None => (String::new(), String::new()),
+        };
+        services.push(ReleaseService {
+            name: spec.name.clone(),
+            artifact: info.digest.clone(),
+            command,
+            workdir,
+            port: spec.port,
+            expose: spec.expose,
+            health: spec.health.clone(),
+            env: spec.env.clone(),
+        });
+        artifacts.insert(info.digest, bytes);
     }
     Ok(Code {
         manifest_text,
@@ -169,8 +185,9 @@ pub fn validate_code(manifest_text: String, mut files: BTreeMap<String, Bytes>) 
 pub async fn validate_code_blocking(
     manifest_text: String,
     files: BTreeMap<String, Bytes>,
+    needs_start_command: bool,
 ) -> ApiResult<Code> {
-    tokio::task::spawn_blocking(move || validate_code(manifest_text, files))
+    tokio::task::spawn_blocking(move || validate_code(manifest_text, files, needs_start_command))
         .await
         .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
 }
