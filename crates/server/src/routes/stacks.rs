@@ -64,7 +64,8 @@ async fn validate(mut form: Form, needs_start_command: bool) -> ApiResult<Valida
             EnvironmentName::parse(&e).map_err(|e| ApiError::bad_request("invalid_env", e.0))?
         }
     };
-    let code = upload::validate_code_blocking(manifest_text, form.files, needs_start_command).await?;
+    let code =
+        upload::validate_code_blocking(manifest_text, form.files, needs_start_command).await?;
     Ok(Validated {
         name,
         environment,

@@ -428,7 +428,7 @@ async fn patch_racing_delete_never_wins_after_deleting_committed(backend: Backen
             })
         };
         let (p, d) = (patch.await.unwrap(), delete.await.unwrap());
-        assert_eq!(d, 202);
+        assert!(matches!(d, 200 | 202), "delete answered {d}");
         assert!(matches!(p, 200 | 404 | 409), "patch answered {p}");
         let patched = app
             .count(

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod compat;
 mod env;
 mod hostile;
 mod limits;

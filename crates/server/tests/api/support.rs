@@ -65,11 +65,15 @@ impl TestApp {
             data_dir.path().display().to_string(),
             "--database-url".into(),
             server_url,
-            "--runtime".into(),
-            "noop".into(),
         ];
+        if !extra.contains(&"--runtime") {
+            argv.extend(["--runtime".into(), "noop".into()]);
+        }
         if !extra.contains(&"--noop-step") {
             argv.extend(["--noop-step".into(), "5ms".into()]);
+        }
+        if !extra.contains(&"--router-listen") {
+            argv.extend(["--router-listen".into(), "127.0.0.1:0".into()]);
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Wrapper::parse_from(argv).serve;

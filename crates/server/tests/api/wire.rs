@@ -108,8 +108,10 @@ async fn wire_stack_bodies() {
     let first_event = first_sse_data(&app, &format!("/stacks/{slug}/events"), t).await;
     snap!("stack_events_first_data", scrub(&first_event, &known));
 
-    let deleted = ok(app.delete(&format!("/stacks/{slug}"), t), 202).await;
+    let deleted = ok(app.delete(&format!("/stacks/{slug}?wait=false"), t), 202).await;
     snap!("stack_delete_202", scrub(&deleted, &known));
+    let gone = ok(app.delete(&format!("/stacks/{slug}"), t), 200).await;
+    snap!("stack_delete_200", scrub(&gone, &known));
 
     // An anonymous stack: expires, says so.
     let anonymous = ok(
@@ -119,9 +121,17 @@ async fn wire_stack_bodies() {
     )
     .await;
     let anon_slug = anonymous["stack_id"].as_str().unwrap().to_owned();
+    // The note says when the stack expires: the time itself is redacted.
+    let expires_at = anonymous["expires_at"].as_str().unwrap().to_owned();
     snap!(
         "stack_create_anonymous_202",
-        scrub(&anonymous, &[(anon_slug.as_str(), "[slug]")])
+        scrub(
+            &anonymous,
+            &[
+                (anon_slug.as_str(), "[slug]"),
+                (expires_at.as_str(), "[expires_at]")
+            ]
+        )
     );
     app.wait_for(&anon_slug, None, |_, b| b["release"]["status"] == "live")
         .await;
@@ -344,11 +354,6 @@ async fn wire_error_envelopes() {
             ),
         ),
         (
-            "missing_start_command",
-            app.post("/stacks/new", t)
-                .multipart(form(one, "x").part("web", tar(&[("README", "hi\n")]))),
-        ),
-        (
             "deployment_limit_reached",
             app.post("/stacks/new", Some(&capped))
                 .multipart(form(one, "x").part("web", web())),
@@ -475,4 +480,25 @@ async fn wire_unavailable_envelopes() {
     }
     proxy.restore();
     snap!("unavailable_envelopes", json!(envelopes));
+}
+
+/// `missing_start_command` exists only on a runtime that runs start commands itself (local).
+#[tokio::test]
+async fn wire_missing_start_command_envelope() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--runtime", "local"])
+        .await
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", "services:\n  web: {}\n")
+        .text("name", "x")
+        .part(
+            "web",
+            reqwest::multipart::Part::bytes(tarball(&[("README", "hi\n")])),
+        );
+    let (code, body) = app.create_stack(Some(&app.admin_token), form).await;
+    assert_error(code, &body, 400, "missing_start_command");
+    snap!(
+        "error_missing_start_command",
+        json!({ "status": code, "body": body })
+    );
 }

@@ -67,6 +67,25 @@ fn tiny_app(dir: &Path) -> Form {
     form_of(dir, &[("app", &dir.join("app"))], "tiny")
 }
 
+/// A one-service app; `ignore_term`: its process ignores SIGTERM, so stopping it waits out the
+/// runtime's grace period before SIGKILL.
+fn app_stopping(dir: &Path, ignore_term: bool) -> Form {
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(
+        dir.join("stackyard.yaml"),
+        "services:\n  app:\n    build: ./app\n",
+    )
+    .unwrap();
+    let trap = if ignore_term { "trap '' TERM\n" } else { "" };
+    std::fs::write(
+        dir.join("app/start.sh"),
+        format!("{trap}exec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("app/Procfile"), "web: sh start.sh\n").unwrap();
+    form_of(dir, &[("app", &dir.join("app"))], "stopping")
+}
+
 async fn create(
     client: &reqwest::Client,
     server: &Server,
@@ -214,7 +233,7 @@ async fn redeploy(
     b["release"]["version"].as_i64().unwrap()
 }
 
-/// DELETE (202), then polls until the stack reads as 404.
+/// DELETE (200 once the teardown finished, or 202), then polls until the stack reads as 404.
 async fn delete_and_wait_gone(
     client: &reqwest::Client,
     server: &Server,
@@ -228,7 +247,7 @@ async fn delete_and_wait_gone(
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 202);
+    assert!(matches!(res.status().as_u16(), 200 | 202), "{res:?}");
     wait_until(client, server, token, slug, within, |c, _| c == 404).await;
 }
 
@@ -580,4 +599,80 @@ async fn anonymous_stacks_expire_healthy_or_failed() {
     }
     let expired = db.scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'stack.deletion_requested' AND actor = 'system'").await;
     assert_eq!(expired, 2);
+}
+
+/// `DELETE /stacks/:slug` waits for its teardown (here up to `--delete-wait 2s`): a stack whose
+/// process stops at SIGTERM is gone when the answer comes (200, `Stack deleted`); one whose
+/// process ignores SIGTERM holds the teardown up for the runtime's grace period, so the answer
+/// is 202 after the wait, and GET turns 404 once the group was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_answers_200_when_the_teardown_finishes_in_time_and_202_when_a_process_holds_it_up()
+{
+    let db = Db::fresh(Backend::Sqlite).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &db.url,
+        data.path(),
+        &["--runtime", "local", "--delete-wait", "2s"],
+    );
+    let token = server.admin_token();
+    let client = reqwest::Client::new();
+    let apps = tempfile::tempdir().unwrap();
+    let quick = create(
+        &client,
+        &server,
+        Some(&token),
+        app_stopping(&apps.path().join("q"), false),
+    )
+    .await;
+    let stubborn = create(
+        &client,
+        &server,
+        Some(&token),
+        app_stopping(&apps.path().join("s"), true),
+    )
+    .await;
+    wait_healthy(&client, &server, Some(&token), &quick).await;
+    wait_healthy(&client, &server, Some(&token), &stubborn).await;
+
+    let delete = |slug: &str| {
+        client
+            .delete(server.url(&format!("/stacks/{slug}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    let (code, body) = json_of(delete(&quick).await.unwrap()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["message"], "Stack deleted");
+    assert!(body.get("status").is_none(), "{body}");
+    let res = client
+        .get(server.url(&format!("/stacks/{quick}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "gone as soon as the 200 came");
+
+    let started = Instant::now();
+    let (code, body) = json_of(delete(&stubborn).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["status"], "deleting");
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    wait_until(
+        &client,
+        &server,
+        &token,
+        &stubborn,
+        Duration::from_secs(30),
+        |c, _| c == 404,
+    )
+    .await;
+    assert!(
+        pids_of(&stubborn).iter().all(|p| !alive(*p)),
+        "the stubborn group was killed"
+    );
 }
