@@ -19,18 +19,8 @@ pub struct ApiBenchArgs {
     /// on it and dropped afterwards).
     #[arg(long, default_value = "sqlite")]
     pub database_url: String,
-    /// Keep-alive connections of the load loop.
-    #[arg(long, default_value_t = 64)]
-    pub connections: usize,
-    /// Measured time per route.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured warm-up per route.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    /// Threads of the load loop's runtime.
-    #[arg(long, default_value_t = 1)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub load: load::LoadArgs,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -60,7 +50,7 @@ async fn run_on(args: &ApiBenchArgs, url: &str) -> anyhow::Result<Value> {
     wait_healthy(&client, &base, &token, &slug).await?;
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads.max(1))
+        .worker_threads(args.load.client_threads.max(1))
         .thread_name("bench-load")
         .enable_all()
         .build()
@@ -84,9 +74,9 @@ async fn run_on(args: &ApiBenchArgs, url: &str) -> anyhow::Result<Value> {
             client_rt.handle(),
             server.addr,
             &request,
-            args.connections,
-            args.warmup,
-            args.duration,
+            args.load.connections,
+            args.load.warmup,
+            args.load.duration,
             || (),
         )
         .await;
@@ -113,10 +103,10 @@ async fn run_on(args: &ApiBenchArgs, url: &str) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "backend": if url.starts_with("sqlite") { "sqlite" } else { "postgres" },
-        "connections": args.connections,
-        "duration_s": args.duration.as_secs_f64(),
-        "warmup_s": args.warmup.as_secs_f64(),
-        "client_threads": args.client_threads,
+        "connections": args.load.connections,
+        "duration_s": args.load.duration.as_secs_f64(),
+        "warmup_s": args.load.warmup.as_secs_f64(),
+        "client_threads": args.load.client_threads,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "routes": measured,
     }))

@@ -14,6 +14,23 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The load loop's flags, shared by the benchmarks that run it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Keep-alive connections of the load loop (and of wrk, where it runs).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Measured time per target.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured load before each target's measured time.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Threads of the load loop's runtime (and wrk's `-t`).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+}
+
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;

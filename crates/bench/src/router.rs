@@ -54,18 +54,8 @@ pub struct RouterBenchArgs {
     /// What the router forwards to.
     #[arg(long, value_enum, default_value = "python")]
     pub upstream: UpstreamKind,
-    /// Keep-alive connections of the load loop (and of wrk).
-    #[arg(long, default_value_t = 64)]
-    pub connections: usize,
-    /// Measured time per target.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured load before each target's measured time.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    /// Threads of the load loop's runtime (and wrk's `-t`).
-    #[arg(long, default_value_t = 1)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub load: load::LoadArgs,
     /// Don't run wrk even when it is installed.
     #[arg(long)]
     pub no_wrk: bool,
@@ -75,7 +65,7 @@ pub struct RouterBenchArgs {
 }
 
 pub async fn run(args: RouterBenchArgs) -> anyhow::Result<()> {
-    if args.connections == 0 || args.client_threads == 0 {
+    if args.load.connections == 0 || args.load.client_threads == 0 {
         bail!("--connections and --client-threads must be at least 1");
     }
     emit(&measure(&args).await?, args.json, print_report)
@@ -189,7 +179,7 @@ async fn measure_with(
     let relay_task = tokio::spawn(run_relay(relay_listener, upstream));
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads)
+        .worker_threads(args.load.client_threads)
         .thread_name("bench-load")
         .enable_all()
         .build()
@@ -203,9 +193,9 @@ async fn measure_with(
             client_rt.handle(),
             addr,
             &request,
-            args.connections,
-            args.warmup,
-            args.duration,
+            args.load.connections,
+            args.load.warmup,
+            args.load.duration,
             || snapshot(upstream_pid),
         )
         .await;
@@ -245,10 +235,10 @@ async fn measure_with(
     };
     Ok(json!({
         "upstream": match args.upstream { UpstreamKind::Python => "python", UpstreamKind::Hyper => "hyper" },
-        "connections": args.connections,
-        "duration_s": args.duration.as_secs_f64(),
-        "warmup_s": args.warmup.as_secs_f64(),
-        "client_threads": args.client_threads,
+        "connections": args.load.connections,
+        "duration_s": args.load.duration.as_secs_f64(),
+        "warmup_s": args.load.warmup.as_secs_f64(),
+        "client_threads": args.load.client_threads,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "router_vs_direct": ratio(&looped, "router"),
         "relay_vs_direct": ratio(&looped, "relay"),
@@ -486,15 +476,19 @@ async fn run_wrk(
     addr: SocketAddr,
     upstream_pid: Option<u32>,
 ) -> anyhow::Result<Value> {
-    let threads = args.client_threads.min(args.connections).to_string();
-    let secs = args.duration.as_secs().max(1).to_string();
+    let threads = args
+        .load
+        .client_threads
+        .min(args.load.connections)
+        .to_string();
+    let secs = args.load.duration.as_secs().max(1).to_string();
     let before = snapshot(upstream_pid);
     let child = tokio::process::Command::new("wrk")
         .args([
             "-t",
             &threads,
             "-c",
-            &args.connections.to_string(),
+            &args.load.connections.to_string(),
             "-d",
             &format!("{secs}s"),
             "--latency",

@@ -9,8 +9,9 @@ const SLUG: &str = "stk-0123456789abcdef01234567";
 
 #[test]
 fn each_error_class_has_its_exit_code() {
-    // Slow noop steps keep a deleted stack in `deleting` for a few seconds.
-    let server = Server::start(&["--noop-step", "700ms"]);
+    // Slow noop steps keep a deleted stack in `deleting` for a few seconds, and `rm` answers
+    // without waiting for the teardown.
+    let server = Server::start(&["--noop-step", "700ms", "--delete-wait", "0s"]);
     let token = server.admin_token();
     let cli = Client::with_env(&server.base, &token);
     let work = tempfile::tempdir().unwrap();
@@ -51,7 +52,10 @@ fn each_error_class_has_its_exit_code() {
     assert!(!run.all().contains("sy_not_a_real_token"), "{run:?}");
     assert!(!fresh.config_file().exists());
 
-    // 400 → 1: no start command passes local checks, the server refuses it.
+    // 400 → 1: no start command passes local checks; a server whose runtime runs start
+    // commands itself (local) refuses it.
+    let local = Server::start(&["--runtime", "local"]);
+    let local_cli = Client::with_env(&local.base, &local.admin_token());
     let nostart = work.path().join("nostart");
     std::fs::create_dir_all(&nostart).unwrap();
     std::fs::write(
@@ -60,9 +64,10 @@ fn each_error_class_has_its_exit_code() {
     )
     .unwrap();
     std::fs::write(nostart.join("index.html"), "hi\n").unwrap();
-    let run = cli.run(&["deploy", nostart.to_str().unwrap()]);
+    let run = local_cli.run(&["deploy", nostart.to_str().unwrap()]);
     run.code(1);
     assert!(run.stderr.contains("missing_start_command"), "{run:?}");
+    drop(local);
 
     // 409 → 4: a stack being deleted takes no env write and no release.
     let dir = example_stack(work.path());
