@@ -30,8 +30,9 @@ async fn sigkill_during_a_claimed_teardown_then_restart_finishes_it(backend: Bac
         |_, b| b["status"] == "healthy",
     )
     .await;
+    // Without waiting for the teardown: it must still be running when the server is killed.
     let res = client
-        .delete(server.url(&format!("/stacks/{slug}")))
+        .delete(server.url(&format!("/stacks/{slug}?wait=false")))
         .bearer_auth(&token)
         .send()
         .await

@@ -33,7 +33,7 @@ async fn two_servers_on_one_postgres_run_each_job_exactly_once() {
     }
     for (i, slug) in slugs.iter().enumerate() {
         let res = client
-            .delete(servers[(i + 1) % 2].url(&format!("/stacks/{slug}")))
+            .delete(servers[(i + 1) % 2].url(&format!("/stacks/{slug}?wait=false")))
             .bearer_auth(&token)
             .send()
             .await
