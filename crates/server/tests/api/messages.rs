@@ -132,10 +132,6 @@ async fn every_invalid_input_gets_a_plain_message(backend: Backend) {
             form(one_web, "x", &[("web", b"not gzip".to_vec())]),
         ),
         (
-            "no start command",
-            form(one_web, "x", &[("web", tarball(&[("README", "hi\n")]))]),
-        ),
-        (
             "extra part",
             form(one_web, "x", &[("web", web()), ("db", web())]),
         ),
