@@ -13,6 +13,10 @@
 //! `PATH`, `HOME`, `PORT` and the manifest env, `service://x` resolved), all at once, and timed
 //! until every port accepts a TCP connection: the apps' own start time. The difference of
 //! the medians is the control plane's overhead.
+//!
+//! The server runs with its default sandbox (`--sandbox auto`); with `--compare-sandbox` a
+//! second server with `--sandbox off` (its own database and data directory) takes every
+//! other deploy of the same run, so the sandbox's cost is measured under the same load.
 
 use super::{BenchDb, Spread, emit};
 use anyhow::{Context, bail};
@@ -47,6 +51,9 @@ pub struct DeployBenchArgs {
     /// Give up on a deploy (or an app start) after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Also deploy each run on a server with `--sandbox off`, interleaved, and report both.
+    #[arg(long)]
+    pub compare_sandbox: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -84,47 +91,80 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
         bail!("--runs must be at least 1");
     }
     let example = load_example(args.example.as_deref())?;
-    let (db, url) = BenchDb::create(&args.database_url).await?;
-    let data_dir = std::env::temp_dir().join(format!(
-        "stackyard-bench-deploy-{}-{}",
-        std::process::id(),
-        stackyard_core::ids::random_hex(4)
-    ));
-    let result = run_on(&args, &example, &url, &data_dir).await;
-    let _ = std::fs::remove_dir_all(&data_dir);
-    db.drop_it().await;
-    emit(&result?, args.json, print_report)
+    let mut sandboxes = vec!["auto"];
+    if args.compare_sandbox {
+        sandboxes.push("off");
+    }
+    let mut servers = Vec::new();
+    let mut cleanup = Vec::new();
+    let mut url = String::new();
+    let started = async {
+        for sandbox in &sandboxes {
+            let (db, db_url) = BenchDb::create(&args.database_url).await?;
+            let data_dir = std::env::temp_dir().join(format!(
+                "stackyard-bench-deploy-{}-{}",
+                std::process::id(),
+                stackyard_core::ids::random_hex(4)
+            ));
+            cleanup.push((db, data_dir.clone()));
+            let serve = super::serve_args(
+                &db_url,
+                &data_dir,
+                &[
+                    "--runtime",
+                    "local",
+                    "--router-listen",
+                    "127.0.0.1:0",
+                    "--sandbox",
+                    sandbox,
+                ],
+            )?;
+            servers.push((stackyard_server::start(serve).await?, data_dir));
+            url = db_url;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let result = match started {
+        Ok(()) => run_on(&args, &example, &servers).await,
+        Err(e) => Err(e),
+    };
+    for (server, _) in servers {
+        server.stop().await;
+    }
+    for (db, data_dir) in cleanup {
+        let _ = std::fs::remove_dir_all(&data_dir);
+        db.drop_it().await;
+    }
+    let (deploys, starts) = result?;
+    let report = report(&args, &example, &url, &deploys, &starts);
+    emit(&report, args.json, print_report)
 }
 
+/// Each run: the apps' own start, then one deploy on each server (sandboxed first).
 async fn run_on(
     args: &DeployBenchArgs,
     example: &Example,
-    url: &str,
-    data_dir: &Path,
-) -> anyhow::Result<Value> {
-    let serve = super::serve_args(
-        url,
-        data_dir,
-        &["--runtime", "local", "--router-listen", "127.0.0.1:0"],
-    )?;
-    let server = stackyard_server::start(serve).await?;
-    let base = format!("http://{}", server.addr);
-    let result = async {
-        let token = super::admin_token(data_dir)?;
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        let mut deploys = Vec::new();
-        let mut starts = Vec::new();
-        for _ in 0..args.runs {
-            // Interleaved, so both see the same machine load.
-            starts.push(app_start(example, args.timeout).await?);
-            deploys.push(deploy_once(&client, &base, &token, example, args).await?);
-        }
-        Ok::<_, anyhow::Error>((deploys, starts))
+    servers: &[(stackyard_server::RunningServer, PathBuf)],
+) -> anyhow::Result<(Vec<Vec<DeployRun>>, Vec<AppStartRun>)> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut targets = Vec::new();
+    for (server, data_dir) in servers {
+        targets.push((
+            format!("http://{}", server.addr),
+            super::admin_token(data_dir)?,
+        ));
     }
-    .await;
-    server.stop().await;
-    let (deploys, starts) = result?;
-    Ok(report(args, example, url, &deploys, &starts))
+    let mut deploys: Vec<Vec<DeployRun>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut starts = Vec::new();
+    for _ in 0..args.runs {
+        // Interleaved, so all see the same machine load.
+        starts.push(app_start(example, args.timeout).await?);
+        for ((base, token), runs) in targets.iter().zip(&mut deploys) {
+            runs.push(deploy_once(&client, base, token, example, args).await?);
+        }
+    }
+    Ok((deploys, starts))
 }
 
 fn load_example(given: Option<&Path>) -> anyhow::Result<Example> {
@@ -260,7 +300,8 @@ async fn deploy_once(
 
     let deleting = Instant::now();
     let res = client.delete(&stack_url).bearer_auth(token).send().await?;
-    if res.status() != 202 {
+    // 200: torn down within the server's --delete-wait; 202: still going.
+    if res.status() != 200 && res.status() != 202 {
         bail!("DELETE {slug} answered {}", res.status());
     }
     let deadline = deleting + args.timeout;
@@ -403,9 +444,10 @@ fn report(
     args: &DeployBenchArgs,
     example: &Example,
     url: &str,
-    deploys: &[DeployRun],
+    servers: &[Vec<DeployRun>],
     starts: &[AppStartRun],
 ) -> Value {
+    let deploys = &servers[0];
     let spread = |v: Vec<f64>| Spread::of(&v).map(|s| s.json()).unwrap_or(Value::Null);
     let total: Vec<f64> = deploys.iter().map(|d| d.healthy_ms).collect();
     let app: Vec<f64> = starts.iter().map(|s| s.all_ms).collect();
@@ -449,6 +491,10 @@ fn report(
             "all_runs_ms": app,
         },
         "overhead": overhead,
+        "sandbox_off": servers.get(1).map(|runs| json!({
+            "healthy": spread(runs.iter().map(|d| d.healthy_ms).collect()),
+            "healthy_runs_ms": runs.iter().map(|d| d.healthy_ms).collect::<Vec<_>>(),
+        })),
         "target_overhead_ms": target_ms,
         "target_met": overhead_median <= target_ms,
     })
@@ -498,6 +544,16 @@ fn print_report(r: &Value) {
         }
     }
     line("teardown (DELETE → 404)", &r["deploy"]["teardown"]);
+    if r["sandbox_off"].is_object() {
+        line(
+            "same, --sandbox off: POST → healthy",
+            &r["sandbox_off"]["healthy"],
+        );
+        println!(
+            "  sandbox cost (median on − median off): {:.0} ms",
+            f(&r["deploy"]["healthy"]["median_ms"]) - f(&r["sandbox_off"]["healthy"]["median_ms"])
+        );
+    }
     println!(
         "  control-plane overhead (median total − median app start): {:.0} ms (best runs: {:.0} ms); target ≤ {:.0} ms: {}",
         f(&r["overhead"]["median_ms"]),

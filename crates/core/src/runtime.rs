@@ -5,7 +5,7 @@
 
 use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
-use crate::model::{ReleaseService, ServiceStatus};
+use crate::model::{ReleaseService, ServiceStatus, StackId};
 use crate::time::Millis;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Everything a runtime needs to roll out one release of a stack.
 #[derive(Debug, Clone)]
 pub struct DeployPlan {
+    /// The stack's id: stable and unique, so the local runtime derives the stack's Unix user
+    /// from it.
+    pub stack_id: StackId,
     pub slug: StackSlug,
     pub release: i64,
     pub env_version: i64,
@@ -83,6 +86,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// creating it is refused (400 `missing_start_command`). Runtimes that run images start
     /// such a context with the image's own command, as InstaNode does, and accept it.
     fn needs_start_command(&self) -> bool;
+
+    /// The isolation layers confining every service (`GET /readyz`); empty when services run
+    /// unconfined or elsewhere.
+    fn sandbox_layers(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Rolls out `plan`, reporting each service's progress to `sink`. `Ok` once every service is
     /// healthy; `Err(Failed)` when the release cannot become healthy (the runtime has already

@@ -10,7 +10,8 @@
 //! - `unpack`: writing a service tarball to disk under core's tarball rules;
 //! - `health`: the readiness probe (TCP connect or HTTP GET);
 //! - `routes`: [`RouteTable`], the host → upstream map shared with the router;
-//! - `router`: [`run_router`], the reverse proxy itself.
+//! - `router`: [`run_router`], the reverse proxy itself;
+//! - `sandbox`: what a service may touch, and the launcher that confines it.
 
 mod health;
 mod logs;
@@ -18,14 +19,16 @@ mod procs;
 mod router;
 mod routes;
 mod runtime;
+pub mod sandbox;
 mod unpack;
 
 pub use router::run_router;
 pub use routes::RouteTable;
 pub use runtime::LocalRuntime;
 
+use sandbox::Sandbox;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How the local runtime is set up.
@@ -45,11 +48,13 @@ pub struct LocalConfig {
     pub deploy_timeout: Duration,
     /// How long a process group gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// What confines each service (`Sandbox::off()` by default).
+    pub sandbox: Arc<Sandbox>,
 }
 
 impl LocalConfig {
     /// The spec's defaults: base domain `localhost`, router port 8080, a 60 s deploy timeout
-    /// and a 5 s stop grace.
+    /// and a 5 s stop grace; no sandbox (the server sets one up from its flags).
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -57,6 +62,7 @@ impl LocalConfig {
             router_port: 8080,
             deploy_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
+            sandbox: Arc::new(Sandbox::off()),
         }
     }
 }

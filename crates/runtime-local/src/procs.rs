@@ -13,6 +13,7 @@
 
 use crate::lock;
 use crate::logs::{LineSplitter, ServiceLogs, now};
+use crate::sandbox::{Launch, ServiceCgroup};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -61,6 +62,8 @@ pub(crate) struct SpawnSpec<'a> {
     /// The whole environment: nothing of the server's own is added.
     pub(crate) env: &'a BTreeMap<String, String>,
     pub(crate) record_path: PathBuf,
+    /// The sandbox launcher to start through, and the service's cgroups.
+    pub(crate) launch: Launch,
 }
 
 /// One running (or exited) service process group.
@@ -81,6 +84,7 @@ pub(crate) struct Proc {
     output_open: watch::Receiver<usize>,
     tail: Mutex<Tail>,
     stopped: tokio::sync::Mutex<bool>,
+    cgroup: Option<ServiceCgroup>,
 }
 
 /// The last lines of each stream, numbered in arrival order. Kept per stream because the two
@@ -124,7 +128,15 @@ impl Tail {
 impl Proc {
     /// Starts the service and its reaper and output pumps, and writes its run record.
     pub(crate) fn spawn(spec: SpawnSpec<'_>, logs: Arc<ServiceLogs>) -> std::io::Result<Arc<Proc>> {
-        let mut cmd = tokio::process::Command::new("/bin/sh");
+        let launch = spec.launch;
+        let mut cmd = match &launch.prefix {
+            Some((launcher, args)) => {
+                let mut c = tokio::process::Command::new(launcher);
+                c.args(args).arg("/bin/sh");
+                c
+            }
+            None => tokio::process::Command::new("/bin/sh"),
+        };
         cmd.arg("-c")
             .arg(spec.command)
             .current_dir(spec.cwd)
@@ -136,7 +148,15 @@ impl Proc {
             .process_group(0)
             // We stop groups ourselves; a dropped handle must not kill only the leader.
             .kill_on_drop(false);
-        let mut child = cmd.spawn()?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(cg) = &launch.cgroup {
+                    cg.remove();
+                }
+                return Err(e);
+            }
+        };
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let pid = child
@@ -147,8 +167,13 @@ impl Proc {
         let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
 
         let (exit_tx, exit) = watch::channel(None);
+        let cgroup = launch.cgroup;
+        let memory = cgroup.clone();
         tokio::spawn(async move {
             let description = match child.wait().await {
+                Ok(_) if memory.as_ref().is_some_and(ServiceCgroup::oom_killed) => {
+                    "was killed for going over its memory limit".to_owned()
+                }
                 Ok(status) => describe_exit(status),
                 Err(e) => format!("could not be waited for ({e})"),
             };
@@ -167,6 +192,7 @@ impl Proc {
             output_open,
             tail: Mutex::new(Tail::default()),
             stopped: tokio::sync::Mutex::new(false),
+            cgroup,
         });
         let open_tx = Arc::new(open_tx);
         match stdout {
@@ -227,6 +253,9 @@ impl Proc {
         let leader = self.exit.clone();
         stop_group(self.pgid, self.start_time, Some(leader), grace).await;
         remove_record(&self.record_path);
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
         *stopped = true;
     }
 

@@ -11,6 +11,7 @@ use crate::health::probe;
 use crate::logs::{RING_LINES, ServiceLogs, ended, read_tail};
 use crate::procs::{Proc, RunRecord, SpawnSpec, read_records, stop_group};
 use crate::routes::{RouteTable, Upstream};
+use crate::sandbox::ServiceBox;
 use crate::unpack::{UnpackError, unpack_artifact};
 use crate::{LocalConfig, lock, service_host, service_url};
 use futures_util::StreamExt;
@@ -123,6 +124,10 @@ impl Runtime for LocalRuntime {
     /// It runs each service's start command as a process: no command, nothing to run.
     fn needs_start_command(&self) -> bool {
         true
+    }
+
+    fn sandbox_layers(&self) -> Vec<String> {
+        self.shared.cfg.sandbox.layers().names()
     }
 
     fn deploy<'a>(
@@ -433,8 +438,33 @@ impl Shared {
                     )));
                 }
             };
-            let env = service_env(plan, svc, &ports, port, &self.inherited);
             let root = release_dir.join(svc.name.as_str());
+            let sandboxed = ServiceBox {
+                stack_id: plan.stack_id.0,
+                slug: slug.to_string(),
+                release,
+                service: svc.name.to_string(),
+                root: root.clone(),
+                tmp: release_dir.join(".tmp").join(svc.name.as_str()),
+                port,
+                siblings: attempt.ports.clone(),
+            };
+            let sandbox = self.cfg.sandbox.clone();
+            let mut launch = match with_files(slot, move || sandbox.prepare(&sandboxed)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    attempt.abort().await;
+                    return Err(RuntimeError::Transient(format!(
+                        "cannot prepare the sandbox of `{}`: {e}",
+                        svc.name
+                    )));
+                }
+            };
+            // The sandbox's TMPDIR and HOME sit with the inherited variables, below what the
+            // stack sets.
+            let mut base = self.inherited.clone();
+            base.append(&mut launch.env);
+            let env = service_env(plan, svc, &ports, port, &base);
             let cwd = working_dir(&root, &svc.workdir);
             let spec = SpawnSpec {
                 service: svc.name.clone(),
@@ -447,6 +477,7 @@ impl Shared {
                 record_path: self
                     .dir("run", slug)
                     .join(format!("{release}-{}.json", svc.name)),
+                launch,
             };
             match Proc::spawn(spec, logs) {
                 Ok(p) => {
@@ -1033,6 +1064,7 @@ mod tests {
             ],
         );
         let plan = DeployPlan {
+            stack_id: stackyard_core::model::StackId(1),
             slug: StackSlug::parse("stk-0123456789abcdef01234567").unwrap(),
             release: 7,
             env_version: 3,

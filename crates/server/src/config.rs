@@ -6,6 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `--sandbox`: how the local runtime confines services (`isolation.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxArg {
+    /// Every layer the kernel offers, reported at start-up and in `/readyz`.
+    Auto,
+    /// Refuse to start without Landlock ABI 4 or newer (files and TCP ports).
+    Required,
+    /// Services run unconfined, as the server's user (development only).
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
     /// Run services as local child processes, served through the built-in router.
@@ -146,11 +157,74 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "STACKYARD_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
+
+    /// How the local runtime confines services: `auto` uses every layer the kernel offers,
+    /// `required` refuses to start without Landlock ABI ≥ 4, `off` runs them unconfined.
+    #[arg(long, env = "STACKYARD_SANDBOX", value_enum, default_value = "auto")]
+    pub sandbox: SandboxArg,
+
+    /// TCP ports every service may connect to, besides its own stack's services.
+    #[arg(
+        long,
+        env = "STACKYARD_SANDBOX_EGRESS_PORTS",
+        default_value = "53,80,443",
+        value_delimiter = ','
+    )]
+    pub sandbox_egress_ports: Vec<u16>,
+
+    /// First uid of the per-stack Unix users (when the server runs as root); a stack's user is
+    /// this plus its id. 0: services run as the server's user (Landlock still confines them).
+    #[arg(long, env = "STACKYARD_SANDBOX_UID_BASE", default_value_t = 200_000)]
+    pub sandbox_uid_base: u32,
+
+    /// Memory limit of each service (`512MiB`, `1GiB`, bytes), where the cgroup memory
+    /// controller is writable.
+    #[arg(long, env = "STACKYARD_SERVICE_MEMORY", default_value = "512MiB", value_parser = parse_size)]
+    pub service_memory: u64,
+
+    /// Process limit of each service.
+    #[arg(long, env = "STACKYARD_SERVICE_PIDS", default_value_t = 256)]
+    pub service_pids: u64,
+
+    /// Behave as if the kernel had no Landlock (tests of `--sandbox required`).
+    #[arg(long, env = "STACKYARD_SANDBOX_IGNORE_LANDLOCK", hide = true)]
+    pub sandbox_ignore_landlock: bool,
+}
+
+/// A size in bytes: digits with an optional `K`, `M`, `G` (powers of 1024, with or without
+/// `iB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 512MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("`{s}` has an unknown unit: use K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("").is_err());
+    }
 
     #[test]
     fn redacted_urls_keep_no_password_or_query() {

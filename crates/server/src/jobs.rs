@@ -202,6 +202,7 @@ impl<S: JobStore> Workers<S> {
 /// What the runtime needs to run `release` of `stack` with the env map it recorded.
 pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> DeployPlan {
     DeployPlan {
+        stack_id: stack.id,
         slug: stack.slug,
         release: release.info.version,
         env_version: release.info.env_version,

@@ -1,7 +1,7 @@
 //! Start-up: pick the store from the database URL, bootstrap the first team, start the job
 //! workers and the HTTP listener. `start` returns once the server is ready.
 
-use crate::config::{RuntimeKind, ServeArgs, StoreArgs, redact_url};
+use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::{Workers, deploy_plan};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use stackyard_core::ApiToken;
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
+use stackyard_runtime_local::sandbox::{Sandbox, SandboxMode, SandboxSettings};
 use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
 use stackyard_store_postgres::PgStore;
 use stackyard_store_sqlite::SqliteStore;
@@ -220,6 +221,7 @@ async fn make_runtime(
             cfg.base_domain = args.base_domain.clone();
             cfg.router_port = addr.port();
             cfg.deploy_timeout = args.deploy_timeout;
+            cfg.sandbox = Arc::new(sandbox(args)?);
             let runtime = LocalRuntime::new(cfg);
             tasks.push(tokio::spawn(run_router(
                 listener,
@@ -230,6 +232,32 @@ async fn make_runtime(
             Arc::new(runtime)
         }
     })
+}
+
+/// The local runtime's sandbox from the flags, with one log line naming its active layers.
+fn sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
+    let mode = match args.sandbox {
+        SandboxArg::Auto => SandboxMode::Auto,
+        SandboxArg::Required => SandboxMode::Required,
+        SandboxArg::Off => SandboxMode::Off,
+    };
+    let settings = SandboxSettings {
+        mode,
+        launcher: std::env::current_exe().context("finding the sandbox launcher (this binary)")?,
+        egress_ports: args.sandbox_egress_ports.clone(),
+        uid_base: args.sandbox_uid_base,
+        memory_bytes: args.service_memory,
+        pids: args.service_pids,
+        ignore_landlock: args.sandbox_ignore_landlock,
+    };
+    let sandbox = Sandbox::detect(settings, &args.store.data_dir)?;
+    sandbox.sweep();
+    if mode == SandboxMode::Off {
+        tracing::warn!("--sandbox off: services run unconfined, as this server's user");
+    } else {
+        tracing::info!(mode = %format!("{:?}", args.sandbox).to_lowercase(), layers = %sandbox.layers(), "service sandbox");
+    }
+    Ok(sandbox)
 }
 
 /// Hands the runtime every stack that should be running (after a restart: the previous

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use stackyard_core::TeamName;
+use stackyard_runtime_local::sandbox;
 use stackyard_server::serve::{store_options_for, with_store};
 use stackyard_server::{ServeArgs, StoreArgs};
 use std::process::ExitCode;
@@ -48,6 +49,13 @@ enum Admin {
 }
 
 fn main() -> ExitCode {
+    // The sandbox launcher (see `stackyard_runtime_local::sandbox`): before anything else
+    // starts a thread, it confines this process and execs the service.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == sandbox::LAUNCHER_ARG) {
+        eprintln!("{}", sandbox::exec_from_args(args.collect()));
+        return ExitCode::from(126);
+    }
     let cli = Cli::parse();
     // A benchmark's output is its report, and a client's output is for its user: keep the
     // server's logging quiet for both unless STACKYARD_LOG asks.

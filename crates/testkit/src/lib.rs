@@ -24,7 +24,7 @@ pub use db::{Backend, TestDb};
 
 /// Whether this is a CI run (`CI=true`), where a test that would skip for want of a server
 /// fails instead: a skipped suite in CI is a silent failure.
-fn under_ci() -> bool {
+pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 

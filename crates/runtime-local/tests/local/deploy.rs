@@ -118,6 +118,7 @@ async fn two_services_deploy_route_reach_each_other_and_see_only_their_env() {
     let allowed = [
         "PATH",
         "HOME",
+        "TMPDIR",
         "PORT",
         "STACKYARD_STACK",
         "STACKYARD_SERVICE",

@@ -4,7 +4,7 @@
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use stackyard_core::model::{ReleaseService, ServiceStatus};
+use stackyard_core::model::{ReleaseService, ServiceStatus, StackId};
 use stackyard_core::runtime::{BoxFuture, DeployPlan, StatusSink};
 use stackyard_core::{EnvMap, ServiceName, StackSlug};
 use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
@@ -333,6 +333,7 @@ pub fn plan(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     DeployPlan {
+        stack_id: StackId(1),
         slug: slug.clone(),
         release,
         env_version: 0,

@@ -28,6 +28,8 @@ pub async fn readyz<S: Store>(State(state): State<AppState<S>>) -> ApiResult<Jso
     Ok(Json(Ready {
         ok: true,
         store: state.store.backend().to_owned(),
+        runtime: state.runtime.name().to_owned(),
+        sandbox: state.runtime.sandbox_layers(),
     }))
 }
 

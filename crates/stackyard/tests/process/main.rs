@@ -9,4 +9,5 @@ mod admin;
 mod crash;
 mod logs;
 mod runtime;
+mod sandbox;
 mod shared_queue;

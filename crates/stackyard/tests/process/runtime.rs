@@ -25,7 +25,7 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
 
 /// A multipart form for the example (or test app) in `dir`: its manifest and one tarball per
 /// service directory named in it.
-fn form_of(dir: &Path, services: &[(&str, &Path)], name: &str) -> Form {
+pub(crate) fn form_of(dir: &Path, services: &[(&str, &Path)], name: &str) -> Form {
     let mut form = Form::new()
         .text(
             "manifest",
@@ -86,7 +86,7 @@ fn app_stopping(dir: &Path, ignore_term: bool) -> Form {
     form_of(dir, &[("app", &dir.join("app"))], "stopping")
 }
 
-async fn create(
+pub(crate) async fn create(
     client: &reqwest::Client,
     server: &Server,
     token: Option<&str>,
@@ -102,7 +102,7 @@ async fn create(
 }
 
 /// GET through the router with the service's Host header.
-async fn via_router(
+pub(crate) async fn via_router(
     client: &reqwest::Client,
     server: &Server,
     service: &str,
@@ -125,7 +125,7 @@ async fn via_router(
 }
 
 /// Processes whose environment says they belong to `slug` (the runtime sets STACKYARD_STACK).
-fn pids_of(slug: &str) -> Vec<i32> {
+pub(crate) fn pids_of(slug: &str) -> Vec<i32> {
     let needle = format!("STACKYARD_STACK={slug}");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -142,12 +142,12 @@ fn pids_of(slug: &str) -> Vec<i32> {
     pids
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; it is dead for our purpose.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     client: &reqwest::Client,
     server: &Server,
     token: Option<&str>,

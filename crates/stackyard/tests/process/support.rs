@@ -29,6 +29,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
     pub fn kill9(&mut self) {
         self.inner.kill9();
     }
