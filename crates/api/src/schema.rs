@@ -5,7 +5,8 @@
 use stackyard_core::Millis;
 use utoipa::ToSchema;
 
-/// A stack's status: `building → deploying → healthy | failed`; any of those → `deleting`.
+/// A stack's status: `building → deploying → healthy | failed`; `healthy ⇄ degraded` while a
+/// service of the live release is down and being restarted; any of those → `deleting`.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
 #[allow(dead_code)]
@@ -13,11 +14,14 @@ pub enum StackStatus {
     Building,
     Deploying,
     Healthy,
+    Degraded,
     Failed,
     Deleting,
 }
 
-/// A service's status: `building → deploying → healthy | failed`; `stopped` after teardown.
+/// A service's status: `building → deploying → healthy | failed`; once healthy,
+/// `crashed → restarting → healthy` under the supervisor (`failed` after a crash loop);
+/// `stopped` after teardown.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
 #[allow(dead_code)]
@@ -25,6 +29,8 @@ pub enum ServiceStatus {
     Building,
     Deploying,
     Healthy,
+    Crashed,
+    Restarting,
     Failed,
     Stopped,
 }

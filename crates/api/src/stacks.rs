@@ -23,9 +23,14 @@ pub struct Service {
     /// Where it is reachable, once it is (exposed services only).
     #[schema(required = true)]
     pub url: Option<String>,
-    /// Why it failed, when it did.
+    /// Why it failed or crashed, when it did.
     #[schema(required = true)]
     pub error: Option<String>,
+    /// Times the supervisor restarted it since its release went live.
+    pub restarts: i64,
+    /// How its process last ended on its own (exit status, signal, or "memory limit").
+    #[schema(required = true, example = "exited with status 1")]
+    pub last_exit: Option<String>,
 }
 
 impl From<&ServiceRecord> for Service {
@@ -37,6 +42,8 @@ impl From<&ServiceRecord> for Service {
             port: s.port,
             url: s.url.clone(),
             error: s.error.clone(),
+            restarts: s.restarts,
+            last_exit: s.last_exit.clone(),
         }
     }
 }

@@ -102,12 +102,14 @@ macro_rules! str_enum {
 }
 
 str_enum!(
-    /// `building → deploying → healthy | failed`; any of those → `deleting` → gone.
-    StackStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Failed = "failed", Deleting = "deleting" }
+    /// `building → deploying → healthy | failed`; `healthy ⇄ degraded` while the live release's
+    /// services crash and restart; any of those → `deleting` → gone.
+    StackStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Degraded = "degraded", Failed = "failed", Deleting = "deleting" }
 );
 str_enum!(
-    /// `building → deploying → healthy | failed`; `stopped` after teardown.
-    ServiceStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Failed = "failed", Stopped = "stopped" }
+    /// `building → deploying → healthy | failed`; once healthy, `crashed → restarting → healthy`
+    /// under the supervisor (`failed` after a crash loop); `stopped` after teardown.
+    ServiceStatus { Building = "building", Deploying = "deploying", Healthy = "healthy", Crashed = "crashed", Restarting = "restarting", Failed = "failed", Stopped = "stopped" }
 );
 str_enum!(ReleaseStatus { Pending = "pending", Live = "live", Failed = "failed", Superseded = "superseded" });
 str_enum!(
@@ -123,13 +125,14 @@ impl StackStatus {
     /// The stack status implied by its services' statuses during a deploy.
     pub fn from_services<'a>(services: impl IntoIterator<Item = &'a ServiceStatus>) -> StackStatus {
         let mut any = false;
-        let (mut building, mut deploying, mut failed) = (false, false, false);
+        let (mut building, mut deploying, mut failed, mut down) = (false, false, false, false);
         for s in services {
             any = true;
             match s {
                 ServiceStatus::Failed => failed = true,
                 ServiceStatus::Building => building = true,
                 ServiceStatus::Deploying => deploying = true,
+                ServiceStatus::Crashed | ServiceStatus::Restarting => down = true,
                 ServiceStatus::Healthy | ServiceStatus::Stopped => {}
             }
         }
@@ -139,6 +142,8 @@ impl StackStatus {
             StackStatus::Building
         } else if deploying {
             StackStatus::Deploying
+        } else if down {
+            StackStatus::Degraded
         } else {
             StackStatus::Healthy
         }
@@ -175,6 +180,11 @@ pub struct Service {
     pub port: u16,
     pub url: Option<String>,
     pub error: Option<String>,
+    /// Restarts by the supervisor since the live release started (a new release starts at 0).
+    pub restarts: i64,
+    /// How its process last ended on its own (`exited with status 1`, `was killed for going
+    /// over its memory limit`), if it has since the release started.
+    pub last_exit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

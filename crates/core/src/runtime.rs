@@ -5,11 +5,13 @@
 
 use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
+use crate::lifecycle::status::Supervised;
 use crate::model::{ReleaseService, ServiceStatus, StackId};
 use crate::time::Millis;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A boxed, sendable future; runtimes are chosen at start-up, so the trait is object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -65,6 +67,14 @@ pub trait StatusSink: Send + Sync {
     ) -> BoxFuture<'a, ()>;
 }
 
+/// Where a runtime reports what it sees of a live release between operations: a service that
+/// crashed, is restarting, is healthy again, or failed after a crash loop. The server writes
+/// these fenced by the live release (`lifecycle::status::supervise`); a report about a release
+/// that is no longer live changes nothing.
+pub trait SupervisionSink: Send + Sync {
+    fn report<'a>(&'a self, stack: StackId, report: Supervised<'a>) -> BoxFuture<'a, ()>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     /// The release could not be started; the message is safe to show the stack owner.
@@ -86,6 +96,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// creating it is refused (400 `missing_start_command`). Runtimes that run images start
     /// such a context with the image's own command, as InstaNode does, and accept it.
     fn needs_start_command(&self) -> bool;
+
+    /// Hands the runtime where to report its supervision (called once, before `recover`).
+    /// Runtimes that do not watch their services ignore it.
+    fn set_supervision(&self, sink: Arc<dyn SupervisionSink>) {
+        let _ = sink;
+    }
 
     /// The isolation layers confining every service (`GET /readyz`); empty when services run
     /// unconfined or elsewhere.

@@ -11,7 +11,8 @@
 //! - `health`: the readiness probe (TCP connect or HTTP GET);
 //! - `routes`: [`RouteTable`], the host → upstream map shared with the router;
 //! - `router`: [`run_router`], the reverse proxy itself;
-//! - `sandbox`: what a service may touch, and the launcher that confines it.
+//! - `sandbox`: what a service may touch, and the launcher that confines it;
+//! - `supervisor`: starting a service, and restarting one of the routed release that crashed.
 
 mod health;
 mod logs;
@@ -20,6 +21,7 @@ mod router;
 mod routes;
 mod runtime;
 pub mod sandbox;
+mod supervisor;
 mod unpack;
 
 pub use router::run_router;
@@ -50,11 +52,16 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// What confines each service (`Sandbox::off()` by default).
     pub sandbox: Arc<Sandbox>,
+    /// The supervisor's first wait before restarting a crashed service (doubling to 60 s).
+    pub restart_backoff: Duration,
+    /// How often the supervisor checks the health path of a live service.
+    pub health_interval: Duration,
 }
 
 impl LocalConfig {
-    /// The spec's defaults: base domain `localhost`, router port 8080, a 60 s deploy timeout
-    /// and a 5 s stop grace; no sandbox (the server sets one up from its flags).
+    /// The spec's defaults: base domain `localhost`, router port 8080, a 60 s deploy timeout,
+    /// a 5 s stop grace, a 1 s restart backoff and a 10 s health check; no sandbox (the server
+    /// sets one up from its flags).
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -63,6 +70,8 @@ impl LocalConfig {
             deploy_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
             sandbox: Arc::new(Sandbox::off()),
+            restart_backoff: Duration::from_secs(1),
+            health_interval: Duration::from_secs(10),
         }
     }
 }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -84,6 +85,8 @@ pub(crate) struct Proc {
     output_open: watch::Receiver<usize>,
     tail: Mutex<Tail>,
     stopped: tokio::sync::Mutex<bool>,
+    /// Set when `stop` begins: an exit after that is not a crash.
+    stopping: AtomicBool,
     cgroup: Option<ServiceCgroup>,
 }
 
@@ -192,6 +195,7 @@ impl Proc {
             output_open,
             tail: Mutex::new(Tail::default()),
             stopped: tokio::sync::Mutex::new(false),
+            stopping: AtomicBool::new(false),
             cgroup,
         });
         let open_tx = Arc::new(open_tx);
@@ -244,8 +248,14 @@ impl Proc {
         lock(&self.tail).lines()
     }
 
+    /// Whether `stop` has been called: the process is (being) stopped on purpose.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// Stops the whole group (idempotent) and removes the run record.
     pub(crate) async fn stop(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
         let mut stopped = self.stopped.lock().await;
         if *stopped {
             return;

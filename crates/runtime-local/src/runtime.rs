@@ -9,9 +9,9 @@
 
 use crate::health::probe;
 use crate::logs::{RING_LINES, ServiceLogs, ended, read_tail};
-use crate::procs::{Proc, RunRecord, SpawnSpec, read_records, stop_group};
+use crate::procs::{Proc, RunRecord, read_records, stop_group};
 use crate::routes::{RouteTable, Upstream};
-use crate::sandbox::ServiceBox;
+use crate::supervisor::{ServiceStart, StartError, supervise};
 use crate::unpack::{UnpackError, unpack_artifact};
 use crate::{LocalConfig, lock, service_host, service_url};
 use futures_util::StreamExt;
@@ -19,14 +19,15 @@ use futures_util::stream::FuturesUnordered;
 use stackyard_core::manifest::resolve_service_refs;
 use stackyard_core::model::{ReleaseService, ServiceStatus};
 use stackyard_core::runtime::{
-    BoxFuture, DeployPlan, LogFollow, LogLine, Runtime, RuntimeError, StatusSink, artifact_path,
+    BoxFuture, DeployPlan, LogFollow, LogLine, Runtime, RuntimeError, StatusSink, SupervisionSink,
+    artifact_path,
 };
 use stackyard_core::tarball::safe_relative_path;
 use stackyard_core::{ServiceName, StackSlug, TarballLimits};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -53,8 +54,8 @@ pub struct LocalRuntime {
 /// → its `files` (async, held by blocking file work) → the `stacks` map → a stack's `state` →
 /// the route table → `logs` → `ports`. The `std` mutexes are only held for map edits, never
 /// across an `.await`.
-struct Shared {
-    cfg: LocalConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: LocalConfig,
     routes: RouteTable,
     limits: TarballLimits,
     /// `PATH` and `HOME` of the server: the only part of its environment a service inherits.
@@ -64,6 +65,8 @@ struct Shared {
     /// Ports handed to processes this runtime started and not yet stopped, so two services
     /// never get the same one even though each was free when picked.
     ports: Mutex<HashSet<u16>>,
+    /// Where the supervisor reports (set once by the server).
+    pub(crate) supervision: OnceLock<Arc<dyn SupervisionSink>>,
 }
 
 /// One stack. `op` serialises its deploys and teardowns (the job queue already runs one
@@ -72,20 +75,20 @@ struct Shared {
 /// task owns the guard, so an unpack that outlives its cancelled deploy still keeps the next
 /// operation from touching the same files until it is done.
 #[derive(Default)]
-struct StackSlot {
-    op: tokio::sync::Mutex<()>,
+pub(crate) struct StackSlot {
+    pub(crate) op: tokio::sync::Mutex<()>,
     files: Arc<tokio::sync::Mutex<()>>,
-    state: Mutex<StackState>,
+    pub(crate) state: Mutex<StackState>,
 }
 
 /// Invariant: `hosts` are exactly the routes pointing at `current`'s processes; `procs` holds
 /// every process group of the stack that has not been stopped, of any release (so teardown
 /// finds even those of an attempt still starting or being cleaned up).
 #[derive(Default)]
-struct StackState {
-    current: Option<i64>,
+pub(crate) struct StackState {
+    pub(crate) current: Option<i64>,
     hosts: Vec<String>,
-    procs: Vec<Arc<Proc>>,
+    pub(crate) procs: Vec<Arc<Proc>>,
 }
 
 impl LocalRuntime {
@@ -106,6 +109,7 @@ impl LocalRuntime {
                 stacks: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
                 ports: Mutex::new(HashSet::new()),
+                supervision: OnceLock::new(),
             }),
         }
     }
@@ -124,6 +128,10 @@ impl Runtime for LocalRuntime {
     /// It runs each service's start command as a process: no command, nothing to run.
     fn needs_start_command(&self) -> bool {
         true
+    }
+
+    fn set_supervision(&self, sink: Arc<dyn SupervisionSink>) {
+        let _ = self.shared.supervision.set(sink);
     }
 
     fn sandbox_layers(&self) -> Vec<String> {
@@ -200,7 +208,7 @@ impl Shared {
         }
     }
 
-    fn dir(&self, kind: &str, slug: &StackSlug) -> PathBuf {
+    pub(crate) fn dir(&self, kind: &str, slug: &StackSlug) -> PathBuf {
         self.cfg.data_dir.join(kind).join(slug.as_str())
     }
 
@@ -248,7 +256,7 @@ impl Shared {
     }
 
     /// The logs of a stack service, created (and seeded from its file) on first use.
-    async fn service_logs(
+    pub(crate) async fn service_logs(
         &self,
         slug: &StackSlug,
         service: &ServiceName,
@@ -427,71 +435,46 @@ impl Shared {
             .collect();
 
         let assigned = attempt.ports.clone();
-        for (svc, &port) in plan.services.iter().zip(&assigned) {
-            let logs = match self.service_logs(slug, &svc.name).await {
-                Ok(l) => l,
-                Err(e) => {
-                    attempt.abort().await;
-                    return Err(RuntimeError::Transient(format!(
-                        "cannot open the logs of `{}`: {e}",
-                        svc.name
-                    )));
-                }
-            };
-            let root = release_dir.join(svc.name.as_str());
-            let sandboxed = ServiceBox {
-                stack_id: plan.stack_id.0,
-                slug: slug.to_string(),
-                release,
-                service: svc.name.to_string(),
-                root: root.clone(),
-                tmp: release_dir.join(".tmp").join(svc.name.as_str()),
-                port,
-                siblings: attempt.ports.clone(),
-            };
-            let sandbox = self.cfg.sandbox.clone();
-            let mut launch = match with_files(slot, move || sandbox.prepare(&sandboxed)).await {
-                Ok(l) => l,
-                Err(e) => {
-                    attempt.abort().await;
-                    return Err(RuntimeError::Transient(format!(
-                        "cannot prepare the sandbox of `{}`: {e}",
-                        svc.name
-                    )));
-                }
-            };
-            // The sandbox's TMPDIR and HOME sit with the inherited variables, below what the
-            // stack sets.
-            let mut base = self.inherited.clone();
-            base.append(&mut launch.env);
-            let env = service_env(plan, svc, &ports, port, &base);
-            let cwd = working_dir(&root, &svc.workdir);
-            let spec = SpawnSpec {
-                service: svc.name.clone(),
-                slug: slug.as_str(),
-                release,
-                port,
-                command: &svc.command,
-                cwd: &cwd,
-                env: &env,
-                record_path: self
-                    .dir("run", slug)
-                    .join(format!("{release}-{}.json", svc.name)),
-                launch,
-            };
-            match Proc::spawn(spec, logs) {
+        let starts: Vec<Arc<ServiceStart>> = plan
+            .services
+            .iter()
+            .zip(&assigned)
+            .map(|(svc, &port)| {
+                let tmp = release_dir.join(".tmp").join(svc.name.as_str());
+                // The sandbox's TMPDIR and HOME sit with the inherited variables, below what
+                // the stack sets.
+                let mut base = self.inherited.clone();
+                base.extend(self.cfg.sandbox.base_env(&tmp));
+                Arc::new(ServiceStart {
+                    stack_id: plan.stack_id,
+                    slug: slug.clone(),
+                    release,
+                    env: service_env(plan, svc, &ports, port, &base),
+                    port_overridden: port_overridden(plan, svc, port),
+                    service: svc.clone(),
+                    port,
+                    siblings: assigned.clone(),
+                    root: release_dir.join(svc.name.as_str()),
+                    tmp,
+                })
+            })
+            .collect();
+        for start in &starts {
+            match self.start_service(slot, start).await {
                 Ok(p) => {
                     lock(&slot.state).procs.push(p.clone());
                     attempt.procs.push(p);
                 }
-                Err(e) => {
-                    let message = format!("could not be started: {e}");
-                    return self
-                        .fail(attempt, plan, sink, vec![failure(svc, message)])
-                        .await;
+                Err(StartError::Transient(message)) => {
+                    attempt.abort().await;
+                    return Err(RuntimeError::Transient(message));
+                }
+                Err(StartError::Failed(message)) => {
+                    let failed = vec![failure(&start.service, message)];
+                    return self.fail(attempt, plan, sink, failed).await;
                 }
             }
-            sink.service_status(&svc.name, ServiceStatus::Deploying, None, None)
+            sink.service_status(&start.service.name, ServiceStatus::Deploying, None, None)
                 .await;
         }
 
@@ -523,6 +506,14 @@ impl Shared {
             let url = self.url(slug, svc);
             sink.service_status(&svc.name, ServiceStatus::Healthy, url.as_deref(), None)
                 .await;
+        }
+        for (p, start) in attempt.procs.iter().zip(&starts) {
+            tokio::spawn(supervise(
+                self.clone(),
+                slot.clone(),
+                p.clone(),
+                start.clone(),
+            ));
         }
 
         // Retire the previous release once the requests it was serving have finished.
@@ -560,14 +551,17 @@ impl Shared {
         deadline: Instant,
     ) -> Vec<Failure> {
         let timeout = self.cfg.deploy_timeout;
-        let mut waits: FuturesUnordered<_> =
-            procs
-                .iter()
-                .zip(&plan.services)
-                .map(|(p, svc)| async move {
-                    (svc, wait_healthy(p, svc, plan, deadline, timeout).await)
-                })
-                .collect();
+        let mut waits: FuturesUnordered<_> = procs
+            .iter()
+            .zip(&plan.services)
+            .map(|(p, svc)| async move {
+                let overridden = port_overridden(plan, svc, p.port);
+                (
+                    svc,
+                    wait_healthy(p, svc, overridden, deadline, timeout).await,
+                )
+            })
+            .collect();
         let mut failures = Vec::new();
         while let Some((svc, result)) = waits.next().await {
             if let Err(message) = result {
@@ -851,10 +845,10 @@ fn failure(svc: &ReleaseService, message: String) -> Failure {
 }
 
 /// Probes one service until it is healthy, exits, or the deadline passes.
-async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     p: &Proc,
     svc: &ReleaseService,
-    plan: &DeployPlan,
+    port_overridden: bool,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -874,7 +868,7 @@ async fn wait_healthy(
                 "did not become healthy within {}: {last}.",
                 human_duration(timeout)
             );
-            if port_overridden(plan, svc, p.port) {
+            if port_overridden {
                 message.push_str(
                     " PORT is set in the manifest or the stack env, but the local runtime assigns \
                      PORT itself and probes that port; the service must listen on $PORT.",
@@ -890,14 +884,14 @@ async fn wait_healthy(
     }
 }
 
-fn exit_message(exit: &str, tail: &[String]) -> String {
+pub(crate) fn exit_message(exit: &str, tail: &[String]) -> String {
     let mut message = format!("{exit} before it became healthy.");
     push_tail(&mut message, tail);
     message
 }
 
 /// Appends the last log lines (the service's own output, never its environment).
-fn push_tail(message: &mut String, tail: &[String]) {
+pub(crate) fn push_tail(message: &mut String, tail: &[String]) {
     if tail.is_empty() {
         message.push_str(" It printed nothing.");
     } else {
@@ -954,7 +948,7 @@ fn service_env(
 /// Where a service starts: its `workdir` under the unpacked root when that is a directory
 /// inside the root, else the root (a Dockerfile's `WORKDIR /app` often names a directory the
 /// image build would have created, not one in the tarball).
-fn working_dir(root: &Path, workdir: &str) -> PathBuf {
+pub(crate) fn working_dir(root: &Path, workdir: &str) -> PathBuf {
     if workdir.is_empty() {
         return root.to_path_buf();
     }
@@ -980,7 +974,7 @@ fn is_digest(s: &str) -> bool {
 }
 
 /// Runs blocking work on a stack's files while holding its `files` lock (see [`StackSlot`]).
-async fn with_files<T: Send + 'static>(
+pub(crate) async fn with_files<T: Send + 'static>(
     slot: &StackSlot,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {

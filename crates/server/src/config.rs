@@ -186,6 +186,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_SERVICE_PIDS", default_value_t = 256)]
     pub service_pids: u64,
 
+    /// The supervisor's first wait before restarting a crashed service (doubling to 60 s).
+    #[arg(long, env = "STACKYARD_RESTART_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
+    pub restart_backoff: Duration,
+
+    /// How often the supervisor checks a live service's `health` path (three failures in a
+    /// row restart it).
+    #[arg(long, env = "STACKYARD_HEALTH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    pub health_interval: Duration,
+
     /// Behave as if the kernel had no Landlock (tests of `--sandbox required`).
     #[arg(long, env = "STACKYARD_SANDBOX_IGNORE_LANDLOCK", hide = true)]
     pub sandbox_ignore_landlock: bool,

@@ -7,8 +7,11 @@
 use crate::now;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
-use stackyard_core::model::{Job, JobKind, Release, ServiceStatus, Stack};
-use stackyard_core::runtime::{BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink};
+use stackyard_core::lifecycle::status::Supervised;
+use stackyard_core::model::{Job, JobKind, Release, ServiceStatus, Stack, StackId};
+use stackyard_core::runtime::{
+    BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink, SupervisionSink,
+};
 use stackyard_core::store::{DeployResult, JobStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,6 +248,33 @@ impl<S: JobStore> StatusSink for JobSink<S> {
                 ),
                 Err(e) => {
                     tracing::warn!(error = %e, job = self.job.id, "could not record a service status")
+                }
+            }
+        })
+    }
+}
+
+/// Records the runtime's supervision reports (crashes and restarts of a live release).
+pub(crate) struct StoreSupervision<S: JobStore> {
+    pub(crate) store: S,
+}
+
+impl<S: JobStore> SupervisionSink for StoreSupervision<S> {
+    fn report<'a>(&'a self, stack: StackId, report: Supervised<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let status = report.status;
+            match self
+                .store
+                .record_supervised_status(stack, report, now())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    stack = stack.0,
+                    "supervision report skipped: the release is no longer live"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, stack = stack.0, status = %status, "could not record a supervision report")
                 }
             }
         })

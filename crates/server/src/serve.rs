@@ -2,7 +2,7 @@
 //! workers and the HTTP listener. `start` returns once the server is ready.
 
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::{Workers, deploy_plan};
+use crate::jobs::{StoreSupervision, Workers, deploy_plan};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::router::router;
@@ -139,6 +139,9 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let runtime = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
+    runtime.set_supervision(Arc::new(StoreSupervision {
+        store: store.clone(),
+    }));
     let rate_limiter = RateLimiter::new(
         args.anonymous_daily_limit,
         args.redis_url.as_deref(),
@@ -222,6 +225,8 @@ async fn make_runtime(
             cfg.router_port = addr.port();
             cfg.deploy_timeout = args.deploy_timeout;
             cfg.sandbox = Arc::new(sandbox(args)?);
+            cfg.restart_backoff = args.restart_backoff;
+            cfg.health_interval = args.health_interval;
             let runtime = LocalRuntime::new(cfg);
             tasks.push(tokio::spawn(run_router(
                 listener,

@@ -32,8 +32,9 @@ mod sql;
 mod stacks;
 mod teams;
 
+use sqlx::Connection;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use stackyard_core::store::{StoreError, StoreOptions};
 use stackyard_store_sql::error::{classify, is_connection_lost, migration_failed};
@@ -84,6 +85,18 @@ impl PgStore {
         let connect_opts = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::Unavailable("the PostgreSQL URL is not valid".into()))?
             .application_name("stackyard");
+        // Start-up work (the first connection, the migrations) gets a connection of its own:
+        // the pool's acquire timeout is the lock timeout, a bound for requests, not for a
+        // server starting on a busy database.
+        let mut conn = PgConnection::connect_with(&connect_opts)
+            .await
+            .map_err(|e| prefixed("could not connect to PostgreSQL", &e))?;
+        sqlx::migrate!("./migrations")
+            .run(&mut conn)
+            .await
+            .map_err(|e| migration_failed("PostgreSQL", &e))?;
+        let _ = conn.close().await;
+
         let max_connections = opts.max_connections.max(1);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -92,14 +105,7 @@ impl PgStore {
             // connection when it comes back to the pool, and `begin` / `read` replace a
             // connection found dead on first use.
             .test_before_acquire(false)
-            .connect_with(connect_opts)
-            .await
-            .map_err(|e| prefixed("could not connect to PostgreSQL", &e))?;
-
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| migration_failed("PostgreSQL", &e))?;
+            .connect_lazy_with(connect_opts);
 
         Ok(PgStore {
             pool,

@@ -16,7 +16,8 @@ use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::{ServiceName, StackSlug, TeamName, TokenDigest};
 use stackyard_core::lifecycle::{
     self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
-    create::TeamCap, status::Report,
+    create::TeamCap,
+    status::{Report, Supervised},
 };
 use stackyard_core::model::*;
 use stackyard_core::store::{
@@ -219,6 +220,8 @@ where
                         .bind(i64::from(service.port))
                         .bind(service.url.as_deref())
                         .bind(service.error.as_deref())
+                        .bind(service.restarts)
+                        .bind(service.last_exit.as_deref())
                         .bind(at)
                         .execute(&mut *conn)
                         .await?
@@ -538,6 +541,23 @@ where
             return Ok(false);
         };
         let Some(plan) = lifecycle::status::record(&locked, job, report, now) else {
+            return Ok(false);
+        };
+        self.commit_plan(tx, Some(&locked.stack), &plan).await?;
+        Ok(true)
+    }
+
+    pub async fn record_supervised_status(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: StackId,
+        report: Supervised<'_>,
+        now: Millis,
+    ) -> Result<bool> {
+        let Some(locked) = self.lock_stack(&mut tx, StackRef::Id(stack)).await? else {
+            return Ok(false);
+        };
+        let Some(plan) = lifecycle::status::supervise(&locked, report, now) else {
             return Ok(false);
         };
         self.commit_plan(tx, Some(&locked.stack), &plan).await?;

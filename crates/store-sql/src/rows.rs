@@ -64,6 +64,8 @@ pub struct ServiceRow {
     pub port: i32,
     pub url: Option<String>,
     pub error: Option<String>,
+    pub restarts: i64,
+    pub last_exit: Option<String>,
 }
 
 impl TryFrom<ServiceRow> for Service {
@@ -76,12 +78,15 @@ impl TryFrom<ServiceRow> for Service {
             port: parsed(u16::try_from(r.port).ok(), "service port")?,
             url: r.url,
             error: r.error,
+            restarts: r.restarts,
+            last_exit: r.last_exit,
         })
     }
 }
 
 /// `get_stack`'s one row: the stack, its newest release (`r_*`, NULL before the first) and its
-/// services as a JSON array of `[name, status, expose, port, url, error]` in position order.
+/// services as a JSON array of `[name, status, expose, port, url, error, restarts, last_exit]`
+/// in position order.
 #[derive(Debug, sqlx::FromRow)]
 pub struct DetailRow {
     #[sqlx(flatten)]
@@ -102,6 +107,8 @@ type ServiceJson = (
     i64,
     Option<String>,
     Option<String>,
+    i64,
+    Option<String>,
 );
 
 impl TryFrom<DetailRow> for StackDetail {
@@ -121,21 +128,25 @@ impl TryFrom<DetailRow> for StackDetail {
         let services: Vec<ServiceJson> = from_json(&r.services, "service list")?;
         let services = services
             .into_iter()
-            .map(|(name, status, expose, port, url, error)| {
-                let expose = match expose {
-                    serde_json::Value::Bool(b) => b,
-                    serde_json::Value::Number(n) => n.as_i64() != Some(0),
-                    _ => return Err(corrupt("stored service expose flag is not valid")),
-                };
-                Ok(Service {
-                    name: parsed(ServiceName::parse(&name).ok(), "service name")?,
-                    status: parsed(ServiceStatus::parse(&status), "service status")?,
-                    expose,
-                    port: parsed(u16::try_from(port).ok(), "service port")?,
-                    url,
-                    error,
-                })
-            })
+            .map(
+                |(name, status, expose, port, url, error, restarts, last_exit)| {
+                    let expose = match expose {
+                        serde_json::Value::Bool(b) => b,
+                        serde_json::Value::Number(n) => n.as_i64() != Some(0),
+                        _ => return Err(corrupt("stored service expose flag is not valid")),
+                    };
+                    Ok(Service {
+                        name: parsed(ServiceName::parse(&name).ok(), "service name")?,
+                        status: parsed(ServiceStatus::parse(&status), "service status")?,
+                        expose,
+                        port: parsed(u16::try_from(port).ok(), "service port")?,
+                        url,
+                        error,
+                        restarts,
+                        last_exit,
+                    })
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         Ok(StackDetail {
             stack: r.stack.try_into()?,

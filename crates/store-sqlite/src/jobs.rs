@@ -6,6 +6,7 @@ use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, random_hex};
+use stackyard_core::lifecycle::status::Supervised;
 use stackyard_core::model::*;
 use stackyard_core::store::{DeployResult, JobStore, StoreError};
 use stackyard_core::time::Millis;
@@ -98,6 +99,16 @@ impl JobStore for SqliteStore {
         let tx = self.write_tx().await?;
         let done = OPS.record_service_status(tx, job, service, status, url, error, now);
         Ok(done.await?)
+    }
+
+    async fn record_supervised_status(
+        &self,
+        stack: StackId,
+        report: Supervised<'_>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let tx = self.write_tx().await?;
+        Ok(OPS.record_supervised_status(tx, stack, report, now).await?)
     }
 
     async fn finish_deploy(

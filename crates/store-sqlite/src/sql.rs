@@ -47,7 +47,7 @@ pub(crate) static SQL: Sql = Sql {
     ),
     lock_stack_by_id: concat!("SELECT ", stack_cols!(), " FROM stacks WHERE id = $1"),
     stack_by_id: concat!("SELECT ", stack_cols!(), " FROM stacks WHERE id = $1"),
-    services_of: "SELECT name, status, expose, port, url, error FROM services \
+    services_of: "SELECT name, status, expose, port, url, error, restarts, last_exit FROM services \
                   WHERE stack_id = $1 ORDER BY position",
     open_releases: concat!(
         "SELECT ",
@@ -68,11 +68,13 @@ pub(crate) static SQL: Sql = Sql {
     update_stack: "UPDATE stacks SET status = $2, error = $3, release = $4, op_generation = $5, \
                      updated_at = $6, manifest = COALESCE($7, manifest) WHERE id = $1",
     delete_stack: "DELETE FROM stacks WHERE id = $1",
-    put_service: "INSERT INTO services (stack_id, name, position, status, expose, port, url, error, updated_at) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    put_service: "INSERT INTO services (stack_id, name, position, status, expose, port, url, error, \
+                    restarts, last_exit, updated_at) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                   ON CONFLICT (stack_id, name) DO UPDATE SET position = excluded.position, \
                     status = excluded.status, expose = excluded.expose, port = excluded.port, \
-                    url = excluded.url, error = excluded.error, updated_at = excluded.updated_at",
+                    url = excluded.url, error = excluded.error, restarts = excluded.restarts, \
+                    last_exit = excluded.last_exit, updated_at = excluded.updated_at",
     remove_service: "DELETE FROM services WHERE stack_id = $1 AND name = $2",
     insert_release: "INSERT INTO releases (stack_id, version, status, env_version, spec, env, created_at) \
                      SELECT id, $2, 'pending', env_version, $3, env, $4 FROM stacks WHERE id = $1",
@@ -113,7 +115,7 @@ pub(crate) static SQL: Sql = Sql {
            s.env_version, s.release, s.op_generation, s.created_at, s.updated_at, s.expires_at, \
            r.version AS r_version, r.status AS r_status, r.env_version AS r_env_version, \
            r.created_at AS r_created_at, \
-           (SELECT json_group_array(json_array(name, status, expose, port, url, error) \
+           (SELECT json_group_array(json_array(name, status, expose, port, url, error, restarts, last_exit) \
                                     ORDER BY position) \
             FROM services WHERE stack_id = s.id) AS services \
          FROM stacks s LEFT JOIN releases r ON r.stack_id = s.id AND r.version = s.release \

@@ -18,6 +18,7 @@
 use serde_json::{Value, json};
 use stackyard_core::env::{EnvError, EnvMap, EnvPatch, MAX_ENV_BYTES};
 use stackyard_core::ids::{ApiToken, ServiceName, StackSlug, TeamName};
+use stackyard_core::lifecycle::status::Supervised;
 use stackyard_core::model::*;
 pub use stackyard_core::store::StoreOptions;
 use stackyard_core::store::*;
@@ -48,6 +49,7 @@ macro_rules! store_suite {
             claim_job_concurrent_claimers_never_share_a_job,
             fencing_a_lost_claim_cannot_finish_renew_or_retry,
             record_service_status_moves_the_stack_and_ignores_stale_generations,
+            record_supervised_status_degrades_and_restores_the_live_release_only,
             finish_deploy_ok_marks_release_live_and_stack_healthy,
             finish_deploy_failure_fails_release_stack_and_unfinished_services,
             finish_deploy_for_a_superseded_generation_only_closes_the_job,
@@ -1145,6 +1147,89 @@ pub async fn fencing_a_lost_claim_cannot_finish_renew_or_retry<S: Store>(store: 
             .await
             .len(),
         1
+    );
+}
+
+pub async fn record_supervised_status_degrades_and_restores_the_live_release_only<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    deploy_now(&store, &s, 1).await;
+    let worker = ServiceName::parse("worker").unwrap();
+    let report = |release, status, restarts| Supervised {
+        release,
+        service: &worker,
+        status,
+        error: (status == ServiceStatus::Crashed).then_some("exited with status 1"),
+        restarts,
+        last_exit: Some("exited with status 1"),
+    };
+
+    assert!(
+        !store
+            .record_supervised_status(s.id, report(2, ServiceStatus::Crashed, 0), at(2))
+            .await
+            .unwrap(),
+        "release 2 is not live"
+    );
+    assert!(
+        store
+            .record_supervised_status(s.id, report(1, ServiceStatus::Crashed, 0), at(3))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Degraded);
+    let w = &d.services[1];
+    assert_eq!((w.status, w.restarts), (ServiceStatus::Crashed, 0));
+    assert_eq!(w.last_exit.as_deref(), Some("exited with status 1"));
+    assert_eq!(d.services[0].url.as_deref(), Some(API_URL), "api untouched");
+
+    assert!(
+        store
+            .record_supervised_status(s.id, report(1, ServiceStatus::Healthy, 1), at(4))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Healthy);
+    assert_eq!(
+        (d.services[1].status, d.services[1].restarts),
+        (ServiceStatus::Healthy, 1)
+    );
+    let events = events_of(&store, s.id).await;
+    let tail: Vec<(String, String)> = events
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(|e| {
+            (
+                e.kind.clone(),
+                e.data["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("service.status", "crashed"),
+        ("stack.status", "degraded"),
+        ("service.status", "healthy"),
+        ("stack.status", "healthy"),
+    ];
+    assert_eq!(
+        tail,
+        expected.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        "{events:?}"
+    );
+
+    // A deletion in progress: the supervisor's word no longer counts.
+    delete(&store, access(&s), &s.slug, 5).await;
+    assert!(
+        !store
+            .record_supervised_status(s.id, report(1, ServiceStatus::Crashed, 1), at(6))
+            .await
+            .unwrap()
     );
 }
 

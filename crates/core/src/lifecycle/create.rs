@@ -54,6 +54,8 @@ pub fn plan(new: NewStack, cap: Option<TeamCap>) -> Result<Planned<Stack>, Creat
                 port: s.port,
                 url: None,
                 error: None,
+                restarts: 0,
+                last_exit: None,
             },
         })
         .collect();

@@ -236,6 +236,8 @@ fn sync_services(
             port: t.port,
             url,
             error: None,
+            restarts: 0,
+            last_exit: None,
         };
         writes.push(ServiceWrite::Put {
             position: i64::try_from(position).unwrap_or(i64::MAX),
@@ -287,6 +289,8 @@ pub(crate) mod fixtures {
             port: 8000,
             url: url.map(str::to_owned),
             error: None,
+            restarts: 0,
+            last_exit: None,
         }
     }
 

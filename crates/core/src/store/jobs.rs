@@ -6,7 +6,8 @@
 use super::StoreError;
 use crate::env::EnvMap;
 use crate::ids::ServiceName;
-use crate::model::{Job, Release, ServiceStatus, Stack};
+use crate::lifecycle::status::Supervised;
+use crate::model::{Job, Release, ServiceStatus, Stack, StackId};
 use crate::time::Millis;
 use std::future::Future;
 use std::time::Duration;
@@ -59,6 +60,16 @@ pub trait JobStore: Clone + Send + Sync + 'static {
         status: ServiceStatus,
         url: Option<&str>,
         error: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records what the runtime's supervisor saw of a service of the live release between
+    /// operations (`lifecycle::status::supervise`): crashed, restarting, healthy again, or
+    /// failed after a crash loop. False, changing nothing, when the report is stale.
+    fn record_supervised_status(
+        &self,
+        stack: StackId,
+        report: Supervised<'_>,
         now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 

@@ -145,12 +145,11 @@ pub(crate) struct ServiceBox {
     pub(crate) siblings: Vec<u16>,
 }
 
-/// How to start one sandboxed service: run `program` with `args` before the command, with
-/// these variables added to its environment, in these cgroups.
+/// How to start one sandboxed service: run `program` with `args` before the command, in these
+/// cgroups.
 #[derive(Debug)]
 pub(crate) struct Launch {
     pub(crate) prefix: Option<(PathBuf, Vec<OsString>)>,
-    pub(crate) env: Vec<(String, String)>,
     pub(crate) cgroup: Option<ServiceCgroup>,
 }
 
@@ -269,19 +268,24 @@ impl Sandbox {
             .and_then(|id| s.uid_base.checked_add(id))
     }
 
+    /// The variables a service with temporary directory `tmp` gets from its sandbox: `TMPDIR`,
+    /// and `HOME` too when sandboxed (the server's own home is out of reach).
+    pub(crate) fn base_env(&self, tmp: &Path) -> Vec<(String, String)> {
+        let tmp = tmp.display().to_string();
+        let mut env = vec![("TMPDIR".to_owned(), tmp.clone())];
+        if self.settings.is_some() {
+            env.push(("HOME".to_owned(), tmp));
+        }
+        env
+    }
+
     /// Prepares one service: its temporary directory, its files' owner, its cgroups, and the
     /// launcher's command line. Blocking (file system work).
     pub(crate) fn prepare(&self, svc: &ServiceBox) -> std::io::Result<Launch> {
         std::fs::create_dir_all(&svc.tmp)?;
-        let mut env = vec![
-            ("TMPDIR".to_owned(), svc.tmp.display().to_string()),
-            ("HOME".to_owned(), svc.tmp.display().to_string()),
-        ];
         let Some(settings) = &self.settings else {
-            env.truncate(1);
             return Ok(Launch {
                 prefix: None,
-                env,
                 cgroup: None,
             });
         };
@@ -327,7 +331,6 @@ impl Sandbox {
         let args = vec![OsString::from(LAUNCHER_ARG), json.into(), "--".into()];
         Ok(Launch {
             prefix: Some((settings.launcher.clone(), args)),
-            env,
             cgroup,
         })
     }

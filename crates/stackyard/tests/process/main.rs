@@ -11,3 +11,4 @@ mod logs;
 mod runtime;
 mod sandbox;
 mod shared_queue;
+mod supervisor;

@@ -6,7 +6,6 @@
 use crate::runtime::{alive, create, form_of, via_router, wait_healthy};
 use crate::support::*;
 use serde_json::Value;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const HOSTILE: &str = include_str!("hostile/hostile.py");
@@ -31,37 +30,11 @@ fn sandbox_layers_or_skip(layers: &[Value]) -> bool {
     false
 }
 
-fn nix_uid() -> u32 {
-    // SAFETY-free: read our own uid from /proc rather than adding a dependency.
+/// The test's own uid (read from `/proc`; the server it starts has the same).
+fn own_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn write_app(dir: &Path, manifest: &str, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("stackyard.yaml"), manifest).unwrap();
-    for (path, body) in files {
-        let path = dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, body).unwrap();
-    }
-}
-
-/// The run record of a stack's service: (leader pid, port).
-fn run_record(data: &Path, slug: &str, service: &str) -> (i64, i64) {
-    let dir = data.join("run").join(slug);
-    let entry = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .ends_with(&format!("-{service}.json"))
-        })
-        .unwrap_or_else(|| panic!("no run record for {service} in {}", dir.display()));
-    let rec: Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
-    (rec["pgid"].as_i64().unwrap(), rec["port"].as_i64().unwrap())
 }
 
 #[tokio::test]
@@ -223,7 +196,7 @@ async fn hostile_beside_a_victim(extra: &[&str]) {
     assert_eq!(report["memory_hog_returncode"], -9, "{report}");
     let uid = report["uid"].as_i64().unwrap();
     if own_user {
-        assert_eq!(uid, i64::from(nix_uid()), "{report}");
+        assert_eq!(uid, i64::from(own_uid()), "{report}");
     } else {
         assert!(uid >= 200_000, "{report}");
     }
@@ -239,13 +212,7 @@ async fn hostile_beside_a_victim(extra: &[&str]) {
 
 #[tokio::test]
 async fn a_service_over_its_memory_limit_is_killed_and_the_reason_says_memory_limit() {
-    let db = Db::fresh(Backend::Sqlite).await.expect("sqlite");
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &db.url,
-        data.path(),
-        &["--runtime", "local", "--service-memory", "128MiB"],
-    );
+    let (_db, _data, server) = local_server(&["--service-memory", "128MiB"]).await;
     let client = reqwest::Client::new();
     let (_, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     if !sandbox_layers_or_skip(ready["sandbox"].as_array().unwrap()) {

@@ -46,6 +46,17 @@ impl Server {
     }
 }
 
+/// A server with the local runtime and `extra` flags on a fresh SQLite database and data
+/// directory (keep all three alive for the test).
+pub async fn local_server(extra: &[&str]) -> (Db, tempfile::TempDir, Server) {
+    let db = Db::fresh(Backend::Sqlite).await.expect("sqlite");
+    let data = tempfile::tempdir().unwrap();
+    let mut flags = vec!["--runtime", "local"];
+    flags.extend(extra);
+    let server = Server::start(&db.url, data.path(), &flags);
+    (db, data, server)
+}
+
 pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
     let code = res.status().as_u16();
     let text = res.text().await.expect("body");
@@ -116,4 +127,30 @@ pub async fn wait_until(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+pub fn write_app(dir: &Path, manifest: &str, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("stackyard.yaml"), manifest).unwrap();
+    for (path, body) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+}
+
+/// The run record of a stack's service: (leader pid, port).
+pub fn run_record(data: &Path, slug: &str, service: &str) -> (i64, i64) {
+    let dir = data.join("run").join(slug);
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{service}.json"))
+        })
+        .unwrap_or_else(|| panic!("no run record for {service} in {}", dir.display()));
+    let rec: Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+    (rec["pgid"].as_i64().unwrap(), rec["port"].as_i64().unwrap())
 }
