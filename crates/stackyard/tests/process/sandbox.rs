@@ -268,3 +268,55 @@ fn sandbox_required_refuses_to_start_on_a_kernel_without_landlock() {
     assert!(stderr.contains("Landlock ABI 0"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// Serves on `PORT`, then, a second after it became reachable, allocates 1 GiB.
+const LATE_HOG: &str = r#"import http.server, os, threading, time
+server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+time.sleep(1)
+b = bytearray(1 << 30)
+for i in range(0, len(b), 4096):
+    b[i] = 1
+"#;
+
+#[tokio::test]
+async fn a_live_service_over_its_memory_limit_is_reported_crashed_for_its_memory_and_restarted() {
+    let (_db, _data, server) =
+        local_server(&["--service-memory", "128MiB", "--restart-backoff", "100ms"]).await;
+    let client = reqwest::Client::new();
+    let (_, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
+    if !sandbox_layers_or_skip(ready["sandbox"].as_array().unwrap()) {
+        return;
+    }
+    let token = server.admin_token();
+    let apps = tempfile::tempdir().unwrap();
+    write_app(
+        apps.path(),
+        "services:\n  hog:\n    build: ./hog\n",
+        &[
+            ("hog/hog.py", LATE_HOG),
+            ("hog/Procfile", "web: exec python3 hog.py\n"),
+        ],
+    );
+    let form = form_of(
+        apps.path(),
+        &[("hog", &apps.path().join("hog"))],
+        "late-hog",
+    );
+    let slug = create(&client, &server, Some(&token), form).await;
+    let (_, body) = wait_until(
+        &client,
+        &server,
+        &token,
+        &slug,
+        Duration::from_secs(60),
+        |_, b| b["services"][0]["restarts"].as_i64().unwrap_or(0) >= 1,
+    )
+    .await;
+    assert_eq!(
+        body["services"][0]["last_exit"], "was killed for going over its memory limit",
+        "{body}"
+    );
+    let res = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200, "the server is unaffected");
+}
