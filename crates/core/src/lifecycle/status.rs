@@ -26,33 +26,31 @@ pub fn record(locked: &Locked, job: &Job, report: Report<'_>, now: Millis) -> Op
     if old.op_generation != job.generation || old.status == StackStatus::Deleting {
         return None;
     }
-    let position = locked
-        .services
-        .iter()
-        .position(|s| &s.name == report.service)?;
-    let before = &locked.services[position];
-    let after = Service {
+    let after = |before: &Service| Service {
         status: report.status,
         url: report.url.map(str::to_owned),
         error: report.error.map(str::to_owned),
         ..before.clone()
     };
-    Some(put_service(locked, position, after, now, |services| {
+    put_service(locked, report.service, after, now, |services| {
         StackStatus::from_services(services.iter().map(|s| &s.status))
-    }))
+    })
 }
 
-/// The plan that puts `after` at `position`: the stack's status as `status_of` the services
-/// decides, its error the first failed service's; events `service.status` when the service's
-/// status, URL or error changed and `stack.status` when the stack's status or error did.
+/// The plan that replaces service `name` with `edit` of it: the stack's status as `status_of`
+/// the services decides, its error the first failed service's; events `service.status` when
+/// the service's status, URL or error changed and `stack.status` when the stack's status or
+/// error did. `None` when the stack has no such service.
 fn put_service(
     locked: &Locked,
-    position: usize,
-    after: Service,
+    name: &ServiceName,
+    edit: impl FnOnce(&Service) -> Service,
     now: Millis,
     status_of: impl FnOnce(&[Service]) -> StackStatus,
-) -> Plan {
+) -> Option<Plan> {
+    let position = locked.services.iter().position(|s| &s.name == name)?;
     let (old, before) = (&locked.stack, &locked.services[position]);
+    let after = edit(before);
     let changed =
         before.status != after.status || before.url != after.url || before.error != after.error;
     let mut services = locked.services.clone();
@@ -69,7 +67,7 @@ fn put_service(
     if old.status != status || old.error != error {
         events.push(NewEvent::stack_status(status, error.as_deref()));
     }
-    Plan {
+    Some(Plan {
         stack: Some(StackWrite::Update {
             stack: Stack {
                 status,
@@ -85,7 +83,7 @@ fn put_service(
         }],
         events,
         ..Plan::nothing(now)
-    }
+    })
 }
 
 /// What the supervisor reports about one service of the live release.
@@ -114,25 +112,20 @@ pub fn supervise(locked: &Locked, report: Supervised<'_>, now: Millis) -> Option
     if !resting || !live {
         return None;
     }
-    let position = locked
-        .services
-        .iter()
-        .position(|s| &s.name == report.service)?;
-    let before = &locked.services[position];
-    let after = Service {
+    let after = |before: &Service| Service {
         status: report.status,
         error: report.error.map(str::to_owned),
         restarts: report.restarts,
         last_exit: report.last_exit.map(str::to_owned),
         ..before.clone()
     };
-    Some(put_service(locked, position, after, now, |services| {
+    put_service(locked, report.service, after, now, |services| {
         if services.iter().all(|s| s.status == ServiceStatus::Healthy) {
             StackStatus::Healthy
         } else {
             StackStatus::Degraded
         }
-    }))
+    })
 }
 
 #[cfg(test)]
