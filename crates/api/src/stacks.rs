@@ -314,7 +314,7 @@ pub struct StackEventData {
     #[schema(format = DateTime)]
     pub at: String,
     /// `stack.status`, `service.status`, `release.created`, `release.status`, `env.version`,
-    /// `stack.deleted`.
+    /// `build.step`, `stack.deleted`.
     pub kind: String,
     /// Statuses, versions and key names; never env values.
     #[schema(value_type = Object)]

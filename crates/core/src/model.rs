@@ -305,7 +305,7 @@ pub struct StackEvent {
     pub id: i64,
     pub at: Millis,
     /// `stack.status`, `service.status`, `release.created`, `release.status`, `env.version`,
-    /// `stack.deleted`.
+    /// `stack.deleted`, `build.step`.
     pub kind: String,
     pub data: serde_json::Value,
 }
@@ -358,6 +358,30 @@ impl NewEvent {
         NewEvent {
             kind: "env.version",
             data: serde_json::json!({ "version": version, "set": change.set, "deleted": change.deleted }),
+        }
+    }
+
+    /// `build.step` `{service, step, steps, instruction, status, exit}`: one step of a
+    /// service's build (`running`, `done`, `cached` or `failed`). `instruction` is the
+    /// Dockerfile line as written, never with build arg values substituted.
+    pub fn build_step(
+        service: &str,
+        step: usize,
+        steps: usize,
+        instruction: &str,
+        status: &str,
+        exit: Option<&str>,
+    ) -> NewEvent {
+        NewEvent {
+            kind: "build.step",
+            data: serde_json::json!({
+                "service": service,
+                "step": step,
+                "steps": steps,
+                "instruction": instruction,
+                "status": status,
+                "exit": exit,
+            }),
         }
     }
 

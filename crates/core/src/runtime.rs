@@ -6,7 +6,7 @@
 use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
 use crate::lifecycle::status::Supervised;
-use crate::model::{ReleaseService, ServiceStatus, StackId};
+use crate::model::{NewEvent, ReleaseService, ServiceStatus, StackId};
 use crate::time::Millis;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,13 @@ pub trait StatusSink: Send + Sync {
         url: Option<&'a str>,
         error: Option<&'a str>,
     ) -> BoxFuture<'a, ()>;
+
+    /// A progress event of the operation (`build.step`), written while the operation still
+    /// owns the stack. Dropped by sinks that record nothing.
+    fn event(&self, event: NewEvent) -> BoxFuture<'_, ()> {
+        let _ = event;
+        Box::pin(async {})
+    }
 }
 
 /// Where a runtime reports what it sees of a live release between operations: a service that

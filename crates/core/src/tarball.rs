@@ -659,10 +659,31 @@ pub fn resolve_start(manifest_command: Option<&str>, info: &TarballInfo) -> Opti
     })
 }
 
-/// The `web` process of a Procfile, else its only process. Lines are `name: command`, names
-/// `[A-Za-z0-9_-]+`; blank lines and `#` comments are skipped; of repeated names the first
-/// counts.
+/// The `web` process of a Procfile, else its only process (`release` is not a process: see
+/// [`procfile_release`]). Lines are `name: command`, names `[A-Za-z0-9_-]+`; blank lines and
+/// `#` comments are skipped; of repeated names the first counts.
 pub fn procfile_command(text: &str) -> Option<String> {
+    let processes: Vec<(&str, &str)> = procfile_entries(text)
+        .into_iter()
+        .filter(|(n, _)| *n != "release")
+        .collect();
+    let chosen = match processes.iter().find(|(n, _)| *n == "web") {
+        Some((_, c)) => Some(*c),
+        None if processes.len() == 1 => processes.first().map(|(_, c)| *c),
+        None => None,
+    };
+    chosen.map(str::to_owned)
+}
+
+/// The Procfile's `release:` command, run once per release before its processes start.
+pub fn procfile_release(text: &str) -> Option<String> {
+    procfile_entries(text)
+        .into_iter()
+        .find(|(n, _)| *n == "release")
+        .map(|(_, c)| c.to_owned())
+}
+
+fn procfile_entries(text: &str) -> Vec<(&str, &str)> {
     let mut processes: Vec<(&str, &str)> = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -681,18 +702,13 @@ pub fn procfile_command(text: &str) -> Option<String> {
             processes.push((name, command));
         }
     }
-    let chosen = match processes.iter().find(|(n, _)| *n == "web") {
-        Some((_, c)) => Some(*c),
-        None if processes.len() == 1 => processes.first().map(|(_, c)| *c),
-        None => None,
-    };
-    chosen.map(str::to_owned)
+    processes
 }
 
 /// `CMD`/`ENTRYPOINT` as Docker stores them: exec form is an argv, shell form a string Docker
 /// would run with `/bin/sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Form {
+pub(crate) enum Form {
     Exec(Vec<String>),
     Shell(String),
 }
@@ -804,7 +820,7 @@ pub fn dockerfile_command(text: &str) -> Option<(String, String)> {
 
 /// The line-continuation character: `\`, or `` ` `` when the Dockerfile starts with the parser
 /// directive `# escape=``.
-fn escape_directive(text: &str) -> char {
+pub(crate) fn escape_directive(text: &str) -> char {
     for line in text.lines() {
         let Some(directive) = line.trim().strip_prefix('#') else {
             break;
@@ -821,7 +837,7 @@ fn escape_directive(text: &str) -> char {
 
 /// The next instruction with continuations joined, skipping comments, blank lines and the
 /// bodies of heredocs opened by the previous instruction.
-fn next_instruction<'a>(
+pub(crate) fn next_instruction<'a>(
     lines: &mut impl Iterator<Item = &'a str>,
     escape: char,
     heredocs: &mut Vec<String>,
@@ -866,7 +882,7 @@ fn next_instruction<'a>(
 }
 
 /// Terminators of `<<WORD`, `<<-WORD`, `<<"WORD"` and `<<'WORD'` in an instruction.
-fn heredoc_terminators(instruction: &str) -> Vec<String> {
+pub(crate) fn heredoc_terminators(instruction: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = instruction;
     while let Some(i) = rest.find("<<") {
@@ -891,7 +907,7 @@ fn heredoc_terminators(instruction: &str) -> Vec<String> {
     out
 }
 
-fn unquote(s: &str) -> &str {
+pub(crate) fn unquote(s: &str) -> &str {
     let s = s.trim();
     for q in ['"', '\''] {
         if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
@@ -903,7 +919,7 @@ fn unquote(s: &str) -> &str {
 
 /// Exec form when the arguments are a JSON array of strings, else shell form (Docker falls back
 /// the same way).
-fn parse_form(args: &str) -> Option<Form> {
+pub(crate) fn parse_form(args: &str) -> Option<Form> {
     let args = args.trim();
     if args.is_empty() {
         return None;
@@ -1510,6 +1526,15 @@ mod tests {
 
     fn docker(text: &str) -> Option<(String, String)> {
         dockerfile_command(text)
+    }
+
+    #[test]
+    fn a_procfile_release_line_is_not_a_process() {
+        let text = "release: python migrate.py\nworker: python w.py\n";
+        assert_eq!(procfile_command(text).as_deref(), Some("python w.py"));
+        assert_eq!(procfile_release(text).as_deref(), Some("python migrate.py"));
+        assert_eq!(procfile_release("web: x\n"), None);
+        assert_eq!(procfile_command("release: x\n"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - `sandbox`: what a service may touch, and the launcher that confines it;
 //! - `supervisor`: starting a service, and restarting one of the routed release that crashed.
 
+mod build;
 mod health;
 mod logs;
 mod procs;
@@ -40,7 +41,8 @@ use std::time::Duration;
 /// slug, the service, `base_domain` and `router_port`, so they survive restarts.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
-    /// Holds `artifacts/` (read), and `stacks/`, `run/` and `logs/` (owned by this runtime).
+    /// Holds `artifacts/` (read), and `stacks/`, `builds/`, `run/` and `logs/` (owned by this
+    /// runtime).
     pub data_dir: PathBuf,
     /// Suffix of every service host, `localhost` by default.
     pub base_domain: String,
@@ -48,6 +50,8 @@ pub struct LocalConfig {
     pub router_port: u16,
     /// How long a service gets to become healthy.
     pub deploy_timeout: Duration,
+    /// How long a service's build (all its steps) may take.
+    pub build_timeout: Duration,
     /// How long a process group gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// What confines each service (`Sandbox::off()` by default).
@@ -60,14 +64,15 @@ pub struct LocalConfig {
 
 impl LocalConfig {
     /// The spec's defaults: base domain `localhost`, router port 8080, a 60 s deploy timeout,
-    /// a 5 s stop grace, a 1 s restart backoff and a 10 s health check; no sandbox (the server
-    /// sets one up from its flags).
+    /// a 10 min build timeout, a 5 s stop grace, a 1 s restart backoff and a 10 s health
+    /// check; no sandbox (the server sets one up from its flags).
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             base_domain: "localhost".into(),
             router_port: 8080,
             deploy_timeout: Duration::from_secs(60),
+            build_timeout: Duration::from_secs(600),
             stop_grace: Duration::from_secs(5),
             sandbox: Arc::new(Sandbox::off()),
             restart_backoff: Duration::from_secs(1),

@@ -319,6 +319,11 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
+/// Whether an exit `describe_exit` described is a success (status 0).
+pub(crate) fn succeeded(description: &str) -> bool {
+    description == "exited with status 0"
+}
+
 fn describe_exit(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exited with status {code}");

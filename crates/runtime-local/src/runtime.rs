@@ -7,6 +7,7 @@
 //! `run/<slug>/<release>-<service>.json` (one record per live process group) and
 //! `logs/<slug>/<service>.log`.
 
+use crate::build::{BuildError, Prepared};
 use crate::health::probe;
 use crate::logs::{RING_LINES, ServiceLogs, ended, read_tail};
 use crate::procs::{Proc, RunRecord, read_records, stop_group};
@@ -59,7 +60,7 @@ pub(crate) struct Shared {
     routes: RouteTable,
     limits: TarballLimits,
     /// `PATH` and `HOME` of the server: the only part of its environment a service inherits.
-    inherited: Vec<(String, String)>,
+    pub(crate) inherited: Vec<(String, String)>,
     stacks: Mutex<HashMap<StackSlug, Arc<StackSlot>>>,
     logs: Mutex<HashMap<(StackSlug, ServiceName), Arc<ServiceLogs>>>,
     /// Ports handed to processes this runtime started and not yet stopped, so two services
@@ -291,7 +292,7 @@ impl Shared {
     }
 
     /// Stops process groups in parallel and forgets them.
-    async fn stop_procs(&self, slot: &StackSlot, procs: Vec<Arc<Proc>>) {
+    pub(crate) async fn stop_procs(&self, slot: &StackSlot, procs: Vec<Arc<Proc>>) {
         let grace = self.cfg.stop_grace;
         futures_util::future::join_all(procs.iter().map(|p| p.stop(grace))).await;
         lock(&slot.state)
@@ -387,6 +388,7 @@ impl Shared {
             sink.service_status(&svc.name, ServiceStatus::Building, None, None)
                 .await;
         }
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(plan.services.len());
         for svc in &plan.services {
             if !is_digest(&svc.artifact) {
                 let message = "its artifact digest is not a SHA-256 hex string".to_owned();
@@ -410,6 +412,22 @@ impl Shared {
                 }
                 Ok(Err(e)) => {
                     let message = format!("cannot be unpacked: {e}");
+                    return self
+                        .fail(attempt, plan, sink, vec![failure(svc, message)])
+                        .await;
+                }
+            }
+            let dest = release_dir.join(svc.name.as_str());
+            match self
+                .prepare_service(&mut attempt, plan, svc, &dest, sink)
+                .await
+            {
+                Ok(p) => prepared.push(p),
+                Err(BuildError::Transient(message)) => {
+                    attempt.abort().await;
+                    return Err(RuntimeError::Transient(message));
+                }
+                Err(BuildError::Failed(message)) => {
                     return self
                         .fail(attempt, plan, sink, vec![failure(svc, message)])
                         .await;
@@ -439,12 +457,22 @@ impl Shared {
             .services
             .iter()
             .zip(&assigned)
-            .map(|(svc, &port)| {
+            .zip(&prepared)
+            .map(|((svc, &port), prep)| {
                 let tmp = release_dir.join(".tmp").join(svc.name.as_str());
-                // The sandbox's TMPDIR and HOME sit with the inherited variables, below what
-                // the stack sets.
+                let root = release_dir.join(svc.name.as_str());
+                // The sandbox's TMPDIR and HOME sit with the inherited variables, below the
+                // image's ENV and what the stack sets.
                 let mut base = self.inherited.clone();
                 base.extend(self.cfg.sandbox.base_env(&tmp));
+                if prep.built {
+                    // Where the build's `pip install` put packages (see `build`).
+                    base.push((
+                        "PYTHONUSERBASE".to_owned(),
+                        root.join(".local").display().to_string(),
+                    ));
+                }
+                base.extend(image_env(&prep.image_env, &self.inherited));
                 Arc::new(ServiceStart {
                     stack_id: plan.stack_id,
                     slug: slug.clone(),
@@ -454,11 +482,31 @@ impl Shared {
                     service: svc.clone(),
                     port,
                     siblings: assigned.clone(),
-                    root: release_dir.join(svc.name.as_str()),
+                    root,
                     tmp,
                 })
             })
             .collect();
+        // Procfile `release:` commands, once per release, before any process starts.
+        let deadline = Instant::now() + self.cfg.build_timeout;
+        for (start, prep) in starts.iter().zip(&prepared) {
+            let Some(command) = &prep.release_command else {
+                continue;
+            };
+            let failed = match self
+                .release_command(&mut attempt, plan, start, command, deadline)
+                .await
+            {
+                Ok(None) => continue,
+                Ok(Some(message)) => message,
+                Err(message) => {
+                    attempt.abort().await;
+                    return Err(RuntimeError::Transient(message));
+                }
+            };
+            let failed = vec![failure(&start.service, failed)];
+            return self.fail(attempt, plan, sink, failed).await;
+        }
         for start in &starts {
             match self.start_service(slot, start).await {
                 Ok(p) => {
@@ -694,7 +742,7 @@ impl Shared {
             }
         }
 
-        let dirs = ["stacks", "run", "logs"].map(|kind| self.dir(kind, slug));
+        let dirs = ["stacks", "builds", "run", "logs"].map(|kind| self.dir(kind, slug));
         with_files(slot, move || {
             for d in &dirs {
                 remove_dir_if_exists(d)?;
@@ -769,10 +817,10 @@ impl Shared {
 /// The not-yet-committed part of a deploy. Dropped without `done` (the deploy future was
 /// cancelled, e.g. its job's claim was lost) it still stops what it started, from a task; its
 /// files are then left for the next deploy or teardown of the stack, which hold the lock.
-struct Attempt {
+pub(crate) struct Attempt {
     shared: Arc<Shared>,
-    slot: Arc<StackSlot>,
-    procs: Vec<Arc<Proc>>,
+    pub(crate) slot: Arc<StackSlot>,
+    pub(crate) procs: Vec<Arc<Proc>>,
     /// Every port allocated for this attempt (a started process owns its port from then on).
     ports: Vec<u16>,
     release_dir: PathBuf,
@@ -905,7 +953,7 @@ fn port_overridden(plan: &DeployPlan, svc: &ReleaseService, port: u16) -> bool {
     set(svc.env.get("PORT").map(String::as_str)) || set(plan.env.get("PORT"))
 }
 
-fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
@@ -922,8 +970,8 @@ async fn drain(upstreams: Vec<Arc<Upstream>>, limit: Duration) {
     }
 }
 
-/// A service's environment, later entries winning (`env.md`, "Applying"): the server's `PATH`
-/// and `HOME`; the platform variables; variables from `needs:` (none are provisioned yet); the
+/// A service's environment, later entries winning (`env.md`, "Applying"): `inherited` (the
+/// server's `PATH` and `HOME`, the sandbox's variables, the image's `ENV`); the platform variables; variables from `needs:` (none are provisioned yet); the
 /// manifest's `env:` with `service://x` resolved to this release's address of `x`; the stack
 /// env map.
 fn service_env(
@@ -943,6 +991,29 @@ fn service_env(
     }));
     env.extend(plan.env.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
     env
+}
+
+/// The image's `ENV` as a service sees it: a `PATH` that named the base image's (`$PATH`,
+/// empty here: there is no base image) gets the server's in its empty entries.
+fn image_env<'a>(
+    env: &'a BTreeMap<String, String>,
+    inherited: &'a [(String, String)],
+) -> impl Iterator<Item = (String, String)> + 'a {
+    let host_path = inherited
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    env.iter().map(move |(k, v)| {
+        let value = if k == "PATH" {
+            v.split(':')
+                .map(|entry| if entry.is_empty() { host_path } else { entry })
+                .collect::<Vec<_>>()
+                .join(":")
+        } else {
+            v.clone()
+        };
+        (k.clone(), value)
+    })
 }
 
 /// Where a service starts: its `workdir` under the unpacked root when that is a directory

@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_DEPLOY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub deploy_timeout: Duration,
 
+    /// Time a service's Dockerfile build (all its steps) and a Procfile `release:` command
+    /// may take (local runtime).
+    #[arg(long, env = "STACKYARD_BUILD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
+
     /// Whether callers without a token may create stacks.
     #[arg(long, env = "STACKYARD_ALLOW_ANONYMOUS", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_anonymous: bool,

@@ -8,7 +8,7 @@ use crate::now;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
 use stackyard_core::lifecycle::status::Supervised;
-use stackyard_core::model::{Job, JobKind, Release, ServiceStatus, Stack, StackId};
+use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stack, StackId};
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
@@ -249,6 +249,15 @@ impl<S: JobStore> StatusSink for JobSink<S> {
                 Err(e) => {
                     tracing::warn!(error = %e, job = self.job.id, "could not record a service status")
                 }
+            }
+        })
+    }
+
+    fn event(&self, event: NewEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let kind = event.kind;
+            if let Err(e) = self.store.record_job_event(&self.job, event, now()).await {
+                tracing::warn!(error = %e, job = self.job.id, kind, "could not record an event");
             }
         })
     }

@@ -224,6 +224,7 @@ async fn make_runtime(
             cfg.base_domain = args.base_domain.clone();
             cfg.router_port = addr.port();
             cfg.deploy_timeout = args.deploy_timeout;
+            cfg.build_timeout = args.build_timeout;
             cfg.sandbox = Arc::new(sandbox(args)?);
             cfg.restart_backoff = args.restart_backoff;
             cfg.health_interval = args.health_interval;

@@ -113,6 +113,16 @@ impl JobStore for PgStore {
         Ok(done.await?)
     }
 
+    async fn record_job_event(
+        &self,
+        job: &Job,
+        event: NewEvent,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let tx = self.begin().await?;
+        Ok(OPS.record_job_event(tx, job, event, now).await?)
+    }
+
     async fn record_supervised_status(
         &self,
         stack: StackId,

@@ -547,6 +547,23 @@ where
         Ok(true)
     }
 
+    pub async fn record_job_event(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        job: &Job,
+        event: NewEvent,
+        now: Millis,
+    ) -> Result<bool> {
+        let Some(locked) = self.lock_stack(&mut tx, StackRef::Id(job.stack_id)).await? else {
+            return Ok(false);
+        };
+        let Some(plan) = lifecycle::status::progress(&locked, job, event, now) else {
+            return Ok(false);
+        };
+        self.commit_plan(tx, Some(&locked.stack), &plan).await?;
+        Ok(true)
+    }
+
     pub async fn record_supervised_status(
         &self,
         mut tx: Transaction<'static, DB>,

@@ -101,6 +101,16 @@ impl JobStore for SqliteStore {
         Ok(done.await?)
     }
 
+    async fn record_job_event(
+        &self,
+        job: &Job,
+        event: NewEvent,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let tx = self.write_tx().await?;
+        Ok(OPS.record_job_event(tx, job, event, now).await?)
+    }
+
     async fn record_supervised_status(
         &self,
         stack: StackId,

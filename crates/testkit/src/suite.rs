@@ -82,6 +82,7 @@ macro_rules! store_suite {
             create_release_refuses_deleting_and_missing_stacks_and_writes_nothing,
             create_release_racing_request_deletion_never_releases_a_deleting_stack,
             record_service_status_of_a_job_superseded_by_a_redeploy_is_a_noop,
+            record_job_event_writes_only_for_the_job_that_owns_the_stack,
             finish_deploy_failure_with_a_live_release_keeps_the_stack_healthy,
             retry_job_give_up_with_a_live_release_keeps_the_stack_healthy,
             expired_stacks_lists_only_anonymous_expired_stacks_not_being_deleted,
@@ -3205,6 +3206,38 @@ pub async fn create_release_racing_request_deletion_never_releases_a_deleting_st
             (JobKind::Teardown, s.op_generation, s.release)
         );
     }
+}
+
+/// A build's progress event is written while its job owns the stack, and dropped (nothing
+/// written) once a redeploy has superseded the job.
+pub async fn record_job_event_writes_only_for_the_job_that_owns_the_stack<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let job = claim(&store, 1).await.unwrap();
+    let step = |status| NewEvent::build_step("api", 1, 2, "RUN npm install", status, None);
+    assert!(
+        store
+            .record_job_event(&job, step("running"), at(2))
+            .await
+            .unwrap()
+    );
+    let events = events_of(&store, s.id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "build.step");
+    assert_eq!(last.data["instruction"], "RUN npm install");
+    assert_eq!(last.data["status"], "running");
+    store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 3))
+        .await
+        .unwrap();
+    let before = events_of(&store, s.id).await;
+    assert!(
+        !store
+            .record_job_event(&job, step("done"), at(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(events_of(&store, s.id).await, before);
 }
 
 pub async fn record_service_status_of_a_job_superseded_by_a_redeploy_is_a_noop<S: Store>(store: S) {

@@ -37,6 +37,19 @@ pub fn record(locked: &Locked, job: &Job, report: Report<'_>, now: Millis) -> Op
     })
 }
 
+/// A progress event of a running job (`build.step`): written when the job's generation is
+/// still the stack's and the stack is not being deleted, like [`record`]; `None` otherwise.
+pub fn progress(locked: &Locked, job: &Job, event: NewEvent, now: Millis) -> Option<Plan> {
+    let old = &locked.stack;
+    if old.op_generation != job.generation || old.status == StackStatus::Deleting {
+        return None;
+    }
+    Some(Plan {
+        events: vec![event],
+        ..Plan::nothing(now)
+    })
+}
+
 /// The plan that replaces service `name` with `edit` of it: the stack's status as `status_of`
 /// the services decides, its error the first failed service's; events `service.status` when
 /// the service's status, URL or error changed and `stack.status` when the stack's status or
@@ -180,6 +193,17 @@ mod tests {
             p.events[1].data,
             serde_json::json!({"status": "failed", "error": "boom"})
         );
+    }
+
+    #[test]
+    fn a_progress_event_is_written_alone_and_only_by_the_owning_job() {
+        let l = two_services();
+        let generation = l.stack.op_generation;
+        let step = || NewEvent::build_step("api", 1, 3, "RUN make", "running", None);
+        let p = progress(&l, &job(JobKind::Deploy, generation, 1), step(), NOW).unwrap();
+        assert_eq!(kinds(&p.events), ["build.step"]);
+        assert!(p.stack.is_none() && p.services.is_empty());
+        assert!(progress(&l, &job(JobKind::Deploy, generation - 1, 1), step(), NOW).is_none());
     }
 
     fn live_two_services() -> Locked {

@@ -7,7 +7,7 @@ use super::StoreError;
 use crate::env::EnvMap;
 use crate::ids::ServiceName;
 use crate::lifecycle::status::Supervised;
-use crate::model::{Job, Release, ServiceStatus, Stack, StackId};
+use crate::model::{Job, NewEvent, Release, ServiceStatus, Stack, StackId};
 use crate::time::Millis;
 use std::future::Future;
 use std::time::Duration;
@@ -60,6 +60,15 @@ pub trait JobStore: Clone + Send + Sync + 'static {
         status: ServiceStatus,
         url: Option<&str>,
         error: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Writes a progress event of a running job (`lifecycle::status::progress`). False,
+    /// writing nothing, when a newer operation owns the stack.
+    fn record_job_event(
+        &self,
+        job: &Job,
+        event: NewEvent,
         now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 

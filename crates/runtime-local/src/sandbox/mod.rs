@@ -197,6 +197,8 @@ const PROC_SHARED: &[&str] = &[
     "/proc/version",
     "/proc/sys",
 ];
+/// Directories of the data directory that stack users pass through to reach their own.
+const PASSABLE_DIRS: &[&str] = &["stacks", "builds"];
 /// Read + write for every service.
 const DEVICES_RW: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 
@@ -378,16 +380,19 @@ fn system_paths(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// With a user per stack, other users must be able to pass through the data directory to
-/// reach their own release directories, and nothing else: the directory becomes `0711`, its
-/// files (database, admin token, keys) `0600`, its directories `0700` but `stacks/` (`0711`).
+/// reach their own release and build directories, and nothing else: the directory becomes
+/// `0711`, its files (database, admin token, keys) `0600`, its directories `0700` but
+/// `stacks/` and `builds/` (`0711`).
 fn secure_data_dir(data_dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(data_dir.join("stacks"))?;
+    for dir in PASSABLE_DIRS {
+        std::fs::create_dir_all(data_dir.join(dir))?;
+    }
     set_mode(data_dir, 0o711)?;
     for entry in std::fs::read_dir(data_dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let mode = if kind.is_dir() {
-            if entry.file_name() == "stacks" {
+            if PASSABLE_DIRS.iter().any(|d| entry.file_name() == *d) {
                 0o711
             } else {
                 0o700

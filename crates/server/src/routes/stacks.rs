@@ -79,7 +79,7 @@ async fn validate(mut form: Form, needs_start_command: bool) -> ApiResult<Valida
     params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and form returns the first response")),
     request_body(content = StackForm, content_type = "multipart/form-data"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = CreatedStack),
-        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`: the form, manifest or a tarball is not valid"),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid"),
         (status = 401, description = "`unauthorized`: this server accepts no anonymous stacks"),
         (status = 402, description = "`deployment_limit_reached`: the team has its maximum of stacks"),
         (status = 429, description = "`rate_limit_exceeded`: the anonymous daily cap of this network is reached"),

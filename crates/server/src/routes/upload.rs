@@ -8,6 +8,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
+use stackyard_core::dockerfile;
 use stackyard_core::manifest::Manifest;
 use stackyard_core::model::ReleaseService;
 use stackyard_core::store::Store;
@@ -161,6 +162,16 @@ pub fn validate_code(
             // The image's own command starts it.
             None => (String::new(), String::new()),
         };
+        // A runtime that runs commands itself also builds the Dockerfile: one it cannot build
+        // is refused now rather than failing the release later.
+        if needs_start_command
+            && dockerfile::is_built(info.procfile.is_some(), info.dockerfile.is_some())
+            && let Some(text) = &info.dockerfile
+        {
+            dockerfile::build_plan(text, &BTreeMap::new()).map_err(|e| {
+                ApiError::bad_request("invalid_dockerfile", format!("Service `{svc}`: {e}"))
+            })?;
+        }
         services.push(ReleaseService {
             name: spec.name.clone(),
             artifact: info.digest.clone(),

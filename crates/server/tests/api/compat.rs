@@ -93,6 +93,49 @@ async fn the_local_runtime_refuses_a_context_without_a_start_command(backend: Ba
     assert_eq!(app.count("stacks", "").await, 0);
 }
 
+/// The local runtime builds Dockerfiles: one it cannot build (`COPY --from` an earlier stage,
+/// an unknown instruction) is refused with `invalid_dockerfile` naming the service and the
+/// instruction, before any row is written. A Procfile next to it means it is not built.
+async fn the_local_runtime_refuses_a_dockerfile_it_cannot_build(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, &["--runtime", "local"]).await else {
+        return;
+    };
+    let t = Some(app.admin_token.as_str());
+    let multi_stage = "FROM node:20 AS deps\nRUN npm ci\nFROM node:20-slim\n\
+                       COPY --from=deps /app/node_modules ./node_modules\nCMD [\"node\", \"s.js\"]\n";
+    for (dockerfile, says) in [
+        (multi_stage, "only the last stage"),
+        ("FROM node:20\nFROBNICATE x\nCMD node s.js\n", "FROBNICATE"),
+        (
+            "FROM alpine\nADD https://example.com/x.tgz /x\nCMD ./x\n",
+            "URL",
+        ),
+    ] {
+        let web = tarball(&[("Dockerfile", dockerfile)]);
+        let (code, body) = app
+            .create_stack(t, one_service("services:\n  web: {}\n", &[("web", web)]))
+            .await;
+        assert_error(code, &body, 400, "invalid_dockerfile");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("`web`") && message.contains(says),
+            "{message}"
+        );
+    }
+    assert_eq!(app.count("stacks", "").await, 0);
+    let with_procfile = tarball(&[
+        ("Dockerfile", multi_stage),
+        ("Procfile", "web: node s.js\n"),
+    ]);
+    let (code, body) = app
+        .create_stack(
+            t,
+            one_service("services:\n  web: {}\n", &[("web", with_procfile)]),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+}
+
 /// Structure first: a two-service manifest with one tarball (itself unreadable) answers
 /// `missing_tarball` naming the missing service, before that tarball is judged.
 async fn a_missing_tarball_is_reported_before_any_tarball_is_judged(backend: Backend) {
@@ -144,6 +187,7 @@ both_backends!(
     delete_answers_202_while_a_slow_teardown_runs_and_at_once_without_wait,
     contexts_without_a_start_command_are_accepted_by_the_noop_runtime,
     the_local_runtime_refuses_a_context_without_a_start_command,
+    the_local_runtime_refuses_a_dockerfile_it_cannot_build,
     a_missing_tarball_is_reported_before_any_tarball_is_judged,
     an_anonymous_stacks_note_says_when_it_expires_and_how_to_keep_it,
 );

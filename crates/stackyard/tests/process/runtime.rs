@@ -170,7 +170,7 @@ pub(crate) async fn wait_healthy(
     }
 }
 
-async fn wait_release(
+pub(crate) async fn wait_release(
     client: &reqwest::Client,
     server: &Server,
     token: &str,
@@ -215,7 +215,7 @@ async fn wait_release(
     }
 }
 
-async fn redeploy(
+pub(crate) async fn redeploy(
     client: &reqwest::Client,
     server: &Server,
     token: &str,
@@ -231,6 +231,25 @@ async fn redeploy(
     let (code, b) = json_of(rb.send().await.unwrap()).await;
     assert_eq!(code, 202, "{b}");
     b["release"]["version"].as_i64().unwrap()
+}
+
+/// The backlog of a service's logs (`?follow=false`), as the SSE text.
+pub(crate) async fn log_backlog(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    slug: &str,
+    service: &str,
+) -> String {
+    client
+        .get(server.url(&format!("/stacks/{slug}/logs/{service}?follow=false")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// DELETE (200 once the teardown finished, or 202), then polls until the stack reads as 404.
@@ -321,15 +340,7 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     );
 
     // Logs: the backlog ends with [end]; a new line reaches a follower within a second.
-    let text = client
-        .get(server.url(&format!("/stacks/{slug}/logs/web?follow=false")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = log_backlog(&client, &server, &token, &slug, "web").await;
     assert!(text.contains("web listening on"), "{text}");
     assert!(text.trim_end().ends_with("data: [end]"), "{text}");
     let (code, b) = json_of(

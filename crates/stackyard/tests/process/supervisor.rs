@@ -35,7 +35,7 @@ fn leader_pid(data: &Path, slug: &str, service: &str) -> i64 {
 
 /// The stack's events, `(kind, service, status)`, read from its SSE stream until `done` holds
 /// for the list read so far.
-async fn events_until(
+pub(crate) async fn events_until(
     client: &reqwest::Client,
     server: &Server,
     token: &str,
