@@ -68,6 +68,42 @@ pub(crate) fn backoff(base: Duration, n: usize) -> Duration {
     base.saturating_mul(1 << doublings).min(MAX_BACKOFF)
 }
 
+/// The crashes of one service within the last [`CRASH_WINDOW`], which decide the wait before
+/// its next restart and when it is given up on.
+pub(crate) struct Crashes {
+    base: Duration,
+    at: VecDeque<Instant>,
+}
+
+impl Crashes {
+    pub(crate) fn new(base: Duration) -> Self {
+        Self {
+            base,
+            at: VecDeque::new(),
+        }
+    }
+
+    /// Records a crash at `now`: the wait before restarting ([`backoff`] by the crashes in the
+    /// window), or `None` when that makes more than [`MAX_CRASHES`] and the service is given
+    /// up on.
+    pub(crate) fn record(&mut self, now: Instant) -> Option<Duration> {
+        self.at.push_back(now);
+        while self
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.at.pop_front();
+        }
+        (self.at.len() <= MAX_CRASHES).then(|| backoff(self.base, self.at.len()))
+    }
+
+    /// Crashes within the window.
+    pub(crate) fn len(&self) -> usize {
+        self.at.len()
+    }
+}
+
 impl Shared {
     /// Prepares the service's sandbox and starts its process group.
     pub(crate) async fn start_service(
@@ -147,7 +183,7 @@ pub(crate) async fn supervise(
 ) {
     let name = &start.service.name;
     let mut restarts = 0i64;
-    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut crashes = Crashes::new(shared.cfg.restart_backoff);
     // An ending already known (a restarted process that never became healthy), and whether
     // that process was stopped by us rather than by a retire or teardown.
     let mut known: Option<String> = None;
@@ -177,16 +213,9 @@ pub(crate) async fn supervise(
                 }
             }
         };
-        let now = Instant::now();
-        crashes.push_back(now);
-        while crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            crashes.pop_front();
-        }
+        let wait = crashes.record(Instant::now());
         tracing::warn!(stack = %start.slug, service = %name, exit = %exit, crashes = crashes.len(), "a service ended on its own");
-        if crashes.len() > MAX_CRASHES {
+        let Some(wait) = wait else {
             let mut message = format!(
                 "crashed {} times within 10 minutes and is left stopped; the last time it {exit}.",
                 crashes.len()
@@ -203,7 +232,7 @@ pub(crate) async fn supervise(
                 )
                 .await;
             return;
-        }
+        };
         shared
             .report(
                 &start,
@@ -213,7 +242,7 @@ pub(crate) async fn supervise(
                 Some(&exit),
             )
             .await;
-        tokio::time::sleep(backoff(shared.cfg.restart_backoff, crashes.len())).await;
+        tokio::time::sleep(wait).await;
 
         let _op = slot.op.lock().await;
         let ours = {
@@ -335,6 +364,33 @@ mod tests {
             backoff(Duration::from_millis(50), 3),
             Duration::from_millis(200)
         );
+    }
+
+    /// The supervisor's waits on a paused clock: a service that crashes again as soon as it is
+    /// back waits 1, 2, 4, 8 and 16 s (31 s in all) and is given up on at the sixth crash; one
+    /// that stays up longer than the window starts again from the base.
+    #[tokio::test(start_paused = true)]
+    async fn restarts_back_off_on_the_clock_and_a_crash_loop_is_given_up_on() {
+        let mut crashes = Crashes::new(Duration::from_secs(1));
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        while let Some(wait) = crashes.record(Instant::now()) {
+            let before = Instant::now();
+            tokio::time::sleep(wait).await;
+            waits.push(before.elapsed().as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16]);
+        assert_eq!(crashes.len(), MAX_CRASHES + 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(31));
+
+        let mut crashes = Crashes::new(Duration::from_secs(1));
+        for _ in 0..MAX_CRASHES {
+            let wait = crashes.record(Instant::now()).unwrap();
+            tokio::time::sleep(wait).await;
+        }
+        tokio::time::advance(CRASH_WINDOW + Duration::from_secs(1)).await;
+        assert_eq!(crashes.record(Instant::now()), Some(Duration::from_secs(1)));
+        assert_eq!(crashes.len(), 1, "older crashes left the window");
     }
 
     #[test]
