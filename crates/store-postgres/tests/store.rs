@@ -159,7 +159,7 @@ async fn a_waiting_env_batch_proceeds_when_the_lock_is_released_in_time() {
     let mut holder = side.begin().await.unwrap();
     lock_stack_row(&mut holder, stack.id).await;
     let writer = spawn_waiting_write(&store, stack.id);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_a_lock_waiter(&db).await;
     assert!(
         !writer.is_finished(),
         "the batch must wait for the row lock"
@@ -167,6 +167,27 @@ async fn a_waiting_env_batch_proceeds_when_the_lock_is_released_in_time() {
     holder.commit().await.unwrap();
     let out = writer.await.unwrap().unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
+}
+
+/// Waits until a session of the test database is waiting for a lock (the spawned write,
+/// queued behind the held row), seen from a connection of its own.
+async fn wait_for_a_lock_waiter(db: &PgTestDb) {
+    let mut conn = side_connection(db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no write waits for the lock");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,7 +205,7 @@ async fn terminated_backends_give_unavailable_and_the_pool_recovers_without_rest
     let mut holder = side.begin().await.unwrap();
     lock_stack_row(&mut holder, stack.id).await;
     let writer = spawn_waiting_write(&store, stack.id);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_a_lock_waiter(&db).await;
     assert!(terminate_store_backends(&mut holder).await >= 1);
     let err = writer.await.unwrap().unwrap_err();
     match err {

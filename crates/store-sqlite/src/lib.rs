@@ -42,6 +42,7 @@ use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A handle on one SQLite database. Cheap to clone (two pool handles).
@@ -56,6 +57,8 @@ pub struct SqliteStore {
     lock_timeout: Duration,
     /// `get_stack`'s answers until a write begins (`cache`).
     details: Arc<DetailCache>,
+    /// Tries of the write lock that found it held by another process (see `lock_waits`).
+    lock_waits: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -139,6 +142,7 @@ impl SqliteStore {
             env_history: opts.env_history.max(1),
             lock_timeout: opts.lock_timeout,
             details,
+            lock_waits: Arc::default(),
         })
     }
 
@@ -176,6 +180,7 @@ impl SqliteStore {
                     return Ok(tx);
                 }
                 Ok(Err(e)) if classify(&e) == StoreError::LockTimeout => {
+                    self.lock_waits.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(pause.min(remaining)).await;
                     pause = (pause * 2).min(MAX_LOCK_PAUSE);
                 }
@@ -183,6 +188,12 @@ impl SqliteStore {
                 Err(_) => return Err(Error::Store(StoreError::LockTimeout)),
             }
         }
+    }
+
+    /// How many times a write found the database locked by another process and waited: how
+    /// a test (or an operator) sees that writes are held up outside this process.
+    pub fn lock_waits(&self) -> u64 {
+        self.lock_waits.load(Ordering::Relaxed)
     }
 
     /// A reader connection, for a read that is one statement (one snapshot by itself).

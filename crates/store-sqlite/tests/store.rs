@@ -148,12 +148,25 @@ async fn sqlite_a_waiting_write_proceeds_once_the_lock_is_released_in_time() {
         let store = store.clone();
         tokio::spawn(async move { store.apply_env_writes(s.id, &[set("A", "1")]).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Released only once the write is seen waiting for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.lock_waits() == 0 {
+        assert!(Instant::now() < deadline, "the write never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     holder.rollback().await.unwrap();
+    let released = Instant::now();
     let out = waiting.await.unwrap().unwrap();
     assert_eq!(out[0].as_ref().unwrap().version, 1);
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    let after = released.elapsed();
+    assert!(
+        after < Duration::from_millis(500),
+        "went ahead {after:?} after the release"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within the lock timeout"
+    );
 
     let mut late = set("B", "2");
     late.deadline = Some(Instant::now());

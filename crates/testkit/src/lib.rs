@@ -10,10 +10,12 @@
 //! - `db`: a fresh database of either [`Backend`] ([`TestDb`]) and `both_backends!`, for tests
 //!   that start a whole server.
 //! - `process`: a `stackyard serve` child process, stopped cleanly on drop.
+//! - `leaks`: no secret in any test server's output, checked when each server stops.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
 //! - [`free_port`]: a port nothing listens on, for a server to bind or a test to find closed.
 
 pub mod db;
+pub mod leaks;
 pub mod pg;
 pub mod process;
 pub mod redis;
@@ -38,8 +40,10 @@ pub fn free_port() -> std::io::Result<u16> {
 
 /// The admin token a server wrote into `data_dir` on its first start.
 pub fn admin_token(data_dir: &std::path::Path) -> String {
-    std::fs::read_to_string(data_dir.join("admin-token"))
+    let token = std::fs::read_to_string(data_dir.join("admin-token"))
         .expect("the server wrote its admin token")
         .trim()
-        .to_owned()
+        .to_owned();
+    leaks::register(&token);
+    token
 }

@@ -1,7 +1,8 @@
 //! A `stackyard serve` child process for process-level tests: started on port 0, found by the
 //! `api listening on http://ADDR` (and `router listening on …`) lines it prints, its stderr
 //! drained for its whole life, and stopped on drop with SIGTERM (so it stops the services it
-//! runs) — SIGKILL only if it does not exit in time.
+//! runs) — SIGKILL only if it does not exit in time — and its whole output then checked for
+//! leaked secrets (`leaks`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,6 +14,8 @@ pub struct ServerProcess {
     child: Child,
     /// Every line the server printed to stderr so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads them (done once the server's stderr closes).
+    reader: Option<std::thread::JoinHandle<()>>,
     /// `http://ADDR` of the API.
     pub base: String,
     /// `http://ADDR` of the router, when the server runs the local runtime.
@@ -64,7 +67,7 @@ impl ServerProcess {
         let echo = std::env::var_os("STACKYARD_TEST_SERVER_LOG").is_some();
         let log = Arc::new(Mutex::new(Vec::new()));
         let kept = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("server: {line}");
@@ -102,6 +105,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             log,
+            reader: Some(reader),
             base: base.unwrap_or_default(),
             router,
         }
@@ -129,6 +133,28 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        self.stop();
+        // Its output is all in once the pipe closed with the process (bounded: a process it
+        // left behind could hold the pipe open).
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        crate::leaks::assert_no_leaks(
+            self.log_lines().iter().map(String::as_str),
+            &format!("the stackyard server (pid {})", self.child.id()),
+        );
+    }
+}
+
+impl ServerProcess {
+    /// SIGTERM, then SIGKILL if it has not exited within 15 s.
+    fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }

@@ -15,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 use serde_json::{Value, json};
 use stackyard_core::env::{EnvError, EnvMap, EnvPatch, MAX_ENV_BYTES};
 use stackyard_core::ids::{ApiToken, ServiceName, StackSlug, TeamName};
@@ -2428,25 +2430,6 @@ pub async fn env_history_is_pruned_but_keeps_the_configured_window<S: Store>(sto
     );
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// The model of one write: what the map, version and answer must be after it.
 struct Model {
     map: BTreeMap<String, String>,
@@ -2530,82 +2513,146 @@ const MODEL_KEYS: [&str; 8] = [
     "h",
 ];
 
-fn random_value(rng: &mut Rng) -> String {
-    const CHARS: [&str; 10] = ["a", "b", "z", "0", "\"", "\\", "\n", "é", "😀", " "];
-    let len = 1 + rng.below(12);
-    (0..len).map(|_| CHARS[rng.below(CHARS.len())]).collect()
+/// What one write of the model test does, decided against the model's state when it runs (so a
+/// shrunk sequence still makes sense): a rollback (to an existing version or not), a value
+/// sized to land the map exactly on, just below or just above the 65,536-byte limit, or a
+/// merge of sets, `""` and `null` deletes and no-ops; optionally with an `If-Match` that is
+/// current or one version stale.
+#[derive(Debug, Clone)]
+struct WriteSpec {
+    kind: WriteKind,
+    stale_if_match: Option<i64>,
 }
 
-/// A random write against `model`: merges with sets, `""` and `null` deletes and no-ops, values
-/// sized to land the map exactly on, just below or just above the 65,536-byte limit, If-Match
-/// preconditions (current or stale) and rollbacks (existing or not).
-fn random_write(rng: &mut Rng, model: &Model, now: i64) -> EnvWrite {
-    let mut w = match rng.below(10) {
-        0 => {
-            let to = rng.below(model.history.len() + 2) as i64 - 1;
+#[derive(Debug, Clone)]
+enum WriteKind {
+    Rollback(usize),
+    NearLimit { key: usize, over: usize },
+    Merge(Vec<(usize, ValueSpec)>),
+}
+
+#[derive(Debug, Clone)]
+enum ValueSpec {
+    Null,
+    Empty,
+    /// The key's current value: a no-op for that key.
+    Same,
+    Set(String),
+}
+
+fn write_specs() -> impl Strategy<Value = Vec<Vec<WriteSpec>>> {
+    const CHARS: [&str; 10] = ["a", "b", "z", "0", "\"", "\\", "\n", "é", "😀", " "];
+    let value = prop_oneof![
+        1 => Just(ValueSpec::Null),
+        1 => Just(ValueSpec::Empty),
+        1 => Just(ValueSpec::Same),
+        3 => prop::collection::vec(prop::sample::select(&CHARS[..]), 1..=12)
+            .prop_map(|cs| ValueSpec::Set(cs.concat())),
+    ];
+    let kind = prop_oneof![
+        1 => (0usize..10).prop_map(WriteKind::Rollback),
+        2 => (0..MODEL_KEYS.len(), 0usize..3)
+            .prop_map(|(key, over)| WriteKind::NearLimit { key, over }),
+        7 => prop::collection::vec((0..MODEL_KEYS.len(), value), 1..=4).prop_map(WriteKind::Merge),
+    ];
+    let write = (kind, prop::option::weighted(0.15, 0i64..2)).prop_map(|(kind, stale_if_match)| {
+        WriteSpec {
+            kind,
+            stale_if_match,
+        }
+    });
+    prop::collection::vec(prop::collection::vec(write, 1..=4), 1..=40)
+}
+
+/// The write `spec` describes, against `model` as it stands.
+fn write_of(spec: &WriteSpec, model: &Model, now: i64) -> EnvWrite {
+    let mut w = match &spec.kind {
+        WriteKind::Rollback(to) => {
+            let to = (to % (model.history.len() + 2)) as i64 - 1;
             rollback(to, now)
         }
-        1 | 2 => {
+        WriteKind::NearLimit { key, over } => {
             // One key sized so that the whole map is MAX-1, MAX or MAX+1 bytes.
-            let key = MODEL_KEYS[rng.below(MODEL_KEYS.len())];
+            let key = MODEL_KEYS[*key];
             let mut probe = model.map.clone();
             probe.insert(key.to_owned(), String::new());
-            let target = MAX_ENV_BYTES - 1 + rng.below(3);
+            let target = MAX_ENV_BYTES - 1 + over;
             let len = target.saturating_sub(Model::json_len(&probe)).max(1);
             patch(json!({ key: "x".repeat(len) }), now)
         }
-        _ => {
+        WriteKind::Merge(values) => {
             let mut env = serde_json::Map::new();
-            for _ in 0..1 + rng.below(4) {
-                let key = MODEL_KEYS[rng.below(MODEL_KEYS.len())];
-                let value = match rng.below(6) {
-                    0 => Value::Null,
-                    1 => Value::String(String::new()),
-                    // Re-set the current value: a no-op for that key.
-                    2 => model
+            for (key, value) in values {
+                let key = MODEL_KEYS[*key];
+                let value = match value {
+                    ValueSpec::Null => Value::Null,
+                    ValueSpec::Empty => Value::String(String::new()),
+                    ValueSpec::Same => model
                         .map
                         .get(key)
                         .map_or(Value::Null, |v| Value::String(v.clone())),
-                    _ => Value::String(random_value(rng)),
+                    ValueSpec::Set(v) => Value::String(v.clone()),
                 };
                 env.insert(key.to_owned(), value);
             }
             patch(Value::Object(env), now)
         }
     };
-    if rng.chance(15) {
-        w.if_match = Some(model.version() - rng.below(2) as i64);
-    }
+    w.if_match = spec.stale_if_match.map(|back| model.version() - back);
     w
 }
 
+/// A property test with shrinking: random batches of writes (see [`WriteSpec`]) applied to a
+/// fresh stack give, write by write, the answers, map and version of a `BTreeMap` model, and
+/// one history row per effective write. A failure is reported as its smallest sequence.
 pub async fn env_model_random_patches_match_a_btreemap<S: Store>(store: S) {
-    for seed in 1..=6u64 {
-        let s = stack(&store, None, 0).await;
-        let mut rng = Rng(seed);
-        let mut model = Model {
-            map: BTreeMap::new(),
-            history: vec![BTreeMap::new()],
-        };
-        for step in 0..40 {
-            let now = step + 1;
-            let batch: Vec<EnvWrite> = (0..1 + rng.below(4))
-                .map(|_| random_write(&mut rng, &model, now))
-                .collect();
-            let expected: Vec<_> = batch.iter().map(|w| model.apply(w, at(now))).collect();
-            let got = apply(&store, &s, batch).await;
-            assert_eq!(got, expected, "seed {seed} step {step}");
-            let env = current_env(&store, &s).await;
-            assert_eq!(env.version, model.version(), "seed {seed} step {step}");
-            assert_eq!(env.env.to_map(), model.map, "seed {seed} step {step}");
-        }
-        let versions = store.list_env_versions(s.id, 1, None).await.unwrap();
-        assert_eq!(
-            versions.total,
-            model.version(),
-            "seed {seed}: one history row per effective write"
-        );
+    let config = ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let handle = tokio::runtime::Handle::current();
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&write_specs(), |batches| {
+            handle
+                .block_on(model_matches(&store, &batches))
+                .map_err(TestCaseError::fail)
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+}
+
+async fn model_matches<S: Store>(store: &S, batches: &[Vec<WriteSpec>]) -> Result<(), String> {
+    let s = stack(store, None, 0).await;
+    let mut model = Model {
+        map: BTreeMap::new(),
+        history: vec![BTreeMap::new()],
+    };
+    for (step, specs) in batches.iter().enumerate() {
+        let now = i64::try_from(step).unwrap_or(i64::MAX) + 1;
+        let batch: Vec<EnvWrite> = specs.iter().map(|w| write_of(w, &model, now)).collect();
+        let expected: Vec<_> = batch.iter().map(|w| model.apply(w, at(now))).collect();
+        let got = apply(store, &s, batch).await;
+        if got != expected {
+            return Err(format!("step {step}: got {got:?}, expected {expected:?}"));
+        }
+        let env = current_env(store, &s).await;
+        if (env.version, env.env.to_map()) != (model.version(), model.map.clone()) {
+            return Err(format!("step {step}: the stored map or version differs"));
+        }
+    }
+    let versions = store.list_env_versions(s.id, 1, None).await.unwrap();
+    if versions.total != model.version() {
+        return Err(format!(
+            "{} history rows for {} effective writes",
+            versions.total,
+            model.version()
+        ));
+    }
+    Ok(())
 }
 
 pub async fn get_env_with_reveal_writes_an_audit_row<S: Store>(store: S) {

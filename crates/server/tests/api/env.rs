@@ -16,6 +16,7 @@ async fn new_stack(app: &TestApp) -> String {
 
 impl TestApp {
     pub fn patch_env(&self, slug: &str, env: Value) -> reqwest::RequestBuilder {
+        stackyard_testkit::leaks::register_json(&env);
         self.patch(&format!("/stacks/{slug}/env"), Some(&self.admin_token))
             .json(&json!({ "env": env }))
     }
@@ -459,6 +460,8 @@ async fn patch_racing_delete_never_wins_after_deleting_committed(backend: Backen
     }
 }
 
+/// A second connection holds the stack's lock (for up to 10 s): a PATCH answers a retryable
+/// 503 after `--lock-timeout`, 3 ± 0.5 s, and succeeds once the lock is gone.
 async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -468,7 +471,14 @@ async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backen
         .send()
         .await
         .unwrap();
+    // Held for 10 s at most: a server that waited for the lock instead of giving up at 3 s
+    // would answer 200 after ~10 s, not hang the test.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
     let holder = LockHolder::hold(&app, &slug).await;
+    let held = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+        holder.release().await;
+    });
     let started = Instant::now();
     let res = app
         .patch_env(&slug, json!({"A": "1"}))
@@ -476,14 +486,15 @@ async fn a_held_row_lock_gives_503_after_about_three_seconds_then_success(backen
         .await
         .unwrap();
     let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited <= Duration::from_millis(3500),
+        "waited {waited:?} (3 ± 0.5 s)"
+    );
     assert_eq!(res.headers()["retry-after"], "1");
     let (code, b) = json_of(res).await;
     assert_error(code, &b, 503, "persist_failed");
-    assert!(
-        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8),
-        "waited {waited:?}"
-    );
-    holder.release().await;
+    let _ = release.send(());
+    held.await.unwrap();
     let (code, b) = call(app.patch_env(&slug, json!({"A": "1"}))).await;
     assert_eq!(code, 200, "{b}");
     assert_eq!(b["version"], 2);
@@ -530,8 +541,9 @@ async fn lock_waits_stay_bounded_behind_a_waiting_job_and_a_waiting_redeploy(bac
     assert_eq!(code, 200, "{b}");
 }
 
-/// The database goes away (a proxy in between is cut) and comes back: writes and reads answer a
-/// retryable 503 meanwhile, and succeed again after the restore without a server restart.
+/// The database goes away (a proxy in between is cut) and comes back: writes (PATCH, create,
+/// DELETE) and reads answer a retryable 503 meanwhile, none of the refused writes leaves a
+/// trace, and all succeed again after the restore without a server restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_unreachable_gives_503_then_recovers_without_restart() {
     let Some((app, proxy)) = TestApp::spawn_behind_proxy(&["--lock-timeout", "1s"]).await else {
@@ -555,6 +567,13 @@ async fn database_unreachable_gives_503_then_recovers_without_restart() {
     let (code, b) = call(app.get("/readyz", None)).await;
     assert_error(code, &b, 503, "not_ready");
     assert!(!b.to_string().contains("postgres://"), "{b}");
+    // A create and a DELETE during the outage: retryable, and nothing of them is left after.
+    let (code, b) = app
+        .create_stack(Some(&app.admin_token), two_service_form("during-outage"))
+        .await;
+    assert_error(code, &b, 503, "provision_failed");
+    let (code, b) = call(app.delete(&format!("/stacks/{slug}"), Some(&app.admin_token))).await;
+    assert_error(code, &b, 503, "delete_failed");
     let (code, _) = call(app.get("/healthz", None)).await;
     assert_eq!(code, 200, "the process stays alive");
 

@@ -118,6 +118,9 @@ async fn anonymous_stacks_expire_and_are_visible_only_anonymously(backend: Backe
     assert_eq!(code, 200);
 }
 
+/// Every route that takes a stack's slug, read from the OpenAPI document (so a new route is
+/// covered without touching this test): another team's token gets 404 `not_found` and leaves
+/// the stack as it was; once revoked, that token gets 401 on every one of them.
 async fn another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_401(
     backend: Backend,
 ) {
@@ -130,38 +133,55 @@ async fn another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_40
         .create_stack(Some(&owner), two_service_form("mine"))
         .await;
     let slug = body["stack_id"].as_str().unwrap().to_owned();
+    let (_, before) = app
+        .wait_for(&slug, Some(&owner), |_, b| {
+            b["status"] == "healthy" && b["release"]["status"] == "live"
+        })
+        .await;
+    let routes = slug_routes(&app, &slug).await;
+    assert!(routes.len() >= 10, "{routes:?}");
 
-    for (method, path) in [
-        ("GET", format!("/stacks/{slug}")),
-        ("GET", format!("/api/v1/stacks/{slug}")),
-        ("DELETE", format!("/stacks/{slug}")),
-    ] {
-        let rb = match method {
-            "GET" => app.get(&path, Some(&other)),
-            _ => app.delete(&path, Some(&other)),
-        };
-        let (code, b) = call(rb).await;
-        assert_eq!(assert_envelope(code, &b), "not_found", "{method} {path}");
-        assert_eq!(code, 404);
+    for route in &routes {
+        let (code, b) = call(slug_route(&app, route, &other)).await;
+        assert_eq!(
+            (code, b["error"].as_str()),
+            (404, Some("not_found")),
+            "{} {}: {b}",
+            route.0,
+            route.1
+        );
     }
     let (_, list) = call(app.get("/api/v1/stacks", Some(&other))).await;
     assert_eq!(list["total"], 0);
-    // The owner's stack is untouched by the other team's DELETE.
-    let (code, b) = call(app.get(&format!("/stacks/{slug}"), Some(&owner))).await;
+    // Nothing the other team sent changed the owner's stack.
+    let (code, after) = call(app.get(&format!("/stacks/{slug}"), Some(&owner))).await;
     assert_eq!(code, 200);
-    assert_ne!(b["status"], "deleting");
+    assert_eq!(
+        (&after["status"], &after["release"], &after["env_version"]),
+        (
+            &before["status"],
+            &before["release"],
+            &before["env_version"]
+        )
+    );
 
     // Revoke the other team's token: it stops working at once, everywhere.
     let (_, who) = call(app.get("/api/v1/whoami", Some(&other))).await;
     let id = who["token"]["id"].as_i64().unwrap();
     let (code, _) = call(app.delete(&format!("/api/v1/tokens/{id}"), Some(&other))).await;
     assert_eq!(code, 200);
-    for path in [
-        "/api/v1/whoami".to_owned(),
-        "/api/v1/stacks".to_owned(),
-        format!("/stacks/{slug}"),
-    ] {
-        let (code, b) = call(app.get(&path, Some(&other))).await;
+    for route in &routes {
+        let (code, b) = call(slug_route(&app, route, &other)).await;
+        assert_eq!(
+            (code, b["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{} {}: {b}",
+            route.0,
+            route.1
+        );
+    }
+    for path in ["/api/v1/whoami", "/api/v1/stacks"] {
+        let (code, b) = call(app.get(path, Some(&other))).await;
         assert_eq!(assert_envelope(code, &b), "unauthorized", "{path}");
     }
     // An invalid token on an optional-auth route is 401, not a downgrade to anonymous.
@@ -169,6 +189,60 @@ async fn another_teams_token_gets_404_on_every_stack_route_and_revoked_tokens_40
         .create_stack(Some("sy_not-a-real-token"), two_service_form("x"))
         .await;
     assert_error(code, &b, 401, "unauthorized");
+}
+
+/// A route of the API: method, path, and the JSON body a well-formed request carries.
+type Route = (String, String, Option<Value>);
+
+/// Every operation of the OpenAPI document whose path has `{slug}`, with `slug` and the other
+/// parameters filled in, and a well-formed JSON body where the operation takes one (so what
+/// answers is the stack lookup, not body validation).
+async fn slug_routes(app: &TestApp, slug: &str) -> Vec<Route> {
+    let (code, doc) = call(app.get("/openapi.json", None)).await;
+    assert_eq!(code, 200);
+    let mut routes = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        if !template.contains("{slug}") {
+            continue;
+        }
+        let mut path = template
+            .replace("{slug}", slug)
+            .replace("{svc}", "web")
+            .replace("{service}", "web")
+            .replace("{version}", "1");
+        assert!(
+            !path.contains('{'),
+            "a parameter this test does not fill: {template}"
+        );
+        // Streams answer their status first; `follow=false` ends them when they would stream.
+        if path.ends_with("/events") || path.contains("/logs/") {
+            path.push_str("?follow=false");
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let json = op["requestBody"]["content"]["application/json"].is_object();
+            let body = json.then(|| match method.as_str() {
+                "patch" => json!({"env": {"GREETING": "x"}}),
+                _ if path.ends_with("/rollback") => json!({"version": 1}),
+                _ => json!({}),
+            });
+            routes.push((method.to_uppercase(), path.clone(), body));
+        }
+    }
+    routes
+}
+
+fn slug_route(app: &TestApp, (method, path, body): &Route, token: &str) -> reqwest::RequestBuilder {
+    let rb = match method.as_str() {
+        "GET" => app.get(path, Some(token)),
+        "DELETE" => app.delete(path, Some(token)),
+        "PATCH" => app.patch(path, Some(token)),
+        "POST" => app.post(path, Some(token)),
+        other => panic!("a method this test does not send: {other}"),
+    };
+    match body {
+        Some(b) => rb.json(b),
+        None => rb,
+    }
 }
 
 async fn create_rejects_each_invalid_form_with_its_code_and_writes_nothing(backend: Backend) {

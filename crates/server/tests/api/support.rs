@@ -20,6 +20,13 @@ pub struct TestApp {
     db: TestDb,
 }
 
+impl Drop for TestApp {
+    /// Whatever the suite's in-process servers logged so far must hold no secret.
+    fn drop(&mut self) {
+        stackyard_testkit::leaks::check_captured("an in-process test server");
+    }
+}
+
 #[derive(Parser)]
 struct Wrapper {
     #[command(flatten)]
@@ -34,26 +41,30 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Option<TestApp> {
-        Self::spawn_inner(backend, extra, None).await
+        Some(Self::spawn_inner(backend, extra, false).await?.0)
     }
 
-    /// A PostgreSQL-backed app whose server reaches the database only through `proxy`
-    /// (`TestApp::db_url` stays direct, for the test's own checks).
+    /// A PostgreSQL-backed app whose server reaches the test database only through the
+    /// returned proxy (`TestApp::db_url` stays direct, for the test's own checks).
     pub async fn spawn_behind_proxy(extra: &[&str]) -> Option<(TestApp, TcpProxy)> {
-        let proxy = TcpProxy::start(("127.0.0.1", 5432)).await;
-        let app = Self::spawn_inner(Backend::Postgres, extra, Some(&proxy)).await?;
-        Some((app, proxy))
+        let (app, proxy) = Self::spawn_inner(Backend::Postgres, extra, true).await?;
+        Some((app, proxy.expect("a proxy was asked for")))
     }
 
     async fn spawn_inner(
         backend: Backend,
         extra: &[&str],
-        proxy: Option<&TcpProxy>,
-    ) -> Option<TestApp> {
+        proxied: bool,
+    ) -> Option<(TestApp, Option<TcpProxy>)> {
+        stackyard_testkit::leaks::capture_in_process_logs();
         let db = TestDb::fresh(backend).await?;
         let db_url = db.url.clone();
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let server_url = match proxy {
+        let proxy = match proxied {
+            true => Some(TcpProxy::start(db_authority(&db_url)).await),
+            false => None,
+        };
+        let server_url = match &proxy {
             Some(p) => p.rewrite(&db_url),
             None => db_url.clone(),
         };
@@ -79,7 +90,7 @@ impl TestApp {
         let args = Wrapper::parse_from(argv).serve;
         let server = stackyard_server::start(args).await.expect("server starts");
         let admin_token = stackyard_testkit::admin_token(data_dir.path());
-        Some(TestApp {
+        let app = TestApp {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::new(),
             admin_token,
@@ -88,7 +99,8 @@ impl TestApp {
             data_dir,
             _server: server,
             db,
-        })
+        };
+        Some((app, proxy))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -111,7 +123,7 @@ impl TestApp {
         )
         .await
         .expect("team created");
-        token.expose().to_owned()
+        stackyard_testkit::leaks::register(token.expose()).to_owned()
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
@@ -296,16 +308,35 @@ pub fn raw_tarball(entries: &[RawEntry<'_>]) -> Vec<u8> {
     b.into_inner().expect("tar").finish().expect("gzip")
 }
 
+/// `host:port` of a `postgres://[user[:password]@]host[:port]/db` URL (5432 when it names no
+/// port).
+pub fn db_authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    }
+}
+
 /// A TCP proxy in front of the database, to cut and restore the server's connection to it:
 /// `cut` drops every open connection and refuses new ones until `restore`.
 pub struct TcpProxy {
     pub addr: std::net::SocketAddr,
+    /// `host:port` of the database behind it.
+    upstream: String,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     kill: tokio::sync::watch::Sender<u64>,
 }
 
 impl TcpProxy {
-    pub async fn start(upstream: (&'static str, u16)) -> TcpProxy {
+    /// A proxy to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> TcpProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -314,6 +345,7 @@ impl TcpProxy {
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (kill, kill_rx) = tokio::sync::watch::channel(0u64);
         let cut2 = cut.clone();
+        let target = upstream.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -326,8 +358,9 @@ impl TcpProxy {
                 let mut kill_rx = kill_rx.clone();
                 // Only cuts after this connection was accepted apply to it.
                 kill_rx.borrow_and_update();
+                let target = target.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
@@ -337,12 +370,19 @@ impl TcpProxy {
                 });
             }
         });
-        TcpProxy { addr, cut, kill }
+        TcpProxy {
+            addr,
+            upstream,
+            cut,
+            kill,
+        }
     }
 
     /// `url` pointing at the proxy instead of the upstream.
     pub fn rewrite(&self, url: &str) -> String {
-        url.replacen("127.0.0.1:5432", &self.addr.to_string(), 1)
+        let rewritten = url.replacen(&self.upstream, &self.addr.to_string(), 1);
+        assert_ne!(rewritten, url, "{url} names {}", self.upstream);
+        rewritten
     }
 
     pub fn cut(&self) {

@@ -4,7 +4,7 @@
 use crate::support::*;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 async fn sigkill_during_a_claimed_teardown_then_restart_finishes_it(backend: Backend) {
@@ -90,14 +90,18 @@ async fn sigkill_under_64_writers_loses_no_acknowledged_patch(backend: Backend) 
     let url = server.url(&format!("/stacks/{slug}/env"));
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(tokio::sync::Barrier::new(65));
+    // Acknowledged writes so far, and writers with at least one: the kill waits on these.
+    let (total, writing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut writers = Vec::new();
     for w in 0..64 {
-        let (client, url, token, stop, barrier) = (
+        let (client, url, token, stop, barrier, total, writing) = (
             client.clone(),
             url.clone(),
             token.clone(),
             stop.clone(),
             barrier.clone(),
+            total.clone(),
+            writing.clone(),
         );
         writers.push(tokio::spawn(async move {
             barrier.wait().await;
@@ -113,6 +117,10 @@ async fn sigkill_under_64_writers_loses_no_acknowledged_patch(backend: Backend) 
                     .await
                 {
                     Ok(res) if res.status() == 200 => {
+                        if acked < 0 {
+                            writing.fetch_add(1, Ordering::SeqCst);
+                        }
+                        total.fetch_add(1, Ordering::SeqCst);
                         acked = next;
                         next += 1;
                     }
@@ -124,17 +132,24 @@ async fn sigkill_under_64_writers_loses_no_acknowledged_patch(backend: Backend) 
         }));
     }
     barrier.wait().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed under full load: every writer has been acknowledged and writes keep coming.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while writing.load(Ordering::SeqCst) < 64 || total.load(Ordering::SeqCst) < 640 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} writes of {} writers in 60 s",
+            total.load(Ordering::SeqCst),
+            writing.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill9();
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
         acked.push(w.await.unwrap());
     }
-    assert!(
-        acked.iter().filter(|a| **a >= 0).count() > 32,
-        "too few writes before the kill: {acked:?}"
-    );
+    assert!(acked.iter().all(|a| *a >= 0), "{acked:?}");
 
     let server = Server::start(&db.url, data.path(), &[]);
     let res = client

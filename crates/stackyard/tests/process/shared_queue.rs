@@ -1,5 +1,5 @@
-//! Two `stackyard serve` processes on one PostgreSQL database share the job queue, and every
-//! deploy and teardown job runs exactly once.
+//! Two `stackyard serve` processes on one PostgreSQL database share the job queue: both claim
+//! jobs, and every deploy and teardown job runs exactly once.
 
 use crate::support::*;
 use std::time::Duration;
@@ -10,15 +10,19 @@ async fn two_servers_on_one_postgres_run_each_job_exactly_once() {
         return;
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::start(&db.url, dir_a.path(), &["--noop-step", "5ms"]);
-    let b = Server::start(&db.url, dir_b.path(), &["--noop-step", "5ms"]);
+    // One worker each, and deploys of several 50 ms steps: all 50 creates go to `a`, whose
+    // worker alone would need seconds for them, so `b` (polling every 500 ms) must claim some
+    // — the test forces what it checks rather than hoping for it.
+    let flags = ["--noop-step", "50ms", "--job-workers", "1"];
+    let a = Server::start(&db.url, dir_a.path(), &flags);
+    let b = Server::start(&db.url, dir_b.path(), &flags);
     let token = a.admin_token();
     let client = reqwest::Client::new();
     let servers = [&a, &b];
 
     let mut slugs = Vec::new();
     for i in 0..50 {
-        slugs.push(create_stack(&client, servers[i % 2], &token, &format!("s{i}")).await);
+        slugs.push(create_stack(&client, &a, &token, &format!("s{i}")).await);
     }
     for (i, slug) in slugs.iter().enumerate() {
         wait_until(
@@ -92,8 +96,14 @@ async fn two_servers_on_one_postgres_run_each_job_exactly_once() {
             "a {kind} ran twice for one stack"
         );
     }
-    let workers = db
-        .scalar("SELECT COUNT(DISTINCT claimed_by) FROM jobs")
-        .await;
-    assert!(workers >= 1);
+    // Worker ids are `host:pid`: each server claimed deploys.
+    for server in servers {
+        let claimed = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE kind = 'deploy' AND claimed_by LIKE '%:{}'",
+                server.pid()
+            ))
+            .await;
+        assert!(claimed >= 1, "server {} claimed no deploy", server.pid());
+    }
 }
