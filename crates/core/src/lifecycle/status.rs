@@ -41,7 +41,7 @@ pub fn record(locked: &Locked, job: &Job, report: Report<'_>, now: Millis) -> Op
 /// the services decides, its error the first failed service's; events `service.status` when
 /// the service's status, URL or error changed and `stack.status` when the stack's status or
 /// error did. `None` when the stack has no such service.
-fn put_service(
+pub(super) fn put_service(
     locked: &Locked,
     name: &ServiceName,
     edit: impl FnOnce(&Service) -> Service,
