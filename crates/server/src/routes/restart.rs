@@ -29,10 +29,11 @@ pub async fn restart<S: Store>(
     TeamCaller(p): TeamCaller,
     rid: RequestId,
     Path(slug): Path<String>,
-    OptionalJsonBody(body): OptionalJsonBody<RestartRequest>,
+    // `null` is a body too: the whole stack, like no body.
+    OptionalJsonBody(body): OptionalJsonBody<Option<RestartRequest>>,
 ) -> ApiResult<(StatusCode, Json<Restarted>)> {
     let slug = parse_slug(&slug)?;
-    let service = match body.and_then(|b| b.service) {
+    let service = match body.flatten().and_then(|b| b.service) {
         None => None,
         Some(raw) => Some(ServiceName::parse(&raw).map_err(|_| unknown_service(None))?),
     };

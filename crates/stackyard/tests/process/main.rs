@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod crash;
 mod logs;
+mod restart;
 mod runtime;
 mod sandbox;
 mod shared_queue;
