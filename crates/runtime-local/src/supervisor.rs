@@ -320,6 +320,11 @@ pub(crate) async fn supervise(
         {
             crashes.pop_front();
         }
+        if proc.is_stopping() && !stopped_by_us {
+            // Stopped on purpose while its output was flushing (a requested restart, a retire):
+            // whoever stopped it reports what comes next; a crash report now would land after.
+            return;
+        }
         tracing::warn!(stack = %start.slug, service = %name, exit = %exit, crashes = crashes.len(), "a service ended on its own");
         if crashes.len() > MAX_CRASHES {
             let mut message = format!(

@@ -201,9 +201,7 @@ impl<S: JobStore> Workers<S> {
         }
         Ok(())
     }
-}
 
-impl<S: JobStore> Workers<S> {
     /// Restarts the job's services of its release, unless the stack moved on since the
     /// request (a redeploy or a deletion bumped its generation): then only the job closes.
     /// A restart is not retried: a failure is reported on the services it concerns.

@@ -3975,7 +3975,7 @@ pub async fn request_restart_queues_one_restart_job_with_its_audit_and_events<S:
         .request_restart(access(&s), &s.slug, Some(worker.clone()), ctx(2))
         .await
         .expect("request_restart");
-    assert_eq!(queued.services, [worker.clone()]);
+    assert_eq!(queued.services, std::slice::from_ref(&worker));
     assert_eq!(
         (queued.release.version, queued.release.status),
         (1, ReleaseStatus::Live)
