@@ -27,8 +27,8 @@ pub use error::ErrorEnvelope;
 pub use ops::{Health, Ready};
 pub use stacks::{
     CreatedRelease, CreatedService, CreatedStack, DeletedStack, RedeployForm, Redeployed, Release,
-    ReleaseItem, ReleaseList, ReleaseServiceItem, Service, SseEvent, StackDetail, StackEventData,
-    StackForm, StackList, StackSummary,
+    ReleaseItem, ReleaseList, ReleaseServiceItem, RestartRequest, Restarted, Service, SseEvent,
+    StackDetail, StackEventData, StackForm, StackList, StackSummary,
 };
 pub use tokens::{
     CreateTokenRequest, CreatedToken, RevokedToken, TeamInfo, TokenItem, TokenList, Whoami,

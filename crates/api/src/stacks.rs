@@ -263,6 +263,31 @@ pub struct Redeployed {
     pub note: String,
 }
 
+/// The optional JSON body of `POST /stacks/:slug/restart`; no body restarts every service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestartRequest {
+    /// The one service of the live release to restart; absent or `null`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "web")]
+    pub service: Option<String>,
+}
+
+/// `POST /stacks/:slug/restart` 202: the restart job is queued; the services are `restarting`
+/// until each is healthy again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Restarted {
+    pub ok: bool,
+    pub stack_id: String,
+    /// The stack's status now: `degraded` while its services restart.
+    #[schema(value_type = schema::StackStatus)]
+    pub status: StackStatus,
+    /// The live release being restarted (no new release is made).
+    pub release: Release,
+    /// The services being restarted, in manifest order.
+    #[schema(example = json!(["web"]))]
+    pub services: Vec<String>,
+}
+
 /// A service as a release fixes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseServiceItem {
@@ -314,7 +339,7 @@ pub struct StackEventData {
     #[schema(format = DateTime)]
     pub at: String,
     /// `stack.status`, `service.status`, `release.created`, `release.status`, `env.version`,
-    /// `build.step`, `stack.deleted`.
+    /// `build.step`, `restart.requested`, `stack.deleted`.
     pub kind: String,
     /// Statuses, versions and key names; never env values.
     #[schema(value_type = Object)]

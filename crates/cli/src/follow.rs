@@ -1,5 +1,6 @@
 //! Following a stack's event stream (`GET /stacks/:slug/events`) until a goal is reached: a
-//! release live or failed (deploy, redeploy), or the stack gone (`rm --wait`). Shows per-service
+//! release live or failed (deploy, redeploy), a restart's services healthy or failed
+//! (`restart --wait`), or the stack gone (`rm --wait`). Shows per-service
 //! progress: lines redrawn in place on a terminal, one plain line per change otherwise, the
 //! events themselves as JSON lines with `--json`, nothing with `--quiet`.
 //!
@@ -22,10 +23,13 @@ const MAX_RECONNECTS: u32 = 5;
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 
 /// What to wait for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Goal {
     /// Release N goes `live` (every service healthy) or fails.
     Release(i64),
+    /// The restart requested with this request id (its `restart.requested` event carries it)
+    /// ends: each of its services `healthy` (`Live`) or `failed` (`Failed`).
+    Restart(String),
     /// The stack is gone: `stack.deleted`, or the stream answers 404.
     Deleted,
 }
@@ -65,8 +69,9 @@ pub async fn follow(
     timeout: Duration,
 ) -> Result<Followed> {
     let deadline = Instant::now() + timeout;
+    let deleting_is_the_goal = goal == Goal::Deleted;
     let mut state = State {
-        goal,
+        goal: goal.clone(),
         started: false,
         services: services
             .iter()
@@ -82,7 +87,7 @@ pub async fn follow(
             .collect(),
         stack_status: None,
     };
-    let mut view = View::new(out, slug, goal);
+    let mut view = View::new(out, slug, &goal);
     view.draw(&state);
     let mut last_id: Option<String> = None;
     let mut failures = 0u32;
@@ -108,7 +113,7 @@ pub async fn follow(
                 return Err(timed_out());
             }
             Ok(Ok(res)) => res,
-            Ok(Err(e)) if e.exit == Exit::NotFound && goal == Goal::Deleted => {
+            Ok(Err(e)) if e.exit == Exit::NotFound && deleting_is_the_goal => {
                 view.finish(&state);
                 return Ok(state.done(Outcome::Deleted));
             }
@@ -236,21 +241,32 @@ impl State {
                     "the stack was deleted before the release went live",
                 )
                 .with_code("stack_deleted")),
+                Goal::Restart(_) => Err(CliError::new(
+                    Exit::Conflict,
+                    "the stack was deleted before the restart finished",
+                )
+                .with_code("stack_deleted")),
             });
             return step;
         }
         if !self.started {
             // A stack is `deleting` once and never leaves it, so for `rm --wait` the first
             // `deleting` is where our part of the history starts.
-            let start = match (self.goal, &event) {
-                (Goal::Release(n), Event::ReleaseCreated { release }) => *release == n,
+            let start = match (&self.goal, &event) {
+                (Goal::Release(n), Event::ReleaseCreated { release }) => release == n,
                 (Goal::Deleted, Event::StackStatus { status }) => *status == StackStatus::Deleting,
+                (Goal::Restart(ours), Event::RestartRequested { request_id, .. }) => {
+                    request_id.as_ref() == Some(ours)
+                }
                 _ => false,
             };
             if !start {
                 return step;
             }
             self.started = true;
+        }
+        if let Goal::Restart(_) = self.goal {
+            return self.apply_restart(event);
         }
         match event {
             Event::ServiceStatus {
@@ -318,7 +334,85 @@ impl State {
             Event::EnvVersion { version } => {
                 step.change = Some(format!("env: version {version}"));
             }
-            Event::StackDeleted {} => {}
+            Event::RestartRequested { .. } | Event::StackDeleted {} => {}
+        }
+        step
+    }
+
+    /// An event after our `restart.requested`: only our services count, and the restart ends
+    /// once each has settled (`healthy` or `failed`), or when the stack moves on (a redeploy
+    /// or a deletion ends the restart early).
+    fn apply_restart(&mut self, event: Event) -> Step {
+        let mut step = Step::default();
+        match event {
+            Event::RestartRequested { services, .. } if self.services.is_empty() => {
+                self.services = services
+                    .into_iter()
+                    .map(|n| {
+                        let waiting = ServiceState {
+                            status: "waiting".into(),
+                            ..Default::default()
+                        };
+                        (n, waiting)
+                    })
+                    .collect();
+                step.change = Some("restart requested".into());
+            }
+            Event::ServiceStatus {
+                service: name,
+                status,
+                url,
+                error,
+            } => {
+                let Some((_, s)) = self.services.iter_mut().find(|(n, _)| *n == name) else {
+                    return step;
+                };
+                *s = ServiceState {
+                    status: status.as_str().to_owned(),
+                    url,
+                    error,
+                };
+                let mut line = format!("{name}: {}", s.status);
+                if let Some(e) = &s.error {
+                    line.push_str(&format!(" — {}", one_line(e)));
+                }
+                step.change = Some(line);
+                let settled = self
+                    .services
+                    .iter()
+                    .all(|(_, s)| s.status == "healthy" || s.status == "failed");
+                if settled {
+                    let error = self
+                        .services
+                        .iter()
+                        .find(|(_, s)| s.status == "failed")
+                        .map(|(n, s)| match &s.error {
+                            Some(e) => format!("`{n}` failed: {e}"),
+                            None => format!("`{n}` failed"),
+                        });
+                    step.end = Some(Ok(match error {
+                        None => Outcome::Live,
+                        Some(e) => Outcome::Failed { error: Some(e) },
+                    }));
+                }
+            }
+            Event::StackStatus { status } => {
+                self.stack_status = Some(status);
+                let (what, code) = match status {
+                    StackStatus::Deleting => ("is being deleted", "stack_deleting"),
+                    StackStatus::Building | StackStatus::Deploying => {
+                        ("was redeployed", "restart_superseded")
+                    }
+                    _ => return step,
+                };
+                step.change = Some(format!("stack: {status}"));
+                step.end = Some(Err(CliError::new(
+                    Exit::Conflict,
+                    format!("the stack {what} before the restart finished"),
+                )
+                .with_code(code)));
+            }
+            _ => {}
         }
         step
     }
@@ -348,6 +442,11 @@ enum Event {
     },
     #[serde(rename = "env.version")]
     EnvVersion { version: i64 },
+    #[serde(rename = "restart.requested")]
+    RestartRequested {
+        request_id: Option<String>,
+        services: Vec<String>,
+    },
     #[serde(rename = "stack.deleted")]
     StackDeleted {},
 }
@@ -364,9 +463,10 @@ struct View {
 }
 
 impl View {
-    fn new(out: &Out, slug: &str, goal: Goal) -> View {
+    fn new(out: &Out, slug: &str, goal: &Goal) -> View {
         let title = match goal {
             Goal::Release(n) => format!("Deploying {slug} release v{n}"),
+            Goal::Restart(_) => format!("Restarting {slug}"),
             Goal::Deleted => format!("Deleting {slug}"),
         };
         let width = std::env::var("COLUMNS")
@@ -632,6 +732,58 @@ mod tests {
         let mut s = state(Goal::Release(1));
         s.apply(&ev("release.created", json!({"release": 1})));
         let r = s.apply(&ev("stack.status", json!({"status": "deleting"})));
+        assert!(matches!(r.end, Some(Err(ref e)) if e.exit == Exit::Conflict));
+    }
+
+    #[test]
+    fn a_restart_follow_starts_at_its_own_request_and_ends_when_its_services_settle() {
+        let mut s = state(Goal::Restart("req-ours".into()));
+        let requested = |id: &str| {
+            ev(
+                "restart.requested",
+                json!({"release": 1, "services": ["web"], "request_id": id}),
+            )
+        };
+        s.apply(&requested("req-earlier"));
+        s.apply(&ev(
+            "service.status",
+            json!({"service": "web", "status": "healthy"}),
+        ));
+        assert!(!s.started, "an earlier restart is not ours");
+        s.apply(&requested("req-ours"));
+        assert!(s.started);
+        let r = s.apply(&ev(
+            "service.status",
+            json!({"service": "api", "status": "healthy"}),
+        ));
+        assert!(r.end.is_none(), "api is not restarted here");
+        assert!(
+            s.apply(&ev(
+                "service.status",
+                json!({"service": "web", "status": "restarting"})
+            ))
+            .end
+            .is_none()
+        );
+        let r = s.apply(&ev(
+            "service.status",
+            json!({"service": "web", "status": "healthy", "url": "http://w"}),
+        ));
+        assert!(matches!(r.end, Some(Ok(Outcome::Live))));
+
+        let mut s = state(Goal::Restart("req-ours".into()));
+        s.apply(&requested("req-ours"));
+        let r = s.apply(&ev(
+            "service.status",
+            json!({"service": "web", "status": "failed", "error": "boom"}),
+        ));
+        assert!(
+            matches!(r.end, Some(Ok(Outcome::Failed { error: Some(ref e) })) if e.contains("boom"))
+        );
+
+        let mut s = state(Goal::Restart("req-ours".into()));
+        s.apply(&requested("req-ours"));
+        let r = s.apply(&ev("stack.status", json!({"status": "building"})));
         assert!(matches!(r.end, Some(Err(ref e)) if e.exit == Exit::Conflict));
     }
 

@@ -1,11 +1,11 @@
-//! The `stackyard` client commands: `login`, `deploy`, `redeploy`, `status`, `ls`, `rm`, `env …`,
-//! `logs`, `whoami`. The binary flattens [`GlobalArgs`] and [`Command`] into its own parser and
+//! The `stackyard` client commands: `login`, `deploy`, `redeploy`, `status`, `ls`, `rm`,
+//! `restart`, `env …`, `logs`, `whoami`. The binary flattens [`GlobalArgs`] and [`Command`] into its own parser and
 //! hands them to [`run`], which returns the process exit code (see [`error::Exit`]).
 //!
 //! Modules: `config` (flags, environment and config file: the settings), `login` (login,
 //! whoami), `api` (HTTP, errors, retries, SSE; bodies are `stackyard-api` types), `args`
 //! (argument checks), `pack` (tarballs), `deploy` (deploy, redeploy), `follow` (event streams
-//! and progress), `stacks` (status, ls, rm), `env` and `dotenv` (environment variables),
+//! and progress), `stacks` (status, ls, rm, restart), `env` and `dotenv` (environment variables),
 //! `logs`, `output` (text, JSON, colour).
 
 pub mod api;
@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Restart a stack's services in place (all, or one with --service): same release, env and
+    /// URLs, one service after another; also brings back a crash-looped `failed` service.
+    Restart(stacks::RestartArgs),
     /// A stack's environment variables (values of secret-looking keys masked), and changes to them.
     Env(env::EnvArgs),
     /// A service's recent log lines (the last 200); -f keeps following new ones.
@@ -94,6 +97,7 @@ async fn dispatch(global: &GlobalArgs, command: Command, out: &Out) -> Result<()
             wait,
             timeout,
         } => stacks::rm(&api, out, &parse_slug(&slug)?, wait.then_some(timeout)).await,
+        Command::Restart(args) => stacks::restart(&api, out, args).await,
         Command::Env(args) => env::run(&api, out, args).await,
         Command::Logs(args) => logs::logs(&api, out, args).await,
     }

@@ -1,13 +1,16 @@
-//! `status`, `ls` and `rm`: reading and deleting stacks.
+//! `status`, `ls`, `rm` and `restart`: reading, deleting and restarting stacks.
 
 use crate::api::{Api, Request};
-use crate::error::Result;
-use crate::follow::{self, Goal};
+use crate::error::{CliError, Exit, Result};
+use crate::follow::{self, Goal, Outcome};
 use crate::output::{Cell, Out, Style, clean, status_style, table};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
-use stackyard_api::{DeletedStack, ReleaseItem, ReleaseList, StackDetail, StackList, StackSummary};
+use stackyard_api::{
+    DeletedStack, ReleaseItem, ReleaseList, RestartRequest, Restarted, StackDetail, StackList,
+    StackSummary,
+};
 use stackyard_core::model::ReleaseStatus;
 use std::time::Duration;
 
@@ -201,4 +204,89 @@ pub async fn rm(api: &Api, out: &Out, slug: &str, wait: Option<Duration>) -> Res
         out.println(&format!("{slug} deleted"));
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    /// The stack id (`stk-…`).
+    pub slug: String,
+    /// Restart only this service [default: every service of the live release]
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Wait until the restarted services are healthy again (or one failed), showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up waiting after this long (e.g. `90s`, `5m`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `stackyard restart SLUG [--service NAME] [--wait]`.
+pub async fn restart(api: &Api, out: &Out, args: RestartArgs) -> Result<()> {
+    let slug = crate::args::parse_slug(&args.slug)?;
+    let service = args
+        .service
+        .as_deref()
+        .map(|s| {
+            stackyard_core::ServiceName::parse(s.trim())
+                .map(|n| n.to_string())
+                .map_err(|e| CliError::usage(format!("{:?} is not a service name: {e}", clean(s))))
+        })
+        .transpose()?;
+    // Our own request id: the restart's `restart.requested` event carries it, and `--wait`
+    // follows the stream from there.
+    let request_id = format!("cli-{}", stackyard_core::ids::random_hex(16));
+    let mut req = Request::new(Method::POST, format!("/stacks/{slug}/restart"))
+        .header("x-request-id", request_id.clone());
+    if service.is_some() {
+        req = req.json(&RestartRequest { service });
+    }
+    let body: Restarted = api.send_json(&req).await?;
+    let names = body.services.join(", ");
+    let release = body.release.version;
+    if !args.wait {
+        if out.json {
+            out.json_doc(&body);
+        } else if !out.quiet {
+            out.println(&format!(
+                "Restarting {names} of {slug} (release v{release}); `stackyard restart --wait` follows it"
+            ));
+        }
+        return Ok(());
+    }
+    let goal = Goal::Restart(request_id);
+    let followed = follow::follow(api, out, &slug, goal, &body.services, args.timeout).await?;
+    match followed.outcome {
+        Outcome::Failed { error } => {
+            let failed = followed
+                .services
+                .iter()
+                .find(|(_, s)| s.status == "failed")
+                .map(|(n, _)| n.clone());
+            let hint = match failed {
+                Some(svc) => {
+                    format!("`stackyard logs {slug} {svc}` shows what the service printed")
+                }
+                None => format!("`stackyard status {slug}` shows the stack's state"),
+            };
+            let message = error.unwrap_or_else(|| "the restart failed".to_owned());
+            let e = CliError::new(Exit::Server, format!("restart of {slug} failed: {message}"))
+                .with_code("restart_failed")
+                .with_hint(hint);
+            if out.json {
+                out.json_line(&json!({ "kind": "restart.result", "data": { "ok": false, "stack_id": slug, "services": body.services, "error": e.message } }));
+            }
+            Err(e)
+        }
+        Outcome::Live | Outcome::Deleted => {
+            if out.json {
+                out.json_line(&json!({ "kind": "restart.result", "data": { "ok": true, "stack_id": slug, "release": release, "services": body.services } }));
+            } else if !out.quiet {
+                out.println(&format!(
+                    "{slug}: {names} restarted and healthy (release v{release})"
+                ));
+            }
+            Ok(())
+        }
+    }
 }

@@ -114,7 +114,7 @@ str_enum!(
 str_enum!(ReleaseStatus { Pending = "pending", Live = "live", Failed = "failed", Superseded = "superseded" });
 str_enum!(
     /// What a durable job does. Only one job per stack runs at a time.
-    JobKind { Deploy = "deploy", Teardown = "teardown" }
+    JobKind { Deploy = "deploy", Teardown = "teardown", Restart = "restart" }
 );
 str_enum!(
     /// `queued → running → done | failed`; `superseded` when a teardown replaced it while queued.
@@ -239,8 +239,10 @@ pub struct Job {
     pub kind: JobKind,
     /// The stack operation generation this job belongs to.
     pub generation: i64,
-    /// For deploys, the release to roll out.
+    /// For deploys, the release to roll out; for restarts, the live release to restart.
     pub release: i64,
+    /// For restarts, the one service to restart; `None`: every service of the release.
+    pub service: Option<ServiceName>,
     pub attempts: i64,
     pub claim: String,
 }
@@ -305,7 +307,7 @@ pub struct StackEvent {
     pub id: i64,
     pub at: Millis,
     /// `stack.status`, `service.status`, `release.created`, `release.status`, `env.version`,
-    /// `stack.deleted`, `build.step`.
+    /// `build.step`, `restart.requested`, `stack.deleted`.
     pub kind: String,
     pub data: serde_json::Value,
 }
@@ -382,6 +384,20 @@ impl NewEvent {
                 "status": status,
                 "exit": exit,
             }),
+        }
+    }
+
+    /// `restart.requested` `{release, services, request_id}`: a restart of these services of
+    /// the live release was queued by the request with that id (a client following the stream
+    /// finds its own restart by it).
+    pub fn restart_requested(
+        release: i64,
+        services: &[ServiceName],
+        request_id: Option<&str>,
+    ) -> NewEvent {
+        NewEvent {
+            kind: "restart.requested",
+            data: serde_json::json!({ "release": release, "services": services, "request_id": request_id }),
         }
     }
 

@@ -155,4 +155,23 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (slug, service, backlog, follow);
         None
     }
+
+    /// Restarts `service` (or every service) of the running `release` of the stack in place,
+    /// one service after another: same code, same env, same port and route, each waited for
+    /// until healthy before the next; reports `restarting` → `healthy` (or `failed`) per service
+    /// to `sink`. `Ok` once every one is healthy again; `Err(Failed)` when one is not (reported;
+    /// those not yet restarted keep running). A release that is not the one this runtime runs
+    /// is left alone: `Err(Failed)` (the store ignores it when the stack has moved on).
+    /// Runtimes that keep nothing running (noop) have nothing to restart: the default succeeds
+    /// at once, and the job's end marks the services healthy.
+    fn restart<'a>(
+        &'a self,
+        slug: &'a StackSlug,
+        release: i64,
+        service: Option<&'a ServiceName>,
+        sink: &'a dyn StatusSink,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let _ = (slug, release, service, sink);
+        Box::pin(async { Ok(()) })
+    }
 }

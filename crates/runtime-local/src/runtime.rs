@@ -82,13 +82,16 @@ pub(crate) struct StackSlot {
     pub(crate) state: Mutex<StackState>,
 }
 
-/// Invariant: `hosts` are exactly the routes pointing at `current`'s processes; `procs` holds
-/// every process group of the stack that has not been stopped, of any release (so teardown
-/// finds even those of an attempt still starting or being cleaned up).
+/// Invariant: `hosts` are exactly the routes pointing at `current`'s processes; `starts` are
+/// how `current`'s services were started (what a restart starts again: same command, env and
+/// port), empty when nothing is routed; `procs` holds every process group of the stack that
+/// has not been stopped, of any release (so teardown finds even those of an attempt still
+/// starting or being cleaned up).
 #[derive(Default)]
 pub(crate) struct StackState {
     pub(crate) current: Option<i64>,
     hosts: Vec<String>,
+    pub(crate) starts: Vec<Arc<ServiceStart>>,
     pub(crate) procs: Vec<Arc<Proc>>,
 }
 
@@ -159,6 +162,16 @@ impl Runtime for LocalRuntime {
         Box::pin(self.shared.recover(running))
     }
 
+    fn restart<'a>(
+        &'a self,
+        slug: &'a StackSlug,
+        release: i64,
+        service: Option<&'a ServiceName>,
+        sink: &'a dyn StatusSink,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.shared.restart(slug, release, service, sink))
+    }
+
     fn logs(
         &self,
         slug: &StackSlug,
@@ -191,13 +204,13 @@ struct Failure {
 }
 
 impl Shared {
-    fn slot(&self, slug: &StackSlug) -> Arc<StackSlot> {
+    pub(crate) fn slot(&self, slug: &StackSlug) -> Arc<StackSlot> {
         lock(&self.stacks).entry(slug.clone()).or_default().clone()
     }
 
     /// Forgets a stack's slot once nothing runs and nobody else holds it, so the map does not
     /// grow with every stack ever deployed.
-    fn release_slot(&self, slug: &StackSlug, slot: Arc<StackSlot>) {
+    pub(crate) fn release_slot(&self, slug: &StackSlug, slot: Arc<StackSlot>) {
         let mut stacks = lock(&self.stacks);
         let idle = {
             let st = lock(&slot.state);
@@ -221,7 +234,7 @@ impl Shared {
         self.dir("logs", slug).join(format!("{service}.log"))
     }
 
-    fn url(&self, slug: &StackSlug, service: &ReleaseService) -> Option<String> {
+    pub(crate) fn url(&self, slug: &StackSlug, service: &ReleaseService) -> Option<String> {
         service.expose.then(|| {
             service_url(
                 service.name.as_str(),
@@ -288,6 +301,7 @@ impl Shared {
     fn unroute(&self, st: &mut StackState) {
         self.routes.replace(&st.hosts, Vec::new());
         st.hosts.clear();
+        st.starts.clear();
         st.current = None;
     }
 
@@ -546,6 +560,7 @@ impl Shared {
             }
             let displaced = self.routes.replace(&st.hosts, routes);
             st.hosts = hosts;
+            st.starts = starts.clone();
             st.current = Some(release);
             displaced
         };

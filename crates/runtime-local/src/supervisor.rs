@@ -7,18 +7,23 @@
 //! the live release. A service with a `health` path that fails three checks in a row (one every
 //! `health_interval`, 10 s by default) is stopped and restarted the same way.
 //!
-//! A supervisor ends when its process is stopped on purpose (retire, teardown, shutdown: `Proc`
-//! marks itself stopping first) or when its release is no longer the routed one. A restart takes
-//! the stack's `op` lock, so it never overlaps a deploy or a teardown of the same stack.
+//! A supervisor ends when its process is stopped on purpose (retire, teardown, shutdown, a
+//! requested restart: `Proc` marks itself stopping first) or when its process or release is no
+//! longer the current one. A restart, the supervisor's or a requested one (`Shared::restart`,
+//! the `restart` job: service by service from the routed release's kept `ServiceStart`s, in
+//! place, each with a new supervisor and a clean crash count), takes the stack's `op` lock and
+//! checks under it that what it restarts is still current, so the two never race and neither
+//! overlaps a deploy or a teardown of the same stack.
 
 use crate::health::probe;
 use crate::lock;
 use crate::procs::{Proc, SpawnSpec};
 use crate::runtime::{Shared, StackSlot, push_tail, wait_healthy, with_files, working_dir};
 use crate::sandbox::ServiceBox;
-use stackyard_core::StackSlug;
 use stackyard_core::lifecycle::status::Supervised;
 use stackyard_core::model::{ReleaseService, ServiceStatus, StackId};
+use stackyard_core::runtime::{RuntimeError, StatusSink};
+use stackyard_core::{ServiceName, StackSlug};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,6 +155,136 @@ impl Shared {
             .map_err(|e| StartError::Failed(format!("could not be started: {e}")))
     }
 
+    /// Restarts `service`, or every service, of the routed `release` in place and in manifest
+    /// order (`Runtime::restart`), under the stack's `op` lock. Each one: `restarting`, its old
+    /// process group stopped (its supervisor ends with it), started again from its kept
+    /// `ServiceStart` on the same port (so its route stays), probed until healthy, `healthy`,
+    /// and watched by a new supervisor. The first that does not come up is stopped and
+    /// `failed` (left so until a redeploy or another restart); the ones after it are not
+    /// touched and reported as they are. Not the routed release (redeployed, torn down, or
+    /// never started by this server): nothing is touched, `Err(Failed)`.
+    pub(crate) async fn restart(
+        self: &Arc<Self>,
+        slug: &StackSlug,
+        release: i64,
+        service: Option<&ServiceName>,
+        sink: &dyn StatusSink,
+    ) -> Result<(), RuntimeError> {
+        let slot = self.slot(slug);
+        let result = {
+            let _op = slot.op.lock().await;
+            self.restart_locked(&slot, slug, release, service, sink)
+                .await
+        };
+        self.release_slot(slug, slot);
+        result
+    }
+
+    async fn restart_locked(
+        self: &Arc<Self>,
+        slot: &Arc<StackSlot>,
+        slug: &StackSlug,
+        release: i64,
+        service: Option<&ServiceName>,
+        sink: &dyn StatusSink,
+    ) -> Result<(), RuntimeError> {
+        let starts: Vec<Arc<ServiceStart>> = {
+            let st = lock(&slot.state);
+            if st.current != Some(release) {
+                return Err(RuntimeError::Failed(format!(
+                    "release v{release} is not running on this server; redeploy the stack to start it again"
+                )));
+            }
+            st.starts
+                .iter()
+                .filter(|s| service.is_none_or(|n| n == &s.service.name))
+                .cloned()
+                .collect()
+        };
+        let mut failed: Option<(ServiceName, String)> = None;
+        for start in &starts {
+            let name = &start.service.name;
+            let url = self.url(slug, &start.service);
+            if let Some((culprit, _)) = &failed {
+                // Not restarted: still the process it had, if that one still runs.
+                let running = lock(&slot.state).procs.iter().any(|p| {
+                    p.release == release
+                        && &p.service == name
+                        && !p.is_stopping()
+                        && p.exit_description().is_none()
+                });
+                let note = format!("not restarted because `{culprit}` did not come up");
+                let (status, error) = if running {
+                    (ServiceStatus::Healthy, None)
+                } else {
+                    (ServiceStatus::Failed, Some(note.as_str()))
+                };
+                sink.service_status(name, status, url.as_deref(), error)
+                    .await;
+                continue;
+            }
+            sink.service_status(name, ServiceStatus::Restarting, url.as_deref(), None)
+                .await;
+            let old: Vec<Arc<Proc>> = lock(&slot.state)
+                .procs
+                .iter()
+                .filter(|p| p.release == release && &p.service == name)
+                .cloned()
+                .collect();
+            // The old group goes (and its port with it) before the new one binds the same port;
+            // the port stays this release's, so it is not freed.
+            futures_util::future::join_all(old.iter().map(|p| p.stop(self.cfg.stop_grace))).await;
+            lock(&slot.state)
+                .procs
+                .retain(|q| !old.iter().any(|p| Arc::ptr_eq(p, q)));
+            let fresh = match self.start_service(slot, start).await {
+                Ok(p) => p,
+                Err(StartError::Transient(m) | StartError::Failed(m)) => {
+                    sink.service_status(name, ServiceStatus::Failed, url.as_deref(), Some(&m))
+                        .await;
+                    failed = Some((name.clone(), m));
+                    continue;
+                }
+            };
+            lock(&slot.state).procs.push(fresh.clone());
+            let timeout = self.cfg.deploy_timeout;
+            let deadline = Instant::now() + timeout;
+            match wait_healthy(
+                &fresh,
+                &start.service,
+                start.port_overridden,
+                deadline,
+                timeout,
+            )
+            .await
+            {
+                Ok(()) => {
+                    tracing::info!(stack = %slug, service = %name, release, "restarted");
+                    sink.service_status(name, ServiceStatus::Healthy, url.as_deref(), None)
+                        .await;
+                    tokio::spawn(supervise(self.clone(), slot.clone(), fresh, start.clone()));
+                }
+                Err(message) => {
+                    fresh.stop(self.cfg.stop_grace).await;
+                    sink.service_status(
+                        name,
+                        ServiceStatus::Failed,
+                        url.as_deref(),
+                        Some(&message),
+                    )
+                    .await;
+                    failed = Some((name.clone(), message));
+                }
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some((name, message)) => Err(RuntimeError::Failed(format!(
+                "`{name}` did not come up after the restart: {message}"
+            ))),
+        }
+    }
+
     async fn report(
         &self,
         start: &ServiceStart,
@@ -213,6 +348,11 @@ pub(crate) async fn supervise(
                 }
             }
         };
+        if proc.is_stopping() && !stopped_by_us {
+            // Stopped on purpose while its output was flushing (a requested restart, a retire):
+            // whoever stopped it reports what comes next; a crash report now would land after.
+            return;
+        }
         let wait = crashes.record(Instant::now());
         tracing::warn!(stack = %start.slug, service = %name, exit = %exit, crashes = crashes.len(), "a service ended on its own");
         let Some(wait) = wait else {

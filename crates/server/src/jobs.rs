@@ -113,6 +113,7 @@ impl<S: JobStore> Workers<S> {
         let result = match job.kind {
             JobKind::Deploy => self.deploy(job).await,
             JobKind::Teardown => self.teardown(job).await,
+            JobKind::Restart => self.restart(job).await,
         };
         let outcome = match &result {
             Ok(()) => "ok",
@@ -198,6 +199,51 @@ impl<S: JobStore> Workers<S> {
                     .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Restarts the job's services of its release, unless the stack moved on since the
+    /// request (a redeploy or a deletion bumped its generation): then only the job closes.
+    /// A restart is not retried: a failure is reported on the services it concerns.
+    async fn restart(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+        let stack = self
+            .store
+            .deploy_context(job)
+            .await?
+            .map(|(stack, _, _)| stack);
+        let current = stack.is_some_and(|s| {
+            s.op_generation == job.generation
+                && s.status != stackyard_core::model::StackStatus::Deleting
+        });
+        let result = if current {
+            let sink = JobSink {
+                store: self.store.clone(),
+                job: job.clone(),
+            };
+            let restarted = self
+                .runtime
+                .restart(&job.slug, job.release, job.service.as_ref(), &sink)
+                .await;
+            match restarted {
+                Ok(()) => DeployResult {
+                    ok: true,
+                    error: None,
+                },
+                Err(RuntimeError::Failed(msg) | RuntimeError::Transient(msg)) => DeployResult {
+                    ok: false,
+                    error: Some(msg),
+                },
+            }
+        } else {
+            tracing::info!(stack = %job.slug, "restart skipped: the stack was redeployed or deleted since");
+            DeployResult {
+                ok: true,
+                error: None,
+            }
+        };
+        let ok = result.ok;
+        self.store.finish_restart(job, result, now()).await?;
+        tracing::info!(stack = %job.slug, release = job.release, ok, "restart finished");
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use crate::middleware;
 use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
-use crate::routes::{audit, env, ops, releases, stacks, streams, tokens};
+use crate::routes::{audit, env, ops, releases, restart, stacks, streams, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -36,6 +36,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         stacks::get_v1::<S> as __path_get_v1,
         releases::redeploy::<S> as __path_redeploy,
         releases::list::<S> as __path_list,
+        restart::restart::<S> as __path_restart,
         streams::logs::<S> as __path_logs,
         streams::events::<S> as __path_events,
         env::patch::<S> as __path_patch,

@@ -36,7 +36,7 @@ UPDATE jobs SET state = 'running', claim = $2, claimed_by = $3, lease_until = $4
   attempts = attempts + 1, updated_at = $1 \
 FROM c WHERE jobs.id = c.id \
 RETURNING jobs.id, jobs.stack_id, jobs.stack_slug, jobs.kind, jobs.generation, jobs.release, \
-  jobs.attempts, jobs.claim";
+  jobs.service, jobs.attempts, jobs.claim";
 
 impl JobStore for PgStore {
     async fn claim_job(
@@ -157,6 +157,17 @@ impl JobStore for PgStore {
     ) -> Result<bool, StoreError> {
         Ok(OPS
             .retry_job(self.begin().await?, job, error, run_after, give_up)
+            .await?)
+    }
+
+    async fn finish_restart(
+        &self,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(OPS
+            .finish_restart(self.begin().await?, job, result, now)
             .await?)
     }
 }

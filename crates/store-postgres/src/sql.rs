@@ -84,8 +84,8 @@ pub(crate) static SQL: Sql = Sql {
     supersede_queued_jobs: "UPDATE jobs SET state = 'superseded', updated_at = $2 \
                             WHERE stack_id = $1 AND state = 'queued'",
     queue_job: "INSERT INTO jobs (stack_id, stack_slug, kind, state, generation, release, attempts, \
-                  run_after, created_at, updated_at) \
-                VALUES ($1, $2, $3, 'queued', $4, $5, 0, $6, $6, $6)",
+                  run_after, created_at, updated_at, service) \
+                VALUES ($1, $2, $3, 'queued', $4, $5, 0, $6, $6, $6, $7)",
     insert_artifact: "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) \
                       ON CONFLICT (digest) DO NOTHING",
     insert_audit: "INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \

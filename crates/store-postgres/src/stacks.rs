@@ -6,10 +6,11 @@ use crate::sql::OPS;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::env::EnvMap;
-use stackyard_core::ids::StackSlug;
+use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    CreateStackError, NewRelease, NewStack, ReleaseError, StackStore, StoreError,
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
+    StoreError,
 };
 use stackyard_core::time::Millis;
 
@@ -91,5 +92,17 @@ impl StackStore for PgStore {
         let read =
             |mut c: PoolConnection<Postgres>| async move { OPS.running_stacks(&mut c).await };
         Ok(self.read(read).await?)
+    }
+
+    async fn request_restart(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        service: Option<ServiceName>,
+        ctx: AuditCtx,
+    ) -> Result<RestartQueued, RestartError> {
+        let tx = self.begin().await?;
+        OPS.request_restart(tx, access, slug, service.as_ref(), ctx)
+            .await
     }
 }

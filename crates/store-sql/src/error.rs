@@ -8,7 +8,9 @@
 //! column names are kept.
 
 use sqlx::error::DatabaseError;
-use stackyard_core::store::{CreateStackError, EnvBatchError, ReleaseError, StoreError};
+use stackyard_core::store::{
+    CreateStackError, EnvBatchError, ReleaseError, RestartError, StoreError,
+};
 
 #[derive(Debug)]
 pub enum Error {
@@ -48,6 +50,12 @@ impl From<Error> for CreateStackError {
 impl From<Error> for ReleaseError {
     fn from(e: Error) -> Self {
         ReleaseError::Store(e.into())
+    }
+}
+
+impl From<Error> for RestartError {
+    fn from(e: Error) -> Self {
+        RestartError::Store(e.into())
     }
 }
 

@@ -22,8 +22,8 @@ use stackyard_core::lifecycle::{
 use stackyard_core::model::*;
 use stackyard_core::store::{
     AuditFilter, CreateStackError, DeployResult, EnvBatchError, EnvWrite, EnvWriteResult,
-    IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease, NewStack, NewToken, ReleaseError, StoreError,
-    parse_id_cursor, parse_stack_cursor, stack_cursor,
+    IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease, NewStack, NewToken, ReleaseError, RestartError,
+    RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
 };
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
@@ -277,6 +277,7 @@ where
                     kind,
                     generation,
                     release,
+                    service,
                 } => {
                     sqlx::query(self.sql.queue_job)
                         .bind(id.0)
@@ -285,6 +286,7 @@ where
                         .bind(*generation)
                         .bind(*release)
                         .bind(at)
+                        .bind(service.as_ref().map(ServiceName::as_str))
                         .execute(&mut *conn)
                         .await?
                 }
@@ -540,7 +542,13 @@ where
         let Some(locked) = locked else {
             return Ok(false);
         };
-        let Some(plan) = lifecycle::status::record(&locked, job, report, now) else {
+        let plan = match job.kind {
+            JobKind::Restart => lifecycle::restart::record(&locked, job, report, now),
+            JobKind::Deploy | JobKind::Teardown => {
+                lifecycle::status::record(&locked, job, report, now)
+            }
+        };
+        let Some(plan) = plan else {
             return Ok(false);
         };
         self.commit_plan(tx, Some(&locked.stack), &plan).await?;
@@ -664,6 +672,42 @@ where
         };
         self.end_and_plan(tx, job, end, lock, run_after, |l| {
             lifecycle::deploy::give_up(l, job, &error, run_after)
+        })
+        .await
+    }
+
+    /// `StackStore::request_restart`. Lock: the stack row, then the rows hanging off it;
+    /// every refusal is decided under it.
+    pub async fn request_restart(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        access: Access,
+        slug: &StackSlug,
+        service: Option<&ServiceName>,
+        ctx: AuditCtx,
+    ) -> Result<RestartQueued, RestartError> {
+        let Some(locked) = self
+            .lock_stack(&mut tx, StackRef::Slug(access, slug))
+            .await?
+        else {
+            return Err(RestartError::NotFound);
+        };
+        let planned = lifecycle::restart::request(&locked, service, ctx)?;
+        self.commit_plan(tx, Some(&locked.stack), &planned.plan)
+            .await?;
+        Ok(planned.outcome)
+    }
+
+    /// `JobStore::finish_restart`.
+    pub async fn finish_restart(
+        &self,
+        tx: Transaction<'static, DB>,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
+    ) -> Result<bool> {
+        self.end_and_plan(tx, job, JobEnd::Done, true, now, |l| {
+            lifecycle::restart::finish(l, job, &result, now)
         })
         .await
     }

@@ -215,6 +215,7 @@ pub struct JobRow {
     pub kind: String,
     pub generation: i64,
     pub release: i64,
+    pub service: Option<String>,
     pub attempts: i64,
     pub claim: Option<String>,
 }
@@ -229,6 +230,12 @@ impl TryFrom<JobRow> for Job {
             kind: parsed(JobKind::parse(&r.kind), "job kind")?,
             generation: r.generation,
             release: r.release,
+            service: r
+                .service
+                .map(|s| {
+                    ServiceName::parse(&s).map_err(|_| corrupt("a job names an invalid service"))
+                })
+                .transpose()?,
             attempts: r.attempts,
             claim: parsed(r.claim, "job claim")?,
         })

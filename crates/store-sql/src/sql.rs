@@ -53,7 +53,8 @@ pub struct Sql {
     pub insert_env_version_zero: &'static str,
     /// `$1` stack id, `$2` updated_at: queued jobs become `superseded`.
     pub supersede_queued_jobs: &'static str,
-    /// `$1` stack id, `$2` slug, `$3` kind, `$4` generation, `$5` release, `$6` now.
+    /// `$1` stack id, `$2` slug, `$3` kind, `$4` generation, `$5` release, `$6` now, `$7` the
+    /// service a restart names, or NULL.
     pub queue_job: &'static str,
     /// `$1` digest, `$2` size, `$3` created_at; a known digest is left as it is.
     pub insert_artifact: &'static str,

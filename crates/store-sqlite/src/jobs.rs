@@ -44,7 +44,7 @@ impl JobStore for SqliteStore {
             "UPDATE jobs SET state = 'running', claim = $2, claimed_by = $3, lease_until = $4, \
                attempts = attempts + 1, updated_at = $5 \
              WHERE id = $1 \
-             RETURNING id, stack_id, stack_slug, kind, generation, release, attempts, claim",
+             RETURNING id, stack_id, stack_slug, kind, generation, release, service, attempts, claim",
         )
         .bind(id)
         .bind(&claim)
@@ -147,5 +147,16 @@ impl JobStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let tx = self.write_tx().await?;
         Ok(OPS.retry_job(tx, job, error, run_after, give_up).await?)
+    }
+
+    async fn finish_restart(
+        &self,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(OPS
+            .finish_restart(self.write_tx().await?, job, result, now)
+            .await?)
     }
 }

@@ -5,10 +5,11 @@
 use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::env::EnvMap;
-use stackyard_core::ids::StackSlug;
+use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    CreateStackError, NewRelease, NewStack, ReleaseError, StackStore, StoreError,
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
+    StoreError,
 };
 use stackyard_core::time::Millis;
 
@@ -83,5 +84,17 @@ impl StackStore for SqliteStore {
 
     async fn running_stacks(&self) -> Result<Vec<(Stack, Release, EnvMap)>, StoreError> {
         Ok(OPS.running_stacks(&mut *self.reader().await?).await?)
+    }
+
+    async fn request_restart(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        service: Option<ServiceName>,
+        ctx: AuditCtx,
+    ) -> Result<RestartQueued, RestartError> {
+        let tx = self.write_tx().await?;
+        OPS.request_restart(tx, access, slug, service.as_ref(), ctx)
+            .await
     }
 }

@@ -95,6 +95,9 @@ macro_rules! store_suite {
             running_stacks_returns_live_releases_of_stacks_not_being_deleted,
             prune_removes_old_events_expired_records_and_past_counters_only,
             get_stack_after_a_write_returns_sees_it_while_readers_race,
+            request_restart_queues_one_restart_job_with_its_audit_and_events,
+            request_restart_refuses_missing_not_running_unknown_and_deleting_and_writes_nothing,
+            restart_job_overtaken_by_a_redeploy_writes_nothing,
         );
     };
     (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
@@ -4037,4 +4040,190 @@ pub async fn get_stack_after_a_write_returns_sees_it_while_readers_race<S: Store
     for r in readers {
         assert!(r.await.unwrap() > 0);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// restarts
+
+pub async fn request_restart_queues_one_restart_job_with_its_audit_and_events<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    deploy_now(&store, &s, 1).await;
+    let worker = ServiceName::parse("worker").unwrap();
+
+    let queued = store
+        .request_restart(access(&s), &s.slug, Some(worker.clone()), ctx(2))
+        .await
+        .expect("request_restart");
+    assert_eq!(queued.services, std::slice::from_ref(&worker));
+    assert_eq!(
+        (queued.release.version, queued.release.status),
+        (1, ReleaseStatus::Live)
+    );
+    assert_eq!(queued.stack.status, StackStatus::Degraded);
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Degraded);
+    assert_eq!(
+        d.stack.op_generation, s.op_generation,
+        "not a new operation"
+    );
+    assert_eq!(
+        (d.services[0].status, d.services[1].status),
+        (ServiceStatus::Healthy, ServiceStatus::Restarting)
+    );
+    assert_eq!(d.release.map(|r| r.version), Some(1), "no new release");
+
+    let audit = audit_all(
+        &store,
+        t.id,
+        Some(s.slug.as_str()),
+        Some("stack.restart_requested"),
+    )
+    .await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].request_id.as_deref(), Some("req-2"));
+    assert_eq!(
+        audit[0].metadata,
+        json!({ "release": 1, "services": ["worker"] })
+    );
+    let events = events_of(&store, s.id).await;
+    let tail: Vec<&str> = kinds(&events).into_iter().rev().take(3).rev().collect();
+    assert_eq!(
+        tail,
+        ["restart.requested", "service.status", "stack.status"]
+    );
+    let requested = &events[events.len() - 3];
+    assert_eq!(
+        requested.data,
+        json!({ "release": 1, "services": ["worker"], "request_id": "req-2" })
+    );
+
+    let job = claim(&store, 3).await.expect("the restart is queued");
+    assert_eq!(
+        (job.kind, job.release, job.service.as_ref(), job.generation),
+        (JobKind::Restart, 1, Some(&worker), s.op_generation)
+    );
+    // The job's own reports move the service, the stack heals once all are healthy.
+    assert!(
+        store
+            .record_service_status(&job, &worker, ServiceStatus::Healthy, None, None, at(4))
+            .await
+            .unwrap()
+    );
+    let d = detail(&store, &s).await;
+    assert_eq!(
+        (d.stack.status, d.services[1].status),
+        (StackStatus::Healthy, ServiceStatus::Healthy)
+    );
+    assert!(store.finish_restart(&job, deployed(), at(5)).await.unwrap());
+    assert!(claim(&store, 6).await.is_none());
+
+    // A whole-stack restart that the runtime reports nothing about is settled by its end.
+    store
+        .request_restart(access(&s), &s.slug, None, ctx(7))
+        .await
+        .unwrap();
+    let job = claim(&store, 8).await.unwrap();
+    assert_eq!(job.service, None);
+    assert!(store.finish_restart(&job, deployed(), at(9)).await.unwrap());
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Healthy);
+    assert!(
+        d.services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Healthy)
+    );
+    assert_eq!(d.services[0].url.as_deref(), Some(API_URL), "the URL stays");
+    assert!(
+        !store
+            .finish_restart(&job, deployed(), at(10))
+            .await
+            .unwrap(),
+        "a job ends once"
+    );
+}
+
+pub async fn request_restart_refuses_missing_not_running_unknown_and_deleting_and_writes_nothing<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let other = team(&store, "other", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    let restart = |access, service: Option<&str>, now| {
+        let store = store.clone();
+        let slug = s.slug.clone();
+        let service = service.map(|n| ServiceName::parse(n).unwrap());
+        async move {
+            store
+                .request_restart(access, &slug, service, ctx(now))
+                .await
+        }
+    };
+    assert_eq!(
+        restart(access(&s), None, 1).await.unwrap_err(),
+        RestartError::NotRunning {
+            status: StackStatus::Building
+        },
+        "the first deploy has not finished"
+    );
+    deploy_now(&store, &s, 2).await;
+    assert_eq!(
+        restart(Access::Team(other.id), None, 3).await.unwrap_err(),
+        RestartError::NotFound
+    );
+    assert_eq!(
+        restart(Access::Anonymous, None, 3).await.unwrap_err(),
+        RestartError::NotFound
+    );
+    assert_eq!(
+        restart(access(&s), Some("db"), 4).await.unwrap_err(),
+        RestartError::UnknownService(ServiceName::parse("db").unwrap())
+    );
+    delete(&store, access(&s), &s.slug, 5).await;
+    assert_eq!(
+        restart(access(&s), None, 6).await.unwrap_err(),
+        RestartError::Deleting
+    );
+    let audit = audit_all(&store, t.id, None, Some("stack.restart_requested")).await;
+    assert!(audit.is_empty(), "{audit:?}");
+    let events = events_of(&store, s.id).await;
+    assert!(!kinds(&events).contains(&"restart.requested"));
+    let job = claim(&store, 7).await.unwrap();
+    assert_eq!(job.kind, JobKind::Teardown, "no restart was queued");
+}
+
+pub async fn restart_job_overtaken_by_a_redeploy_writes_nothing<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    deploy_now(&store, &s, 1).await;
+    store
+        .request_restart(access(&s), &s.slug, None, ctx(2))
+        .await
+        .unwrap();
+    let job = claim(&store, 3).await.unwrap();
+    assert_eq!(job.kind, JobKind::Restart);
+    store
+        .create_release(access(&s), &s.slug, new_release(None, 4))
+        .await
+        .unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    assert!(
+        !store
+            .record_service_status(&job, &api, ServiceStatus::Healthy, None, None, at(5))
+            .await
+            .unwrap(),
+        "the redeploy owns the stack now"
+    );
+    assert!(store.finish_restart(&job, deployed(), at(6)).await.unwrap());
+    let d = detail(&store, &s).await;
+    assert_eq!(d.stack.status, StackStatus::Building);
+    assert!(
+        d.services
+            .iter()
+            .all(|x| x.status == ServiceStatus::Building)
+    );
+    let next = claim(&store, 7).await.unwrap();
+    assert_eq!((next.kind, next.release), (JobKind::Deploy, 2));
 }

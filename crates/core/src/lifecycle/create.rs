@@ -86,6 +86,7 @@ pub fn plan(new: NewStack, cap: Option<TeamCap>) -> Result<Planned<Stack>, Creat
             kind: JobKind::Deploy,
             generation: 1,
             release: 1,
+            service: None,
         }],
         artifacts: new.artifacts,
         audit: Some(audit),
@@ -159,7 +160,8 @@ mod tests {
             [JobWrite::Queue {
                 kind: JobKind::Deploy,
                 generation: 1,
-                release: 1
+                release: 1,
+                service: None
             }]
         );
         assert_eq!(kinds(&p.plan.events), ["stack.status", "release.created"]);

@@ -31,6 +31,7 @@ pub fn request(locked: &Locked, ctx: AuditCtx) -> Planned<Stack> {
                 kind: JobKind::Teardown,
                 generation: stack.op_generation,
                 release: stack.release,
+                service: None,
             },
         ],
         audit: Some(AuditRecord {
@@ -107,7 +108,8 @@ mod tests {
                 JobWrite::Queue {
                     kind: JobKind::Teardown,
                     generation: 4,
-                    release: 2
+                    release: 2,
+                    service: None
                 }
             ]
         );

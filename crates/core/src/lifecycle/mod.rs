@@ -8,12 +8,14 @@
 //! One file per step: [`create`] (a new stack), [`release`] (a redeploy), [`status`] (a
 //! service's progress report), [`deploy`] (a deploy's end: live, failed while an older release
 //! keeps serving, or failed; also a deploy given up after retries), [`delete`] (the deletion
-//! request and the teardown's end), [`team`] (teams and tokens).
+//! request and the teardown's end), [`restart`] (a restart of the live release's services in
+//! place: the request, the job's reports and its end), [`team`] (teams and tokens).
 
 pub mod create;
 pub mod delete;
 pub mod deploy;
 pub mod release;
+pub mod restart;
 pub mod status;
 pub mod team;
 
@@ -34,6 +36,7 @@ pub mod audit_kind {
     pub const DEPLOYED: &str = "stack.deployed";
     pub const DEPLOY_FAILED: &str = "stack.deploy_failed";
     pub const DELETION_REQUESTED: &str = "stack.deletion_requested";
+    pub const RESTART_REQUESTED: &str = "stack.restart_requested";
     pub const DELETED: &str = "stack.deleted";
 }
 
@@ -162,11 +165,12 @@ pub enum ReleaseWrite {
 pub enum JobWrite {
     /// The stack's queued jobs become `superseded`: they can no longer run.
     SupersedeQueued,
-    /// A new queued job of the stack.
+    /// A new queued job of the stack (`service`: the one service a restart names).
     Queue {
         kind: JobKind,
         generation: i64,
         release: i64,
+        service: Option<ServiceName>,
     },
 }
 
@@ -343,6 +347,7 @@ pub(crate) mod fixtures {
             kind,
             generation,
             release,
+            service: None,
             attempts: 1,
             claim: "c".into(),
         }

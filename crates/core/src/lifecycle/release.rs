@@ -83,6 +83,7 @@ pub fn plan(
                 kind: JobKind::Deploy,
                 generation: old.op_generation + 1,
                 release: version,
+                service: None,
             },
         ],
         artifacts: new.artifacts,
@@ -172,7 +173,8 @@ mod tests {
                 JobWrite::Queue {
                     kind: JobKind::Deploy,
                     generation: 4,
-                    release: 4
+                    release: 4,
+                    service: None
                 }
             ]
         );

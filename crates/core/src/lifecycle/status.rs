@@ -54,7 +54,7 @@ pub fn progress(locked: &Locked, job: &Job, event: NewEvent, now: Millis) -> Opt
 /// the services decides, its error the first failed service's; events `service.status` when
 /// the service's status, URL or error changed and `stack.status` when the stack's status or
 /// error did. `None` when the stack has no such service.
-fn put_service(
+pub(super) fn put_service(
     locked: &Locked,
     name: &ServiceName,
     edit: impl FnOnce(&Service) -> Service,

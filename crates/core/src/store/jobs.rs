@@ -1,4 +1,4 @@
-//! Durable jobs (deploy, teardown): claims with a lease, and the fenced writes a worker makes
+//! Durable jobs (deploy, teardown, restart): claims with a lease, and the fenced writes a worker makes
 //! while it runs one. A claim token fences every write (a job taken over after its lease
 //! expired cannot finish twice); the stack's operation generation fences status writes (a slow
 //! old deploy cannot overwrite a newer state).
@@ -12,7 +12,7 @@ use crate::time::Millis;
 use std::future::Future;
 use std::time::Duration;
 
-/// How a deploy ended, as the worker reports it.
+/// How a deploy (or a restart) ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployResult {
     pub ok: bool,
@@ -50,7 +50,8 @@ pub trait JobStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(Stack, Release, EnvMap)>, StoreError>> + Send;
 
     /// Records a service's status (and URL / error) if the job's generation is still the
-    /// stack's, and moves the stack status along (`lifecycle::status`). Returns false, changing
+    /// stack's, and moves the stack status along (`lifecycle::status`; a restart job's reports:
+    /// `lifecycle::restart::record`). Returns false, changing
     /// nothing, when a newer operation owns the stack (a redeploy or a deletion) or the stack
     /// has no such service.
     fn record_service_status(
@@ -111,5 +112,17 @@ pub trait JobStore: Clone + Send + Sync + 'static {
         error: &str,
         run_after: Millis,
         give_up: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a restart job and marks it done (`lifecycle::restart::finish`). False if the claim
+    /// was lost. While the restart still owns its services (same generation, the stack resting
+    /// on the job's release), the job's services still `restarting` become `healthy` when
+    /// `result.ok` (a runtime that reported nothing) or `failed` with `result.error`; otherwise
+    /// (redeployed or deleted meanwhile) only the job is closed.
+    fn finish_restart(
+        &self,
+        job: &Job,
+        result: DeployResult,
+        now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -33,7 +33,9 @@ pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,
 };
 pub use jobs::{DeployResult, JobStore};
-pub use stacks::{CreateStackError, NewRelease, NewStack, ReleaseError, StackStore};
+pub use stacks::{
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
+};
 pub use teams::{NewToken, TeamStore};
 
 use crate::model::Stack;

@@ -4,10 +4,10 @@
 
 use super::{Idempotent, StoreError};
 use crate::env::EnvMap;
-use crate::ids::StackSlug;
+use crate::ids::{ServiceName, StackSlug};
 use crate::model::{
     Access, AuditCtx, Page, Release, ReleaseInfo, ReleaseService, Stack, StackDetail, StackId,
-    TeamId,
+    StackStatus, TeamId,
 };
 use crate::time::Millis;
 use std::future::Future;
@@ -59,6 +59,33 @@ pub enum ReleaseError {
     NotFound,
     #[error("the stack is being deleted")]
     Deleting,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A restart of the live release's services, as `StackStore::request_restart` queued it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartQueued {
+    /// The stack as it is after the request (its status: `degraded` while services restart).
+    pub stack: Stack,
+    /// The live release being restarted.
+    pub release: ReleaseInfo,
+    /// The services being restarted, in manifest order.
+    pub services: Vec<ServiceName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    #[error("stack not found")]
+    NotFound,
+    #[error("the stack is being deleted")]
+    Deleting,
+    /// The stack does not rest on a live release (a deploy runs, or none ever went live).
+    #[error("the stack is not running (it is {status})")]
+    NotRunning { status: StackStatus },
+    /// The live release has no service by that name.
+    #[error("the live release has no service `{0}`")]
+    UnknownService(ServiceName),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -142,4 +169,21 @@ pub trait StackStore: Clone + Send + Sync + 'static {
     fn running_stacks(
         &self,
     ) -> impl Future<Output = Result<Vec<(Stack, Release, EnvMap)>, StoreError>> + Send;
+
+    /// Queues a restart of the live release's services in place (`lifecycle::restart`), in
+    /// one transaction under the stack's lock: `NotFound`, `Deleting`, `NotRunning` (the stack
+    /// is not `healthy` or `degraded` on a live release) and `UnknownService` (`service` is not
+    /// in the live release) are decided there, and a refused call writes nothing. The named
+    /// service, or every service of the live release, becomes `restarting` (the stack
+    /// `degraded` meanwhile); one `restart` job is queued at the stack's current generation
+    /// (nothing is superseded: a later redeploy or deletion supersedes the restart); audit
+    /// `stack.restart_requested` `{release, services}`; events `restart.requested` (with the
+    /// request id), `service.status`, `stack.status`.
+    fn request_restart(
+        &self,
+        access: Access,
+        slug: &StackSlug,
+        service: Option<ServiceName>,
+        ctx: AuditCtx,
+    ) -> impl Future<Output = Result<RestartQueued, RestartError>> + Send;
 }

@@ -99,7 +99,7 @@ pub struct EventsQuery {
 }
 
 #[utoipa::path(get, path = "/stacks/{slug}/events", tag = "stacks",
-    description = "Status changes as server-sent events (`stack.status`, `service.status`, `release.created`, `release.status`, `env.version`, `build.step`, `stack.deleted`), each a JSON `data:` (`StackEventData`) with an `event:` name and an `id:`; `Last-Event-ID` (or `?after=`) resumes. The stream ends after `stack.deleted`. Auth optional.",
+    description = "Status changes as server-sent events (`stack.status`, `service.status`, `release.created`, `release.status`, `env.version`, `build.step`, `restart.requested`, `stack.deleted`), each a JSON `data:` (`StackEventData`) with an `event:` name and an `id:`; `Last-Event-ID` (or `?after=`) resumes. The stream ends after `stack.deleted`. Auth optional.",
     security((), ("bearer" = [])),
     params(("slug" = String, Path, description = "The stack's id (`stk-…`)"),
         ("after" = Option<i64>, Query, description = "Resume after this event id"),

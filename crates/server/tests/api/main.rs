@@ -10,6 +10,7 @@ mod env;
 mod hostile;
 mod limits;
 mod messages;
+mod restart;
 mod stacks;
 mod tokens;
 mod wire;

@@ -96,6 +96,16 @@ async fn wire_stack_bodies() {
     let releases = ok(app.get(&format!("/stacks/{slug}/releases"), t), 200).await;
     snap!("stack_releases_200", scrub(&releases, &known));
 
+    let restarted = ok(
+        app.post(&format!("/stacks/{slug}/restart"), t)
+            .json(&json!({ "service": "web" })),
+        202,
+    )
+    .await;
+    snap!("stack_restart_202", scrub(&restarted, &known));
+    app.wait_for(&slug, t, |_, b| b["status"] == "healthy")
+        .await;
+
     let logs = app
         .get(&format!("/stacks/{slug}/logs/web?follow=false"), t)
         .send()
@@ -271,6 +281,9 @@ async fn wire_error_envelopes() {
     let t = Some(app.admin_token.as_str());
     let capped = app.create_team("capped", Some(0)).await;
     let (_, slug) = new_stack(&app, t, "Errors").await;
+    // Restarts are refused as `not_running` until the first deploy is live.
+    app.wait_for(&slug, t, |_, b| b["status"] == "healthy")
+        .await;
     let env = format!("/stacks/{slug}/env");
     let missing = "/stacks/stk-000000000000000000000000";
 
@@ -398,6 +411,11 @@ async fn wire_error_envelopes() {
                 .json(&json!({ "version": 99 })),
         ),
         ("token_not_found", app.delete("/api/v1/tokens/999", t)),
+        (
+            "unknown_service",
+            app.post(&format!("/stacks/{slug}/restart"), t)
+                .json(&json!({ "service": "db" })),
+        ),
     ];
     let mut envelopes = BTreeMap::new();
     for (name, req) in cases {
