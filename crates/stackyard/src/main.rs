@@ -114,15 +114,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let limit = args.shutdown_timeout;
     let server = stackyard_server::start(args).await?;
-    let stop = server.shutdown_handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-    });
-    server.wait().await;
-    Ok(())
+    server.serve_until(shutdown_signal(), limit).await
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,7 @@ mod admin;
 mod build;
 mod crash;
 mod logs;
+mod planned_stop;
 mod runtime;
 mod sandbox;
 mod shared_queue;
