@@ -40,7 +40,7 @@ pub async fn with_store<U: WithStore>(
 ) -> anyhow::Result<U::Output> {
     let url = args.database_url();
     let shown = redact_url(&url);
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(&url) {
         let store = PgStore::connect(&url, opts)
             .await
             .with_context(|| format!("connecting to {shown}"))?;
@@ -55,6 +55,11 @@ pub async fn with_store<U: WithStore>(
     } else {
         bail!("unsupported --database-url {shown}: use sqlite://PATH or postgres://…")
     }
+}
+
+/// Whether `url` names a PostgreSQL database (else SQLite, or nothing we support).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Store settings for one-off commands (`admin`): the defaults, few connections.

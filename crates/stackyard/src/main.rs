@@ -46,6 +46,15 @@ enum Admin {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Copy the SQLite database, consistently, while the server runs; prints the file's path
+    /// (PostgreSQL: use pg_dump, see the README).
+    Backup {
+        /// Where the copy goes; must not exist.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,6 +117,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?;
             println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Admin(Admin::Backup { to, store }) => {
+            let bytes = stackyard_server::admin::backup(&store, &to).await?;
+            eprintln!("wrote {bytes} bytes");
+            println!("{}", to.display());
             Ok(())
         }
     }
