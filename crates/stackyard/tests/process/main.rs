@@ -15,3 +15,4 @@ mod runtime;
 mod sandbox;
 mod shared_queue;
 mod supervisor;
+mod upgrade;
