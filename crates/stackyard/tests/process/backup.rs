@@ -144,7 +144,7 @@ async fn a_backup_taken_under_env_patch_load_restores_to_a_consistent_state() {
                 n += 1;
                 // Two keys per change, the second deleted every third time: a torn change
                 // would show one without the other.
-                let pair = if n % 3 == 0 { Value::Null } else { json!(n.to_string()) };
+                let pair = if n.is_multiple_of(3) { Value::Null } else { json!(n.to_string()) };
                 let body = json!({ "env": { format!("W{w}"): n.to_string(), format!("W{w}_PAIR"): pair } });
                 let res = client.patch(&url).bearer_auth(&token).json(&body).send().await.unwrap();
                 let (code, b) = json_of(res).await;
