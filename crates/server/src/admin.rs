@@ -1,10 +1,12 @@
 //! `stackyard admin …`: operations run directly against the store, for the server's operator.
 
-use crate::serve::WithStore;
-use anyhow::Context;
+use crate::config::{StoreArgs, redact_url};
+use crate::serve::{WithStore, is_postgres};
+use anyhow::{Context, bail};
 use stackyard_core::model::{Actor, AuditCtx};
 use stackyard_core::store::{NewToken, Store, StoreError};
 use stackyard_core::{ApiToken, TeamName};
+use std::path::Path;
 
 /// Creates a team and returns its first token (to be printed once).
 pub struct CreateTeam {
@@ -41,4 +43,28 @@ impl WithStore for CreateTeam {
             Err(e) => Err(e).context("creating the team"),
         }
     }
+}
+
+/// `admin backup`: a consistent copy of the SQLite database, taken while the server runs, at
+/// `to` (which must not exist); returns its size. PostgreSQL has its own tools for this, and a
+/// copy made here would be neither faster nor safer, so it is refused with what to run.
+pub async fn backup(store: &StoreArgs, to: &Path) -> anyhow::Result<u64> {
+    let url = store.database_url();
+    if is_postgres(&url) {
+        bail!(
+            "admin backup copies SQLite databases only; back PostgreSQL up with its own tools: \
+             `pg_dump --format=custom --file=FILE DATABASE_URL` (restore: `pg_restore --clean \
+             --if-exists --dbname=DATABASE_URL FILE` with the servers stopped)"
+        );
+    }
+    if !url.starts_with("sqlite:") {
+        bail!(
+            "unsupported --database-url {}: use sqlite://PATH or postgres://…",
+            redact_url(&url)
+        );
+    }
+    eprintln!("backing up {} to {}", redact_url(&url), to.display());
+    stackyard_store_sqlite::backup(&url, to)
+        .await
+        .with_context(|| format!("backing up {}", redact_url(&url)))
 }

@@ -142,6 +142,13 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_DELETE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub delete_wait: Duration,
 
+    /// Bound on a planned stop (SIGTERM, Ctrl-C): open requests finish, running jobs are
+    /// cancelled (resumed after the restart), the services this server runs are stopped; what
+    /// is still running past it is left to the next start (which stops it from its run records)
+    /// and the exit status is 1.
+    #[arg(long, env = "STACKYARD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Bound on waiting for a database lock; past it writes answer 503 with Retry-After.
     #[arg(long, env = "STACKYARD_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub lock_timeout: Duration,

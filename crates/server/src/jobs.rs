@@ -16,6 +16,7 @@ use stackyard_core::store::{DeployResult, JobStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// A deploy that keeps failing for infrastructure reasons is given up after this many tries;
@@ -36,12 +37,16 @@ pub struct Workers<S: JobStore> {
 }
 
 impl<S: JobStore> Workers<S> {
-    /// Claims and runs jobs until `shutdown` turns true. Jobs still running then are left to
-    /// their leases (another server, or this one after a restart, resumes them).
+    /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
+    /// and returns once they are dropped: their claims are left to their leases (another
+    /// server, or this one after a restart, resumes them), and the caller may stop the runtime
+    /// knowing no job will start a process after it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.slots.max(1)));
+        let mut running = JoinSet::new();
         loop {
+            while running.try_join_next().is_some() {}
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = crate::stopped(&mut shutdown) => break,
@@ -53,7 +58,7 @@ impl<S: JobStore> Workers<S> {
             {
                 Ok(Some(job)) => {
                     let this = this.clone();
-                    tokio::spawn(async move {
+                    running.spawn(async move {
                         this.execute(job).await;
                         drop(permit);
                     });
@@ -76,6 +81,16 @@ impl<S: JobStore> Workers<S> {
                 }
             }
         }
+        // A cancelled deploy stops what it had started (its `Attempt`) and commits nothing
+        // more; the job row stays claimed, which is what a restart resumes.
+        if !running.is_empty() {
+            tracing::info!(
+                jobs = running.len(),
+                "cancelling running jobs; they resume after a restart"
+            );
+        }
+        running.abort_all();
+        while running.join_next().await.is_some() {}
     }
 
     /// Runs one job while a heartbeat renews its lease; stops work as soon as the claim is lost.

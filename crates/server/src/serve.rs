@@ -40,7 +40,7 @@ pub async fn with_store<U: WithStore>(
 ) -> anyhow::Result<U::Output> {
     let url = args.database_url();
     let shown = redact_url(&url);
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(&url) {
         let store = PgStore::connect(&url, opts)
             .await
             .with_context(|| format!("connecting to {shown}"))?;
@@ -55,6 +55,11 @@ pub async fn with_store<U: WithStore>(
     } else {
         bail!("unsupported --database-url {shown}: use sqlite://PATH or postgres://…")
     }
+}
+
+/// Whether `url` names a PostgreSQL database (else SQLite, or nothing we support).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Store settings for one-off commands (`admin`): the defaults, few connections.
@@ -98,6 +103,34 @@ impl RunningServer {
 
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// Serves until `signal` (SIGTERM, Ctrl-C), then stops within `limit`. An error means
+    /// something was still stopping at the bound: the process should exit anyway, and the next
+    /// start stops the services left behind (from their run records) and resumes the jobs.
+    pub async fn serve_until(
+        self,
+        signal: impl Future<Output = ()>,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let stop = self.shutdown.clone();
+        let mut stopped = std::pin::pin!(self.wait());
+        tokio::select! {
+            _ = &mut stopped => return Ok(()),
+            _ = signal => {}
+        }
+        tracing::info!(timeout = %humantime::format_duration(limit), "shutting down");
+        let _ = stop.send(true);
+        match tokio::time::timeout(limit, stopped).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Err(_) => bail!(
+                "still stopping after the shutdown timeout ({}); the next start stops what is left",
+                humantime::format_duration(limit)
+            ),
+        }
     }
 }
 
@@ -172,17 +205,17 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         torn_down: state.teardowns_done.clone(),
     };
     // Jobs start only after the runtime recovered what should be running, so a deploy never
-    // races the restart of the same stack.
-    let (store2, runtime2, rx) = (store.clone(), runtime.clone(), shutdown_rx.clone());
+    // races the restart of the same stack. Stopping the server stops what the runtime runs
+    // here (a restart brings it back), but only once recovery and the jobs are cancelled: a
+    // deploy still running could otherwise start a process after the runtime stopped them all.
+    let (store2, runtime2) = (store.clone(), runtime.clone());
+    let (rx, mut rx2) = (shutdown_rx.clone(), shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
-        recover(&store2, runtime2.as_ref()).await;
-        workers.run(rx).await;
-    }));
-    // Stopping the server stops what the runtime runs here; a restart brings it back.
-    let (runtime3, mut rx3) = (runtime.clone(), shutdown_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        crate::stopped(&mut rx3).await;
-        runtime3.shutdown().await;
+        tokio::select! {
+            _ = recover(&store2, runtime2.as_ref()) => workers.run(rx).await,
+            _ = crate::stopped(&mut rx2) => {}
+        }
+        runtime2.shutdown().await;
     }));
     tasks.push(tokio::spawn(crate::maintenance::run(
         store,
@@ -194,7 +227,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         listener,
         router(state),
         shutdown_rx,
-        Duration::from_secs(10),
+        args.shutdown_timeout.min(Duration::from_secs(10)),
     )));
     tracing::info!(store = backend, "api listening on http://{addr}");
     Ok(RunningServer {

@@ -46,6 +46,15 @@ enum Admin {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Copy the SQLite database, consistently, while the server runs; prints the file's path
+    /// (PostgreSQL: use pg_dump, see the README).
+    Backup {
+        /// Where the copy goes; must not exist.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,19 +119,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", token.expose());
             Ok(())
         }
+        Command::Admin(Admin::Backup { to, store }) => {
+            let bytes = stackyard_server::admin::backup(&store, &to).await?;
+            eprintln!("wrote {bytes} bytes");
+            println!("{}", to.display());
+            Ok(())
+        }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let limit = args.shutdown_timeout;
     let server = stackyard_server::start(args).await?;
-    let stop = server.shutdown_handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-    });
-    server.wait().await;
-    Ok(())
+    server.serve_until(shutdown_signal(), limit).await
 }
 
 async fn shutdown_signal() {

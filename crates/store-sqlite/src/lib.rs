@@ -21,6 +21,7 @@
 //! (`env`), job claims (`jobs`), idempotency reservations and pruning (`housekeeping`), and
 //! `get_stack` (`stacks`). One module per storage trait.
 
+mod backup;
 mod cache;
 mod env;
 mod events;
@@ -30,6 +31,7 @@ mod sql;
 mod stacks;
 mod teams;
 
+pub use backup::backup;
 use cache::DetailCache;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{

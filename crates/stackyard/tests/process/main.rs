@@ -6,11 +6,14 @@
 mod support;
 
 mod admin;
+mod backup;
 mod build;
 mod crash;
 mod logs;
+mod planned_stop;
 mod restart;
 mod runtime;
 mod sandbox;
 mod shared_queue;
 mod supervisor;
+mod upgrade;

@@ -37,6 +37,11 @@ impl Server {
         self.inner.kill9();
     }
 
+    /// SIGTERM, then the exit status if the server exits within `within`.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.inner.terminate(within)
+    }
+
     pub fn admin_token(&self) -> String {
         stackyard_testkit::admin_token(&self.data_dir)
     }
@@ -137,6 +142,43 @@ pub fn write_app(dir: &Path, manifest: &str, files: &[(&str, &str)]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, body).unwrap();
     }
+}
+
+/// The process groups in a stack's run records (`<data dir>/run/<slug>/*.json`).
+pub fn recorded_groups(data: &Path, slug: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(data.join("run").join(slug)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter_map(|rec| rec["pgid"].as_i64())
+        .map(|pgid| pgid as i32)
+        .collect()
+}
+
+/// Live (not zombie) processes of process group `pgid`, from `/proc/*/stat`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`: comm may hold spaces, so split after its `)`.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str()) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// The run record of a stack's service: (leader pid, port).
