@@ -151,6 +151,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub job_lease: Duration,
 
+    /// How long an uploaded artifact no release uses is kept before it is removed: the time a
+    /// create has between writing its tarballs and committing the release that names them.
+    #[arg(long, env = "STACKYARD_ARTIFACT_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub artifact_grace: Duration,
+
     /// Jobs this server runs at once.
     #[arg(long, env = "STACKYARD_JOB_WORKERS", default_value_t = 8)]
     pub job_workers: usize,
