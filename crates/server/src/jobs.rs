@@ -188,10 +188,9 @@ impl<S: JobStore> Workers<S> {
                 let Some(unused) = self.store.finish_teardown(job, now()).await? else {
                     return Ok(());
                 };
-                self.torn_down.notify_waiters();
-                tracing::info!(stack = %job.slug, "teardown finished");
                 // After the commit: a file removed before it could outlive a rolled-back
-                // deletion that still names it.
+                // deletion that still names it. Before the notification: a `DELETE` answered
+                // "gone" finds the stack's unused artifacts gone too.
                 if !unused.is_empty() {
                     let artifacts = self.artifacts.clone();
                     let removed =
@@ -200,6 +199,8 @@ impl<S: JobStore> Workers<S> {
                             .unwrap_or_default();
                     tracing::info!(stack = %job.slug, removed, "removed artifacts no release uses");
                 }
+                self.torn_down.notify_waiters();
+                tracing::info!(stack = %job.slug, "teardown finished");
             }
             Err(e) => {
                 tracing::warn!(error = %e, stack = %job.slug, "teardown failed; will retry");

@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod artifacts;
 mod build;
 mod crash;
 mod logs;
