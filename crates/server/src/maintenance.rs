@@ -77,27 +77,6 @@ pub async fn expire<S: StackStore>(store: &S, jobs_ready: &Notify) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiry_ticks_follow_the_ttl_within_bounds() {
-        assert_eq!(
-            expiry_tick(Duration::from_secs(6 * 3600)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            expiry_tick(Duration::from_secs(2)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            expiry_tick(Duration::from_millis(10)),
-            Duration::from_millis(100)
-        );
-    }
-}
-
 /// How often the artifact sweep runs: once per grace period (a file left by a crash goes at
 /// most two grace periods after it was written), between 1 s and 10 minutes.
 pub fn sweep_every(grace: Duration) -> Duration {
@@ -130,5 +109,26 @@ pub async fn sweep_artifacts<S: Housekeeping>(
             _ = tokio::time::sleep(every) => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_ticks_follow_the_ttl_within_bounds() {
+        assert_eq!(
+            expiry_tick(Duration::from_secs(6 * 3600)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            expiry_tick(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            expiry_tick(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
     }
 }
