@@ -24,7 +24,7 @@ pub use env::{
     RollbackRequest,
 };
 pub use error::ErrorEnvelope;
-pub use ops::{Health, Ready};
+pub use ops::{ArtifactUsage, Health, Ready};
 pub use stacks::{
     CreatedRelease, CreatedService, CreatedStack, DeletedStack, RedeployForm, Redeployed, Release,
     ReleaseItem, ReleaseList, ReleaseServiceItem, RestartRequest, Restarted, Service, SseEvent,

@@ -8,6 +8,7 @@ use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
+use ipnet::IpNet;
 use stackyard_core::ApiToken;
 use stackyard_core::model::{Access, Actor, AuditCtx, Principal};
 use stackyard_core::store::Store;
@@ -51,21 +52,65 @@ impl Caller {
 pub struct TeamCaller(pub Principal);
 
 /// The client's network, the unit of anonymous rate limits: IPv4 /24, IPv6 /64.
-pub fn fingerprint(addr: Option<SocketAddr>) -> String {
-    match addr.map(|a| a.ip()) {
+pub fn fingerprint(addr: Option<IpAddr>) -> String {
+    match addr.map(|a| a.to_canonical()) {
         Some(IpAddr::V4(v4)) => {
             let o = v4.octets();
             format!("{}.{}.{}.0/24", o[0], o[1], o[2])
         }
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => fingerprint(Some(SocketAddr::new(IpAddr::V4(v4), 0))),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
         None => "unknown".to_owned(),
     }
+}
+
+/// The client's address: the peer's, unless the peer is one of `trusted_proxies`; then the
+/// right-most `X-Forwarded-For` address that is not itself a trusted proxy. Walking from the
+/// right matters: each proxy appends the address it received from, so only the entries our
+/// own proxies added are true, and anything to the left of the first untrusted one is
+/// whatever that client chose to send. A header we cannot read past is not guessed at: the
+/// request then counts as the proxy's own (one shared limit, today's behaviour).
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: &[&str],
+    trusted_proxies: &[IpNet],
+) -> Option<IpAddr> {
+    let trusted = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        trusted_proxies.iter().any(|net| net.contains(&ip))
+    };
+    let peer_ip = peer?;
+    if !trusted(peer_ip) {
+        return Some(peer_ip);
+    }
+    // Several headers count as one list, in order (RFC 9110 field combination).
+    let hops = forwarded_for
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .rev();
+    let mut leftmost = peer_ip;
+    for hop in hops {
+        let Some(ip) = parse_hop(hop) else {
+            return Some(peer_ip);
+        };
+        if !trusted(ip) {
+            return Some(ip);
+        }
+        leftmost = ip;
+    }
+    // Every hop is one of our proxies: the first of them is the client.
+    Some(leftmost)
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// The bearer token in the request, if any; `Err` when the header is present but malformed.
@@ -127,9 +172,16 @@ impl<S: Store> FromRequestParts<AppState<S>> for Caller {
                 let peer = parts
                     .extensions
                     .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0);
+                    .map(|c| c.0.ip());
+                let forwarded: Vec<&str> = parts
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let client = client_ip(peer, &forwarded, &state.config.trusted_proxies);
                 Ok(Caller::Anonymous {
-                    fingerprint: fingerprint(peer),
+                    fingerprint: fingerprint(client),
                 })
             }
         }
@@ -160,15 +212,67 @@ pub fn audit_ctx(caller: &Caller, request_id: &RequestId) -> AuditCtx {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn fingerprints_group_networks() {
-        let a: SocketAddr = "203.0.113.7:5000".parse().unwrap();
-        let b: SocketAddr = "203.0.113.200:1".parse().unwrap();
-        assert_eq!(fingerprint(Some(a)), "203.0.113.0/24");
-        assert_eq!(fingerprint(Some(a)), fingerprint(Some(b)));
-        let v6: SocketAddr = "[2001:db8:1:2:3:4:5:6]:80".parse().unwrap();
-        assert_eq!(fingerprint(Some(v6)), "2001:db8:1:2::/64");
-        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
-        assert_eq!(fingerprint(Some(mapped)), "10.1.2.0/24");
+        assert_eq!(fingerprint(Some(ip("203.0.113.7"))), "203.0.113.0/24");
+        assert_eq!(
+            fingerprint(Some(ip("203.0.113.7"))),
+            fingerprint(Some(ip("203.0.113.200")))
+        );
+        assert_eq!(
+            fingerprint(Some(ip("2001:db8:1:2:3:4:5:6"))),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(fingerprint(Some(ip("::ffff:10.1.2.3"))), "10.1.2.0/24");
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_from_trusted_proxies_right_to_left() {
+        let proxies: Vec<IpNet> = ["127.0.0.1/32", "10.0.0.0/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let client = |peer: &str, xff: &[&str], trusted: &[IpNet]| {
+            client_ip(Some(ip(peer)), xff, trusted).unwrap()
+        };
+        // No trusted proxies, or an untrusted peer: the header is ignored.
+        assert_eq!(client("127.0.0.1", &["198.51.100.7"], &[]), ip("127.0.0.1"));
+        assert_eq!(
+            client("192.0.2.9", &["198.51.100.7"], &proxies),
+            ip("192.0.2.9")
+        );
+        // From a trusted proxy: the right-most untrusted entry, our own hops skipped.
+        assert_eq!(
+            client("127.0.0.1", &["198.51.100.7"], &proxies),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client(
+                "127.0.0.1",
+                &["203.0.113.1, 198.51.100.7", "10.1.1.1"],
+                &proxies
+            ),
+            ip("198.51.100.7"),
+            "a forged left part is ignored; several headers are one list"
+        );
+        assert_eq!(
+            client("::ffff:127.0.0.1", &["[2001:db8::1]:443"], &proxies),
+            ip("2001:db8::1")
+        );
+        // Nothing to go on, or an entry we cannot read: the proxy itself.
+        assert_eq!(client("127.0.0.1", &[], &proxies), ip("127.0.0.1"));
+        assert_eq!(
+            client("127.0.0.1", &["198.51.100.7, junk"], &proxies),
+            ip("127.0.0.1")
+        );
+        // Only our own hops: the first of them.
+        assert_eq!(
+            client("127.0.0.1", &["10.2.2.2, 10.1.1.1"], &proxies),
+            ip("10.2.2.2")
+        );
     }
 }

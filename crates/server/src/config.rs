@@ -1,6 +1,7 @@
 //! `stackyard serve` settings: one clap struct, each flag also a `STACKYARD_*` variable.
 
 use clap::{Args, ValueEnum};
+use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_ANONYMOUS_DAILY_LIMIT", default_value_t = 5)]
     pub anonymous_daily_limit: i64,
 
+    /// Reverse proxies (`CIDR,...`, a bare address is one host) whose `X-Forwarded-For` names
+    /// the client for anonymous limits: the right-most address in it that is not one of them.
+    /// Empty: the header is ignored and the peer address is the client.
+    #[arg(long, env = "STACKYARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+
     /// Lifetime of anonymous stacks (`6h`, `90m`, …).
     #[arg(long, env = "STACKYARD_ANONYMOUS_TTL", default_value = "6h", value_parser = humantime::parse_duration)]
     pub anonymous_ttl: Duration,
@@ -157,6 +164,11 @@ pub struct ServeArgs {
     /// it over (a server that died).
     #[arg(long, env = "STACKYARD_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub job_lease: Duration,
+
+    /// How long an uploaded artifact no release uses is kept before it is removed: the time a
+    /// create has between writing its tarballs and committing the release that names them.
+    #[arg(long, env = "STACKYARD_ARTIFACT_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub artifact_grace: Duration,
 
     /// Jobs this server runs at once.
     #[arg(long, env = "STACKYARD_JOB_WORKERS", default_value_t = 8)]
@@ -212,6 +224,15 @@ pub struct ServeArgs {
     pub sandbox_ignore_landlock: bool,
 }
 
+/// A `--trusted-proxies` entry: a CIDR (`10.0.0.0/8`) or one address (`127.0.0.1`).
+pub fn parse_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{s}` is not a CIDR such as 10.0.0.0/8 or an address"))
+}
+
 /// A size in bytes: digits with an optional `K`, `M`, `G` (powers of 1024, with or without
 /// `iB`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -245,6 +266,18 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidrs_or_single_addresses() {
+        assert_eq!(parse_proxy("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_proxy("127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(parse_proxy("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_proxy("10.0.0.0/33").is_err());
+        assert!(parse_proxy("proxy.local").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! once). Every write a job makes is fenced by its claim and its operation generation, so a job
 //! taken over, or superseded by a newer operation, can no longer change anything.
 
+use crate::artifacts::Artifacts;
 use crate::now;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
@@ -34,6 +35,8 @@ pub struct Workers<S: JobStore> {
     pub slots: usize,
     /// Notified (every waiter) after each finished teardown.
     pub torn_down: Arc<Notify>,
+    /// Where a teardown removes the artifacts no release uses any more.
+    pub artifacts: Arc<Artifacts>,
 }
 
 impl<S: JobStore> Workers<S> {
@@ -198,7 +201,20 @@ impl<S: JobStore> Workers<S> {
     async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
         match self.runtime.teardown(&job.slug).await {
             Ok(()) => {
-                self.store.finish_teardown(job, now()).await?;
+                let Some(unused) = self.store.finish_teardown(job, now()).await? else {
+                    return Ok(());
+                };
+                // After the commit: a file removed before it could outlive a rolled-back
+                // deletion that still names it. Before the notification: a `DELETE` answered
+                // "gone" finds the stack's unused artifacts gone too.
+                if !unused.is_empty() {
+                    let artifacts = self.artifacts.clone();
+                    let removed =
+                        tokio::task::spawn_blocking(move || artifacts.remove_unused(&unused))
+                            .await
+                            .unwrap_or_default();
+                    tracing::info!(stack = %job.slug, removed, "removed artifacts no release uses");
+                }
                 self.torn_down.notify_waiters();
                 tracing::info!(stack = %job.slug, "teardown finished");
             }

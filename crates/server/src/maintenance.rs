@@ -1,7 +1,9 @@
 //! Periodic housekeeping: anonymous stacks whose TTL ran out are marked `deleting` and torn
-//! down (through the same path as a DELETE, so the teardown is a durable job), and old events,
-//! idempotency records and rate counters are pruned.
+//! down (through the same path as a DELETE, so the teardown is a durable job), old events,
+//! idempotency records and rate counters are pruned, and artifact files no release uses are
+//! swept.
 
+use crate::artifacts::Artifacts;
 use crate::now;
 use stackyard_core::model::{Access, Actor, AuditCtx};
 use stackyard_core::store::{Housekeeping, StackStore};
@@ -71,6 +73,41 @@ pub async fn expire<S: StackStore>(store: &S, jobs_ready: &Notify) {
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, stack = %slug, "could not expire a stack"),
+        }
+    }
+}
+
+/// How often the artifact sweep runs: once per grace period (a file left by a crash goes at
+/// most two grace periods after it was written), between 1 s and 10 minutes.
+pub fn sweep_every(grace: Duration) -> Duration {
+    grace.clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+/// Sweeps the artifact files at start-up and then every `sweep_every(grace)`: the files no
+/// release uses that no teardown removed (a create that crashed between writing its files and
+/// committing, a teardown whose removal failed or came too soon after a create).
+pub async fn sweep_artifacts<S: Housekeeping>(
+    store: S,
+    artifacts: Arc<Artifacts>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store.sweep_artifacts().await {
+            Ok(used) => {
+                let artifacts = artifacts.clone();
+                let removed = tokio::task::spawn_blocking(move || artifacts.sweep(&used))
+                    .await
+                    .unwrap_or_default();
+                if removed > 0 {
+                    tracing::info!(removed, "swept artifact files no release uses");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list the artifacts in use"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::stopped(&mut shutdown) => return,
         }
     }
 }

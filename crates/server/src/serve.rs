@@ -1,6 +1,7 @@
 //! Start-up: pick the store from the database URL, bootstrap the first team, start the job
 //! workers and the HTTP listener. `start` returns once the server is ready.
 
+use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::{StoreSupervision, Workers, deploy_plan};
 use crate::noop::NoopRuntime;
@@ -180,6 +181,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         args.redis_url.as_deref(),
         &args.redis_prefix,
     )?;
+    let artifacts = Arc::new(Artifacts::new(&args.store.data_dir, args.artifact_grace));
     let jobs_ready = Arc::new(Notify::new());
     let state = AppState::new(
         store.clone(),
@@ -188,6 +190,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         telemetry::metrics_handle(),
         runtime.clone(),
         rate_limiter,
+        artifacts.clone(),
     );
     let listener = TcpListener::bind(args.listen)
         .await
@@ -203,6 +206,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         lease: args.job_lease,
         slots: args.job_workers,
         torn_down: state.teardowns_done.clone(),
+        artifacts: artifacts.clone(),
     };
     // Jobs start only after the runtime recovered what should be running, so a deploy never
     // races the restart of the same stack. Stopping the server stops what the runtime runs
@@ -217,6 +221,12 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         }
         runtime2.shutdown().await;
     }));
+    tasks.push(tokio::spawn(crate::maintenance::sweep_artifacts(
+        store.clone(),
+        artifacts,
+        crate::maintenance::sweep_every(args.artifact_grace),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::maintenance::run(
         store,
         args.anonymous_ttl,

@@ -2,6 +2,7 @@
 //! Imports no route module (the route table is `router`), so nothing here can form an import
 //! circle with the handlers that read it.
 
+use crate::artifacts::Artifacts;
 use crate::authcache::AuthCache;
 use crate::config::ServeArgs;
 use crate::envqueue::EnvQueue;
@@ -42,6 +43,9 @@ pub struct Shared<S: Store> {
     /// Runs the services; also the source of their logs.
     pub runtime: Arc<dyn Runtime>,
     pub rate_limiter: RateLimiter,
+    /// The uploaded tarballs in the data directory (shared with the job workers, which remove
+    /// the ones a teardown left unused).
+    pub artifacts: Arc<Artifacts>,
     pub stack_ids: StackIdCache,
     /// Notified (every waiter) when this process's workers finish a teardown, so the `DELETE`
     /// requests waiting for theirs look again at once.
@@ -97,6 +101,7 @@ impl<S: Store> AppState<S> {
         metrics: PrometheusHandle,
         runtime: Arc<dyn Runtime>,
         rate_limiter: RateLimiter,
+        artifacts: Arc<Artifacts>,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
         let auth_cache = AuthCache::new(!store.is_shared());
@@ -112,6 +117,7 @@ impl<S: Store> AppState<S> {
                 teardowns_done: Arc::new(Notify::new()),
                 runtime,
                 rate_limiter,
+                artifacts,
             }),
         }
     }

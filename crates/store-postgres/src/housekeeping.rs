@@ -10,6 +10,7 @@ use stackyard_core::time::Millis;
 use stackyard_store_sql::error::{Error, corrupt};
 use stackyard_store_sql::ops::millis;
 use stackyard_store_sql::rows::IdempotencyRow;
+use std::collections::BTreeSet;
 
 impl Housekeeping for PgStore {
     fn backend(&self) -> &'static str {
@@ -92,6 +93,10 @@ impl Housekeeping for PgStore {
         // In a transaction only so that the wait for the counter row is bounded.
         let tx = self.begin().await?;
         Ok(OPS.count_anonymous_create(tx, fingerprint, now).await?)
+    }
+
+    async fn sweep_artifacts(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(OPS.sweep_artifacts(self.begin().await?).await?)
     }
 
     async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {

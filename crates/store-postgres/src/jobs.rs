@@ -144,7 +144,11 @@ impl JobStore for PgStore {
             .await?)
     }
 
-    async fn finish_teardown(&self, job: &Job, now: Millis) -> Result<bool, StoreError> {
+    async fn finish_teardown(
+        &self,
+        job: &Job,
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         Ok(OPS.finish_teardown(self.begin().await?, job, now).await?)
     }
 

@@ -87,7 +87,9 @@ pub(crate) static SQL: Sql = Sql {
                   run_after, created_at, updated_at, service) \
                 VALUES ($1, $2, $3, 'queued', $4, $5, 0, $6, $6, $6, $7)",
     insert_artifact: "INSERT INTO artifacts (digest, size, created_at) VALUES ($1, $2, $3) \
-                      ON CONFLICT (digest) DO NOTHING",
+                      ON CONFLICT (digest) DO UPDATE SET size = EXCLUDED.size",
+    insert_release_artifact: "INSERT INTO release_artifacts (stack_id, version, digest) \
+                              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     insert_audit: "INSERT INTO audit_log (at, team_id, actor, kind, stack_slug, request_id, metadata) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
     insert_event: "INSERT INTO stack_events (stack_id, stack_slug, kind, data, at) \
@@ -197,6 +199,15 @@ pub(crate) static SQL: Sql = Sql {
                   FROM tokens WHERE team_id = $1 AND revoked_at IS NULL ORDER BY id",
     revoke_token: "UPDATE tokens SET revoked_at = $3 \
                    WHERE id = $1 AND team_id = $2 AND revoked_at IS NULL RETURNING id",
+
+    artifacts_of_stack: "SELECT DISTINCT digest FROM release_artifacts WHERE stack_id = $1 \
+                         ORDER BY digest",
+    lock_artifact: "SELECT digest FROM artifacts WHERE digest = $1 FOR UPDATE",
+    artifact_in_use: "SELECT 1 FROM release_artifacts WHERE digest = $1 LIMIT 1",
+    delete_artifact: "DELETE FROM artifacts WHERE digest = $1",
+    unused_artifacts: "SELECT digest FROM artifacts a WHERE NOT EXISTS \
+                         (SELECT 1 FROM release_artifacts r WHERE r.digest = a.digest) ORDER BY digest",
+    used_artifacts: "SELECT DISTINCT digest FROM release_artifacts",
 
     abandon_idempotency: "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'pending'",
     count_anonymous_create: "INSERT INTO rate_counters AS r (fingerprint, day, count) VALUES ($1, $2, 1) \

@@ -244,7 +244,17 @@ where
                         .bind(to_json(services)?)
                         .bind(at)
                         .execute(&mut *conn)
-                        .await?
+                        .await?;
+                    let digests: BTreeSet<&str> =
+                        services.iter().map(|s| s.artifact.as_str()).collect();
+                    for digest in digests {
+                        sqlx::query(self.sql.insert_release_artifact)
+                            .bind(id.0)
+                            .bind(*version)
+                            .bind(digest)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                 }
                 ReleaseWrite::SetStatus { version, status } => {
                     sqlx::query(self.sql.set_release_status)
@@ -252,9 +262,9 @@ where
                         .bind(*version)
                         .bind(status.as_str())
                         .execute(&mut *conn)
-                        .await?
+                        .await?;
                 }
-            };
+            }
         }
         if let Some(actor) = &plan.env_version_zero {
             sqlx::query(self.sql.insert_env_version_zero)
@@ -614,6 +624,38 @@ where
         Ok(true)
     }
 
+    /// Of `digests`, those no release uses any more; their rows are deleted. Each row is
+    /// locked before the check (in digest order, so two teardowns sharing artifacts never wait
+    /// in a cycle): a create upserting the same digest holds that lock until it commits, and
+    /// the check, a statement of its own, then sees the release it wrote (PostgreSQL's read
+    /// committed takes a fresh snapshot per statement).
+    async fn drop_unused_artifacts(
+        &self,
+        conn: &mut DB::Connection,
+        digests: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut unused = Vec::new();
+        for digest in digests {
+            sqlx::query(self.sql.lock_artifact)
+                .bind(digest.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            let in_use = sqlx::query(self.sql.artifact_in_use)
+                .bind(digest.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_some();
+            if !in_use {
+                sqlx::query(self.sql.delete_artifact)
+                    .bind(digest.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                unused.push(digest);
+            }
+        }
+        Ok(unused)
+    }
+
     /// `JobStore::finish_deploy`.
     pub async fn finish_deploy(
         &self,
@@ -628,17 +670,55 @@ where
         .await
     }
 
-    /// `JobStore::finish_teardown`.
+    /// `JobStore::finish_teardown`. Lock order: the stack row, the job row, then the rows of
+    /// the artifacts its releases used (`drop_unused_artifacts`).
     pub async fn finish_teardown(
         &self,
-        tx: Transaction<'static, DB>,
+        mut tx: Transaction<'static, DB>,
         job: &Job,
         now: Millis,
-    ) -> Result<bool> {
-        self.end_and_plan(tx, job, JobEnd::Done, true, now, |l| {
-            lifecycle::delete::finish(l.map(|l| &l.stack), now)
-        })
-        .await
+    ) -> Result<Option<Vec<String>>> {
+        let locked = self.lock_stack(&mut tx, StackRef::Id(job.stack_id)).await?;
+        if !self.end_job(&mut tx, job, &JobEnd::Done, now).await? {
+            return Ok(None);
+        }
+        // Read before the plan's delete cascades to the stack's release rows.
+        let used: Vec<String> = match &locked {
+            Some(l) => {
+                sqlx::query_scalar(self.sql.artifacts_of_stack)
+                    .bind(l.stack.id.0)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let stack = locked.as_ref().map(|l| &l.stack);
+        let plan = lifecycle::delete::finish(stack, now);
+        if !plan.is_empty() {
+            self.write_plan(&mut tx, stack, &plan).await?;
+        }
+        let unused = self.drop_unused_artifacts(&mut tx, used).await?;
+        Self::commit(tx).await?;
+        Ok(Some(unused))
+    }
+
+    /// `Housekeeping::sweep_artifacts`: deletes the rows of artifacts no release uses (left
+    /// by a teardown that failed after its commit, or by a release deleted before this table
+    /// was tracked) and returns every digest a release uses. Lock: each unused row, as in a
+    /// teardown.
+    pub async fn sweep_artifacts(
+        &self,
+        mut tx: Transaction<'static, DB>,
+    ) -> Result<BTreeSet<String>> {
+        let unused: Vec<String> = sqlx::query_scalar(self.sql.unused_artifacts)
+            .fetch_all(&mut *tx)
+            .await?;
+        self.drop_unused_artifacts(&mut tx, unused).await?;
+        let used: Vec<String> = sqlx::query_scalar(self.sql.used_artifacts)
+            .fetch_all(&mut *tx)
+            .await?;
+        Self::commit(tx).await?;
+        Ok(used.into_iter().collect())
     }
 
     /// `JobStore::retry_job`. The stack is locked only when a deploy is given up, which ends

@@ -56,8 +56,12 @@ pub struct Sql {
     /// `$1` stack id, `$2` slug, `$3` kind, `$4` generation, `$5` release, `$6` now, `$7` the
     /// service a restart names, or NULL.
     pub queue_job: &'static str,
-    /// `$1` digest, `$2` size, `$3` created_at; a known digest is left as it is.
+    /// `$1` digest, `$2` size, `$3` created_at; a known digest's row is kept but locked (an
+    /// upsert, not `DO NOTHING`), so a teardown deciding that digest is unused waits for us.
     pub insert_artifact: &'static str,
+    /// `$1` stack id, `$2` version, `$3` digest: the release uses that artifact (a repeat is
+    /// a no-op: two services may share one tarball).
+    pub insert_release_artifact: &'static str,
     /// `$1` at, `$2` team id, `$3` actor, `$4` kind, `$5` stack slug, `$6` request id,
     /// `$7` metadata (JSON text).
     pub insert_audit: &'static str,
@@ -133,6 +137,21 @@ pub struct Sql {
     pub list_tokens: &'static str,
     /// `$1` token id, `$2` team id, `$3` now → its id if it was live.
     pub revoke_token: &'static str,
+
+    // ---- artifact retention ----
+    /// `$1` stack id → the digests its releases use, each once, in digest order.
+    pub artifacts_of_stack: &'static str,
+    /// `$1` digest → that digest if its row exists, locked (`insert_artifact` takes the same
+    /// lock, so a create of the digest in flight is waited for and then seen).
+    pub lock_artifact: &'static str,
+    /// `$1` digest → a row if some release uses the artifact.
+    pub artifact_in_use: &'static str,
+    /// `$1` digest.
+    pub delete_artifact: &'static str,
+    /// No parameters → digests of artifact rows no release uses, in digest order.
+    pub unused_artifacts: &'static str,
+    /// No parameters → every digest some release uses, each once.
+    pub used_artifacts: &'static str,
 
     // ---- housekeeping ----
     /// `$1` scope, `$2` key: a pending reservation is dropped.

@@ -7,6 +7,7 @@ use stackyard_core::time::Millis;
 use stackyard_store_sql::Error;
 use stackyard_store_sql::ops::millis;
 use stackyard_store_sql::rows::IdempotencyRow;
+use std::collections::BTreeSet;
 
 impl Housekeeping for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -91,6 +92,10 @@ impl Housekeeping for SqliteStore {
     ) -> Result<i64, StoreError> {
         let tx = self.write_tx().await?;
         Ok(OPS.count_anonymous_create(tx, fingerprint, now).await?)
+    }
+
+    async fn sweep_artifacts(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(OPS.sweep_artifacts(self.write_tx().await?).await?)
     }
 
     async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {

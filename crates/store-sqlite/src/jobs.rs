@@ -132,7 +132,11 @@ impl JobStore for SqliteStore {
             .await?)
     }
 
-    async fn finish_teardown(&self, job: &Job, now: Millis) -> Result<bool, StoreError> {
+    async fn finish_teardown(
+        &self,
+        job: &Job,
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         Ok(OPS
             .finish_teardown(self.write_tx().await?, job, now)
             .await?)

@@ -278,7 +278,13 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
         .await
         .unwrap()
         .unwrap();
-    assert!(store.finish_teardown(&job, Millis(3)).await.unwrap());
+    assert!(
+        store
+            .finish_teardown(&job, Millis(3))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     assert_eq!(count(&store, "SELECT COUNT(*) FROM stacks").await, 0);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM services").await, 0);

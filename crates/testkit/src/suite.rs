@@ -56,6 +56,7 @@ macro_rules! store_suite {
             finish_deploy_failure_fails_release_stack_and_unfinished_services,
             finish_deploy_for_a_superseded_generation_only_closes_the_job,
             finish_teardown_removes_the_stack_but_keeps_its_audit,
+            finish_teardown_reports_an_artifact_unused_only_once_its_last_release_is_gone,
             retry_job_requeues_until_run_after,
             retry_job_give_up_marks_a_current_deploy_failed,
             requeue_running_jobs_returns_claimed_jobs_to_the_queue,
@@ -1112,7 +1113,13 @@ pub async fn fencing_a_lost_claim_cannot_finish_renew_or_retry<S: Store>(store: 
     );
     assert!(!store.retry_job(&old, "x", at(5_003), true).await.unwrap());
     assert!(!store.retry_job(&old, "x", at(5_003), false).await.unwrap());
-    assert!(!store.finish_teardown(&old, at(5_004)).await.unwrap());
+    assert!(
+        store
+            .finish_teardown(&old, at(5_004))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let d = detail(&store, &s).await;
     assert_eq!(
         d.stack.status,
@@ -1436,7 +1443,7 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     delete(&store, Access::Team(t.id), &s.slug, 2).await;
     let job = claim(&store, 3).await.unwrap();
     assert_eq!(job.kind, JobKind::Teardown);
-    assert!(store.finish_teardown(&job, at(4)).await.unwrap());
+    assert!(store.finish_teardown(&job, at(4)).await.unwrap().is_some());
 
     assert!(!visible(&store, Access::Team(t.id), &s.slug).await);
     assert!(store.list_releases(s.id).await.unwrap().is_empty());
@@ -1461,7 +1468,7 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     );
     assert_eq!(store.list_stacks(t.id, 10, None).await.unwrap().total, 0);
     assert!(
-        !store.finish_teardown(&job, at(6)).await.unwrap(),
+        store.finish_teardown(&job, at(6)).await.unwrap().is_none(),
         "the job is done"
     );
     assert!(claim(&store, 7).await.is_none());
@@ -1483,6 +1490,77 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
     let deleted = audit_all(&store, t.id, None, Some("stack.deleted")).await;
     assert_eq!(deleted[0].stack_id.as_deref(), Some(s.slug.as_str()));
     assert_eq!(deleted[0].at, at(4));
+}
+
+/// The services of `services()` with their artifacts replaced by `digest`.
+fn services_on(digest: &str) -> Vec<ReleaseService> {
+    services()
+        .into_iter()
+        .map(|s| ReleaseService {
+            artifact: digest.to_owned(),
+            ..s
+        })
+        .collect()
+}
+
+/// Requests the deletion of `slug` and runs jobs (other stacks' deploys succeed) until its
+/// teardown finishes; returns the artifacts the teardown reported unused.
+async fn tear_down<S: Store>(store: &S, access: Access, slug: &StackSlug, now: i64) -> Vec<String> {
+    delete(store, access, slug, now).await;
+    loop {
+        let job = claim(store, now + 1).await.expect("the teardown is queued");
+        if job.kind == JobKind::Teardown {
+            return store
+                .finish_teardown(&job, at(now + 2))
+                .await
+                .unwrap()
+                .expect("the claim is held");
+        }
+        let ok = DeployResult {
+            ok: true,
+            error: None,
+        };
+        assert!(store.finish_deploy(&job, ok, at(now + 1)).await.unwrap());
+    }
+}
+
+pub async fn finish_teardown_reports_an_artifact_unused_only_once_its_last_release_is_gone<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let digest = |c: char| c.to_string().repeat(64);
+    let (api, worker) = (format!("{:0>64}", 3), format!("{:0>64}", 6));
+    // `a` and `b` share api's and worker's artifacts; `c` has one of its own.
+    let a = stack(&store, Some(t.id), 0).await;
+    let b = stack(&store, Some(t.id), 1).await;
+    let mut own = new_stack(Some(t.id), 2);
+    own.services = services_on(&digest('c'));
+    own.artifacts = vec![(digest('c'), 10)];
+    let c = store.create_stack(own).await.unwrap();
+    // `b`'s second release moves to new code; its first still uses the shared artifacts.
+    let mut release = new_release(Some(services_on(&digest('d'))), 3);
+    release.artifacts = vec![(digest('d'), 20)];
+    store
+        .create_release(Access::Team(t.id), &b.slug, release)
+        .await
+        .unwrap();
+    let all = BTreeSet::from([api.clone(), worker.clone(), digest('c'), digest('d')]);
+    assert_eq!(store.sweep_artifacts().await.unwrap(), all);
+
+    let team = Access::Team(t.id);
+    assert!(
+        tear_down(&store, team, &a.slug, 10).await.is_empty(),
+        "b still uses them"
+    );
+    assert_eq!(tear_down(&store, team, &c.slug, 20).await, [digest('c')]);
+    assert_eq!(
+        tear_down(&store, team, &b.slug, 30).await,
+        [api, worker, digest('d')],
+        "every artifact of every release of the last user, each once, in digest order"
+    );
+    assert!(store.sweep_artifacts().await.unwrap().is_empty());
 }
 
 pub async fn retry_job_requeues_until_run_after<S: Store>(store: S) {
@@ -3697,7 +3775,13 @@ pub async fn events_record_each_change_in_commit_order_and_outlive_the_stack<S: 
     delete(&store, Access::Team(t.id), &s.slug, 12).await;
     let teardown = claim(&store, 13).await.unwrap();
     assert_eq!(teardown.kind, JobKind::Teardown);
-    assert!(store.finish_teardown(&teardown, at(14)).await.unwrap());
+    assert!(
+        store
+            .finish_teardown(&teardown, at(14))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let stack_status =
         |status: &str, error: Option<&str>| json!({ "status": status, "error": error });

@@ -3,6 +3,7 @@
 
 use super::{IdempotencyBegin, IdempotencyRequest, StoreError};
 use crate::time::Millis;
+use std::collections::BTreeSet;
 use std::future::Future;
 
 pub trait Housekeeping: Clone + Send + Sync + 'static {
@@ -39,6 +40,12 @@ pub trait Housekeeping: Clone + Send + Sync + 'static {
         fingerprint: &str,
         now: Millis,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Every artifact digest some release of some stack uses, after deleting, in the same
+    /// transaction, the artifact rows no release uses: the start-up and periodic sweep of
+    /// artifact files (a file whose digest is not listed may be removed once it is older than
+    /// the grace period a create has to commit in).
+    fn sweep_artifacts(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
 
     /// In one transaction: deletes events with `at < events_before`, idempotency records with
     /// `expires_at <= now` and rate counters of UTC days before `now`'s. Returns the number of

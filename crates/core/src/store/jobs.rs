@@ -96,12 +96,16 @@ pub trait JobStore: Clone + Send + Sync + 'static {
 
     /// Ends a teardown job: deletes the stack and everything that hangs off it (audit rows, job
     /// records and events stay), audits `stack.deleted`, writes event `stack.deleted`, marks the
-    /// job done (`lifecycle::delete`). False if the claim was lost.
+    /// job done (`lifecycle::delete`), and deletes the rows of the artifacts its releases used
+    /// that no release of any stack uses any more, in one transaction. Returns those digests
+    /// (their files are the caller's to remove, after this commit), or `None` if the claim was
+    /// lost. A create or redeploy committing the same digest concurrently keeps it (the
+    /// artifact's row lock orders the two).
     fn finish_teardown(
         &self,
         job: &Job,
         now: Millis,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
 
     /// Gives a job back after a failure: queued again at `run_after`, or failed for good when
     /// `give_up`. Giving up a deploy whose generation is current ends it exactly like a failed

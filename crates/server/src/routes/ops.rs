@@ -16,7 +16,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { ok: true })
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "ops", description = "The store answers.",
+#[utoipa::path(get, path = "/readyz", tag = "ops", description = "The store answers; what runs services, and the artifacts kept.",
     responses((status = 200, description = "Ready", body = Ready),
         (status = 503, description = "`not_ready`: the store does not answer")))]
 pub async fn readyz<S: Store>(State(state): State<AppState<S>>) -> ApiResult<Json<Ready>> {
@@ -30,6 +30,7 @@ pub async fn readyz<S: Store>(State(state): State<AppState<S>>) -> ApiResult<Jso
         store: state.store.backend().to_owned(),
         runtime: state.runtime.name().to_owned(),
         sandbox: state.runtime.sandbox_layers(),
+        artifacts: state.artifacts.usage(),
     }))
 }
 

@@ -2,7 +2,6 @@
 //! multipart form, validating the manifest and every tarball before anything is written, and
 //! storing the artifacts.
 
-use crate::artifacts;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -208,7 +207,7 @@ pub async fn save_artifacts<S: Store>(
     state: &AppState<S>,
     files: BTreeMap<String, Bytes>,
 ) -> ApiResult<Vec<(String, i64)>> {
-    let data_dir = state.config.store.data_dir.clone();
+    let artifacts = state.artifacts.clone();
     let sizes: Vec<(String, i64)> = files
         .iter()
         .map(|(d, b)| (d.clone(), b.len() as i64))
@@ -216,7 +215,7 @@ pub async fn save_artifacts<S: Store>(
     tokio::task::spawn_blocking(move || {
         files
             .iter()
-            .try_for_each(|(digest, bytes)| artifacts::save(&data_dir, digest, bytes))
+            .try_for_each(|(digest, bytes)| artifacts.save(digest, bytes))
     })
     .await
     .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
@@ -228,5 +227,7 @@ pub async fn save_artifacts<S: Store>(
             5,
         )
     })?;
+    #[cfg(debug_assertions)]
+    crate::artifacts::test_hang_after_write().await;
     Ok(sizes)
 }

@@ -40,7 +40,68 @@ async fn sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter(ba
     assert_eq!(app.count("rate_counters", "").await, 1);
 }
 
-both_backends!(sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter);
+/// An anonymous create sending `X-Forwarded-For: xff`: its status code.
+async fn create_forwarded_for(app: &TestApp, xff: &str) -> u16 {
+    let (code, body) = call(
+        app.post("/stacks/new", None)
+            .header("x-forwarded-for", xff)
+            .multipart(two_service_form("proxied")),
+    )
+    .await;
+    assert!(matches!(code, 202 | 429), "{code} {body}");
+    code
+}
+
+async fn without_trusted_proxies_forwarded_for_is_ignored_and_callers_share_the_peer_limit(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn_with(backend, &["--anonymous-daily-limit", "1"]).await else {
+        return;
+    };
+    assert_eq!(create_forwarded_for(&app, "198.51.100.7").await, 202);
+    assert_eq!(
+        create_forwarded_for(&app, "203.0.113.9").await,
+        429,
+        "keyed on 127.0.0.1, the peer"
+    );
+}
+
+async fn behind_a_trusted_proxy_the_right_most_untrusted_forwarded_address_is_the_client(
+    backend: Backend,
+) {
+    let flags = [
+        "--anonymous-daily-limit",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1/32,10.0.0.0/8",
+    ];
+    let Some(app) = TestApp::spawn_with(backend, &flags).await else {
+        return;
+    };
+    // Different forwarded clients: a limit each; the same network again: refused.
+    assert_eq!(create_forwarded_for(&app, "198.51.100.7").await, 202);
+    assert_eq!(create_forwarded_for(&app, "203.0.113.9").await, 202);
+    assert_eq!(create_forwarded_for(&app, "198.51.100.8").await, 429);
+    // A forged chain: the caller put 203.0.113.9's address on the left, our proxy appended
+    // the caller's own (untrusted) address, which is what the limit keys on.
+    assert_eq!(
+        create_forwarded_for(&app, "203.0.113.9, 192.0.2.1").await,
+        202
+    );
+    assert_eq!(create_forwarded_for(&app, "192.0.2.1").await, 429);
+    // A second trusted hop (10.1.2.3) is skipped.
+    assert_eq!(
+        create_forwarded_for(&app, "100.64.0.1, 10.1.2.3").await,
+        202
+    );
+    assert_eq!(create_forwarded_for(&app, "100.64.0.2").await, 429);
+}
+
+both_backends!(
+    sixth_anonymous_create_of_the_day_is_refused_by_the_database_counter,
+    without_trusted_proxies_forwarded_for_is_ignored_and_callers_share_the_peer_limit,
+    behind_a_trusted_proxy_the_right_most_untrusted_forwarded_address_is_the_client,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixth_anonymous_create_of_the_day_is_refused_by_the_redis_counter() {

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod artifacts;
 mod compat;
 mod env;
 mod hostile;

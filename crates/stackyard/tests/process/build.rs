@@ -6,7 +6,9 @@
 //! keeps serving, and a Procfile's `release:` command runs once before the processes start. A
 //! build step is as confined as the service it builds: it cannot read the admin token.
 
-use crate::runtime::{create, form_of, log_backlog, redeploy, wait_healthy, wait_release};
+use crate::runtime::{
+    create, delete_and_wait_gone, form_of, log_backlog, redeploy, wait_healthy, wait_release,
+};
 use crate::supervisor::events_until;
 use crate::support::*;
 use serde_json::{Value, json};
@@ -232,6 +234,16 @@ async fn a_dockerfile_is_built_in_the_sandbox_and_cached_across_env_only_redeplo
     })
     .await;
     assert_eq!(steps_with(&events, "running"), 12, "{events:?}");
+
+    // Deleting the stack takes its build cache, logs and run records with its unpacked files.
+    let dirs = ["stacks", "builds", "run", "logs"].map(|d| server.data_dir.join(d).join(&slug));
+    for d in &dirs {
+        assert!(d.exists(), "{} before the deletion", d.display());
+    }
+    delete_and_wait_gone(&client, &server, &token, &slug, Duration::from_secs(60)).await;
+    for d in &dirs {
+        assert!(!d.exists(), "{} outlived its stack", d.display());
+    }
 }
 
 const NODE_DOCKERFILE: &str = "\

@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod artifacts;
 mod backup;
 mod build;
 mod crash;

@@ -253,7 +253,7 @@ pub(crate) async fn log_backlog(
 }
 
 /// DELETE (200 once the teardown finished, or 202), then polls until the stack reads as 404.
-async fn delete_and_wait_gone(
+pub async fn delete_and_wait_gone(
     client: &reqwest::Client,
     server: &Server,
     token: &str,

@@ -21,7 +21,17 @@ pub struct Server {
 impl Server {
     /// The runtime defaults to `noop` here; `extra` may name `--runtime local`.
     pub fn start(db_url: &str, data_dir: &Path, extra: &[&str]) -> Server {
-        let inner = ServerProcess::start(BIN, db_url, data_dir, extra);
+        Self::start_with_env(db_url, data_dir, extra, &[])
+    }
+
+    /// `start` with extra environment variables for the server.
+    pub fn start_with_env(
+        db_url: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let inner = ServerProcess::start_with_env(BIN, db_url, data_dir, extra, env);
         Server {
             router: inner.router.clone(),
             data_dir: data_dir.to_owned(),
@@ -83,16 +93,21 @@ fn tarball() -> Vec<u8> {
     b.into_inner().expect("tar").finish().expect("gzip")
 }
 
+/// The create form of a one-service stack (`app`, a Procfile).
+pub fn one_service_form(name: &str) -> Form {
+    Form::new()
+        .text("manifest", "services:\n  app: {}\n")
+        .text("name", name.to_owned())
+        .part("app", Part::bytes(tarball()).file_name("app.tar.gz"))
+}
+
 pub async fn create_stack(
     client: &reqwest::Client,
     server: &Server,
     token: &str,
     name: &str,
 ) -> String {
-    let form = Form::new()
-        .text("manifest", "services:\n  app: {}\n")
-        .text("name", name.to_owned())
-        .part("app", Part::bytes(tarball()).file_name("app.tar.gz"));
+    let form = one_service_form(name);
     let res = client
         .post(server.url("/stacks/new"))
         .bearer_auth(token)
