@@ -56,6 +56,14 @@ pub(crate) struct ServiceStart {
     pub(crate) tmp: PathBuf,
 }
 
+impl ServiceStart {
+    /// Waits up to `timeout` for a process started from this spec to answer its probe.
+    async fn healthy(&self, proc: &Proc, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        wait_healthy(proc, &self.service, self.port_overridden, deadline, timeout).await
+    }
+}
+
 /// Why a service could not be started.
 pub(crate) enum StartError {
     /// Worth retrying the whole operation (logs or sandbox could not be set up).
@@ -247,17 +255,7 @@ impl Shared {
                 }
             };
             lock(&slot.state).procs.push(fresh.clone());
-            let timeout = self.cfg.deploy_timeout;
-            let deadline = Instant::now() + timeout;
-            match wait_healthy(
-                &fresh,
-                &start.service,
-                start.port_overridden,
-                deadline,
-                timeout,
-            )
-            .await
-            {
+            match start.healthy(&fresh, self.cfg.deploy_timeout).await {
                 Ok(()) => {
                     tracing::info!(stack = %slug, service = %name, release, "restarted");
                     sink.service_status(name, ServiceStatus::Healthy, url.as_deref(), None)
@@ -427,17 +425,7 @@ pub(crate) async fn supervise(
         }
         proc = fresh;
         restarts += 1;
-        let timeout = shared.cfg.deploy_timeout;
-        let deadline = Instant::now() + timeout;
-        match wait_healthy(
-            &proc,
-            &start.service,
-            start.port_overridden,
-            deadline,
-            timeout,
-        )
-        .await
-        {
+        match start.healthy(&proc, shared.cfg.deploy_timeout).await {
             Ok(()) => {
                 tracing::info!(stack = %start.slug, service = %name, restarts, "a restarted service is healthy");
                 shared

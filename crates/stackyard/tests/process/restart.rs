@@ -4,33 +4,11 @@
 //! gave up on after a crash loop, the stack healthy again.
 
 use crate::runtime::{create, form_of, via_router, wait_healthy};
+use crate::supervisor::{SERVE, services_app};
 use crate::support::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
-
-const SERVE: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
-
-/// A stack of exposed services, each `(name, Procfile web command)`.
-fn services_app(dir: &Path, services: &[(&str, &str)]) -> Vec<(String, std::path::PathBuf)> {
-    let mut manifest = String::from("services:\n");
-    let mut files = Vec::new();
-    for (name, command) in services {
-        manifest.push_str(&format!(
-            "  {name}:\n    build: ./{name}\n    expose: true\n"
-        ));
-        files.push((format!("{name}/Procfile"), format!("web: {command}\n")));
-    }
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_str()))
-        .collect();
-    write_app(dir, &manifest, &files);
-    services
-        .iter()
-        .map(|(n, _)| (n.to_string(), dir.join(n)))
-        .collect()
-}
 
 async fn deployed(
     client: &reqwest::Client,

@@ -7,13 +7,13 @@
 use crate::runtime::{create, form_of, via_router, wait_healthy};
 use crate::support::*;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const SERVE: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+pub(crate) const SERVE: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
 
-/// A stack of exposed services, each `(name, Procfile web command)`.
-fn services_app(dir: &Path, services: &[(&str, &str)]) {
+/// A stack of exposed services, each `(name, Procfile web command)`; each service's directory.
+pub(crate) fn services_app(dir: &Path, services: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
     let mut manifest = String::from("services:\n");
     let mut files = Vec::new();
     for (name, command) in services {
@@ -27,6 +27,10 @@ fn services_app(dir: &Path, services: &[(&str, &str)]) {
         .map(|(p, b)| (p.as_str(), b.as_str()))
         .collect();
     write_app(dir, &manifest, &files);
+    services
+        .iter()
+        .map(|(n, _)| (n.to_string(), dir.join(n)))
+        .collect()
 }
 
 fn leader_pid(data: &Path, slug: &str, service: &str) -> i64 {
