@@ -66,6 +66,15 @@ string_newtype!(
     StackName
 );
 string_newtype!(
+    /// A resource's display name: the same rule as [`StackName`].
+    ResourceName
+);
+string_newtype!(
+    /// A resource's handle (`token` on the wire): a UUID, lowercase, hyphenated. Not a secret
+    /// on its own (the connection URL is), but unguessable: we mint version-4 UUIDs.
+    ResourceToken
+);
+string_newtype!(
     /// A stack's deployment environment label (`development`, `prod`, …): `^[A-Za-z0-9_-]{1,64}$`.
     EnvironmentName
 );
@@ -143,21 +152,67 @@ impl EnvKey {
     }
 }
 
+/// The display-name rule stacks and resources share: `^[A-Za-z0-9][A-Za-z0-9 _-]*$`, 1–64.
+fn parse_display_name(s: &str) -> Result<String, ParseError> {
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && s.chars().count() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b' ' || c == b'_' || c == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(ParseError(
+            "name must be 1-64 characters: letters, digits, spaces, `_` and `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
 impl StackName {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
+        parse_display_name(s).map(Self)
+    }
+}
+
+impl ResourceName {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        parse_display_name(s).map(Self)
+    }
+}
+
+impl ResourceToken {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         let b = s.as_bytes();
-        let ok = !b.is_empty()
-            && s.chars().count() <= 64
-            && b[0].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|&c| c.is_ascii_alphanumeric() || c == b' ' || c == b'_' || c == b'-');
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            });
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(ParseError(
-                "name must be 1-64 characters: letters, digits, spaces, `_` and `-`, starting with a letter or digit".into(),
+                "a resource token is a lowercase hyphenated UUID".into(),
             ))
         }
+    }
+
+    /// A new random (version 4) UUID.
+    pub fn generate() -> Self {
+        let mut h = random_hex(16).into_bytes();
+        h[12] = b'4';
+        // The variant bits `10xx`: the high nibble of byte 8 is one of 8, 9, a, b.
+        h[16] = b"89ab"[usize::from(h[16] % 4)];
+        let h = String::from_utf8_lossy(&h);
+        Self(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod manifest;
 pub mod model;
+pub mod resource;
 pub mod runtime;
 pub mod store;
 pub mod tarball;
@@ -18,8 +19,8 @@ pub mod time;
 
 pub use env::{EnvChange, EnvError, EnvMap, EnvPatch};
 pub use ids::{
-    ApiToken, EnvKey, EnvironmentName, ParseError, ServiceName, StackName, StackSlug, TeamName,
-    TokenDigest,
+    ApiToken, EnvKey, EnvironmentName, ParseError, ResourceName, ResourceToken, ServiceName,
+    StackName, StackSlug, TeamName, TokenDigest,
 };
 pub use manifest::{Manifest, ManifestError, ServiceSpec};
 pub use tarball::{StartCommand, StartSource, TarballError, TarballInfo, TarballLimits};

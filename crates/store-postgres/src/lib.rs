@@ -28,6 +28,7 @@ mod env;
 mod events;
 mod housekeeping;
 mod jobs;
+mod resources;
 mod sql;
 mod stacks;
 mod teams;

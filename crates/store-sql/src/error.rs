@@ -41,6 +41,12 @@ impl From<Error> for StoreError {
     }
 }
 
+impl From<Error> for stackyard_core::store::CreateResourceError {
+    fn from(e: Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 impl From<Error> for CreateStackError {
     fn from(e: Error) -> Self {
         CreateStackError::Store(e.into())

@@ -7,7 +7,7 @@
 //! writes it and commits. Reads take a connection (the store decides whether that is a
 //! snapshot transaction, and the PostgreSQL store retries them on a fresh connection).
 
-use crate::error::{Result, corrupt, from_json, is_unique_violation, to_json};
+use crate::error::{Error, Result, corrupt, from_json, is_unique_violation, to_json};
 use crate::rows::*;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
@@ -20,8 +20,10 @@ use stackyard_core::lifecycle::{
     status::{Report, Supervised},
 };
 use stackyard_core::model::*;
+use stackyard_core::ids::ResourceToken;
+use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
 use stackyard_core::store::{
-    AuditFilter, CreateStackError, DeployResult, EnvBatchError, EnvWrite, EnvWriteResult,
+    AuditFilter, CreateResourceError, CreateStackError, Idempotent, DeployResult, EnvBatchError, EnvWrite, EnvWriteResult,
     IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease, NewStack, NewToken, ReleaseError, RestartError,
     RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
 };
@@ -1376,4 +1378,266 @@ where
         Self::commit(tx).await?;
         Ok(count)
     }
+
+    // ---- resources: the same statements on both stores (`resources` is identical in both
+    // schemas); only the team lock is each store's own (`Sql::lock_team_cap`) ----
+
+    /// `ResourceStore::insert_resource`. Lock order: a capped team's row, then the new row.
+    pub async fn insert_resource(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        new: NewResource,
+    ) -> Result<(), CreateResourceError> {
+        let r = &new.resource;
+        if let (Some(team), Some(max)) = (r.team_id, new.max_per_team) {
+            // The team row's lock (PostgreSQL `FOR UPDATE`; SQLite's one writer) makes capped
+            // creates of one team queue, so the count below sees every committed one.
+            let _: Option<i64> = sqlx::query_scalar(self.sql.lock_team_cap)
+                .bind(team.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+            let count: i64 = sqlx::query_scalar(resource_sql::COUNT_TEAM)
+                .bind(team.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+            if count >= max {
+                return Err(CreateResourceError::LimitReached { max });
+            }
+        }
+        sqlx::query(resource_sql::INSERT)
+            .bind(r.token.as_str())
+            .bind(r.id.as_str())
+            .bind(r.kind.as_str())
+            .bind(r.name.as_str())
+            .bind(r.team_id.map(|t| t.0))
+            .bind(new.fingerprint.as_deref())
+            .bind(r.tier.as_str())
+            .bind(r.status.as_str())
+            .bind(r.connection_url.as_str())
+            .bind(r.created_at.0)
+            .bind(r.expires_at.map(|t| t.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        Self::commit(tx).await?;
+        Ok(())
+    }
+
+    /// `ResourceStore::mark_resource_ready`: the status, the audit row and the idempotency
+    /// record commit together.
+    pub async fn mark_resource_ready(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        r: &Resource,
+        ctx: AuditCtx,
+        idempotency: Option<Idempotent<Resource>>,
+    ) -> Result<bool> {
+        let changed: Option<String> = sqlx::query_scalar(resource_sql::SET_STATUS_FROM)
+            .bind(r.token.as_str())
+            .bind(ResourceStatus::Ready.as_str())
+            .bind(ResourceStatus::Provisioning.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if changed.is_none() {
+            return Ok(false);
+        }
+        self.insert_audit(&mut tx, &resource::created(r, &ctx)).await?;
+        if let Some(i) = idempotency {
+            self.complete_idempotency(&mut tx, &i.record(r), ctx.now)
+                .await?;
+        }
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// One resource of `team` (any team when `None`).
+    pub async fn get_resource(
+        &self,
+        conn: &mut DB::Connection,
+        team: Option<TeamId>,
+        token: &ResourceToken,
+    ) -> Result<Option<Resource>> {
+        let row: Option<ResourceRow> = sqlx::query_as(resource_sql::GET)
+            .bind(token.as_str())
+            .bind(team.map(|t| t.0))
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(Resource::try_from).transpose()
+    }
+
+    /// `ResourceStore::reveal_resource`: the URL leaves only if its audit row commits.
+    pub async fn reveal_resource(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>> {
+        let r = self.get_resource(&mut tx, Some(team), token).await?;
+        let Some(r) = r.filter(|r| r.status == ResourceStatus::Ready) else {
+            return Ok(None);
+        };
+        self.insert_audit(&mut tx, &resource::url_read(&r, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(Some(r))
+    }
+
+    /// `ResourceStore::list_resources`: one statement (the page and its total).
+    pub async fn list_resources(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Page<Resource>> {
+        let limit = limit.max(1);
+        let (at, token) = parse_resource_cursor(cursor);
+        let rows: Vec<Counted<ResourceRow>> = sqlx::query_as(resource_sql::LIST)
+            .bind(team.0)
+            .bind(at)
+            .bind(token.as_str())
+            .bind(limit.saturating_add(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        let count = sqlx::query_scalar(resource_sql::COUNT_ALL).bind(team.0);
+        let total = self.total(conn, &rows, count).await?;
+        let items = decode(rows.into_iter().map(|r| r.row).collect())?;
+        Ok(Page::from_overfetch(items, limit, total, |r: &Resource| {
+            format!("{}:{}", r.created_at.0, r.token)
+        }))
+    }
+
+    /// `ResourceStore::mark_resource_deleting`: the row (`FOR UPDATE` is not needed: the
+    /// status update is the only write, and a second caller's update finds it `deleting`).
+    pub async fn mark_resource_deleting(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>> {
+        let Some(mut r) = self.get_resource(&mut tx, team, token).await? else {
+            return Ok(None);
+        };
+        let changed: Option<String> = sqlx::query_scalar(resource_sql::SET_STATUS)
+            .bind(token.as_str())
+            .bind(ResourceStatus::Deleting.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if changed.is_some() {
+            self.insert_audit(&mut tx, &resource::deleted(&r, &ctx))
+                .await?;
+        }
+        r.status = ResourceStatus::Deleting;
+        Self::commit(tx).await?;
+        Ok(Some(r))
+    }
+
+    /// `ResourceStore::remove_resource`.
+    pub async fn remove_resource(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        token: &ResourceToken,
+    ) -> Result<()> {
+        sqlx::query(resource_sql::DELETE)
+            .bind(token.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Self::commit(tx).await
+    }
+
+    /// `ResourceStore::resources_to_reconcile`.
+    pub async fn resources_to_reconcile(
+        &self,
+        conn: &mut DB::Connection,
+        provisioning_before: Millis,
+        with_ready: bool,
+    ) -> Result<Vec<Resource>> {
+        let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::TO_RECONCILE)
+            .bind(provisioning_before.0)
+            .bind(with_ready)
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
+    }
+
+    /// `ResourceStore::expired_resources`.
+    pub async fn expired_resources(
+        &self,
+        conn: &mut DB::Connection,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<Resource>> {
+        let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::EXPIRED)
+            .bind(now.0)
+            .bind(limit.max(1))
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
+    }
+}
+
+/// The `(created_at, token)` a `list_resources` page starts below (newest first). A cursor we
+/// cannot read starts from the newest resource rather than failing the request.
+fn parse_resource_cursor(cursor: Option<&str>) -> (i64, String) {
+    cursor
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(at, token)| Some((at.parse().ok()?, token.to_owned())))
+        // `~` sorts after every hex digit and `-`, so the first page starts above every token.
+        .unwrap_or((i64::MAX, "~".to_owned()))
+}
+
+/// The resource statements, valid on both dialects: the `resources` table has the same
+/// columns and types in both schemas, and `IS` compares NULL with NULL in both.
+mod resource_sql {
+    macro_rules! cols {
+        () => {
+            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at"
+        };
+    }
+    pub const INSERT: &str = concat!(
+        "INSERT INTO resources (",
+        cols!(),
+        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $6)"
+    );
+    /// `$1` team: its resources not being deleted.
+    pub const COUNT_TEAM: &str =
+        "SELECT COUNT(*) FROM resources WHERE team_id = $1 AND status <> 'deleting'";
+    pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
+    /// `$1` token, `$2` team or NULL for any.
+    pub const GET: &str = concat!(
+        "SELECT ",
+        cols!(),
+        " FROM resources WHERE token = $1 AND ($2 IS NULL OR team_id = $2)"
+    );
+    pub const LIST: &str = concat!(
+        "SELECT ",
+        cols!(),
+        ", (SELECT COUNT(*) FROM resources WHERE team_id = $1) AS total FROM resources \
+         WHERE team_id = $1 AND (created_at, token) < ($2, $3) \
+         ORDER BY created_at DESC, token DESC LIMIT $4"
+    );
+    /// `$1` token, `$2` new status, `$3` the status it must have.
+    pub const SET_STATUS_FROM: &str =
+        "UPDATE resources SET status = $2 WHERE token = $1 AND status = $3 RETURNING token";
+    /// `$1` token, `$2` new status (a no-op, no row, when it already has it).
+    pub const SET_STATUS: &str =
+        "UPDATE resources SET status = $2 WHERE token = $1 AND status <> $2 RETURNING token";
+    pub const DELETE: &str = "DELETE FROM resources WHERE token = $1";
+    pub const TO_RECONCILE: &str = concat!(
+        "SELECT ",
+        cols!(),
+        " FROM resources WHERE status = 'deleting' \
+         OR (status = 'provisioning' AND created_at < $1) OR (status = 'ready' AND $2) \
+         ORDER BY created_at"
+    );
+    pub const EXPIRED: &str = concat!(
+        "SELECT ",
+        cols!(),
+        " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
+         AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    );
 }

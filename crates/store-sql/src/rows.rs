@@ -463,3 +463,38 @@ impl IdempotencyRow {
         })
     }
 }
+
+/// A `resources` row (`RESOURCE_COLS`). No `Debug`: it holds the connection URL.
+#[derive(sqlx::FromRow)]
+pub struct ResourceRow {
+    pub token: String,
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub team_id: Option<i64>,
+    pub tier: String,
+    pub status: String,
+    pub connection_url: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
+    type Error = Error;
+    fn try_from(r: ResourceRow) -> Result<Self> {
+        use stackyard_core::ids::{ResourceName, ResourceToken};
+        use stackyard_core::resource::{ResourceKind, ResourceStatus};
+        Ok(Self {
+            id: r.id,
+            token: parsed(ResourceToken::parse(&r.token).ok(), "resource token")?,
+            kind: parsed(ResourceKind::parse(&r.kind), "resource kind")?,
+            name: parsed(ResourceName::parse(&r.name).ok(), "resource name")?,
+            team_id: r.team_id.map(TeamId),
+            tier: r.tier,
+            status: parsed(ResourceStatus::parse(&r.status), "resource status")?,
+            connection_url: r.connection_url,
+            created_at: Millis(r.created_at),
+            expires_at: r.expires_at.map(Millis),
+        })
+    }
+}

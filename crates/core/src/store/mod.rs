@@ -21,6 +21,7 @@ mod events;
 mod housekeeping;
 mod idempotency;
 mod jobs;
+mod resources;
 mod stacks;
 mod teams;
 
@@ -33,6 +34,7 @@ pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,
 };
 pub use jobs::{DeployResult, JobStore};
+pub use resources::{CreateResourceError, ResourceStore};
 pub use stacks::{
     CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
 };
@@ -43,10 +45,15 @@ use std::time::Duration;
 
 /// Every storage operation: what the server holds. Implemented for every type that implements
 /// all the per-aggregate traits.
-pub trait Store: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping {}
+pub trait Store:
+    TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore
+{
+}
 
-impl<T> Store for T where T: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping
-{}
+impl<T> Store for T where
+    T: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore
+{
+}
 
 /// A storage failure. Messages never carry connection URLs, tokens or env values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
