@@ -14,6 +14,7 @@ pub mod audit;
 pub mod env;
 pub mod error;
 pub mod ops;
+pub mod resources;
 pub mod schema;
 pub mod stacks;
 pub mod tokens;
@@ -25,6 +26,10 @@ pub use env::{
 };
 pub use error::ErrorEnvelope;
 pub use ops::{ArtifactUsage, Health, Ready};
+pub use resources::{
+    CreateResourceRequest, CreatedResource, DeletedResource, ResourceDetail, ResourceItem,
+    ResourceLimits, ResourceList,
+};
 pub use stacks::{
     CreatedRelease, CreatedService, CreatedStack, DeletedStack, RedeployForm, Redeployed, Release,
     ReleaseItem, ReleaseList, ReleaseServiceItem, RestartRequest, Restarted, Service, SseEvent,

@@ -50,3 +50,22 @@ pub enum ReleaseStatus {
 pub fn time(t: Millis) -> String {
     t.to_rfc3339()
 }
+
+/// Which server a resource lives in.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ResourceKind {
+    Postgres,
+    Redis,
+}
+
+/// A resource's status: `provisioning → ready → deleting`, then gone.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ResourceStatus {
+    Provisioning,
+    Ready,
+    Deleting,
+}

@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use stackyard_api::{CreatedStack, EnvWriteResponse, Redeployed};
+use stackyard_api::{CreatedResource, CreatedStack, EnvWriteResponse, Redeployed};
 use stackyard_core::StackSlug;
 use stackyard_core::model::{EnvOutcome, ReleaseInfo, StackStatus};
 
@@ -31,6 +31,11 @@ pub fn redeploy_body(slug: &StackSlug, info: &ReleaseInfo, note: &str) -> String
 /// record. The masked map is streamed from the outcome's `EnvMap`, not copied.
 pub fn env_body(slug: &StackSlug, o: &EnvOutcome, dry_run: bool) -> String {
     EnvWriteResponse::new(slug.as_str(), o, dry_run).to_json()
+}
+
+/// `POST /db/new` and `POST /cache/new` 201.
+pub fn resource_body(body: &CreatedResource) -> String {
+    stackyard_api::to_json_string(body, 512)
 }
 
 /// A rendered body as a JSON response.

@@ -60,6 +60,24 @@ impl StoreArgs {
     }
 }
 
+/// A URL that carries a password: its `Debug` is `redact_url`'s, so printing the config (or
+/// a panic message holding it) cannot leak it.
+#[derive(Clone)]
+pub struct SecretUrl(pub String);
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
 /// `scheme://user:***@host/db` — the password and query string dropped, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -112,6 +130,20 @@ pub struct ServeArgs {
         hide = true
     )]
     pub redis_prefix: String,
+
+    /// PostgreSQL server for `POST /db/new` resources: an admin role with CREATEDB and
+    /// CREATEROLE (not superuser). None: those routes answer 503 `resource_unavailable`.
+    #[arg(long, env = "STACKYARD_RESOURCE_POSTGRES_URL", hide_env_values = true)]
+    pub resource_postgres_url: Option<SecretUrl>,
+
+    /// Redis server for `POST /cache/new` resources (a user allowed `ACL SETUSER`). None:
+    /// those routes answer 503 `resource_unavailable`.
+    #[arg(long, env = "STACKYARD_RESOURCE_REDIS_URL", hide_env_values = true)]
+    pub resource_redis_url: Option<SecretUrl>,
+
+    /// Resources (databases and caches together) each team may hold; none: no cap.
+    #[arg(long, env = "STACKYARD_MAX_RESOURCES")]
+    pub max_resources: Option<i64>,
 
     /// Stacks an anonymous caller's network may create per UTC day.
     #[arg(long, env = "STACKYARD_ANONYMOUS_DAILY_LIMIT", default_value_t = 5)]

@@ -18,6 +18,7 @@ pub mod middleware;
 pub mod noop;
 pub mod openapi;
 pub mod ratelimit;
+pub mod resources;
 pub mod router;
 pub mod routes;
 pub mod serve;

@@ -1,12 +1,13 @@
 //! Periodic housekeeping: anonymous stacks whose TTL ran out are marked `deleting` and torn
 //! down (through the same path as a DELETE, so the teardown is a durable job), old events,
 //! idempotency records and rate counters are pruned, and artifact files no release uses are
-//! swept.
+//! swept. Expired anonymous resources are dropped and half-done resource steps reconciled.
 
 use crate::artifacts::Artifacts;
 use crate::now;
+use crate::resources::{Provisioner, stale_provisioning_cutoff};
 use stackyard_core::model::{Access, Actor, AuditCtx};
-use stackyard_core::store::{Housekeeping, StackStore};
+use stackyard_core::store::{Housekeeping, ResourceStore, StackStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -21,8 +22,9 @@ pub fn expiry_tick(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
-pub async fn run<S: StackStore + Housekeeping>(
+pub async fn run<S: StackStore + ResourceStore + Housekeeping>(
     store: S,
+    provisioner: Arc<Provisioner>,
     ttl: Duration,
     jobs_ready: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -35,6 +37,9 @@ pub async fn run<S: StackStore + Housekeeping>(
             _ = crate::stopped(&mut shutdown) => return,
         }
         expire(&store, &jobs_ready).await;
+        crate::resources::expire(&store, &provisioner).await;
+        // Creates that died mid-way on any server sharing the store, and drops that failed.
+        crate::resources::reconcile(&store, &provisioner, stale_provisioning_cutoff(), false).await;
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             let at = now();

@@ -8,7 +8,7 @@ use crate::middleware;
 use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
-use crate::routes::{audit, env, ops, releases, restart, stacks, streams, tokens};
+use crate::routes::{audit, env, ops, releases, resources, restart, stacks, streams, tokens};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -48,6 +48,11 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         tokens::create::<S> as __path_create,
         tokens::revoke::<S> as __path_revoke,
         audit::list::<S> as __path_list,
+        resources::create_db::<S> as __path_create_db,
+        resources::create_cache::<S> as __path_create_cache,
+        resources::list::<S> as __path_list,
+        resources::get::<S> as __path_get,
+        resources::delete::<S> as __path_delete,
         ops::healthz as __path_healthz,
         ops::readyz::<S> as __path_readyz,
         ops::metrics::<S> as __path_metrics,

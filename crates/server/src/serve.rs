@@ -6,13 +6,14 @@ use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::{StoreSupervision, Workers, deploy_plan};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
+use crate::resources::Provisioner;
 use crate::router::router;
 use crate::state::AppState;
 use crate::telemetry;
 use anyhow::{Context, bail};
-use stackyard_core::ApiToken;
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
+use stackyard_core::{ApiToken, Millis};
 use stackyard_runtime_local::sandbox::{Sandbox, SandboxMode, SandboxSettings};
 use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
 use stackyard_store_postgres::PgStore;
@@ -181,6 +182,19 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         args.redis_url.as_deref(),
         &args.redis_prefix,
     )?;
+    let provisioner = Arc::new(Provisioner::new(
+        args.resource_postgres_url.as_ref().map(|u| u.0.as_str()),
+        args.resource_redis_url.as_ref().map(|u| u.0.as_str()),
+    )?);
+    // Before the API answers: rows a crash left between steps are finished, and the Redis
+    // users (lost if Redis restarted) re-applied. An unshared store has no other server whose
+    // create may be in flight, so every `provisioning` row is a crash's.
+    let cutoff = if store.is_shared() {
+        crate::resources::stale_provisioning_cutoff()
+    } else {
+        Millis(i64::MAX)
+    };
+    crate::resources::reconcile(&store, &provisioner, cutoff, true).await;
     let artifacts = Arc::new(Artifacts::new(&args.store.data_dir, args.artifact_grace));
     let jobs_ready = Arc::new(Notify::new());
     let state = AppState::new(
@@ -190,6 +204,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         telemetry::metrics_handle(),
         runtime.clone(),
         rate_limiter,
+        provisioner.clone(),
         artifacts.clone(),
     );
     let listener = TcpListener::bind(args.listen)
@@ -229,6 +244,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     )));
     tasks.push(tokio::spawn(crate::maintenance::run(
         store,
+        provisioner,
         args.anonymous_ttl,
         jobs_ready,
         shutdown_rx.clone(),

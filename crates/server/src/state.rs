@@ -7,6 +7,7 @@ use crate::authcache::AuthCache;
 use crate::config::ServeArgs;
 use crate::envqueue::EnvQueue;
 use crate::ratelimit::RateLimiter;
+use crate::resources::Provisioner;
 use metrics_exporter_prometheus::PrometheusHandle;
 use stackyard_core::StackSlug;
 use stackyard_core::model::{Access, StackId};
@@ -43,6 +44,8 @@ pub struct Shared<S: Store> {
     /// Runs the services; also the source of their logs.
     pub runtime: Arc<dyn Runtime>,
     pub rate_limiter: RateLimiter,
+    /// The admin connections resources are provisioned through (shared with maintenance).
+    pub provisioner: Arc<Provisioner>,
     /// The uploaded tarballs in the data directory (shared with the job workers, which remove
     /// the ones a teardown left unused).
     pub artifacts: Arc<Artifacts>,
@@ -101,6 +104,7 @@ impl<S: Store> AppState<S> {
         metrics: PrometheusHandle,
         runtime: Arc<dyn Runtime>,
         rate_limiter: RateLimiter,
+        provisioner: Arc<Provisioner>,
         artifacts: Arc<Artifacts>,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
@@ -117,6 +121,7 @@ impl<S: Store> AppState<S> {
                 teardowns_done: Arc::new(Notify::new()),
                 runtime,
                 rate_limiter,
+                provisioner,
                 artifacts,
             }),
         }

@@ -13,6 +13,7 @@ use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
+use stackyard_core::ids::ResourceToken;
 use stackyard_core::ids::{ServiceName, StackSlug, TeamName, TokenDigest};
 use stackyard_core::lifecycle::{
     self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
@@ -20,12 +21,12 @@ use stackyard_core::lifecycle::{
     status::{Report, Supervised},
 };
 use stackyard_core::model::*;
-use stackyard_core::ids::ResourceToken;
 use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
 use stackyard_core::store::{
-    AuditFilter, CreateResourceError, CreateStackError, Idempotent, DeployResult, EnvBatchError, EnvWrite, EnvWriteResult,
-    IDEMPOTENCY_TTL, IdempotencyRecord, NewRelease, NewStack, NewToken, ReleaseError, RestartError,
-    RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
+    AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
+    EnvWriteResult, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease, NewStack, NewToken,
+    ReleaseError, RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor,
+    stack_cursor,
 };
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1443,7 +1444,8 @@ where
         if changed.is_none() {
             return Ok(false);
         }
-        self.insert_audit(&mut tx, &resource::created(r, &ctx)).await?;
+        self.insert_audit(&mut tx, &resource::created(r, &ctx))
+            .await?;
         if let Some(i) = idempotency {
             self.complete_idempotency(&mut tx, &i.record(r), ctx.now)
                 .await?;

@@ -30,7 +30,9 @@ impl ResourceStore for SqliteStore {
         team: TeamId,
         token: &ResourceToken,
     ) -> Result<Option<Resource>, StoreError> {
-        Ok(OPS.get_resource(&mut *self.reader().await?, Some(team), token).await?)
+        Ok(OPS
+            .get_resource(&mut *self.reader().await?, Some(team), token)
+            .await?)
     }
 
     async fn reveal_resource(
@@ -50,7 +52,9 @@ impl ResourceStore for SqliteStore {
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Resource>, StoreError> {
-        Ok(OPS.list_resources(&mut *self.reader().await?, team, limit, cursor).await?)
+        Ok(OPS
+            .list_resources(&mut *self.reader().await?, team, limit, cursor)
+            .await?)
     }
 
     async fn mark_resource_deleting(
@@ -73,7 +77,9 @@ impl ResourceStore for SqliteStore {
         provisioning_before: Millis,
         with_ready: bool,
     ) -> Result<Vec<Resource>, StoreError> {
-        Ok(OPS.resources_to_reconcile(&mut *self.reader().await?, provisioning_before, with_ready).await?)
+        Ok(OPS
+            .resources_to_reconcile(&mut *self.reader().await?, provisioning_before, with_ready)
+            .await?)
     }
 
     async fn expired_resources(
@@ -81,6 +87,8 @@ impl ResourceStore for SqliteStore {
         now: Millis,
         limit: i64,
     ) -> Result<Vec<Resource>, StoreError> {
-        Ok(OPS.expired_resources(&mut *self.reader().await?, now, limit).await?)
+        Ok(OPS
+            .expired_resources(&mut *self.reader().await?, now, limit)
+            .await?)
     }
 }

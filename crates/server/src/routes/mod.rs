@@ -5,6 +5,7 @@ pub mod audit;
 pub mod env;
 pub mod ops;
 pub mod releases;
+pub mod resources;
 pub mod restart;
 pub mod stacks;
 pub mod streams;
