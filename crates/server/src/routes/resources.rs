@@ -284,10 +284,12 @@ fn created(r: &Resource, ttl: Duration) -> CreatedResource {
 /// never sent (it may name roles; it never holds a URL or password, see `crate::resources`).
 fn resource_error(e: ResourceError) -> ApiError {
     match e {
-        ResourceError::NotConfigured { kind, flag } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        // A 503 like every other (with `Retry-After`, which a client may honour), though only
+        // an operator can change this answer.
+        ResourceError::NotConfigured { kind, flag } => ApiError::unavailable(
             "resource_unavailable",
             format!("This server provisions no {kind} resources."),
+            3600,
         )
         .with_action(format!(
             "Ask the operator to start Stackyard with {flag} (an admin URL of a {kind} server)."

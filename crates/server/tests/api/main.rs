@@ -11,6 +11,7 @@ mod env;
 mod hostile;
 mod limits;
 mod messages;
+mod resources;
 mod restart;
 mod stacks;
 mod tokens;

@@ -1,0 +1,465 @@
+//! Resources against real servers: the machine's PostgreSQL (through an admin role with only
+//! CREATEDB and CREATEROLE, made per test) and Redis. Every database, role and ACL user a test
+//! makes is dropped by the API or by the test before it ends.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+use stackyard_core::ids::random_hex;
+
+/// A per-test PostgreSQL admin role (CREATEDB, CREATEROLE, not superuser) and its URL.
+struct PgAdmin {
+    superuser_url: String,
+    role: String,
+    url: String,
+}
+
+impl PgAdmin {
+    async fn create() -> PgAdmin {
+        let superuser_url = stackyard_testkit::pg::admin_url()
+            .await
+            .expect("PostgreSQL for resource tests");
+        let role = format!("sytestadm_{}", random_hex(6));
+        let mut c = PgConnection::connect(&superuser_url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {role} LOGIN CREATEDB CREATEROLE"
+        )))
+        .execute(&mut c)
+        .await
+        .unwrap();
+        let (_, rest) = superuser_url.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let url = format!("postgres://{role}@{host}");
+        stackyard_testkit::leaks::register(&url);
+        PgAdmin {
+            superuser_url,
+            role,
+            url,
+        }
+    }
+
+    /// Whether a database and a role named `name` exist.
+    async fn exists(&self, name: &str) -> (bool, bool) {
+        let mut c = PgConnection::connect(&self.superuser_url).await.unwrap();
+        let db: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        let role: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_roles WHERE rolname = $1")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        (db > 0, role > 0)
+    }
+
+    /// Drops `names` (databases and roles) if a failed test left them, then the admin role.
+    async fn cleanup(self, names: &[String]) {
+        let mut c = PgConnection::connect(&self.superuser_url).await.unwrap();
+        for n in names {
+            for s in [
+                format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS \"{n}\""),
+            ] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {}",
+            self.role
+        )))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+}
+
+fn redis_url() -> String {
+    stackyard_testkit::redis::url().expect("Redis for resource tests")
+}
+
+async fn spawn(backend: Backend, pg: &PgAdmin, extra: &[&str]) -> Option<TestApp> {
+    let redis = redis_url();
+    let mut args = vec![
+        "--resource-postgres-url",
+        pg.url.as_str(),
+        "--resource-redis-url",
+        redis.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    TestApp::spawn_with(backend, &args).await
+}
+
+async fn create(app: &TestApp, route: &str, token: Option<&str>, name: &str) -> (u16, Value) {
+    let (code, b) = json_of(
+        app.post(route, token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    if let Some(url) = b["connection_url"].as_str() {
+        stackyard_testkit::leaks::register(url);
+    }
+    (code, b)
+}
+
+async fn delete(app: &TestApp, token: &str, resource: &Value) -> (u16, Value) {
+    let path = format!("/api/v1/resources/{}", resource["token"].as_str().unwrap());
+    json_of(app.delete(&path, Some(token)).send().await.unwrap()).await
+}
+
+fn server_name(resource: &Value) -> String {
+    format!("sy_{}", resource["id"].as_str().unwrap())
+}
+
+async fn db_new_gives_a_database_only_its_own_role_can_use_and_delete_drops_it(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &[]).await else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, a) = create(&app, "/db/new", Some(&admin), "orders").await;
+    assert_eq!(code, 201, "{a}");
+    let (_, b) = create(&app, "/db/new", Some(&admin), "other").await;
+    let names = [server_name(&a), server_name(&b)];
+    assert_eq!(a["resource_type"], "postgres");
+    assert_eq!(a["env"], "DATABASE_URL");
+    assert_eq!(a["tier"], "team");
+    assert!(a["expires_at"].is_null());
+    assert_eq!(a["limits"]["connections"], 20);
+    assert!(a.get("key_prefix").is_none());
+
+    let url = a["connection_url"].as_str().unwrap();
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    sqlx::query("CREATE TABLE t (x int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT x FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i32, _>(0), 1);
+    conn.close().await.unwrap();
+
+    // B's role, pointed at A's database.
+    let b_url = b["connection_url"].as_str().unwrap();
+    let crossed = format!("{}/{}", b_url.rsplit_once('/').unwrap().0, names[0]);
+    let err = PgConnection::connect(&crossed)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+
+    // The URL is read back (audited: a row naming the resource, never the URL).
+    let path = format!("/api/v1/resources/{}", a["token"].as_str().unwrap());
+    let (code, got) = json_of(app.get(&path, Some(&admin)).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["connection_url"], a["connection_url"]);
+    assert_eq!(got["status"], "ready");
+    let (_, audit) = json_of(
+        app.get("/api/v1/audit?kind=resource.url_read", Some(&admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    assert!(!audit.to_string().contains(url));
+    assert_eq!(audit["items"][0]["metadata"]["resource"], a["token"]);
+
+    let (code, list) = json_of(
+        app.get("/api/v1/resources?limit=1", Some(&admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["items"][0]["token"], b["token"]);
+    assert!(list["items"][0].get("connection_url").is_none());
+    let next = list["next_cursor"].as_str().unwrap();
+    let (_, page2) = json_of(
+        app.get(
+            &format!("/api/v1/resources?limit=1&cursor={next}"),
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(page2["items"][0]["token"], a["token"]);
+    assert!(page2["next_cursor"].is_null());
+
+    for (r, name) in [(&a, &names[0]), (&b, &names[1])] {
+        let (code, gone) = delete(&app, &admin, r).await;
+        assert_eq!(code, 200, "{gone}");
+        assert_eq!(
+            gone,
+            json!({"ok": true, "token": r["token"], "status": "deleted"})
+        );
+        assert_eq!(pg.exists(name).await, (false, false));
+    }
+    let (code, _) = json_of(app.get(&path, Some(&admin)).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+    drop(app);
+    pg.cleanup(&names).await;
+}
+
+async fn cache_new_confines_the_user_to_its_prefix_and_delete_removes_it(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &[]).await else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, r) = create(&app, "/cache/new", Some(&admin), "sessions").await;
+    assert_eq!(code, 201, "{r}");
+    assert_eq!(r["resource_type"], "redis");
+    assert_eq!(r["env"], "REDIS_URL");
+    let prefix = r["key_prefix"].as_str().unwrap().to_owned();
+    assert_eq!(prefix, format!("sy:{}:", r["id"].as_str().unwrap()));
+
+    let client = redis::Client::open(r["connection_url"].as_str().unwrap()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}k");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, "v");
+    for denied in [
+        redis::cmd("SET").arg("sy:someoneelse:k").arg("v").clone(),
+        redis::cmd("FLUSHALL").clone(),
+        redis::cmd("KEYS").arg("*").clone(),
+    ] {
+        let err = denied.query_async::<()>(&mut conn).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
+            "{err}"
+        );
+    }
+
+    let (code, _) = delete(&app, &admin, &r).await;
+    assert_eq!(code, 200);
+    let admin_client = redis::Client::open(redis_url()).unwrap();
+    let mut adm = admin_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query_async(&mut adm)
+        .await
+        .unwrap();
+    assert!(!users.contains(&server_name(&r)), "{users:?}");
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut adm)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(client.get_multiplexed_async_connection().await.is_err());
+    drop(app);
+    pg.cleanup(&[]).await;
+}
+
+async fn without_an_admin_url_creates_answer_503_resource_unavailable_naming_the_flag(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    for (route, flag) in [
+        ("/db/new", "--resource-postgres-url"),
+        ("/cache/new", "--resource-redis-url"),
+    ] {
+        let (code, b) = create(&app, route, Some(&app.admin_token), "x").await;
+        assert_error(code, &b, 503, "resource_unavailable");
+        assert!(b["agent_action"].as_str().unwrap().contains(flag), "{b}");
+    }
+}
+
+async fn a_bad_name_is_a_400_invalid_name_envelope(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    for name in ["", " x", "a;b", &"a".repeat(65)] {
+        let (code, b) = create(&app, "/db/new", Some(&app.admin_token), name).await;
+        assert_error(code, &b, 400, "invalid_name");
+    }
+    let (code, b) = json_of(
+        app.post("/cache/new", None)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(code, &b, 400, "invalid_body");
+}
+
+async fn a_team_at_max_resources_gets_402_resource_limit_reached(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &["--max-resources", "1"]).await else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, first) = create(&app, "/cache/new", Some(&admin), "one").await;
+    assert_eq!(code, 201, "{first}");
+    let (code, b) = create(&app, "/db/new", Some(&admin), "two").await;
+    assert_error(code, &b, 402, "resource_limit_reached");
+    assert_eq!(delete(&app, &admin, &first).await.0, 200);
+    let (code, again) = create(&app, "/cache/new", Some(&admin), "two").await;
+    assert_eq!(code, 201, "{again}");
+    assert_eq!(delete(&app, &admin, &again).await.0, 200);
+    drop(app);
+    pg.cleanup(&[]).await;
+}
+
+async fn anonymous_resources_expire_and_count_against_the_stack_daily_limit(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &["--anonymous-ttl", "2s"]).await else {
+        return;
+    };
+    let mut made = Vec::new();
+    for i in 0..4 {
+        let (code, r) = create(&app, "/cache/new", None, &format!("c{i}")).await;
+        assert_eq!(code, 201, "{r}");
+        assert_eq!(r["tier"], "anonymous");
+        assert_eq!(r["limits"]["expires_in"], "2s");
+        assert!(r["expires_at"].is_string());
+        made.push(r);
+    }
+    let (code, b) = app.create_stack(None, two_service_form("fifth")).await;
+    assert_eq!(code, 202, "{b}");
+    let (code, b) = create(&app, "/cache/new", None, "sixth").await;
+    assert_error(code, &b, 429, "rate_limit_exceeded");
+
+    // Expiry drops the users (the maintenance loop ticks every 500 ms with a 2 s TTL).
+    let admin_client = redis::Client::open(redis_url()).unwrap();
+    let mut adm = admin_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let names: Vec<String> = made.iter().map(server_name).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut adm)
+            .await
+            .unwrap();
+        if !names.iter().any(|n| users.contains(n)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired users still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(app);
+    pg.cleanup(&[]).await;
+}
+
+/// What a server that died between the row and `ready` leaves: the row `provisioning` (old
+/// enough that no live request owns it) and the DDL done. The reconciler drops both.
+struct LeaveProvisioning {
+    resource: stackyard_core::resource::Resource,
+}
+
+impl stackyard_server::serve::WithStore for LeaveProvisioning {
+    type Output = ();
+    async fn run<S: stackyard_core::store::Store>(self, store: S) -> anyhow::Result<()> {
+        store
+            .insert_resource(stackyard_core::resource::NewResource {
+                resource: self.resource,
+                fingerprint: None,
+                max_per_team: None,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+async fn a_provisioning_row_left_by_a_crash_is_dropped_by_the_reconciler(backend: Backend) {
+    use stackyard_core::resource::{
+        ANONYMOUS_TIER, Resource, ResourceKind, ResourceStatus, generate_id,
+    };
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &["--anonymous-ttl", "2s"]).await else {
+        return;
+    };
+    let provisioner = stackyard_server::resources::Provisioner::new(Some(&pg.url), None).unwrap();
+    let id = generate_id();
+    let url = provisioner
+        .connection_url(ResourceKind::Postgres, &id, "0123abcd")
+        .unwrap();
+    let resource = Resource {
+        id: id.clone(),
+        token: stackyard_core::ResourceToken::generate(),
+        kind: ResourceKind::Postgres,
+        name: stackyard_core::ResourceName::parse("crashed").unwrap(),
+        team_id: None,
+        tier: ANONYMOUS_TIER.to_owned(),
+        status: ResourceStatus::Provisioning,
+        connection_url: url,
+        created_at: stackyard_core::Millis(stackyard_server::now().0 - 3_600_000),
+        expires_at: None,
+    };
+    provisioner.create(&resource).await.unwrap();
+    let name = stackyard_core::resource::server_name(&id);
+    assert_eq!(pg.exists(&name).await, (true, true));
+    let store = stackyard_server::StoreArgs {
+        data_dir: app.data_dir.path().to_owned(),
+        database_url: Some(app.db_url.clone()),
+    };
+    stackyard_server::serve::with_store(
+        &store,
+        stackyard_server::serve::store_options_for(&store),
+        LeaveProvisioning { resource },
+    )
+    .await
+    .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while pg.exists(&name).await != (false, false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the crashed resource is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(app);
+    pg.cleanup(&[name]).await;
+}
+
+both_backends!(
+    db_new_gives_a_database_only_its_own_role_can_use_and_delete_drops_it,
+    cache_new_confines_the_user_to_its_prefix_and_delete_removes_it,
+    without_an_admin_url_creates_answer_503_resource_unavailable_naming_the_flag,
+    a_bad_name_is_a_400_invalid_name_envelope,
+    a_team_at_max_resources_gets_402_resource_limit_reached,
+    anonymous_resources_expire_and_count_against_the_stack_daily_limit,
+    a_provisioning_row_left_by_a_crash_is_dropped_by_the_reconciler,
+);
