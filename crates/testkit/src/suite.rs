@@ -19,9 +19,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 use serde_json::{Value, json};
 use stackyard_core::env::{EnvError, EnvMap, EnvPatch, MAX_ENV_BYTES};
-use stackyard_core::ids::{ApiToken, ServiceName, StackSlug, TeamName};
+use stackyard_core::ids::{
+    ApiToken, ResourceName, ResourceToken, ServiceName, StackSlug, TeamName,
+};
 use stackyard_core::lifecycle::status::Supervised;
 use stackyard_core::model::*;
+use stackyard_core::resource::{
+    ANONYMOUS_TIER, NewResource, Resource, ResourceKind, ResourceStatus, generate_id,
+};
 pub use stackyard_core::store::StoreOptions;
 use stackyard_core::store::*;
 use stackyard_core::time::Millis;
@@ -67,6 +72,9 @@ macro_rules! store_suite {
             idempotency_abandon_frees_only_pending_records,
             idempotency_concurrent_begins_start_exactly_once,
             list_audit_filters_pages_and_scopes_by_team,
+            resource_rows_move_provisioning_ready_deleting_gone_with_their_audit_rows,
+            insert_resource_enforces_the_team_cap_under_concurrent_creates,
+            resources_to_reconcile_skips_young_provisioning_rows_and_ready_ones_unless_asked,
             audit_metadata_never_contains_env_values,
             apply_env_writes_applies_in_order_with_one_version_per_change,
             apply_env_writes_if_match_refuses_only_the_stale_write,
@@ -4310,4 +4318,160 @@ pub async fn restart_job_overtaken_by_a_redeploy_writes_nothing<S: Store>(store:
     );
     let next = claim(&store, 7).await.unwrap();
     assert_eq!((next.kind, next.release), (JobKind::Deploy, 2));
+}
+
+// ---- resources ----
+
+fn new_resource(team: Option<TeamId>, now: i64, max: Option<i64>) -> NewResource {
+    let id = generate_id();
+    NewResource {
+        resource: Resource {
+            connection_url: format!("postgres://sy_{id}:pw@db:5432/sy_{id}"),
+            id,
+            token: ResourceToken::generate(),
+            kind: ResourceKind::Postgres,
+            name: ResourceName::parse("orders").unwrap(),
+            team_id: team,
+            tier: if team.is_some() {
+                "team"
+            } else {
+                ANONYMOUS_TIER
+            }
+            .to_owned(),
+            status: ResourceStatus::Provisioning,
+            created_at: at(now),
+            expires_at: team.is_none().then(|| at(now + 1000)),
+        },
+        fingerprint: team.is_none().then(|| "10.0.0.0/24".to_owned()),
+        max_per_team: max,
+    }
+}
+
+pub async fn resource_rows_move_provisioning_ready_deleting_gone_with_their_audit_rows<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "res", None).await;
+    let new = new_resource(Some(t.id), 1, None);
+    let r = new.resource.clone();
+    store.insert_resource(new).await.unwrap();
+    // Not ready yet: the URL is not handed out.
+    assert!(
+        store
+            .reveal_resource(t.id, &r.token, ctx(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let got = store.get_resource(t.id, &r.token).await.unwrap().unwrap();
+    assert_eq!(got.status, ResourceStatus::Provisioning);
+
+    assert!(store.mark_resource_ready(&r, ctx(3), None).await.unwrap());
+    assert!(!store.mark_resource_ready(&r, ctx(3), None).await.unwrap());
+    let shown = store
+        .reveal_resource(t.id, &r.token, ctx(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.connection_url, r.connection_url);
+    let other = team(&store, "other", None).await;
+    assert!(
+        store
+            .reveal_resource(other.id, &r.token, ctx(4))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let page = store.list_resources(t.id, 10, None).await.unwrap();
+    assert_eq!((page.total, page.items.len()), (1, 1));
+
+    let d = store
+        .mark_resource_deleting(Some(other.id), &r.token, ctx(5))
+        .await
+        .unwrap();
+    assert!(d.is_none(), "another team cannot delete it");
+    let d = store
+        .mark_resource_deleting(Some(t.id), &r.token, ctx(5))
+        .await
+        .unwrap();
+    assert_eq!(d.unwrap().status, ResourceStatus::Deleting);
+    // A repeat (a retried DELETE) returns the row again without a second audit row.
+    assert!(
+        store
+            .mark_resource_deleting(None, &r.token, ctx(6))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.remove_resource(&r.token).await.unwrap();
+    assert!(store.get_resource(t.id, &r.token).await.unwrap().is_none());
+
+    let kinds: Vec<String> = audit_all(&store, t.id, None, None)
+        .await
+        .into_iter()
+        .filter(|e| e.kind.starts_with("resource."))
+        .map(|e| {
+            assert_eq!(e.metadata["resource"], r.token.as_str());
+            assert!(
+                !e.metadata.to_string().contains("pw@"),
+                "no URL in the audit"
+            );
+            e.kind
+        })
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    for k in ["resource.created", "resource.url_read", "resource.deleted"] {
+        assert!(kinds.iter().any(|x| x == k), "{kinds:?}");
+    }
+}
+
+pub async fn insert_resource_enforces_the_team_cap_under_concurrent_creates<S: Store>(store: S) {
+    let t = team(&store, "capped", None).await;
+    let barrier = Arc::new(Barrier::new(6));
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .insert_resource(new_resource(Some(t.id), i, Some(2)))
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(CreateResourceError::LimitReached { max }) => assert_eq!(max, 2),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 2);
+}
+
+pub async fn resources_to_reconcile_skips_young_provisioning_rows_and_ready_ones_unless_asked<
+    S: Store,
+>(
+    store: S,
+) {
+    let old = new_resource(None, 10, None);
+    let young = new_resource(None, 1000, None);
+    let ready = new_resource(None, 10, None);
+    for n in [&old, &young, &ready] {
+        store.insert_resource(n.clone()).await.unwrap();
+    }
+    store
+        .mark_resource_ready(&ready.resource, ctx(11), None)
+        .await
+        .unwrap();
+    let tokens = |v: Vec<Resource>| v.into_iter().map(|r| r.token).collect::<Vec<_>>();
+    let got = tokens(store.resources_to_reconcile(at(500), false).await.unwrap());
+    assert_eq!(got, vec![old.resource.token.clone()]);
+    let got = tokens(store.resources_to_reconcile(at(500), true).await.unwrap());
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&ready.resource.token));
+    // Expiry sees only ready rows past their time.
+    let expired = tokens(store.expired_resources(at(2000), 10).await.unwrap());
+    assert_eq!(expired, vec![ready.resource.token.clone()]);
 }
