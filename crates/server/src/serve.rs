@@ -9,7 +9,6 @@ use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
 use crate::router::router;
 use crate::state::AppState;
-use crate::telemetry;
 use anyhow::{Context, bail};
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
@@ -201,7 +200,6 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         store.clone(),
         args.clone(),
         jobs_ready.clone(),
-        telemetry::metrics_handle(),
         runtime.clone(),
         rate_limiter,
         provisioner.clone(),

@@ -101,7 +101,6 @@ impl<S: Store> AppState<S> {
         store: S,
         config: ServeArgs,
         jobs_ready: Arc<Notify>,
-        metrics: PrometheusHandle,
         runtime: Arc<dyn Runtime>,
         rate_limiter: RateLimiter,
         provisioner: Arc<Provisioner>,
@@ -109,6 +108,8 @@ impl<S: Store> AppState<S> {
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
         let auth_cache = AuthCache::new(!store.is_shared());
+        // The process has one metrics recorder; every state renders the same one.
+        let metrics = crate::telemetry::metrics_handle();
         Self {
             inner: Arc::new(Shared {
                 store,

@@ -157,8 +157,7 @@ async fn db_new_gives_a_database_only_its_own_role_can_use_and_delete_drops_it(b
     let crossed = format!("{}/{}", b_url.rsplit_once('/').unwrap().0, names[0]);
     let err = PgConnection::connect(&crossed)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("another resource's role is refused");
     assert!(err.to_string().contains("permission denied"), "{err}");
 
     // The URL is read back (audited: a row naming the resource, never the URL).
