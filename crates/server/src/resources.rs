@@ -12,8 +12,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor};
+use stackyard_core::ResourceToken;
 use stackyard_core::ids::random_hex;
-use stackyard_core::model::{Actor, AuditCtx};
+use stackyard_core::model::{Actor, AuditCtx, TeamId};
 use stackyard_core::resource::{Resource, ResourceKind, ResourceStatus, tier_limits};
 use stackyard_core::store::{ResourceStore, StoreError};
 use stackyard_core::time::Millis;
@@ -102,15 +103,22 @@ impl Provisioner {
 
     /// Refuses early (before any row is written) when `kind` has no server.
     pub fn check_configured(&self, kind: ResourceKind) -> Result<(), ResourceError> {
-        let configured = match kind {
-            ResourceKind::Postgres => self.postgres.is_some(),
-            ResourceKind::Redis => self.redis.is_some(),
-        };
-        if configured {
-            Ok(())
-        } else {
-            Err(not_configured(kind))
+        match kind {
+            ResourceKind::Postgres => self.pg().map(|_| ()),
+            ResourceKind::Redis => self.redis().map(|_| ()),
         }
+    }
+
+    fn pg(&self) -> Result<&PgAdmin, ResourceError> {
+        self.postgres
+            .as_ref()
+            .ok_or_else(|| not_configured(ResourceKind::Postgres))
+    }
+
+    fn redis(&self) -> Result<&RedisAdmin, ResourceError> {
+        self.redis
+            .as_ref()
+            .ok_or_else(|| not_configured(ResourceKind::Redis))
     }
 
     /// The connection URL of a new resource `id` of `kind` with `password`.
@@ -123,7 +131,7 @@ impl Provisioner {
         let name = stackyard_core::resource::server_name(id);
         match kind {
             ResourceKind::Postgres => {
-                let pg = self.postgres.as_ref().ok_or_else(|| not_configured(kind))?;
+                let pg = self.pg()?;
                 Ok(format!(
                     "postgres://{name}:{password}@{}:{}/{name}",
                     url_host(&pg.host),
@@ -131,7 +139,7 @@ impl Provisioner {
                 ))
             }
             ResourceKind::Redis => {
-                let r = self.redis.as_ref().ok_or_else(|| not_configured(kind))?;
+                let r = self.redis()?;
                 Ok(format!(
                     "redis://{name}:{password}@{}:{}/{}",
                     url_host(&r.host),
@@ -426,16 +434,23 @@ fn system_ctx() -> AuditCtx {
     }
 }
 
-/// Drops a resource the row of which is `deleting` (or was never handed out) and removes the
-/// row once the drop succeeded; on failure the row stays for the next reconciler pass.
-pub async fn drop_and_remove<S: ResourceStore>(
+/// Marks the row `deleting` (audit `resource.deleted`; `team` `None`: any team's), drops the
+/// resource and removes the row: the one way a resource goes (DELETE, expiry, a failed create,
+/// the reconciler). On a failure the row stays `deleting` for the next reconciler pass, or
+/// the next DELETE. `Ok(None)`: no such resource for `team`.
+pub async fn delete<S: ResourceStore>(
     store: &S,
     provisioner: &Provisioner,
-    r: &Resource,
-) -> Result<(), ResourceError> {
-    provisioner.drop(r).await?;
+    team: Option<TeamId>,
+    token: &ResourceToken,
+    ctx: AuditCtx,
+) -> Result<Option<Resource>, ResourceError> {
+    let Some(r) = store.mark_resource_deleting(team, token, ctx).await? else {
+        return Ok(None);
+    };
+    provisioner.drop(&r).await?;
     store.remove_resource(&r.token).await?;
-    Ok(())
+    Ok(Some(r))
 }
 
 /// How long a `provisioning` row belongs to the request that wrote it. Older ones were left by
@@ -473,13 +488,9 @@ pub async fn reconcile<S: ResourceStore>(
             ResourceStatus::Ready if r.kind == ResourceKind::Redis => provisioner.create(&r).await,
             ResourceStatus::Ready => Ok(()),
             ResourceStatus::Provisioning | ResourceStatus::Deleting => {
-                let marked = store
-                    .mark_resource_deleting(None, &r.token, system_ctx())
-                    .await;
-                match marked {
-                    Ok(_) => drop_and_remove(store, provisioner, &r).await,
-                    Err(e) => Err(e.into()),
-                }
+                delete(store, provisioner, None, &r.token, system_ctx())
+                    .await
+                    .map(|_| ())
             }
         };
         match result {
@@ -507,15 +518,8 @@ pub async fn expire<S: ResourceStore>(store: &S, provisioner: &Provisioner) {
         }
     };
     for r in expired {
-        let result = match store
-            .mark_resource_deleting(None, &r.token, system_ctx())
-            .await
-        {
-            Ok(_) => drop_and_remove(store, provisioner, &r).await,
-            Err(e) => Err(e.into()),
-        };
-        match result {
-            Ok(()) => {
+        match delete(store, provisioner, None, &r.token, system_ctx()).await {
+            Ok(_) => {
                 metrics::counter!("stackyard_resources_expired_total").increment(1);
                 tracing::info!(resource = %r.token, "anonymous resource expired; dropped");
             }

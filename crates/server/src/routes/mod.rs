@@ -37,6 +37,13 @@ pub async fn load_stack<S: Store>(
         .ok_or_else(ApiError::not_found)
 }
 
+/// `?limit=&cursor=` of the cursor-paged listings (stacks, resources).
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
 /// `?limit=` clamped to 1..=200 (default 50).
 pub fn page_limit(limit: Option<i64>) -> i64 {
     limit.unwrap_or(50).clamp(1, 200)

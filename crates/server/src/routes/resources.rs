@@ -8,14 +8,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
-use crate::resources::{ResourceError, drop_and_remove, generate_password};
-use crate::routes::page_limit;
+use crate::resources::{self as provisioning, ResourceError, generate_password};
+use crate::routes::{PageQuery, page_limit};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::json;
 use stackyard_api::{
     CreateResourceRequest, CreatedResource, DeletedResource, ResourceDetail, ResourceItem,
@@ -231,14 +230,14 @@ async fn provision<S: Store>(
 /// Undoes a create that failed after its row was written. If this fails too, the row stays
 /// (`deleting` or `provisioning`) and the reconciler finishes the drop.
 async fn abandon<S: Store>(state: &AppState<S>, r: &Resource, ctx: &AuditCtx) {
-    let dropped = match state
-        .store
-        .mark_resource_deleting(None, &r.token, ctx.clone())
-        .await
-    {
-        Ok(_) => drop_and_remove(&state.store, &state.provisioner, r).await,
-        Err(e) => Err(e.into()),
-    };
+    let dropped = provisioning::delete(
+        &state.store,
+        &state.provisioner,
+        None,
+        &r.token,
+        ctx.clone(),
+    )
+    .await;
     if let Err(e) = dropped {
         tracing::warn!(resource = %r.token, error = %e, "could not undo a failed create; the reconciler will");
     }
@@ -320,12 +319,6 @@ fn parse_token(raw: &str) -> ApiResult<ResourceToken> {
     ResourceToken::parse(raw).map_err(|_| resource_not_found())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/api/v1/resources", tag = "resources", description = "The team's resources, newest first (no connection URLs). Auth required.",
     security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
@@ -335,7 +328,7 @@ pub struct ListQuery {
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
-    QueryParams(q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<ResourceList>> {
     let page = state
         .store
@@ -391,22 +384,26 @@ pub async fn delete<S: Store>(
 ) -> ApiResult<Json<DeletedResource>> {
     let token = parse_token(&token)?;
     let ctx = audit_ctx(&Caller::Team(p.clone()), &rid);
-    let r = state
-        .store
-        .mark_resource_deleting(Some(p.team.id), &token, ctx)
-        .await
-        .map_err(|e| ApiError::store("delete_failed", &e))?
-        .ok_or_else(resource_not_found)?;
-    drop_and_remove(&state.store, &state.provisioner, &r)
-        .await
-        .map_err(|e| {
-            tracing::warn!(resource = %r.token, error = %e, "could not drop a resource");
+    provisioning::delete(
+        &state.store,
+        &state.provisioner,
+        Some(p.team.id),
+        &token,
+        ctx,
+    )
+    .await
+    .map_err(|e| match e {
+        ResourceError::Store(e) => ApiError::store("delete_failed", &e),
+        e => {
+            tracing::warn!(resource = %token, error = %e, "could not drop a resource");
             ApiError::unavailable(
                 "delete_failed",
                 "The resource could not be dropped yet; it is marked deleting and will be.",
                 5,
             )
-        })?;
+        }
+    })?
+    .ok_or_else(resource_not_found)?;
     Ok(Json(DeletedResource {
         ok: true,
         token: token.to_string(),

@@ -7,7 +7,7 @@ use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code, Form};
-use crate::routes::{load_stack, page_limit, parse_slug};
+use crate::routes::{PageQuery, load_stack, page_limit, parse_slug};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
@@ -257,12 +257,6 @@ pub async fn get_v1<S: Store>(
     get_detail(&state, Access::Team(p.team.id), &slug).await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/api/v1/stacks", tag = "stacks", description = "The team's stacks, newest first. Auth required.",
     security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
@@ -272,7 +266,7 @@ pub struct ListQuery {
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
-    QueryParams(q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<StackList>> {
     let page = state
         .store
