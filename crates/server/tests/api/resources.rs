@@ -6,6 +6,10 @@ use crate::support::*;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 use stackyard_core::ids::random_hex;
+use stackyard_core::resource::{
+    ANONYMOUS_TIER, NewResource, Resource, ResourceKind, ResourceStatus, generate_id,
+};
+use stackyard_server::resources::Provisioner;
 
 /// A per-test PostgreSQL admin role (CREATEDB, CREATEROLE, not superuser) and its URL.
 struct PgAdmin {
@@ -381,66 +385,164 @@ async fn anonymous_resources_expire_and_count_against_the_stack_daily_limit(back
     pg.cleanup(&[]).await;
 }
 
-/// What a server that died between the row and `ready` leaves: the row `provisioning` (old
-/// enough that no live request owns it) and the DDL done. The reconciler drops both.
-struct LeaveProvisioning {
-    resource: stackyard_core::resource::Resource,
-}
+/// Writes resource rows (with the status each has) as a server that died mid-step left them.
+struct InsertRows(Vec<Resource>);
 
-impl stackyard_server::serve::WithStore for LeaveProvisioning {
+impl stackyard_server::serve::WithStore for InsertRows {
     type Output = ();
     async fn run<S: stackyard_core::store::Store>(self, store: S) -> anyhow::Result<()> {
-        store
-            .insert_resource(stackyard_core::resource::NewResource {
-                resource: self.resource,
-                fingerprint: None,
-                max_per_team: None,
-            })
-            .await?;
+        for resource in self.0 {
+            store
+                .insert_resource(NewResource {
+                    resource,
+                    fingerprint: None,
+                    max_per_team: None,
+                })
+                .await?;
+        }
         Ok(())
     }
 }
 
-async fn a_provisioning_row_left_by_a_crash_is_dropped_by_the_reconciler(backend: Backend) {
-    use stackyard_core::resource::{
-        ANONYMOUS_TIER, Resource, ResourceKind, ResourceStatus, generate_id,
+async fn insert_rows(store: stackyard_server::StoreArgs, rows: Vec<Resource>) {
+    stackyard_server::serve::with_store(
+        &store,
+        stackyard_server::serve::store_options_for(&store),
+        InsertRows(rows),
+    )
+    .await
+    .unwrap();
+}
+
+/// An anonymous resource row of `kind` in `status`, created an hour ago, with its URL (and
+/// password) as the server would have made it.
+fn row(provisioner: &Provisioner, kind: ResourceKind, status: ResourceStatus) -> Resource {
+    let id = generate_id();
+    let url = provisioner
+        .connection_url(kind, &id, &random_hex(16))
+        .unwrap();
+    stackyard_testkit::leaks::register(&url);
+    Resource {
+        id,
+        token: stackyard_core::ResourceToken::generate(),
+        kind,
+        name: stackyard_core::ResourceName::parse("left").unwrap(),
+        team_id: None,
+        tier: ANONYMOUS_TIER.to_owned(),
+        status,
+        connection_url: url,
+        created_at: stackyard_core::Millis(stackyard_server::now().0 - 3_600_000),
+        expires_at: None,
+    }
+}
+
+async fn rows_a_crash_left_provisioning_or_deleting_are_dropped_at_start_up(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let provisioner = Provisioner::new(Some(&pg.url), None).unwrap();
+    // The DDL ran, the row never became `ready` (or never went after its drop).
+    let rows = vec![
+        row(
+            &provisioner,
+            ResourceKind::Postgres,
+            ResourceStatus::Provisioning,
+        ),
+        row(
+            &provisioner,
+            ResourceKind::Postgres,
+            ResourceStatus::Deleting,
+        ),
+    ];
+    let names: Vec<String> = rows.iter().map(Resource::server_name).collect();
+    for r in &rows {
+        provisioner.create(r).await.unwrap();
+    }
+    for n in &names {
+        assert_eq!(pg.exists(n).await, (true, true));
+    }
+    let seed: Seed = Box::new(move |store| Box::pin(insert_rows(store, rows)));
+    let Some(app) = spawn_seeded(backend, &pg, seed).await else {
+        pg.cleanup(&names).await;
+        return;
     };
+    // The server reconciles before it answers: nothing to wait for.
+    for n in &names {
+        assert_eq!(pg.exists(n).await, (false, false), "{n}");
+    }
+    drop(app);
+    pg.cleanup(&names).await;
+}
+
+async fn ready_redis_users_are_set_again_at_start_up(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let provisioner = Provisioner::new(None, Some(&redis_url())).unwrap();
+    // A `ready` row whose ACL user is gone, as after a Redis restart.
+    let r = row(&provisioner, ResourceKind::Redis, ResourceStatus::Ready);
+    let (url, name, prefix) = (r.connection_url.clone(), r.server_name(), r.key_prefix());
+    let seed: Seed = Box::new(move |store| Box::pin(insert_rows(store, vec![r])));
+    let Some(app) = spawn_seeded(backend, &pg, seed).await else {
+        pg.cleanup(&[]).await;
+        return;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}k"))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let admin = redis::Client::open(redis_url()).unwrap();
+    let mut adm = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&name)
+        .query_async(&mut adm)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}k"))
+        .query_async(&mut adm)
+        .await
+        .unwrap();
+    drop(app);
+    pg.cleanup(&[]).await;
+}
+
+async fn spawn_seeded(backend: Backend, pg: &PgAdmin, seed: Seed) -> Option<TestApp> {
+    let redis = redis_url();
+    let args = [
+        "--resource-postgres-url",
+        pg.url.as_str(),
+        "--resource-redis-url",
+        redis.as_str(),
+    ];
+    TestApp::spawn_seeded(backend, &args, seed).await
+}
+
+async fn a_provisioning_row_another_server_left_is_dropped_by_the_maintenance_pass(
+    backend: Backend,
+) {
     let pg = PgAdmin::create().await;
     let Some(app) = spawn(backend, &pg, &["--anonymous-ttl", "2s"]).await else {
         return;
     };
-    let provisioner = stackyard_server::resources::Provisioner::new(Some(&pg.url), None).unwrap();
-    let id = generate_id();
-    let url = provisioner
-        .connection_url(ResourceKind::Postgres, &id, "0123abcd")
-        .unwrap();
-    let resource = Resource {
-        id: id.clone(),
-        token: stackyard_core::ResourceToken::generate(),
-        kind: ResourceKind::Postgres,
-        name: stackyard_core::ResourceName::parse("crashed").unwrap(),
-        team_id: None,
-        tier: ANONYMOUS_TIER.to_owned(),
-        status: ResourceStatus::Provisioning,
-        connection_url: url,
-        created_at: stackyard_core::Millis(stackyard_server::now().0 - 3_600_000),
-        expires_at: None,
-    };
-    provisioner.create(&resource).await.unwrap();
-    let name = stackyard_core::resource::server_name(&id);
+    let provisioner = Provisioner::new(Some(&pg.url), None).unwrap();
+    let r = row(
+        &provisioner,
+        ResourceKind::Postgres,
+        ResourceStatus::Provisioning,
+    );
+    let name = r.server_name();
+    provisioner.create(&r).await.unwrap();
     assert_eq!(pg.exists(&name).await, (true, true));
-    let store = stackyard_server::StoreArgs {
-        data_dir: app.data_dir.path().to_owned(),
-        database_url: Some(app.db_url.clone()),
-    };
-    stackyard_server::serve::with_store(
-        &store,
-        stackyard_server::serve::store_options_for(&store),
-        LeaveProvisioning { resource },
+    insert_rows(
+        stackyard_server::StoreArgs {
+            data_dir: app.data_dir.path().to_owned(),
+            database_url: Some(app.db_url.clone()),
+        },
+        vec![r],
     )
-    .await
-    .unwrap();
-
+    .await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while pg.exists(&name).await != (false, false) {
         assert!(
@@ -460,5 +562,7 @@ both_backends!(
     a_bad_name_is_a_400_invalid_name_envelope,
     a_team_at_max_resources_gets_402_resource_limit_reached,
     anonymous_resources_expire_and_count_against_the_stack_daily_limit,
-    a_provisioning_row_left_by_a_crash_is_dropped_by_the_reconciler,
+    rows_a_crash_left_provisioning_or_deleting_are_dropped_at_start_up,
+    ready_redis_users_are_set_again_at_start_up,
+    a_provisioning_row_another_server_left_is_dropped_by_the_maintenance_pass,
 );

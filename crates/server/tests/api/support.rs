@@ -9,6 +9,10 @@ use std::time::Duration;
 use stackyard_testkit::TestDb;
 pub use stackyard_testkit::{Backend, both_backends};
 
+/// What a test writes to the store before the server starts (`TestApp::spawn_seeded`).
+pub type Seed =
+    Box<dyn FnOnce(stackyard_server::StoreArgs) -> std::pin::Pin<Box<dyn Future<Output = ()>>>>;
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -41,13 +45,23 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra: &[&str]) -> Option<TestApp> {
-        Some(Self::spawn_inner(backend, extra, false).await?.0)
+        Some(Self::spawn_inner(backend, extra, false, None).await?.0)
+    }
+
+    /// Starts a server on a fresh database that `seed` wrote to first (through the store, as a
+    /// previous server would have left it).
+    pub async fn spawn_seeded(backend: Backend, extra: &[&str], seed: Seed) -> Option<TestApp> {
+        Some(
+            Self::spawn_inner(backend, extra, false, Some(seed))
+                .await?
+                .0,
+        )
     }
 
     /// A PostgreSQL-backed app whose server reaches the test database only through the
     /// returned proxy (`TestApp::db_url` stays direct, for the test's own checks).
     pub async fn spawn_behind_proxy(extra: &[&str]) -> Option<(TestApp, TcpProxy)> {
-        let (app, proxy) = Self::spawn_inner(Backend::Postgres, extra, true).await?;
+        let (app, proxy) = Self::spawn_inner(Backend::Postgres, extra, true, None).await?;
         Some((app, proxy.expect("a proxy was asked for")))
     }
 
@@ -55,11 +69,19 @@ impl TestApp {
         backend: Backend,
         extra: &[&str],
         proxied: bool,
+        seed: Option<Seed>,
     ) -> Option<(TestApp, Option<TcpProxy>)> {
         stackyard_testkit::leaks::capture_in_process_logs();
         let db = TestDb::fresh(backend).await?;
         let db_url = db.url.clone();
         let data_dir = tempfile::tempdir().expect("temp dir");
+        if let Some(seed) = seed {
+            seed(stackyard_server::StoreArgs {
+                data_dir: data_dir.path().to_owned(),
+                database_url: Some(db_url.clone()),
+            })
+            .await;
+        }
         let proxy = match proxied {
             true => Some(TcpProxy::start(db_authority(&db_url)).await),
             false => None,
