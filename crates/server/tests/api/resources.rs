@@ -12,14 +12,14 @@ use stackyard_core::resource::{
 use stackyard_server::resources::Provisioner;
 
 /// A per-test PostgreSQL admin role (CREATEDB, CREATEROLE, not superuser) and its URL.
-struct PgAdmin {
+pub(crate) struct PgAdmin {
     superuser_url: String,
     role: String,
     url: String,
 }
 
 impl PgAdmin {
-    async fn create() -> PgAdmin {
+    pub(crate) async fn create() -> PgAdmin {
         let superuser_url = stackyard_testkit::pg::admin_url()
             .await
             .expect("PostgreSQL for resource tests");
@@ -59,7 +59,7 @@ impl PgAdmin {
     }
 
     /// Drops `names` (databases and roles) if a failed test left them, then the admin role.
-    async fn cleanup(self, names: &[String]) {
+    pub(crate) async fn cleanup(self, names: &[String]) {
         let mut c = PgConnection::connect(&self.superuser_url).await.unwrap();
         for n in names {
             for s in [
@@ -86,7 +86,7 @@ fn redis_url() -> String {
     stackyard_testkit::redis::url().expect("Redis for resource tests")
 }
 
-async fn spawn(backend: Backend, pg: &PgAdmin, extra: &[&str]) -> Option<TestApp> {
+pub(crate) async fn spawn(backend: Backend, pg: &PgAdmin, extra: &[&str]) -> Option<TestApp> {
     let redis = redis_url();
     let mut args = vec![
         "--resource-postgres-url",

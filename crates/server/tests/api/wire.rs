@@ -264,6 +264,64 @@ async fn wire_token_and_ops_bodies() {
 }
 
 #[tokio::test]
+async fn wire_resource_bodies() {
+    use crate::resources::{PgAdmin, spawn};
+    let pg = PgAdmin::create().await;
+    let app = spawn(Backend::Sqlite, &pg, &[]).await.unwrap();
+    let t = Some(app.admin_token.as_str());
+    let body = json!({ "name": "orders" });
+    let db = ok(app.post("/db/new", t).json(&body), 201).await;
+    let cache = ok(app.post("/cache/new", None).json(&body), 201).await;
+    let mut known: Vec<(String, String)> = Vec::new();
+    for (r, kind) in [(&db, "db"), (&cache, "cache")] {
+        stackyard_testkit::leaks::register(r["connection_url"].as_str().unwrap());
+        for (key, label) in [("connection_url", "url"), ("token", "token"), ("id", "id")] {
+            known.push((
+                r[key].as_str().unwrap().to_owned(),
+                format!("[{kind}_{label}]"),
+            ));
+        }
+    }
+    if let Some(at) = cache["expires_at"].as_str() {
+        known.push((at.to_owned(), "[time]".to_owned()));
+    }
+    let known: Vec<(&str, &str)> = known
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    snap!("resource_db_create_201", scrub(&db, &known));
+    snap!("resource_cache_create_anonymous_201", scrub(&cache, &known));
+    let list = ok(app.get("/api/v1/resources", t), 200).await;
+    snap!("resource_list_200", scrub(&list, &known));
+    let path = format!("/api/v1/resources/{}", db["token"].as_str().unwrap());
+    snap!(
+        "resource_get_200",
+        scrub(&ok(app.get(&path, t), 200).await, &known)
+    );
+    snap!(
+        "resource_delete_200",
+        scrub(&ok(app.delete(&path, t), 200).await, &known)
+    );
+    // The anonymous cache's user goes with its row (no API deletes an anonymous resource).
+    let admin = redis::Client::open(stackyard_testkit::redis::url().unwrap()).unwrap();
+    let mut adm = admin.get_multiplexed_async_connection().await.unwrap();
+    let user = format!("sy_{}", cache["id"].as_str().unwrap());
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(user)
+        .query_async(&mut adm)
+        .await
+        .unwrap();
+    drop(app);
+    pg.cleanup(&[]).await;
+
+    let bare = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (code, b) = call(bare.post("/cache/new", Some(&bare.admin_token)).json(&body)).await;
+    assert_eq!(code, 503);
+    snap!("resource_unavailable_503", b);
+}
+
+#[tokio::test]
 async fn wire_openapi_document() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let doc = ok(app.get("/openapi.json", None), 200).await;
