@@ -9,10 +9,13 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use ipnet::IpNet;
-use stackyard_core::ApiToken;
+use stackyard_core::model::TeamId;
 use stackyard_core::model::{Access, Actor, AuditCtx, Principal};
+use stackyard_core::resource::ANONYMOUS_TIER;
 use stackyard_core::store::Store;
+use stackyard_core::{ApiToken, Millis};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -38,6 +41,27 @@ impl Caller {
         }
     }
 
+    /// Who owns what this caller creates at `now`: its team, or (anonymous) its network, the
+    /// `anonymous` tier and an expiry `ttl` from now. Stacks and resources alike.
+    pub fn ownership(&self, now: Millis, ttl: Duration) -> Ownership {
+        match self {
+            Caller::Team(p) => Ownership {
+                team_id: Some(p.team.id),
+                tier: p.team.tier.clone(),
+                fingerprint: None,
+                expires_at: None,
+            },
+            Caller::Anonymous { fingerprint } => Ownership {
+                team_id: None,
+                tier: ANONYMOUS_TIER.to_owned(),
+                fingerprint: Some(fingerprint.clone()),
+                expires_at: Some(
+                    now.saturating_add_ms(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+                ),
+            },
+        }
+    }
+
     /// The namespace of this caller's idempotency keys.
     pub fn idempotency_scope(&self) -> String {
         match self {
@@ -45,6 +69,15 @@ impl Caller {
             Caller::Team(p) => format!("team:{}", p.team.id.0),
         }
     }
+}
+
+/// What `Caller::ownership` decides for a new stack or resource.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    pub team_id: Option<TeamId>,
+    pub tier: String,
+    pub fingerprint: Option<String>,
+    pub expires_at: Option<Millis>,
 }
 
 /// A caller that presented a valid token.

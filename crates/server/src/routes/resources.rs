@@ -2,7 +2,7 @@
 //! caller (`crate::resources` runs the DDL). A create answers only once the resource works;
 //! the row is written first so a crash in between is reconciled, never left half there.
 
-use crate::auth::{Caller, TeamCaller, audit_ctx};
+use crate::auth::{Caller, Ownership, TeamCaller, audit_ctx};
 use crate::bodies::{json_response, resource_body};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
@@ -23,7 +23,7 @@ use stackyard_api::{
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::AuditCtx;
 use stackyard_core::resource::{
-    ANONYMOUS_TIER, NewResource, Resource, ResourceKind, ResourceStatus, generate_id, tier_limits,
+    NewResource, Resource, ResourceKind, ResourceStatus, generate_id, tier_limits,
 };
 use stackyard_core::store::{CreateResourceError, Idempotent, Store};
 use stackyard_core::{ResourceName, ResourceToken};
@@ -147,18 +147,12 @@ async fn provision<S: Store>(
             .await?;
     }
     let ttl = state.config.anonymous_ttl;
-    let (team_id, tier, fingerprint, expires_at) = match caller {
-        Caller::Team(p) => (Some(p.team.id), p.team.tier.clone(), None, None),
-        Caller::Anonymous { fingerprint } => {
-            let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            (
-                None,
-                ANONYMOUS_TIER.to_owned(),
-                Some(fingerprint.clone()),
-                Some(ctx.now.saturating_add_ms(ttl)),
-            )
-        }
-    };
+    let Ownership {
+        team_id,
+        tier,
+        fingerprint,
+        expires_at,
+    } = caller.ownership(ctx.now, ttl);
     let id = generate_id();
     let connection_url = state
         .provisioner

@@ -1,6 +1,6 @@
 //! `/stacks/*` and `/api/v1/stacks*`: create (multipart), read, list, delete.
 
-use crate::auth::{Caller, TeamCaller, audit_ctx};
+use crate::auth::{Caller, Ownership, TeamCaller, audit_ctx};
 use crate::bodies::{create_body, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
@@ -153,18 +153,12 @@ async fn create_reserved<S: Store>(
             .await?;
     }
     let slug = StackSlug::generate();
-    let (team_id, tier, fingerprint, expires_at) = match caller {
-        Caller::Team(p) => (Some(p.team.id), p.team.tier.clone(), None, None),
-        Caller::Anonymous { fingerprint } => {
-            let ttl = i64::try_from(state.config.anonymous_ttl.as_millis()).unwrap_or(i64::MAX);
-            (
-                None,
-                "anonymous".to_owned(),
-                Some(fingerprint.clone()),
-                Some(ctx.now.saturating_add_ms(ttl)),
-            )
-        }
-    };
+    let Ownership {
+        team_id,
+        tier,
+        fingerprint,
+        expires_at,
+    } = caller.ownership(ctx.now, state.config.anonymous_ttl);
     let body = create_body(&CreatedStack {
         ok: true,
         stack_id: slug.to_string(),
