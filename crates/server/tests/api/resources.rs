@@ -555,6 +555,49 @@ async fn a_provisioning_row_another_server_left_is_dropped_by_the_maintenance_pa
     pg.cleanup(&[name]).await;
 }
 
+/// PostgreSQL computes a verifier itself for a plaintext password; ours, with its salt and
+/// iteration count, must be byte for byte the same (the machine's test server trusts local
+/// connections, so a login alone would not prove the verifier right).
+#[tokio::test]
+async fn our_scram_verifier_is_the_one_postgresql_computes_for_the_same_salt() {
+    use base64::Engine;
+    let Some(url) = stackyard_testkit::pg::admin_url().await else {
+        return;
+    };
+    let mut c = PgConnection::connect(&url).await.unwrap();
+    let role = format!("sytestscram_{}", random_hex(6));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE {role} LOGIN PASSWORD 'correct horse battery staple'"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let theirs: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(&role)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
+    let (iterations, rest) = theirs
+        .strip_prefix("SCRAM-SHA-256$")
+        .and_then(|r| r.split_once(':'))
+        .unwrap();
+    let salt = base64::engine::general_purpose::STANDARD
+        .decode(rest.split_once('$').unwrap().0)
+        .unwrap();
+    let ours = stackyard_server::resources::scram_sha256_verifier(
+        "correct horse battery staple",
+        &salt,
+        iterations.parse().unwrap(),
+    );
+    assert_eq!(ours, theirs);
+}
+
 both_backends!(
     db_new_gives_a_database_only_its_own_role_can_use_and_delete_drops_it,
     cache_new_confines_the_user_to_its_prefix_and_delete_removes_it,
