@@ -385,6 +385,43 @@ async fn anonymous_resources_expire_and_count_against_the_stack_daily_limit(back
     pg.cleanup(&[]).await;
 }
 
+async fn a_create_replayed_with_its_idempotency_key_answers_the_same_resource_once(
+    backend: Backend,
+) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &[]).await else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let send = |name: &str| {
+        app.post("/cache/new", Some(&admin))
+            .header("Idempotency-Key", "create-sessions-1")
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    let first = send("sessions").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    stackyard_testkit::leaks::register(first["connection_url"].as_str().unwrap());
+    let again = send("sessions").await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replay"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let (code, b) = json_of(send("other").await.unwrap()).await;
+    assert_error(code, &b, 422, "idempotency_key_reused");
+    let (_, list) = json_of(
+        app.get("/api/v1/resources", Some(&admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(delete(&app, &admin, &first).await.0, 200);
+    drop(app);
+    pg.cleanup(&[]).await;
+}
+
 /// Writes resource rows (with the status each has) as a server that died mid-step left them.
 struct InsertRows(Vec<Resource>);
 
@@ -604,6 +641,7 @@ both_backends!(
     without_an_admin_url_creates_answer_503_resource_unavailable_naming_the_flag,
     a_bad_name_is_a_400_invalid_name_envelope,
     a_team_at_max_resources_gets_402_resource_limit_reached,
+    a_create_replayed_with_its_idempotency_key_answers_the_same_resource_once,
     anonymous_resources_expire_and_count_against_the_stack_daily_limit,
     rows_a_crash_left_provisioning_or_deleting_are_dropped_at_start_up,
     ready_redis_users_are_set_again_at_start_up,
