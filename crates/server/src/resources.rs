@@ -483,7 +483,13 @@ pub async fn reconcile<S: ResourceStore>(
             return;
         }
     };
+    // A server that failed once is not asked again this pass: each try may wait the whole
+    // `ADMIN_TIMEOUT`, and the start-up pass runs before the API answers.
+    let mut down = std::collections::HashSet::new();
     for r in rows {
+        if down.contains(&r.kind) {
+            continue;
+        }
         let result = match r.status {
             ResourceStatus::Ready if r.kind == ResourceKind::Redis => provisioner.create(&r).await,
             ResourceStatus::Ready => Ok(()),
@@ -501,7 +507,10 @@ pub async fn reconcile<S: ResourceStore>(
             // A kind whose server is not configured on this server is left for one that has it.
             Err(ResourceError::NotConfigured { .. }) => {}
             Err(e) => {
-                tracing::warn!(resource = %r.token, error = %e, "could not reconcile a resource")
+                if matches!(e, ResourceError::Server { .. }) {
+                    down.insert(r.kind);
+                }
+                tracing::warn!(resource = %r.token, error = %e, "could not reconcile a resource; the next pass retries");
             }
         }
     }
