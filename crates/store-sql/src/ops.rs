@@ -1512,8 +1512,9 @@ where
         }))
     }
 
-    /// `ResourceStore::mark_resource_deleting`: the row (`FOR UPDATE` is not needed: the
-    /// status update is the only write, and a second caller's update finds it `deleting`).
+    /// `ResourceStore::mark_resource_deleting`. No row lock is taken first: the one write is a
+    /// conditional status update, so of two concurrent callers only one writes the audit row,
+    /// and a `provisioning` row marked here can no longer become `ready`.
     pub async fn mark_resource_deleting(
         &self,
         mut tx: Transaction<'static, DB>,
