@@ -1,12 +1,12 @@
 //! `stackyard admin …`: operations run directly against the store, for the server's operator.
 
-use crate::config::{StoreArgs, redact_url};
+use crate::config::{KeyArgs, StoreArgs, redact_url};
 use crate::serve::{WithStore, is_postgres};
 use anyhow::{Context, bail};
 use stackyard_core::model::{Actor, AuditCtx};
 use stackyard_core::store::{NewToken, Store, StoreError};
 use stackyard_core::{ApiToken, TeamName};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Creates a team and returns its first token (to be printed once).
 pub struct CreateTeam {
@@ -67,4 +67,27 @@ pub async fn backup(store: &StoreArgs, to: &Path) -> anyhow::Result<u64> {
     stackyard_store_sqlite::backup(&url, to)
         .await
         .with_context(|| format!("backing up {}", redact_url(&url)))
+}
+
+/// `admin rotate-master-key`: proves the current key (the usual `--master-key-file` /
+/// `STACKYARD_MASTER_KEY`, or `<data dir>/master.key`) and moves the database to the key in
+/// `new_key_file` (see `masterkey::rotate`).
+pub struct RotateMasterKey {
+    pub keys: KeyArgs,
+    pub data_dir: PathBuf,
+    pub new_key_file: PathBuf,
+}
+
+impl WithStore for RotateMasterKey {
+    type Output = ();
+
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<()> {
+        let (old, _) = crate::masterkey::load(&self.keys, &self.data_dir, false)?;
+        let new_keys = KeyArgs {
+            master_key_file: Some(self.new_key_file),
+            master_key: None,
+        };
+        let (new, _) = crate::masterkey::load(&new_keys, &self.data_dir, false)?;
+        crate::masterkey::rotate(&store, &old, &new).await
+    }
 }

@@ -78,6 +78,30 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// Where the master key (encryption at rest) comes from. Its value is never shown in `Debug`,
+/// a log or an error.
+#[derive(Clone, Default, Args)]
+pub struct KeyArgs {
+    /// File holding the 32-byte master key (raw, or base64 text); default
+    /// `<data-dir>/master.key`, created with mode 0600 at the first start.
+    #[arg(long, env = "STACKYARD_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// The master key itself, base64. Set it in the environment, not as a flag: a flag would
+    /// show in other users' `ps`.
+    #[arg(long, env = "STACKYARD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+}
+
+impl fmt::Debug for KeyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyArgs")
+            .field("master_key_file", &self.master_key_file)
+            .field("master_key", &self.master_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// `scheme://user:***@host/db` — the password and query string dropped, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -97,6 +121,9 @@ pub fn redact_url(url: &str) -> String {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
 
     /// API address; port 0 picks a free port.
     #[arg(long, env = "STACKYARD_LISTEN", default_value = "127.0.0.1:8700")]

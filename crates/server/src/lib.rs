@@ -14,6 +14,7 @@ pub mod http;
 pub mod idempotency;
 pub mod jobs;
 pub mod maintenance;
+pub mod masterkey;
 pub mod middleware;
 pub mod noop;
 pub mod openapi;

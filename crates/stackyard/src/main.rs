@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use stackyard_core::TeamName;
 use stackyard_runtime_local::sandbox;
+use stackyard_server::config::KeyArgs;
 use stackyard_server::serve::{store_options_for, with_store};
 use stackyard_server::{ServeArgs, StoreArgs};
 use std::process::ExitCode;
@@ -43,6 +44,17 @@ enum Admin {
         /// Most stacks the team may hold at once (default: no limit).
         #[arg(long)]
         max_stacks: Option<i64>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Move the database to a new master key (resumable, safe while servers run); then start
+    /// servers with the new key.
+    RotateMasterKey {
+        /// The new key: 32 bytes, raw or base64 (`head -c 32 /dev/urandom | base64 > F`).
+        #[arg(long)]
+        new_key_file: std::path::PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -117,6 +129,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await?;
             println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Admin(Admin::RotateMasterKey {
+            new_key_file,
+            keys,
+            store,
+        }) => {
+            let rotate = stackyard_server::admin::RotateMasterKey {
+                keys,
+                data_dir: store.data_dir.clone(),
+                new_key_file: new_key_file.clone(),
+            };
+            with_store(&store, store_options_for(&store), rotate).await?;
+            eprintln!(
+                "the database now uses the master key in {}; start servers with it \
+                 (--master-key-file or STACKYARD_MASTER_KEY; replace <data dir>/master.key if \
+                 that is where the old one was): the old key no longer opens the database",
+                new_key_file.display()
+            );
             Ok(())
         }
         Command::Admin(Admin::Backup { to, store }) => {

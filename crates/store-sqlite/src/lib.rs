@@ -28,6 +28,7 @@ mod events;
 mod housekeeping;
 mod jobs;
 mod resources;
+mod keys;
 mod sql;
 mod stacks;
 mod teams;

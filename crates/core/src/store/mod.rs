@@ -22,6 +22,7 @@ mod housekeeping;
 mod idempotency;
 mod jobs;
 mod resources;
+mod keys;
 mod stacks;
 mod teams;
 
@@ -35,6 +36,7 @@ pub use idempotency::{
 };
 pub use jobs::{DeployResult, JobStore};
 pub use resources::{CreateResourceError, ResourceStore};
+pub use keys::KeyStore;
 pub use stacks::{
     CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
 };
@@ -46,12 +48,12 @@ use std::time::Duration;
 /// Every storage operation: what the server holds. Implemented for every type that implements
 /// all the per-aggregate traits.
 pub trait Store:
-    TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore
+    TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore + KeyStore
 {
 }
 
 impl<T> Store for T where
-    T: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore
+    T: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore + KeyStore
 {
 }
 

@@ -204,11 +204,10 @@ async fn a_backup_taken_under_env_patch_load_restores_to_a_consistent_state() {
     // Restore: a new data directory holding the copy as its database.
     let restored = tempfile::tempdir().unwrap();
     std::fs::copy(&file, restored.path().join("stackyard.db")).unwrap();
-    std::fs::copy(
-        data.path().join("admin-token"),
-        restored.path().join("admin-token"),
-    )
-    .unwrap();
+    // The master key is kept apart from backups, and restored with them.
+    for kept in ["admin-token", "master.key"] {
+        std::fs::copy(data.path().join(kept), restored.path().join(kept)).unwrap();
+    }
     let restored_url = format!(
         "sqlite://{}",
         restored.path().join("stackyard.db").display()

@@ -11,6 +11,7 @@ mod backup;
 mod build;
 mod crash;
 mod logs;
+mod masterkey;
 mod planned_stop;
 mod restart;
 mod runtime;

@@ -52,6 +52,11 @@ impl Server {
         self.inner.terminate(within)
     }
 
+    /// Every line the server has logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.inner.log_lines()
+    }
+
     pub fn admin_token(&self) -> String {
         stackyard_testkit::admin_token(&self.data_dir)
     }

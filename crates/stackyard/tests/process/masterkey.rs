@@ -1,0 +1,130 @@
+//! The master key: created private at the first start, proved by the canary at every start (a
+//! wrong key stops the server with a clear message before it serves), and rotated by
+//! `admin rotate-master-key` while a server runs.
+
+use crate::support::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// `stackyard serve` expected to refuse to start: its output once it exits.
+fn serve_refusing(db_url: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--runtime", "noop"])
+        .args(["--router-listen", "127.0.0.1:0", "--database-url", db_url])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that does start would run forever: bound the wait, then fail the test.
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the server started with a wrong master key");
+}
+
+fn rotate(db_url: &str, data: &Path, new_key: &Path) -> Output {
+    Command::new(BIN)
+        .args(["admin", "rotate-master-key", "--database-url", db_url])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--new-key-file")
+        .arg(new_key)
+        .output()
+        .unwrap()
+}
+
+fn write_key(path: &Path, byte: u8) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    std::fs::write(path, &text).unwrap();
+    stackyard_testkit::leaks::register(&text);
+    text
+}
+
+async fn wrong_key_stops_start_up_and_rotation_moves_the_database(backend: Backend) {
+    let Some(db) = Db::fresh(backend).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let key_file = data.path().join("master.key");
+    let mut server = Server::start(&db.url, data.path(), &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    stackyard_testkit::leaks::register(key.trim());
+    assert!(
+        server.log_lines().iter().any(|l| l.contains("master.key")),
+        "the start-up log names the key file"
+    );
+
+    // While it runs: rotate to a new key, twice (the second run has nothing left to do).
+    let new_key = data.path().join("new.key");
+    write_key(&new_key, 7);
+    for _ in 0..2 {
+        let out = rotate(&db.url, data.path(), &new_key);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let client = reqwest::Client::new();
+    let res = client
+        .get(server.url("/api/v1/whoami"))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the running server keeps serving");
+    server.terminate(Duration::from_secs(30));
+
+    // The old key (still in the default file) no longer starts it, nor does any other.
+    let other = data.path().join("other.key");
+    let other_text = write_key(&other, 9);
+    for (flags, env) in [
+        (vec![], vec![]),
+        (vec![], vec![("STACKYARD_MASTER_KEY", other_text.as_str())]),
+    ] {
+        let out = serve_refusing(&db.url, data.path(), &flags, &env);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not this database's"), "{stderr}");
+        stackyard_testkit::leaks::assert_no_leaks(stderr.lines(), "refused start");
+        assert!(!stderr.contains(other_text.as_str()) && !stderr.contains(key.trim()));
+    }
+    // A key that is not 32 bytes is refused without quoting it.
+    let out = serve_refusing(
+        &db.url,
+        data.path(),
+        &[],
+        &[("STACKYARD_MASTER_KEY", "bm90LWEta2V5")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not 32 bytes") && !stderr.contains("bm90LWEta2V5"),
+        "{stderr}"
+    );
+
+    // The new key starts it, with everything still there.
+    let new_flag = new_key.display().to_string();
+    let server = Server::start(&db.url, data.path(), &["--master-key-file", &new_flag]);
+    let res = client
+        .get(server.url("/api/v1/whoami"))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+both_backends!(wrong_key_stops_start_up_and_rotation_moves_the_database);
