@@ -200,6 +200,15 @@ mod tests {
     }
 
     #[test]
+    fn settings_never_show_the_key_in_debug_output() {
+        let keys = KeyArgs {
+            master_key_file: None,
+            master_key: Some("c2VjcmV0LXNlbnRpbmVs".into()),
+        };
+        assert!(!format!("{keys:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
     fn the_default_key_file_is_created_private_once_and_read_back() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -1,21 +1,15 @@
-//! `KeyStore` on PostgreSQL: the master key's canary.
+//! `KeyStore` on PostgreSQL: the master key's canary (statements in `store_sql::Ops`).
 
 use crate::PgStore;
+use crate::sql::OPS;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::store::{KeyStore, StoreError};
 use stackyard_core::time::Millis;
-use stackyard_store_sql::Error;
 
 impl KeyStore for PgStore {
     async fn master_canary(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = |mut c: PoolConnection<Postgres>| async move {
-            Ok(
-                sqlx::query_scalar("SELECT canary FROM keyring WHERE id = 1")
-                    .fetch_optional(&mut *c)
-                    .await?,
-            )
-        };
+        let read = |mut c: PoolConnection<Postgres>| async move { OPS.master_canary(&mut c).await };
         Ok(self.read(read).await?)
     }
 
@@ -25,30 +19,8 @@ impl KeyStore for PgStore {
         canary: &[u8],
         now: Millis,
     ) -> Result<bool, StoreError> {
-        // One statement, its own transaction: a compare-and-set on the single row (its row
-        // lock, or the primary key for the first insert), so concurrent starts and a rotation
-        // cannot both win.
-        let mut tx = self.begin().await?;
-        let done = match expected {
-            None => sqlx::query(
-                "INSERT INTO keyring (id, canary, updated_at) VALUES (1, $1, $2) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(canary)
-            .bind(now.0),
-            Some(old) => sqlx::query(
-                "UPDATE keyring SET canary = $1, updated_at = $2 WHERE id = 1 AND canary = $3",
-            )
-            .bind(canary)
-            .bind(now.0)
-            .bind(old),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::from)?
-        .rows_affected()
-            == 1;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(done)
+        Ok(OPS
+            .swap_master_canary(self.begin().await?, expected, canary, now)
+            .await?)
     }
 }

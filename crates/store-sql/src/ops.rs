@@ -109,6 +109,8 @@ where
     for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
     /// The stack (locked), its services and its open releases; `None` if the caller may not
     /// see a stack by that slug, or none has that id.
@@ -1342,6 +1344,50 @@ where
         Ok(Page::from_overfetch(items, limit, total, |v| {
             v.version.to_string()
         }))
+    }
+
+    // ---- keyring ----
+
+    /// `KeyStore::master_canary`: one statement.
+    pub async fn master_canary(&self, conn: &mut DB::Connection) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT canary FROM keyring WHERE id = 1")
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    /// `KeyStore::swap_master_canary`: one compare-and-set statement, so concurrent first
+    /// starts and a rotation cannot both win. Lock: the keyring row (its primary key for the
+    /// first insert).
+    pub async fn swap_master_canary(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        expected: Option<&[u8]>,
+        canary: &[u8],
+        now: Millis,
+    ) -> Result<bool> {
+        // `RETURNING` says whether the row was written, alike in both dialects.
+        let swapped: Option<i32> = match expected {
+            None => sqlx::query_scalar(
+                "INSERT INTO keyring (id, canary, updated_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING RETURNING 1",
+            )
+            .bind(canary)
+            .bind(now.0),
+            Some(old) => sqlx::query_scalar(
+                "UPDATE keyring SET canary = $1, updated_at = $2 WHERE id = 1 AND canary = $3 \
+                 RETURNING 1",
+            )
+            .bind(canary)
+            .bind(now.0)
+            .bind(old),
+        }
+        .fetch_optional(&mut *tx)
+        .await?;
+        let done = swapped.is_some();
+        Self::commit(tx).await?;
+        Ok(done)
     }
 
     // ---- housekeeping ----

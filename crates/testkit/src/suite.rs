@@ -107,6 +107,7 @@ macro_rules! store_suite {
             request_restart_queues_one_restart_job_with_its_audit_and_events,
             request_restart_refuses_missing_not_running_unknown_and_deleting_and_writes_nothing,
             restart_job_overtaken_by_a_redeploy_writes_nothing,
+            master_canary_is_written_once_and_swapped_only_from_the_expected_one,
         );
     };
     (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
@@ -4474,4 +4475,54 @@ pub async fn resources_to_reconcile_skips_young_provisioning_rows_and_ready_ones
     // Expiry sees only ready rows past their time.
     let expired = tokens(store.expired_resources(at(2000), 10).await.unwrap());
     assert_eq!(expired, vec![ready.resource.token.clone()]);
+}
+
+pub async fn master_canary_is_written_once_and_swapped_only_from_the_expected_one<S: Store>(
+    store: S,
+) {
+    use stackyard_core::crypto::MasterKey;
+    let (a, b, c) = (
+        MasterKey::generate(),
+        MasterKey::generate(),
+        MasterKey::generate(),
+    );
+    assert_eq!(store.master_canary().await.unwrap(), None);
+    let (first, second) = (a.seal_canary(), b.seal_canary());
+    // Two first starts race: exactly one canary is written.
+    let (x, y) = tokio::join!(
+        store.swap_master_canary(None, &first, at(1)),
+        store.swap_master_canary(None, &second, at(1)),
+    );
+    assert!(x.unwrap() ^ y.unwrap(), "exactly one first canary wins");
+    let stored = store.master_canary().await.unwrap().unwrap();
+    let winner = if a.check_canary(&stored).is_ok() {
+        &a
+    } else {
+        &b
+    };
+    // A rotation from a canary that is no longer stored changes nothing.
+    let stale = if stored == first {
+        b.seal_canary()
+    } else {
+        first
+    };
+    assert!(
+        !store
+            .swap_master_canary(Some(&stale), &c.seal_canary(), at(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        winner
+            .check_canary(&store.master_canary().await.unwrap().unwrap())
+            .is_ok()
+    );
+    let rotated = c.seal_canary();
+    assert!(
+        store
+            .swap_master_canary(Some(&stored), &rotated, at(3))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.master_canary().await.unwrap(), Some(rotated));
 }

@@ -21,8 +21,8 @@ mod events;
 mod housekeeping;
 mod idempotency;
 mod jobs;
-mod resources;
 mod keys;
+mod resources;
 mod stacks;
 mod teams;
 
@@ -35,8 +35,8 @@ pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,
 };
 pub use jobs::{DeployResult, JobStore};
-pub use resources::{CreateResourceError, ResourceStore};
 pub use keys::KeyStore;
+pub use resources::{CreateResourceError, ResourceStore};
 pub use stacks::{
     CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
 };
@@ -53,7 +53,14 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore + KeyStore
+    T: TeamStore
+        + StackStore
+        + EnvStore
+        + JobStore
+        + EventStore
+        + Housekeeping
+        + ResourceStore
+        + KeyStore
 {
 }
 

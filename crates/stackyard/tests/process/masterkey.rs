@@ -50,6 +50,17 @@ fn write_key(path: &Path, byte: u8) -> String {
     text
 }
 
+async fn whoami(server: &Server) -> u16 {
+    reqwest::Client::new()
+        .get(server.url("/api/v1/whoami"))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn wrong_key_stops_start_up_and_rotation_moves_the_database(backend: Backend) {
     let Some(db) = Db::fresh(backend).await else {
         return;
@@ -78,14 +89,11 @@ async fn wrong_key_stops_start_up_and_rotation_moves_the_database(backend: Backe
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let client = reqwest::Client::new();
-    let res = client
-        .get(server.url("/api/v1/whoami"))
-        .bearer_auth(server.admin_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "the running server keeps serving");
+    assert_eq!(
+        whoami(&server).await,
+        200,
+        "the running server keeps serving"
+    );
     server.terminate(Duration::from_secs(30));
 
     // The old key (still in the default file) no longer starts it, nor does any other.
@@ -118,13 +126,11 @@ async fn wrong_key_stops_start_up_and_rotation_moves_the_database(backend: Backe
     // The new key starts it, with everything still there.
     let new_flag = new_key.display().to_string();
     let server = Server::start(&db.url, data.path(), &["--master-key-file", &new_flag]);
-    let res = client
-        .get(server.url("/api/v1/whoami"))
-        .bearer_auth(server.admin_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(
+        whoami(&server).await,
+        200,
+        "the new key opens the same database"
+    );
 }
 
 both_backends!(wrong_key_stops_start_up_and_rotation_moves_the_database);
