@@ -87,9 +87,14 @@ pub struct KeyArgs {
     #[arg(long, env = "STACKYARD_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 
-    /// The master key itself, base64. Set it in the environment, not as a flag: a flag would
-    /// show in other users' `ps`.
-    #[arg(long, env = "STACKYARD_MASTER_KEY", hide_env_values = true)]
+    /// The master key itself, base64. Meant for the environment: the flag exists only because
+    /// clap needs one, and is hidden, since a flag would show in other users' `ps`.
+    #[arg(
+        long,
+        env = "STACKYARD_MASTER_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
     pub master_key: Option<String>,
 }
 
