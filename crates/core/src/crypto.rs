@@ -178,6 +178,111 @@ impl MasterKey {
     }
 }
 
+/// The id every owner's data key is wrapped under until per-owner data key rotation exists.
+pub const DATA_KEY_ID: i64 = 1;
+
+/// The master keys a running server knows: the one it wraps new data keys with, and older ones
+/// it still opens with. After `admin rotate-master-key`, data keys are wrapped by a key this
+/// server may not have loaded yet: `unwrap` then asks `reload` (the key file read again) once.
+pub struct Keyring {
+    keys: std::sync::RwLock<Vec<MasterKey>>,
+    reload: Option<Box<dyn Fn() -> Vec<MasterKey> + Send + Sync>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keyring(***)")
+    }
+}
+
+impl Keyring {
+    pub fn new(master: MasterKey) -> Self {
+        Self {
+            keys: std::sync::RwLock::new(vec![master]),
+            reload: None,
+        }
+    }
+
+    /// `reload` reads the key source again (a rotated key file); see [`Keyring`].
+    pub fn with_reload(
+        mut self,
+        reload: impl Fn() -> Vec<MasterKey> + Send + Sync + 'static,
+    ) -> Self {
+        self.reload = Some(Box::new(reload));
+        self
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<MasterKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key new data keys are wrapped with.
+    pub fn current(&self) -> MasterKey {
+        self.read()[0].clone()
+    }
+
+    /// Adds the keys `reload` finds that are not known yet; whether it found any.
+    fn reload(&self) -> bool {
+        let fresh = self.reload.as_ref().map(|r| r()).unwrap_or_default();
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let before = keys.len();
+        for k in fresh {
+            if !keys.iter().any(|known| known.0 == k.0) {
+                keys.push(k);
+            }
+        }
+        keys.len() > before
+    }
+
+    /// Makes the key that opens `canary` current (loading it through `reload` if no known key
+    /// does), so data keys created from now on are wrapped by the key the database names.
+    pub fn follow_canary(&self, canary: &[u8]) -> Result<(), CryptoError> {
+        if self.read()[0].check_canary(canary).is_ok() {
+            return Ok(());
+        }
+        for attempt in 0..2 {
+            let known = self
+                .read()
+                .iter()
+                .position(|k| k.check_canary(canary).is_ok());
+            if let Some(i) = known {
+                let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                let k = keys.remove(i);
+                keys.insert(0, k);
+                return Ok(());
+            }
+            if attempt == 0 && !self.reload() {
+                break;
+            }
+        }
+        Err(CryptoError::WrongMasterKey)
+    }
+
+    /// A new data key for `owner`, and its wrapping by the current master key.
+    pub fn new_data_key(&self, owner: KeyOwner) -> (DataKey, Vec<u8>) {
+        let key = DataKey::generate();
+        let wrapped = self.read()[0].wrap(owner, DATA_KEY_ID, &key);
+        (key, wrapped)
+    }
+
+    /// Opens `owner`'s wrapped data key with any known master key, reloading the key source
+    /// once when none opens it.
+    pub fn unwrap(&self, owner: KeyOwner, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
+        let open = || {
+            self.read()
+                .iter()
+                .find_map(|m| m.unwrap(owner, DATA_KEY_ID, wrapped).ok())
+        };
+        if let Some(k) = open() {
+            return Ok(k);
+        }
+        if self.reload() {
+            return open().ok_or(CryptoError::DataKey);
+        }
+        Err(CryptoError::DataKey)
+    }
+}
+
 /// Who a data key belongs to: bound into its wrapping and into every value it seals. New kinds
 /// (a team vault, a resource) take a new `kind` string so their ids cannot collide with a
 /// stack's.
@@ -199,6 +304,20 @@ impl KeyOwner {
         Self {
             kind: "team-vault",
             id: id.0,
+        }
+    }
+
+    /// A resource row's own key (its connection URL). Resource ids are 128-bit hex strings;
+    /// the owner id is the first 64 bits of their SHA-256, and the value's associated data
+    /// names the resource too.
+    pub fn resource(id: &str) -> Self {
+        use sha2::Digest;
+        let d = Sha256::digest(id.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        Self {
+            kind: "resource",
+            id: i64::from_be_bytes(b),
         }
     }
 

@@ -6,10 +6,11 @@ use crate::config::KeyArgs;
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use stackyard_core::crypto::{KEY_LEN, MasterKey};
+use stackyard_core::crypto::{DATA_KEY_ID, KEY_LEN, Keyring, MasterKey};
 use stackyard_core::store::KeyStore;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a loaded key came from, for messages (never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,21 +30,52 @@ impl fmt::Display for KeySource {
     }
 }
 
-/// Reads a key as a file holds it: exactly 32 raw bytes, or base64 text of them.
+/// Reads a key as a file holds it: exactly 32 raw bytes, or base64 text of them. The first
+/// line is the key; see [`parse_all`] for the others.
 fn parse(bytes: &[u8], source: &KeySource) -> anyhow::Result<MasterKey> {
+    let mut keys = parse_all(bytes, source)?;
+    Ok(keys.swap_remove(0))
+}
+
+/// Every key a file holds: 32 raw bytes, or one base64 key per line. More than one line is a
+/// rotation in progress: the first line is the key new data keys are wrapped with until the
+/// canary names another; the others are still opened with (README: rotating the master key).
+fn parse_all(bytes: &[u8], source: &KeySource) -> anyhow::Result<Vec<MasterKey>> {
     if let Ok(key) = MasterKey::from_slice(bytes) {
-        return Ok(key);
+        return Ok(vec![key]);
     }
-    let text = std::str::from_utf8(bytes).unwrap_or("").trim();
+    let text = std::str::from_utf8(bytes).unwrap_or("");
     // The decoding error is dropped on purpose: it can quote the offending input.
-    let raw = STANDARD
-        .decode(text)
-        .ok()
-        .filter(|raw| raw.len() == KEY_LEN);
-    match raw {
-        Some(raw) => Ok(MasterKey::from_slice(&raw)?),
-        None => bail!("the master key in {source} is not {KEY_LEN} bytes, raw or base64"),
+    let keys: Option<Vec<MasterKey>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let raw = STANDARD.decode(l).ok().filter(|raw| raw.len() == KEY_LEN)?;
+            MasterKey::from_slice(&raw).ok()
+        })
+        .collect();
+    match keys {
+        Some(keys) if !keys.is_empty() => Ok(keys),
+        _ => bail!("the master key in {source} is not {KEY_LEN} bytes, raw or base64"),
     }
+}
+
+/// Every key the settings name (a key file during a rotation holds two), for a server that
+/// meets a data key its current key does not open.
+pub fn load_all(keys: &KeyArgs, data_dir: &Path) -> Vec<MasterKey> {
+    if let Some(text) = keys.master_key.as_deref().filter(|t| !t.is_empty()) {
+        return parse_all(text.as_bytes(), &KeySource::Env).unwrap_or_default();
+    }
+    let path = keys
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let source = KeySource::File(path.clone());
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| parse_all(&b, &source).ok())
+        .unwrap_or_default()
 }
 
 /// The key the settings name. With neither `STACKYARD_MASTER_KEY` nor `--master-key-file`, the
@@ -112,9 +144,17 @@ pub async fn unlock<S: KeyStore>(
         .master_canary()
         .await
         .context("reading the master key's canary")?;
-    let (key, source) = load(keys, data_dir, canary.is_none())?;
+    let (mut key, source) = load(keys, data_dir, canary.is_none())?;
     match canary {
-        Some(canary) => check(&key, &source, &canary)?,
+        Some(canary) => check(&key, &source, &canary).or_else(|e| {
+            // A restart in the middle of a rotation: the key file's other line may be the
+            // one the canary names by now.
+            load_all(keys, data_dir)
+                .into_iter()
+                .find(|k| k.check_canary(&canary).is_ok())
+                .map(|k| key = k)
+                .ok_or(e)
+        })?,
         None => {
             let written = store
                 .swap_master_canary(None, &key.seal_canary(), crate::now())
@@ -135,6 +175,33 @@ pub async fn unlock<S: KeyStore>(
     Ok(key)
 }
 
+/// Gives the store its keyring (the proved key; the key source read again when a data key
+/// was wrapped by a key rotated in since), then seals whatever is still stored plain: the
+/// resumable migration of a database from before encryption at rest, one owner per
+/// transaction, before anything is served.
+pub async fn install<S: KeyStore>(
+    store: &S,
+    key: MasterKey,
+    keys: &KeyArgs,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let (keys, data_dir) = (keys.clone(), data_dir.to_owned());
+    let keyring = Keyring::new(key).with_reload(move || load_all(&keys, &data_dir));
+    store.install_keyring(Arc::new(keyring));
+    let sealed = store
+        .seal_at_rest()
+        .await
+        .context("encrypting the secrets still stored in plain text")?;
+    if sealed.stacks + sealed.resources > 0 {
+        tracing::info!(
+            stacks = sealed.stacks,
+            resources = sealed.resources,
+            "encrypted secrets stored in plain text"
+        );
+    }
+    Ok(())
+}
+
 fn check(key: &MasterKey, source: &KeySource, canary: &[u8]) -> anyhow::Result<()> {
     key.check_canary(canary).map_err(|_| {
         anyhow::anyhow!(
@@ -145,11 +212,13 @@ fn check(key: &MasterKey, source: &KeySource, canary: &[u8]) -> anyhow::Result<(
     })
 }
 
-/// `admin rotate-master-key`: replaces the canary sealed by `old` with one sealed by `new`, in
-/// one compare-and-set, so it is safe while servers run (they proved their key at start-up and
-/// keep it) and re-running it after an interruption finds either the old canary (and rotates)
-/// or the new one (and has nothing left to do). Data keys, once owners have them, are re-wrapped
-/// before the canary moves, one owner per transaction.
+/// `admin rotate-master-key`: re-wraps every data key from `old` to `new`, then replaces the
+/// canary by compare-and-set, then re-wraps once more (a data key a running server wrapped
+/// with `old` between the first pass and the canary's move; after the move, servers wrap with
+/// the key the canary names: `Keyring::follow_canary`). Each key is one compare-and-set, so
+/// it is safe while servers run, and re-running after an interruption finishes the job: a
+/// key that `new` opens is skipped. Servers open keys wrapped by `new` once their key file
+/// holds it (they read it again when a key does not open).
 pub async fn rotate<S: KeyStore>(
     store: &S,
     old: &MasterKey,
@@ -162,24 +231,69 @@ pub async fn rotate<S: KeyStore>(
         .context(
             "this database has no canary yet: start the server once before rotating its key",
         )?;
-    if new.check_canary(&canary).is_ok() {
-        tracing::info!("the database already uses the new master key");
-        return Ok(());
+    if new.check_canary(&canary).is_err() {
+        old.check_canary(&canary).map_err(|_| {
+            anyhow::anyhow!(
+                "the current master key (--master-key-file / STACKYARD_MASTER_KEY) does not open \
+                 this database's canary: give the key it was written with"
+            )
+        })?;
+        let n = rewrap(store, old, new).await?;
+        tracing::info!(
+            data_keys = n,
+            "re-wrapped the data keys with the new master key"
+        );
+        if !store
+            .swap_master_canary(Some(&canary), &new.seal_canary(), crate::now())
+            .await
+            .context("storing the new master key's canary")?
+        {
+            bail!("the canary changed while rotating (another rotation?): run the command again");
+        }
+    } else {
+        tracing::info!("the database's canary already names the new master key");
     }
-    old.check_canary(&canary).map_err(|_| {
-        anyhow::anyhow!(
-            "the current master key (--master-key-file / STACKYARD_MASTER_KEY) does not open \
-             this database's canary: give the key it was written with"
-        )
-    })?;
-    if !store
-        .swap_master_canary(Some(&canary), &new.seal_canary(), crate::now())
-        .await
-        .context("storing the new master key's canary")?
-    {
-        bail!("the canary changed while rotating (another rotation?): run the command again");
+    let n = rewrap(store, old, new).await?;
+    if n > 0 {
+        tracing::info!(data_keys = n, "re-wrapped data keys wrapped meanwhile");
     }
     Ok(())
+}
+
+/// One pass over every wrapped data key: those `new` does not open yet are re-wrapped.
+async fn rewrap<S: KeyStore>(store: &S, old: &MasterKey, new: &MasterKey) -> anyhow::Result<u64> {
+    let mut done = 0;
+    let mut unreadable = 0;
+    for key in store
+        .wrapped_keys()
+        .await
+        .context("listing the data keys")?
+    {
+        if new.unwrap(key.owner, DATA_KEY_ID, &key.wrapped).is_ok() {
+            continue;
+        }
+        let Ok(data) = old.unwrap(key.owner, DATA_KEY_ID, &key.wrapped) else {
+            unreadable += 1;
+            continue;
+        };
+        let wrapped = new.wrap(key.owner, DATA_KEY_ID, &data);
+        // A row changed meanwhile (its owner deleted, or sealed again) is left to the next
+        // pass, which reads it afresh.
+        if store
+            .swap_wrapped_key(&key, &wrapped)
+            .await
+            .context("storing a re-wrapped data key")?
+        {
+            done += 1;
+        }
+    }
+    if unreadable > 0 {
+        bail!(
+            "{unreadable} data keys open with neither the current nor the new master key: \
+             the database was not written with the current key"
+        );
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

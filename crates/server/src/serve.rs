@@ -160,7 +160,8 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         )
     })?;
     // Before anything is written or served: a wrong master key must stop the start here.
-    crate::masterkey::unlock(&store, &args.keys, &args.store.data_dir).await?;
+    let master = crate::masterkey::unlock(&store, &args.keys, &args.store.data_dir).await?;
+    crate::masterkey::install(&store, master, &args.keys, &args.store.data_dir).await?;
     bootstrap(&store, &args.store.data_dir).await?;
     if !store.is_shared() {
         let n = store

@@ -19,8 +19,6 @@ use crate::PgStore;
 use crate::sql::OPS;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
-use stackyard_core::env::EnvMap;
-use stackyard_core::envlog::BatchPlan;
 use stackyard_core::model::*;
 use stackyard_core::store::{
     EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, IDEMPOTENCY_TTL, StoreError, batch_deadline,
@@ -28,7 +26,6 @@ use stackyard_core::store::{
 use stackyard_core::time::Millis;
 use stackyard_store_sql::error::{Result, to_json};
 use stackyard_store_sql::ops::millis;
-use stackyard_store_sql::rows::EnvHead;
 use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
 use std::time::Instant;
 
@@ -49,7 +46,8 @@ struct RecordArrays {
 }
 
 impl RecordArrays {
-    fn from_plan(plan: &BatchPlan) -> Result<Self> {
+    fn from_plan(batch: &EnvBatch) -> Result<Self> {
+        let plan = &batch.plan;
         let n = plan.records.len();
         let mut a = RecordArrays {
             versions: Vec::with_capacity(n),
@@ -70,8 +68,8 @@ impl RecordArrays {
             a.actors.push(r.actor.clone());
             a.set_keys.push(to_json(&r.change.set)?);
             a.deleted_keys.push(to_json(&r.change.deleted)?);
-            a.changes.push(to_json(&r.values)?);
-            a.snapshots.push(r.snapshot.as_ref().map(EnvMap::to_json));
+            a.changes.push(batch.sealed_changes(r));
+            a.snapshots.push(batch.sealed_snapshot(r));
             a.kinds.push(r.audit_kind);
             a.request_ids.push(r.request_id.clone());
             a.metadata.push(r.audit_metadata.to_string());
@@ -129,7 +127,7 @@ impl EnvBatchWriter<Postgres> for Batch {
         prune_below: Option<i64>,
     ) -> Result<()> {
         let plan = &batch.plan;
-        let rows = RecordArrays::from_plan(plan)?;
+        let rows = RecordArrays::from_plan(batch)?;
         let done = &plan.completions;
         let scopes: Vec<&str> = done.iter().map(|c| c.scope.as_str()).collect();
         let keys: Vec<&str> = done.iter().map(|c| c.key.as_str()).collect();
@@ -149,7 +147,7 @@ impl EnvBatchWriter<Postgres> for Batch {
             .bind(&rows.metadata)
             .bind(batch.team_id.map(|t| t.0))
             .bind(batch.slug.as_str())
-            .bind(plan.map.to_json())
+            .bind(batch.sealed_map())
             .bind(plan.version)
             .bind(now.0)
             .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)
@@ -171,6 +169,7 @@ impl EnvStore for PgStore {
         stack: StackId,
         writes: &[EnvWrite],
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
+        let keyring = self.keys.get()?;
         // Lock: the stack row, and nothing else that another transaction could hold before
         // it (the rows written after it hang off the stack or are idempotency records, last
         // in the global order). One transaction, one commit. The wait ends at the most
@@ -178,7 +177,7 @@ impl EnvStore for PgStore {
         let deadline = batch_deadline(writes).unwrap_or_else(|| Instant::now() + self.lock_timeout);
         let tx = self.begin_until(deadline).await?;
         let keep = self.env_history;
-        OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
+        OPS.apply_env_writes(tx, stack, writes, keep, &Batch, keyring)
             .await?
     }
 
@@ -187,9 +186,10 @@ impl EnvStore for PgStore {
         stack: StackId,
         write: EnvWrite,
     ) -> std::result::Result<EnvWriteResult, EnvBatchError> {
+        let keyring = self.keys.get()?;
         let write = &write;
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.preview_env_write(&mut c, stack, write).await
+            OPS.preview_env_write(&mut c, stack, write, keyring).await
         };
         self.read(read).await?
     }
@@ -199,13 +199,16 @@ impl EnvStore for PgStore {
         stack: StackId,
         reveal: Option<AuditCtx>,
     ) -> std::result::Result<Option<EnvOutcome>, StoreError> {
+        let keyring = self.keys.get()?;
         let Some(ctx) = reveal else {
             let read = |mut c: PoolConnection<Postgres>| async move {
-                OPS.env_head(&mut c, stack, false).await
+                OPS.env_head(&mut c, stack, false, keyring).await
             };
-            return Ok(self.read(read).await?.map(EnvHead::outcome));
+            return Ok(self.read(read).await?.map(|(h, _)| h.outcome()));
         };
-        Ok(OPS.reveal_env(self.begin().await?, stack, ctx).await?)
+        Ok(OPS
+            .reveal_env(self.begin().await?, stack, ctx, keyring)
+            .await?)
     }
 
     async fn list_env_versions(

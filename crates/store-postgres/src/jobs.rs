@@ -94,8 +94,10 @@ impl JobStore for PgStore {
         &self,
         job: &Job,
     ) -> Result<Option<(Stack, Release, EnvMap)>, StoreError> {
-        let read =
-            |mut c: PoolConnection<Postgres>| async move { OPS.deploy_context(&mut c, job).await };
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.deploy_context(&mut c, job, keyring).await
+        };
         Ok(self.read(read).await?)
     }
 

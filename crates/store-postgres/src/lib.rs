@@ -41,6 +41,7 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use stackyard_core::store::{StoreError, StoreOptions};
 use stackyard_store_sql::error::{classify, is_connection_lost, migration_failed};
 use stackyard_store_sql::ops::millis;
+use stackyard_store_sql::seal::KeySlot;
 use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::future::Future;
@@ -61,6 +62,8 @@ pub struct PgStore {
     /// How many times a lost connection is replaced before giving up: enough to walk past
     /// every dead connection the pool can hold.
     retries: u32,
+    /// The keyring secrets are sealed with (`stackyard_store_sql::seal`).
+    pub(crate) keys: KeySlot,
 }
 
 impl fmt::Debug for PgStore {
@@ -114,6 +117,7 @@ impl PgStore {
             lock_timeout: opts.lock_timeout,
             env_history: opts.env_history.max(1),
             retries: max_connections.min(64),
+            keys: KeySlot::default(),
         })
     }
 

@@ -13,8 +13,9 @@ use stackyard_core::time::Millis;
 
 impl ResourceStore for PgStore {
     async fn insert_resource(&self, new: NewResource) -> Result<(), CreateResourceError> {
+        let keyring = self.keys.get().map_err(CreateResourceError::from)?;
         let tx = self.begin().await.map_err(StoreError::from)?;
-        OPS.insert_resource(tx, new).await
+        OPS.insert_resource(tx, new, keyring).await
     }
 
     async fn mark_resource_ready(
@@ -33,8 +34,9 @@ impl ResourceStore for PgStore {
         team: TeamId,
         token: &ResourceToken,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.get_resource(&mut c, Some(team), token).await
+            OPS.get_resource(&mut c, Some(team), token, keyring).await
         };
         Ok(self.read(read).await?)
     }
@@ -45,8 +47,9 @@ impl ResourceStore for PgStore {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .reveal_resource(self.begin().await?, team, token, ctx)
+            .reveal_resource(self.begin().await?, team, token, ctx, keyring)
             .await?)
     }
 
@@ -56,8 +59,10 @@ impl ResourceStore for PgStore {
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.list_resources(&mut c, team, limit, cursor).await
+            OPS.list_resources(&mut c, team, limit, cursor, keyring)
+                .await
         };
         Ok(self.read(read).await?)
     }
@@ -68,8 +73,9 @@ impl ResourceStore for PgStore {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .mark_resource_deleting(self.begin().await?, team, token, ctx)
+            .mark_resource_deleting(self.begin().await?, team, token, ctx, keyring)
             .await?)
     }
 
@@ -82,8 +88,9 @@ impl ResourceStore for PgStore {
         provisioning_before: Millis,
         with_ready: bool,
     ) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.resources_to_reconcile(&mut c, provisioning_before, with_ready)
+            OPS.resources_to_reconcile(&mut c, provisioning_before, with_ready, keyring)
                 .await
         };
         Ok(self.read(read).await?)
@@ -94,8 +101,9 @@ impl ResourceStore for PgStore {
         now: Millis,
         limit: i64,
     ) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.expired_resources(&mut c, now, limit).await
+            OPS.expired_resources(&mut c, now, limit, keyring).await
         };
         Ok(self.read(read).await?)
     }

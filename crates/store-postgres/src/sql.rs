@@ -30,7 +30,7 @@ macro_rules! release_cols {
 
 macro_rules! env_head_cols {
     () => {
-        "status, env::text AS env, env_version, env_updated_at, team_id, slug"
+        "status, env::text AS env, env_version, env_updated_at, team_id, slug, data_key"
     };
 }
 
@@ -128,7 +128,7 @@ pub(crate) static SQL: Sql = Sql {
         stack_cols!(),
         ", ",
         release_cols!(),
-        ", r.env::text AS r_env FROM stacks s JOIN releases r ON r.stack_id = s.id \
+        ", r.env::text AS r_env, s.data_key AS data_key FROM stacks s JOIN releases r ON r.stack_id = s.id \
            AND r.version = CASE WHEN $2 > 0 THEN $2 ELSE s.release END \
          WHERE s.id = $1"
     ),
@@ -137,7 +137,7 @@ pub(crate) static SQL: Sql = Sql {
         stack_cols!(),
         ", ",
         release_cols!(),
-        ", r.env::text AS r_env FROM stacks s JOIN releases r ON r.stack_id = s.id AND r.status = 'live' \
+        ", r.env::text AS r_env, s.data_key AS data_key FROM stacks s JOIN releases r ON r.stack_id = s.id AND r.status = 'live' \
          WHERE s.status <> 'deleting' ORDER BY s.id"
     ),
     list_releases: concat!(
@@ -184,6 +184,16 @@ pub(crate) static SQL: Sql = Sql {
                       ORDER BY version DESC LIMIT 1",
     env_changes_between: "SELECT changes::text AS changes FROM env_versions \
                           WHERE stack_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
+
+    seal_stack_head: "UPDATE stacks SET env = $2::jsonb, data_key = $3 WHERE id = $1",
+    env_rows_of: "SELECT version, changes::text, snapshot::text FROM env_versions WHERE stack_id = $1 \
+                  ORDER BY version",
+    seal_env_row: "UPDATE env_versions SET changes = $3::jsonb, snapshot = $4::jsonb \
+                   WHERE stack_id = $1 AND version = $2",
+    release_envs_of: "SELECT version, env_version, env::text FROM releases WHERE stack_id = $1 \
+                      ORDER BY version",
+    seal_release_env: "UPDATE releases SET env = $3::jsonb WHERE stack_id = $1 AND version = $2",
+    keyring_canary_shared: "SELECT canary FROM keyring WHERE id = 1 FOR SHARE",
 
     any_team: "SELECT id FROM teams LIMIT 1",
     insert_team: "INSERT INTO teams (name, tier, max_stacks, created_at) VALUES ($1, 'team', $2, $3) \

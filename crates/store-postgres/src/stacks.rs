@@ -89,8 +89,10 @@ impl StackStore for PgStore {
     async fn running_stacks(
         &self,
     ) -> std::result::Result<Vec<(Stack, Release, EnvMap)>, StoreError> {
-        let read =
-            |mut c: PoolConnection<Postgres>| async move { OPS.running_stacks(&mut c).await };
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.running_stacks(&mut c, keyring).await
+        };
         Ok(self.read(read).await?)
     }
 

@@ -26,6 +26,7 @@ async fn factory(opts: StoreOptions) -> Option<(PgTestDb, PgStore)> {
     let store = PgStore::connect(&db.url, opts)
         .await
         .expect("connecting to a fresh test database");
+    stackyard_testkit::unlock(&store);
     Some((db, store))
 }
 
@@ -427,6 +428,8 @@ async fn two_stores_on_one_database_share_the_queue() {
         PgStore::connect(&db.url, StoreOptions::default()),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
+    stackyard_testkit::unlock(&a);
+    stackyard_testkit::unlock(&b);
     let admin = |name: &str| NewToken {
         name: "admin".into(),
         digest: stackyard_core::ids::TokenDigest(name.repeat(64)),
@@ -599,9 +602,15 @@ async fn create_release_replaces_the_manifest_records_artifacts_and_copies_the_e
         .await
         .unwrap();
     assert_eq!(artifacts, 3, "a known digest is not inserted twice");
+    // The release copies the stack's map as stored: sealed, key names in clear.
+    let copied = row("SELECT env::text FROM releases WHERE stack_id = $1 AND version = 2").await;
     assert_eq!(
-        row("SELECT env::text FROM releases WHERE stack_id = $1 AND version = 2").await,
-        r#"{"K": "v"}"#
+        copied,
+        row("SELECT env::text FROM stacks WHERE id = $1").await
+    );
+    assert!(
+        copied.contains(r#""K""#) && !copied.contains(r#""v""#),
+        "{copied}"
     );
     assert_eq!(
         row("SELECT env::text FROM releases WHERE stack_id = $1 AND version = 1").await,

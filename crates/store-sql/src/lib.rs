@@ -15,6 +15,7 @@
 pub mod error;
 pub mod ops;
 pub mod rows;
+pub mod seal;
 pub mod sql;
 
 pub use error::{Error, Result};

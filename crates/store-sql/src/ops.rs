@@ -7,10 +7,12 @@
 //! writes it and commits. Reads take a connection (the store decides whether that is a
 //! snapshot transaction, and the PostgreSQL store retries them on a fresh connection).
 
-use crate::error::{Error, Result, corrupt, from_json, is_unique_violation, to_json};
+use crate::error::{Error, Result, corrupt, is_unique_violation, to_json};
 use crate::rows::*;
+use crate::seal::EnvCodec;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
+use stackyard_core::crypto::Keyring;
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::ResourceToken;
@@ -28,6 +30,7 @@ use stackyard_core::store::{
     ReleaseError, RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor,
     stack_cursor,
 };
+use stackyard_core::store::{WrappedKey, WrappedRow};
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
@@ -40,6 +43,28 @@ pub struct EnvBatch {
     pub team_id: Option<TeamId>,
     pub slug: StackSlug,
     pub plan: BatchPlan,
+    /// How the stack's documents are stored: the writer stores `sealed_*`, never the plan's
+    /// plain values.
+    pub codec: EnvCodec,
+}
+
+impl EnvBatch {
+    /// The map after the batch, as stored.
+    pub fn sealed_map(&self) -> String {
+        self.codec.seal_map(&self.plan.map, self.plan.version)
+    }
+
+    /// A version record's change, as stored.
+    pub fn sealed_changes(&self, r: &envlog::VersionRecord) -> String {
+        self.codec.seal_changes(&r.values, r.version)
+    }
+
+    /// A version record's snapshot, as stored.
+    pub fn sealed_snapshot(&self, r: &envlog::VersionRecord) -> Option<String> {
+        r.snapshot
+            .as_ref()
+            .map(|m| self.codec.seal_map(m, r.version))
+    }
 }
 
 /// How a store writes a planned env batch — the hot path, in its own statements: the version,
@@ -109,7 +134,9 @@ where
     for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
     /// The stack (locked), its services and its open releases; `None` if the caller may not
@@ -1084,11 +1111,12 @@ where
     pub async fn running_stacks(
         &self,
         conn: &mut DB::Connection,
+        keyring: &Keyring,
     ) -> Result<Vec<(Stack, Release, EnvMap)>> {
         let rows: Vec<DeployRow> = sqlx::query_as(self.sql.running_stacks)
             .fetch_all(&mut *conn)
             .await?;
-        decode(rows)
+        rows.into_iter().map(|r| r.decode(keyring)).collect()
     }
 
     /// `JobStore::deploy_context`: one statement, one snapshot.
@@ -1096,6 +1124,7 @@ where
         &self,
         conn: &mut DB::Connection,
         job: &Job,
+        keyring: &Keyring,
     ) -> Result<Option<(Stack, Release, EnvMap)>> {
         let row: Option<DeployRow> = sqlx::query_as(self.sql.deploy_context)
             .bind(job.stack_id.0)
@@ -1103,7 +1132,7 @@ where
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(row) = row {
-            return Ok(Some(row.try_into()?));
+            return Ok(Some(row.decode(keyring)?));
         }
         let stack: Option<StackRow> = sqlx::query_as(self.sql.stack_by_id)
             .bind(job.stack_id.0)
@@ -1167,7 +1196,8 @@ where
         conn: &mut DB::Connection,
         stack: StackId,
         lock: bool,
-    ) -> Result<Option<EnvHead>> {
+        keyring: &Keyring,
+    ) -> Result<Option<(EnvHead, EnvCodec)>> {
         let sql = if lock {
             self.sql.lock_env_head
         } else {
@@ -1177,7 +1207,7 @@ where
             .bind(stack.0)
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(EnvHead::try_from).transpose()
+        row.map(|r| r.decode(keyring, stack)).transpose()
     }
 
     /// `EnvStore::get_env` with `reveal`: the values are handed out only if the audit row
@@ -1187,8 +1217,9 @@ where
         mut tx: Transaction<'static, DB>,
         stack: StackId,
         ctx: AuditCtx,
+        keyring: &Keyring,
     ) -> Result<Option<EnvOutcome>> {
-        let Some(head) = self.env_head(&mut tx, stack, false).await? else {
+        let Some((head, _)) = self.env_head(&mut tx, stack, false, keyring).await? else {
             return Ok(None);
         };
         let audit = stackyard_core::envlog::revealed(head.team_id, &head.slug, head.version, ctx);
@@ -1205,6 +1236,7 @@ where
         conn: &mut DB::Connection,
         stack: StackId,
         wanted: &BTreeSet<i64>,
+        codec: &EnvCodec,
     ) -> Result<BTreeMap<i64, EnvMap>> {
         let mut out = BTreeMap::new();
         for &version in wanted {
@@ -1218,7 +1250,7 @@ where
             let Some((snap_version, snapshot)) = snap else {
                 continue;
             };
-            let base: BTreeMap<String, String> = from_json(&snapshot, "env snapshot")?;
+            let base = codec.open_map(&snapshot, snap_version)?;
             let rows: Vec<String> = sqlx::query_scalar(self.sql.env_changes_between)
                 .bind(stack.0)
                 .bind(snap_version)
@@ -1228,11 +1260,11 @@ where
             if i64::try_from(rows.len()).ok() != Some(version - snap_version) {
                 return Err(corrupt("the env history has a gap"));
             }
-            let changes = rows
-                .iter()
-                .map(|c| from_json::<ChangeValues>(c, "env change"))
-                .collect::<Result<Vec<_>>>()?;
-            out.insert(version, envlog::replay(EnvMap::from_map(base), changes));
+            let changes = (snap_version + 1..)
+                .zip(&rows)
+                .map(|(v, c)| codec.open_changes(c, v))
+                .collect::<Result<Vec<ChangeValues>>>()?;
+            out.insert(version, envlog::replay(base, changes));
         }
         Ok(out)
     }
@@ -1246,19 +1278,27 @@ where
         writes: &[EnvWrite],
         lock: bool,
         now: Millis,
+        keyring: &Keyring,
     ) -> Result<std::result::Result<EnvBatch, EnvBatchError>> {
-        let head = match self.env_head(conn, stack, lock).await? {
+        let (head, codec) = match self.env_head(conn, stack, lock, keyring).await? {
             None => return Ok(Err(EnvBatchError::NotFound)),
-            Some(h) if h.deleting => return Ok(Err(EnvBatchError::Deleting)),
+            Some((h, _)) if h.deleting => return Ok(Err(EnvBatchError::Deleting)),
             Some(h) => h,
         };
         let wanted = envlog::rollback_targets(writes, head.version);
-        let targets = self.rebuild_versions(conn, stack, &wanted).await?;
+        let targets = self.rebuild_versions(conn, stack, &wanted, &codec).await?;
+        // A stack still stored plain is sealed by its first locked write, before the batch
+        // writes anything, so no new value is ever stored plain.
+        let codec = match codec {
+            EnvCodec::Plain if lock => self.seal_stack(conn, stack, &head, keyring).await?,
+            codec => codec,
+        };
         let plan = envlog::plan_batch(head.env, head.version, writes, &targets, now);
         Ok(Ok(EnvBatch {
             team_id: head.team_id,
             slug: head.slug,
             plan,
+            codec,
         }))
     }
 
@@ -1273,12 +1313,13 @@ where
         writes: &[EnvWrite],
         keep_versions: i64,
         writer: &W,
+        keyring: &Keyring,
     ) -> Result<std::result::Result<Vec<EnvWriteResult>, EnvBatchError>> {
         let Some(now) = writes.iter().map(|w| w.ctx.now).max() else {
             return Ok(Ok(Vec::new()));
         };
         let batch = match self
-            .plan_env_batch(&mut tx, stack, writes, true, now)
+            .plan_env_batch(&mut tx, stack, writes, true, now, keyring)
             .await?
         {
             Ok(batch) => batch,
@@ -1308,10 +1349,11 @@ where
         conn: &mut DB::Connection,
         stack: StackId,
         write: &EnvWrite,
+        keyring: &Keyring,
     ) -> Result<std::result::Result<EnvWriteResult, EnvBatchError>> {
         let writes = std::slice::from_ref(write);
         let batch = match self
-            .plan_env_batch(conn, stack, writes, false, write.ctx.now)
+            .plan_env_batch(conn, stack, writes, false, write.ctx.now, keyring)
             .await?
         {
             Ok(batch) => batch,
@@ -1344,6 +1386,190 @@ where
         Ok(Page::from_overfetch(items, limit, total, |v| {
             v.version.to_string()
         }))
+    }
+
+    // ---- encryption at rest ----
+
+    /// Seals a stack whose env documents are stored plain (`data_key` NULL), on `conn` inside
+    /// a transaction holding the stack's lock (`head` read under it): a new data key, wrapped
+    /// by the master key the database's canary names, and every document re-stored sealed —
+    /// the current map, each version's change and snapshot, each release's copy.
+    pub async fn seal_stack(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        head: &EnvHead,
+        keyring: &Keyring,
+    ) -> Result<EnvCodec> {
+        // Under the keyring row's shared lock: a rotation moving the canary either waits for
+        // this transaction (and its pass finds our key) or has moved it (and we follow it).
+        // (No canary only in tests that open a store without start-up.)
+        let canary: Option<Vec<u8>> = sqlx::query_scalar(self.sql.keyring_canary_shared)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(canary) = canary {
+            keyring.follow_canary(&canary).map_err(|_| {
+                corrupt(
+                    "the master key was rotated and this server does not have the new key: \
+                     restart it with the new key (--master-key-file or STACKYARD_MASTER_KEY)",
+                )
+            })?;
+        }
+        let owner = stackyard_core::crypto::KeyOwner::stack(stack);
+        let (key, wrapped) = keyring.new_data_key(owner);
+        let plain = EnvCodec::Plain;
+        let sealed = EnvCodec::Sealed { owner, key };
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(self.sql.env_rows_of)
+            .bind(stack.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (version, changes, snapshot) in rows {
+            let changes = sealed.seal_changes(&plain.open_changes(&changes, version)?, version);
+            let snapshot = match snapshot {
+                Some(s) => Some(sealed.seal_map(&plain.open_map(&s, version)?, version)),
+                None => None,
+            };
+            sqlx::query(self.sql.seal_env_row)
+                .bind(stack.0)
+                .bind(version)
+                .bind(changes)
+                .bind(snapshot)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let releases: Vec<(i64, i64, String)> = sqlx::query_as(self.sql.release_envs_of)
+            .bind(stack.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (version, env_version, env) in releases {
+            let env = sealed.seal_map(&plain.open_map(&env, env_version)?, env_version);
+            sqlx::query(self.sql.seal_release_env)
+                .bind(stack.0)
+                .bind(version)
+                .bind(env)
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query(self.sql.seal_stack_head)
+            .bind(stack.0)
+            .bind(sealed.seal_map(&head.env, head.version))
+            .bind(wrapped)
+            .execute(&mut *conn)
+            .await?;
+        Ok(sealed)
+    }
+
+    /// The start-up pass for one stack: sealed under its lock if it is still plain. `false`:
+    /// it was sealed (or deleted) meanwhile.
+    pub async fn seal_stack_if_plain(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: StackId,
+        keyring: &Keyring,
+    ) -> Result<bool> {
+        let Some((head, codec)) = self.env_head(&mut tx, stack, true, keyring).await? else {
+            return Ok(false);
+        };
+        if !matches!(codec, EnvCodec::Plain) {
+            return Ok(false);
+        }
+        self.seal_stack(&mut tx, stack, &head, keyring).await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// Up to `limit` stacks still stored plain, by id.
+    pub async fn plain_stacks(
+        &self,
+        conn: &mut DB::Connection,
+        limit: i64,
+    ) -> Result<Vec<StackId>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM stacks WHERE data_key IS NULL ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(ids.into_iter().map(StackId).collect())
+    }
+
+    /// The start-up pass over resources: each row whose URL is still plain is sealed by one
+    /// compare-and-set statement. Returns how many were sealed.
+    pub async fn seal_plain_resources(
+        &self,
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<u64> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT token, id, connection_url FROM resources WHERE data_key IS NULL",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut sealed = 0;
+        for (token, id, url) in rows {
+            let (url, wrapped) = crate::seal::seal_resource_url(keyring, &id, &url);
+            let done: Option<String> = sqlx::query_scalar(
+                "UPDATE resources SET connection_url = $2, data_key = $3 \
+                 WHERE token = $1 AND data_key IS NULL RETURNING token",
+            )
+            .bind(token)
+            .bind(url)
+            .bind(wrapped)
+            .fetch_optional(&mut *conn)
+            .await?;
+            sealed += u64::from(done.is_some());
+        }
+        Ok(sealed)
+    }
+
+    /// Every wrapped data key, for `admin rotate-master-key`.
+    pub async fn wrapped_keys(&self, conn: &mut DB::Connection) -> Result<Vec<WrappedKey>> {
+        let stacks: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, data_key FROM stacks WHERE data_key IS NOT NULL")
+                .fetch_all(&mut *conn)
+                .await?;
+        let resources: Vec<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT token, id, data_key FROM resources WHERE data_key IS NOT NULL")
+                .fetch_all(&mut *conn)
+                .await?;
+        let stacks = stacks.into_iter().map(|(id, wrapped)| WrappedKey {
+            owner: stackyard_core::crypto::KeyOwner::stack(StackId(id)),
+            row: WrappedRow::Stack(id),
+            wrapped,
+        });
+        let resources = resources
+            .into_iter()
+            .map(|(token, id, wrapped)| WrappedKey {
+                owner: stackyard_core::crypto::KeyOwner::resource(&id),
+                row: WrappedRow::Resource(token),
+                wrapped,
+            });
+        Ok(stacks.chain(resources).collect())
+    }
+
+    /// Replaces one wrapped key if it is still `key.wrapped` (one compare-and-set statement).
+    pub async fn swap_wrapped_key(
+        &self,
+        conn: &mut DB::Connection,
+        key: &WrappedKey,
+        new: &[u8],
+    ) -> Result<bool> {
+        let q = match &key.row {
+            WrappedRow::Stack(id) => sqlx::query_scalar(
+                "UPDATE stacks SET data_key = $2 WHERE id = $1 AND data_key = $3 RETURNING data_key",
+            )
+            .bind(*id),
+            WrappedRow::Resource(token) => sqlx::query_scalar(
+                "UPDATE resources SET data_key = $2 WHERE token = $1 AND data_key = $3 \
+                 RETURNING data_key",
+            )
+            .bind(token.clone()),
+        };
+        let done: Option<Vec<u8>> = q
+            .bind(new.to_vec())
+            .bind(key.wrapped.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(done.is_some())
     }
 
     // ---- keyring ----
@@ -1434,6 +1660,7 @@ where
         &self,
         mut tx: Transaction<'static, DB>,
         new: NewResource,
+        keyring: &Keyring,
     ) -> Result<(), CreateResourceError> {
         let r = &new.resource;
         if let (Some(team), Some(max)) = (r.team_id, new.max_per_team) {
@@ -1453,6 +1680,7 @@ where
                 return Err(CreateResourceError::LimitReached { max });
             }
         }
+        let (url, wrapped) = crate::seal::seal_resource_url(keyring, &r.id, &r.connection_url);
         sqlx::query(resource_sql::INSERT)
             .bind(r.token.as_str())
             .bind(r.id.as_str())
@@ -1462,9 +1690,10 @@ where
             .bind(new.fingerprint.as_deref())
             .bind(r.tier.as_str())
             .bind(r.status.as_str())
-            .bind(r.connection_url.as_str())
+            .bind(url)
             .bind(r.created_at.0)
             .bind(r.expires_at.map(|t| t.0))
+            .bind(wrapped)
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
@@ -1506,13 +1735,14 @@ where
         conn: &mut DB::Connection,
         team: Option<TeamId>,
         token: &ResourceToken,
+        keyring: &Keyring,
     ) -> Result<Option<Resource>> {
         let row: Option<ResourceRow> = sqlx::query_as(resource_sql::GET)
             .bind(token.as_str())
             .bind(team.map(|t| t.0))
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(Resource::try_from).transpose()
+        row.map(|r| r.decode(keyring)).transpose()
     }
 
     /// `ResourceStore::reveal_resource`: the URL leaves only if its audit row commits.
@@ -1522,8 +1752,11 @@ where
         team: TeamId,
         token: &ResourceToken,
         ctx: AuditCtx,
+        keyring: &Keyring,
     ) -> Result<Option<Resource>> {
-        let r = self.get_resource(&mut tx, Some(team), token).await?;
+        let r = self
+            .get_resource(&mut tx, Some(team), token, keyring)
+            .await?;
         let Some(r) = r.filter(|r| r.status == ResourceStatus::Ready) else {
             return Ok(None);
         };
@@ -1540,6 +1773,7 @@ where
         team: TeamId,
         limit: i64,
         cursor: Option<&str>,
+        keyring: &Keyring,
     ) -> Result<Page<Resource>> {
         let limit = limit.max(1);
         let (at, token) = parse_resource_cursor(cursor);
@@ -1552,7 +1786,10 @@ where
             .await?;
         let count = sqlx::query_scalar(resource_sql::COUNT_ALL).bind(team.0);
         let total = self.total(conn, &rows, count).await?;
-        let items = decode(rows.into_iter().map(|r| r.row).collect())?;
+        let items = rows
+            .into_iter()
+            .map(|r| r.row.decode(keyring))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_overfetch(items, limit, total, |r: &Resource| {
             format!("{}:{}", r.created_at.0, r.token)
         }))
@@ -1567,8 +1804,9 @@ where
         team: Option<TeamId>,
         token: &ResourceToken,
         ctx: AuditCtx,
+        keyring: &Keyring,
     ) -> Result<Option<Resource>> {
-        let Some(mut r) = self.get_resource(&mut tx, team, token).await? else {
+        let Some(mut r) = self.get_resource(&mut tx, team, token, keyring).await? else {
             return Ok(None);
         };
         let changed: Option<String> = sqlx::query_scalar(resource_sql::SET_STATUS)
@@ -1604,13 +1842,14 @@ where
         conn: &mut DB::Connection,
         provisioning_before: Millis,
         with_ready: bool,
+        keyring: &Keyring,
     ) -> Result<Vec<Resource>> {
         let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::TO_RECONCILE)
             .bind(provisioning_before.0)
             .bind(with_ready)
             .fetch_all(&mut *conn)
             .await?;
-        decode(rows)
+        rows.into_iter().map(|r| r.decode(keyring)).collect()
     }
 
     /// `ResourceStore::expired_resources`.
@@ -1619,13 +1858,14 @@ where
         conn: &mut DB::Connection,
         now: Millis,
         limit: i64,
+        keyring: &Keyring,
     ) -> Result<Vec<Resource>> {
         let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::EXPIRED)
             .bind(now.0)
             .bind(limit.max(1))
             .fetch_all(&mut *conn)
             .await?;
-        decode(rows)
+        rows.into_iter().map(|r| r.decode(keyring)).collect()
     }
 }
 
@@ -1644,13 +1884,14 @@ fn parse_resource_cursor(cursor: Option<&str>) -> (i64, String) {
 mod resource_sql {
     macro_rules! cols {
         () => {
-            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at"
+            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at, \
+             data_key"
         };
     }
     pub const INSERT: &str = concat!(
         "INSERT INTO resources (",
         cols!(),
-        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $6)"
+        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $6)"
     );
     /// `$1` team: its resources not being deleted.
     pub const COUNT_TEAM: &str =

@@ -5,6 +5,8 @@
 //! selected next to its stack.
 
 use crate::error::{Error, Result, corrupt, from_json, parsed};
+use crate::seal::EnvCodec;
+use stackyard_core::crypto::Keyring;
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
@@ -189,16 +191,17 @@ pub struct DeployRow {
     #[sqlx(flatten)]
     pub release: ReleaseRow,
     pub r_env: String,
+    /// The stack's wrapped data key (`crate::seal`): how `r_env` is stored.
+    pub data_key: Option<Vec<u8>>,
 }
 
-impl TryFrom<DeployRow> for (Stack, Release, EnvMap) {
-    type Error = Error;
-    fn try_from(r: DeployRow) -> Result<(Stack, Release, EnvMap)> {
-        Ok((
-            r.stack.try_into()?,
-            r.release.try_into()?,
-            env_map(&r.r_env)?,
-        ))
+impl DeployRow {
+    pub fn decode(self, keyring: &Keyring) -> Result<(Stack, Release, EnvMap)> {
+        let stack: Stack = self.stack.try_into()?;
+        let release: Release = self.release.try_into()?;
+        let codec = EnvCodec::of_stack(keyring, stack.id, self.data_key.as_deref())?;
+        let env = codec.open_map(&self.r_env, release.info.env_version)?;
+        Ok((stack, release, env))
     }
 }
 
@@ -378,6 +381,8 @@ pub struct EnvHeadRow {
     pub env_updated_at: i64,
     pub team_id: Option<i64>,
     pub slug: String,
+    /// The stack's wrapped data key (`crate::seal`): how `env` is stored.
+    pub data_key: Option<Vec<u8>>,
 }
 
 /// [`EnvHeadRow`] decoded.
@@ -391,17 +396,20 @@ pub struct EnvHead {
     pub deleting: bool,
 }
 
-impl TryFrom<EnvHeadRow> for EnvHead {
-    type Error = Error;
-    fn try_from(r: EnvHeadRow) -> Result<EnvHead> {
-        Ok(EnvHead {
-            env: env_map(&r.env)?,
+impl EnvHeadRow {
+    /// The head with its map opened, and the codec the stack's documents are stored with.
+    pub fn decode(self, keyring: &Keyring, stack: StackId) -> Result<(EnvHead, EnvCodec)> {
+        let r = self;
+        let codec = EnvCodec::of_stack(keyring, stack, r.data_key.as_deref())?;
+        let head = EnvHead {
+            env: codec.open_map(&r.env, r.env_version)?,
             version: r.env_version,
             updated_at: Millis(r.env_updated_at),
             team_id: r.team_id.map(TeamId),
             slug: slug(&r.slug)?,
             deleting: r.status == StackStatus::Deleting.as_str(),
-        })
+        };
+        Ok((head, codec))
     }
 }
 
@@ -477,14 +485,22 @@ pub struct ResourceRow {
     pub connection_url: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    /// The resource's wrapped data key: `connection_url` is sealed when set (`crate::seal`).
+    pub data_key: Option<Vec<u8>>,
 }
 
-impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
-    type Error = Error;
-    fn try_from(r: ResourceRow) -> Result<Self> {
+impl ResourceRow {
+    pub fn decode(self, keyring: &Keyring) -> Result<stackyard_core::resource::Resource> {
         use stackyard_core::ids::{ResourceName, ResourceToken};
         use stackyard_core::resource::{ResourceKind, ResourceStatus};
-        Ok(Self {
+        let r = self;
+        let connection_url = crate::seal::open_resource_url(
+            keyring,
+            &r.id,
+            r.connection_url,
+            r.data_key.as_deref(),
+        )?;
+        Ok(stackyard_core::resource::Resource {
             id: r.id,
             token: parsed(ResourceToken::parse(&r.token).ok(), "resource token")?,
             kind: parsed(ResourceKind::parse(&r.kind), "resource kind")?,
@@ -492,7 +508,7 @@ impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
             team_id: r.team_id.map(TeamId),
             tier: r.tier,
             status: parsed(ResourceStatus::parse(&r.status), "resource status")?,
-            connection_url: r.connection_url,
+            connection_url,
             created_at: Millis(r.created_at),
             expires_at: r.expires_at.map(Millis),
         })

@@ -122,6 +122,21 @@ pub struct Sql {
     /// oldest first.
     pub env_changes_between: &'static str,
 
+    // ---- encryption at rest (`Ops::seal_stack`) ----
+    /// `$1` stack id, `$2` env (JSON text), `$3` wrapped data key.
+    pub seal_stack_head: &'static str,
+    /// `$1` stack id → `(version, changes, snapshot)` of every env version, JSON text.
+    pub env_rows_of: &'static str,
+    /// `$1` stack id, `$2` version, `$3` changes, `$4` snapshot or NULL (JSON text).
+    pub seal_env_row: &'static str,
+    /// `$1` stack id → `(version, env_version, env)` of every release, JSON text.
+    pub release_envs_of: &'static str,
+    /// `$1` stack id, `$2` version, `$3` env (JSON text).
+    pub seal_release_env: &'static str,
+    /// No parameters → the master key's canary, read under a shared lock of the keyring row,
+    /// so a rotation moving the canary waits for (or is seen by) a data key wrapped meanwhile.
+    pub keyring_canary_shared: &'static str,
+
     // ---- teams and tokens ----
     /// No parameters → any team's id.
     pub any_team: &'static str,

@@ -12,15 +12,13 @@ use crate::sql::OPS;
 use serde::Serialize;
 use sqlx::Sqlite;
 use sqlx::SqliteConnection;
-use stackyard_core::env::EnvMap;
-use stackyard_core::envlog::{BatchPlan, ChangeValues, VersionRecord};
+use stackyard_core::envlog::VersionRecord;
 use stackyard_core::model::*;
 use stackyard_core::store::{
     EnvBatchError, EnvStore, EnvWrite, EnvWriteResult, StoreError, batch_deadline,
 };
 use stackyard_core::time::Millis;
 use stackyard_store_sql::error::{Result, to_json};
-use stackyard_store_sql::rows::EnvHead;
 use stackyard_store_sql::{EnvBatch, EnvBatchWriter};
 use std::time::Instant;
 
@@ -32,20 +30,21 @@ struct VersionRow<'a> {
     actor: &'a str,
     set: &'a [String],
     deleted: &'a [String],
-    changes: &'a ChangeValues,
-    snapshot: Option<&'a EnvMap>,
+    /// As stored (`EnvBatch::sealed_changes`); the insert keeps it as text.
+    changes: String,
+    snapshot: Option<String>,
 }
 
-impl<'a> From<&'a VersionRecord> for VersionRow<'a> {
-    fn from(r: &'a VersionRecord) -> Self {
+impl<'a> VersionRow<'a> {
+    fn new(batch: &EnvBatch, r: &'a VersionRecord) -> Self {
         VersionRow {
             version: r.version,
             created_at: r.created_at.0,
             actor: &r.actor,
             set: &r.change.set,
             deleted: &r.change.deleted,
-            changes: &r.values,
-            snapshot: r.snapshot.as_ref(),
+            changes: batch.sealed_changes(r),
+            snapshot: batch.sealed_snapshot(r),
         }
     }
 }
@@ -104,8 +103,7 @@ impl EnvBatchWriter<Sqlite> for Batch {
     ) -> Result<()> {
         let plan = &batch.plan;
         if !plan.records.is_empty() {
-            let owner = (batch.team_id, batch.slug.as_str());
-            write_versions(conn, stack, owner, plan, now).await?;
+            write_versions(conn, stack, batch, now).await?;
         }
         for record in &plan.completions {
             OPS.complete_idempotency(conn, record, now).await?;
@@ -126,11 +124,15 @@ impl EnvBatchWriter<Sqlite> for Batch {
 async fn write_versions(
     conn: &mut SqliteConnection,
     stack: StackId,
-    (team_id, slug): (Option<TeamId>, &str),
-    plan: &BatchPlan,
+    batch: &EnvBatch,
     now: Millis,
 ) -> Result<()> {
-    let versions: Vec<VersionRow<'_>> = plan.records.iter().map(VersionRow::from).collect();
+    let (plan, team_id, slug) = (&batch.plan, batch.team_id, batch.slug.as_str());
+    let versions: Vec<VersionRow<'_>> = plan
+        .records
+        .iter()
+        .map(|r| VersionRow::new(batch, r))
+        .collect();
     let audits: Vec<AuditJson<'_>> = plan.records.iter().map(AuditJson::from).collect();
     let events: Vec<EventJson> = plan.records.iter().map(EventJson::from).collect();
     // `->>` yields SQL NULL for a JSON null and the JSON text for arrays and objects.
@@ -169,7 +171,7 @@ async fn write_versions(
         "UPDATE stacks SET env = $2, env_version = $3, env_updated_at = $4, updated_at = $4 WHERE id = $1",
     )
     .bind(stack.0)
-    .bind(plan.map.to_json())
+    .bind(batch.sealed_map())
     .bind(plan.version)
     .bind(now.0)
     .execute(&mut *conn)
@@ -183,12 +185,13 @@ impl EnvStore for SqliteStore {
         stack: StackId,
         writes: &[EnvWrite],
     ) -> std::result::Result<Vec<EnvWriteResult>, EnvBatchError> {
+        let keyring = self.keys.get()?;
         // Write lock (BEGIN IMMEDIATE) before reading the map: one transaction, one fsync.
         // The wait ends at the most impatient write's deadline, time queued included.
         let deadline = batch_deadline(writes).unwrap_or_else(|| Instant::now() + self.lock_timeout);
         let tx = self.write_tx_until(deadline).await?;
         let keep = self.env_history;
-        OPS.apply_env_writes(tx, stack, writes, keep, &Batch)
+        OPS.apply_env_writes(tx, stack, writes, keep, &Batch, keyring)
             .await?
     }
 
@@ -197,9 +200,11 @@ impl EnvStore for SqliteStore {
         stack: StackId,
         write: EnvWrite,
     ) -> std::result::Result<EnvWriteResult, EnvBatchError> {
+        let keyring = self.keys.get()?;
         // Read-only: one consistent snapshot, nothing is written.
         let mut tx = self.read_tx().await?;
-        OPS.preview_env_write(&mut tx, stack, &write).await?
+        OPS.preview_env_write(&mut tx, stack, &write, keyring)
+            .await?
     }
 
     async fn get_env(
@@ -207,12 +212,16 @@ impl EnvStore for SqliteStore {
         stack: StackId,
         reveal: Option<AuditCtx>,
     ) -> std::result::Result<Option<EnvOutcome>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(match reveal {
             None => OPS
-                .env_head(&mut *self.reader().await?, stack, false)
+                .env_head(&mut *self.reader().await?, stack, false, keyring)
                 .await?
-                .map(EnvHead::outcome),
-            Some(ctx) => OPS.reveal_env(self.write_tx().await?, stack, ctx).await?,
+                .map(|(h, _)| h.outcome()),
+            Some(ctx) => {
+                OPS.reveal_env(self.write_tx().await?, stack, ctx, keyring)
+                    .await?
+            }
         })
     }
 

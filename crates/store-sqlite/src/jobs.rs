@@ -84,7 +84,10 @@ impl JobStore for SqliteStore {
         &self,
         job: &Job,
     ) -> Result<Option<(Stack, Release, EnvMap)>, StoreError> {
-        Ok(OPS.deploy_context(&mut *self.reader().await?, job).await?)
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .deploy_context(&mut *self.reader().await?, job, keyring)
+            .await?)
     }
 
     async fn record_service_status(

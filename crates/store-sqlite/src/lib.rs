@@ -42,6 +42,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 use stackyard_core::store::{StoreError, StoreOptions};
 use stackyard_store_sql::error::{classify, migration_failed};
+use stackyard_store_sql::seal::KeySlot;
 use stackyard_store_sql::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
@@ -63,6 +64,8 @@ pub struct SqliteStore {
     details: Arc<DetailCache>,
     /// Tries of the write lock that found it held by another process (see `lock_waits`).
     lock_waits: Arc<AtomicU64>,
+    /// The keyring secrets are sealed with (`stackyard_store_sql::seal`).
+    pub(crate) keys: KeySlot,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -147,6 +150,7 @@ impl SqliteStore {
             lock_timeout: opts.lock_timeout,
             details,
             lock_waits: Arc::default(),
+            keys: KeySlot::default(),
         })
     }
 

@@ -10,8 +10,9 @@ use stackyard_core::time::Millis;
 
 impl ResourceStore for SqliteStore {
     async fn insert_resource(&self, new: NewResource) -> Result<(), CreateResourceError> {
+        let keyring = self.keys.get().map_err(CreateResourceError::from)?;
         let tx = self.write_tx().await.map_err(StoreError::from)?;
-        OPS.insert_resource(tx, new).await
+        OPS.insert_resource(tx, new, keyring).await
     }
 
     async fn mark_resource_ready(
@@ -30,8 +31,9 @@ impl ResourceStore for SqliteStore {
         team: TeamId,
         token: &ResourceToken,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .get_resource(&mut *self.reader().await?, Some(team), token)
+            .get_resource(&mut *self.reader().await?, Some(team), token, keyring)
             .await?)
     }
 
@@ -41,8 +43,9 @@ impl ResourceStore for SqliteStore {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .reveal_resource(self.write_tx().await?, team, token, ctx)
+            .reveal_resource(self.write_tx().await?, team, token, ctx, keyring)
             .await?)
     }
 
@@ -52,8 +55,9 @@ impl ResourceStore for SqliteStore {
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .list_resources(&mut *self.reader().await?, team, limit, cursor)
+            .list_resources(&mut *self.reader().await?, team, limit, cursor, keyring)
             .await?)
     }
 
@@ -63,8 +67,9 @@ impl ResourceStore for SqliteStore {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .mark_resource_deleting(self.write_tx().await?, team, token, ctx)
+            .mark_resource_deleting(self.write_tx().await?, team, token, ctx, keyring)
             .await?)
     }
 
@@ -77,8 +82,14 @@ impl ResourceStore for SqliteStore {
         provisioning_before: Millis,
         with_ready: bool,
     ) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .resources_to_reconcile(&mut *self.reader().await?, provisioning_before, with_ready)
+            .resources_to_reconcile(
+                &mut *self.reader().await?,
+                provisioning_before,
+                with_ready,
+                keyring,
+            )
             .await?)
     }
 
@@ -87,8 +98,9 @@ impl ResourceStore for SqliteStore {
         now: Millis,
         limit: i64,
     ) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
         Ok(OPS
-            .expired_resources(&mut *self.reader().await?, now, limit)
+            .expired_resources(&mut *self.reader().await?, now, limit, keyring)
             .await?)
     }
 }

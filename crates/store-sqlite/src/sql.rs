@@ -29,13 +29,13 @@ macro_rules! deploy_cols {
         "s.id, s.slug, s.name, s.environment, s.team_id, s.tier, s.status, s.error, \
          s.env_version, s.release, s.op_generation, s.created_at, s.updated_at, s.expires_at, \
          r.version AS r_version, r.status AS r_status, r.env_version AS r_env_version, \
-         r.created_at AS r_created_at, r.spec AS r_spec, r.env AS r_env"
+         r.created_at AS r_created_at, r.spec AS r_spec, r.env AS r_env, s.data_key AS data_key"
     };
 }
 
 macro_rules! env_head_cols {
     () => {
-        "status, env, env_version, env_updated_at, team_id, slug"
+        "status, env, env_version, env_updated_at, team_id, slug, data_key"
     };
 }
 
@@ -173,6 +173,17 @@ pub(crate) static SQL: Sql = Sql {
                       ORDER BY version DESC LIMIT 1",
     env_changes_between: "SELECT changes FROM env_versions \
                           WHERE stack_id = $1 AND version > $2 AND version <= $3 ORDER BY version",
+
+    seal_stack_head: "UPDATE stacks SET env = $2, data_key = $3 WHERE id = $1",
+    env_rows_of: "SELECT version, changes, snapshot FROM env_versions WHERE stack_id = $1 \
+                  ORDER BY version",
+    seal_env_row: "UPDATE env_versions SET changes = $3, snapshot = $4 \
+                   WHERE stack_id = $1 AND version = $2",
+    release_envs_of: "SELECT version, env_version, env FROM releases WHERE stack_id = $1 \
+                      ORDER BY version",
+    seal_release_env: "UPDATE releases SET env = $3 WHERE stack_id = $1 AND version = $2",
+    // The one writer holds the database: nothing can move the canary meanwhile.
+    keyring_canary_shared: "SELECT canary FROM keyring WHERE id = 1",
 
     any_team: "SELECT id FROM teams LIMIT 1",
     insert_team: "INSERT INTO teams (name, tier, max_stacks, created_at) VALUES ($1, 'team', $2, $3) \

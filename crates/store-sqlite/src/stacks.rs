@@ -83,7 +83,10 @@ impl StackStore for SqliteStore {
     }
 
     async fn running_stacks(&self) -> Result<Vec<(Stack, Release, EnvMap)>, StoreError> {
-        Ok(OPS.running_stacks(&mut *self.reader().await?).await?)
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .running_stacks(&mut *self.reader().await?, keyring)
+            .await?)
     }
 
     async fn request_restart(

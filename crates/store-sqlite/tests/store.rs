@@ -19,6 +19,7 @@ async fn open(opts: StoreOptions) -> (SqliteTestDb, SqliteStore) {
     let store = SqliteStore::connect(&db.url, opts)
         .await
         .expect("connect to a fresh SQLite file");
+    stackyard_testkit::unlock(&store);
     (db, store)
 }
 
@@ -211,6 +212,7 @@ async fn sqlite_in_memory_url_works_on_one_connection() {
     let store = SqliteStore::connect("sqlite::memory:", StoreOptions::default())
         .await
         .unwrap();
+    stackyard_testkit::unlock(&store);
     let s = store.create_stack(new_stack(0)).await.unwrap();
     store
         .apply_env_writes(s.id, &[set("A", "1")])
@@ -245,6 +247,7 @@ async fn sqlite_reopening_keeps_data_and_reruns_no_migration() {
     let again = SqliteStore::connect(&db.url, StoreOptions::default())
         .await
         .unwrap();
+    stackyard_testkit::unlock(&again);
     let env = again.get_env(s.id, None).await.unwrap().unwrap();
     assert_eq!((env.version, env.env.get("A")), (1, Some("1")));
 }
@@ -392,7 +395,11 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(changes, r#"{"K0":"v"}"#);
+    // Sealed: the key name in clear, the value as base64 ciphertext.
+    let changes: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&changes).unwrap();
+    assert_eq!(changes.keys().collect::<Vec<_>>(), ["K0"]);
+    assert_ne!(changes["K0"], "v");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -436,9 +443,12 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
         2,
         "a known digest is not inserted twice"
     );
-    assert_eq!(
-        text("SELECT env FROM releases WHERE stack_id = $1 AND version = 2").await,
-        r#"{"K":"v"}"#
+    // The release copies the stack's map as stored: sealed, key names in clear.
+    let copied = text("SELECT env FROM releases WHERE stack_id = $1 AND version = 2").await;
+    assert_eq!(copied, text("SELECT env FROM stacks WHERE id = $1").await);
+    assert!(
+        copied.contains(r#""K""#) && !copied.contains(r#""v""#),
+        "{copied}"
     );
     assert_eq!(
         text("SELECT env FROM releases WHERE stack_id = $1 AND version = 1").await,

@@ -47,3 +47,12 @@ pub fn admin_token(data_dir: &std::path::Path) -> String {
     leaks::register(&token);
     token
 }
+
+/// Unlocks a store a test opened directly, as start-up does once the master key is proved:
+/// a keyring of a fixed test key installed (the same key every time, so a test may reopen a
+/// database). No canary is written: the suite tests the canary itself.
+pub fn unlock<S: stackyard_core::store::KeyStore>(store: &S) {
+    use stackyard_core::crypto::{Keyring, MasterKey};
+    let key = MasterKey::from_slice(&[0x5a; 32]).expect("a 32-byte key");
+    store.install_keyring(std::sync::Arc::new(Keyring::new(key)));
+}

@@ -19,4 +19,44 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
         canary: &[u8],
         now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives the store the keyring it seals and opens secrets with, once the master key is
+    /// proved (`masterkey::unlock`). Every read or write of a secret fails until then.
+    fn install_keyring(&self, keyring: std::sync::Arc<crate::crypto::Keyring>);
+
+    /// Seals every owner still stored plain (a database from before encryption at rest, or
+    /// stacks never written to), one owner per transaction: interrupted, it resumes.
+    fn seal_at_rest(&self) -> impl Future<Output = Result<SealReport, StoreError>> + Send;
+
+    /// Every wrapped data key (`admin rotate-master-key`).
+    fn wrapped_keys(&self) -> impl Future<Output = Result<Vec<WrappedKey>, StoreError>> + Send;
+
+    /// Stores `new` in place of `key.wrapped` if the row still holds that (compare-and-set).
+    fn swap_wrapped_key(
+        &self,
+        key: &WrappedKey,
+        new: &[u8],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// A data key as stored, wrapped by the master key, and the row it is stored on.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub owner: crate::crypto::KeyOwner,
+    pub row: WrappedRow,
+    pub wrapped: Vec<u8>,
+}
+
+/// The row a wrapped data key is stored on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WrappedRow {
+    Stack(i64),
+    Resource(String),
+}
+
+/// What the start-up sealing pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealReport {
+    pub stacks: u64,
+    pub resources: u64,
 }

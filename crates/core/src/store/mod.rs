@@ -35,7 +35,7 @@ pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,
 };
 pub use jobs::{DeployResult, JobStore};
-pub use keys::KeyStore;
+pub use keys::{KeyStore, SealReport, WrappedKey, WrappedRow};
 pub use resources::{CreateResourceError, ResourceStore};
 pub use stacks::{
     CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
