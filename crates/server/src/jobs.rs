@@ -5,15 +5,17 @@
 //! taken over, or superseded by a newer operation, can no longer change anything.
 
 use crate::artifacts::Artifacts;
+use crate::needs::ResolveError;
 use crate::now;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
 use stackyard_core::lifecycle::status::Supervised;
+use stackyard_core::model::{Actor, AuditCtx};
 use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stack, StackId};
 use stackyard_core::runtime::{
-    BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink, SupervisionSink,
+    BoxFuture, DeployPlan, GrantedResource, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
-use stackyard_core::store::{DeployResult, JobStore};
+use stackyard_core::store::{DeployResult, JobStore, ResourceStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -26,7 +28,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: JobStore> {
+pub struct Workers<S: JobStore + ResourceStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -39,7 +41,7 @@ pub struct Workers<S: JobStore> {
     pub artifacts: Arc<Artifacts>,
 }
 
-impl<S: JobStore> Workers<S> {
+impl<S: JobStore + ResourceStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
     /// and returns once they are dropped: their claims are left to their leases (another
     /// server, or this one after a restart, resumes them), and the caller may stop the runtime
@@ -161,7 +163,24 @@ impl<S: JobStore> Workers<S> {
                 .await?;
             return Ok(());
         };
-        let plan = deploy_plan(stack, release, env);
+        let granted = match resolve_grants(&self.store, &stack, &release).await {
+            Ok(g) => g,
+            Err(ResolveError::Failed(msg)) => {
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: false,
+                            error: Some(msg),
+                        },
+                        now(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Err(ResolveError::Store(e)) => return Err(e),
+        };
+        let plan = deploy_plan(stack, release, env, granted);
         let sink = JobSink {
             store: self.store.clone(),
             job: job.clone(),
@@ -279,8 +298,14 @@ impl<S: JobStore> Workers<S> {
     }
 }
 
-/// What the runtime needs to run `release` of `stack` with the env map it recorded.
-pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> DeployPlan {
+/// What the runtime needs to run `release` of `stack` with the env map it recorded and the
+/// resources it was granted.
+pub(crate) fn deploy_plan(
+    stack: Stack,
+    release: Release,
+    env: EnvMap,
+    granted: Vec<GrantedResource>,
+) -> DeployPlan {
     DeployPlan {
         stack_id: stack.id,
         slug: stack.slug,
@@ -288,7 +313,25 @@ pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> Deploy
         env_version: release.info.env_version,
         services: release.services,
         env,
+        granted,
     }
+}
+
+/// The URLs of what `release` was granted, read (and audited, as the system) through the store.
+pub(crate) async fn resolve_grants<S: ResourceStore>(
+    store: &S,
+    stack: &Stack,
+    release: &Release,
+) -> Result<Vec<GrantedResource>, ResolveError> {
+    if release.services.iter().all(|s| s.needs.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let ctx = AuditCtx {
+        actor: Actor::system(),
+        request_id: None,
+        now: now(),
+    };
+    crate::needs::resolve(store, stack.team_id, &release.services, &ctx).await
 }
 
 /// 1 s, 2 s, 4 s … capped at 60 s.

@@ -3,7 +3,7 @@
 
 use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::{StoreSupervision, Workers, deploy_plan};
+use crate::jobs::{StoreSupervision, Workers, deploy_plan, resolve_grants};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
@@ -335,10 +335,17 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
             return;
         }
     };
-    let plans = running
-        .into_iter()
-        .map(|(stack, release, env)| deploy_plan(stack, release, env))
-        .collect::<Vec<_>>();
+    let mut plans = Vec::with_capacity(running.len());
+    for (stack, release, env) in running {
+        // A stack whose granted resources cannot be read now is left to its stored status
+        // rather than started without them.
+        match resolve_grants(store, &stack, &release).await {
+            Ok(granted) => plans.push(deploy_plan(stack, release, env, granted)),
+            Err(e) => {
+                tracing::warn!(stack = %stack.slug, error = %e, "not restarting a stack: its granted resources could not be read")
+            }
+        }
+    }
     let n = plans.len();
     match runtime.recover(plans).await {
         Ok(()) if n > 0 => {

@@ -50,6 +50,24 @@ impl ResourceStore for PgStore {
             .await?)
     }
 
+    async fn find_resource(&self, token: &ResourceToken) -> Result<Option<Resource>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.get_resource(&mut c, None, token).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>, StoreError> {
+        Ok(OPS
+            .reveal_granted_resource(self.begin().await?, owner, token, ctx)
+            .await?)
+    }
+
     async fn list_resources(
         &self,
         team: TeamId,

@@ -1533,6 +1533,24 @@ where
         Ok(Some(r))
     }
 
+    /// `ResourceStore::reveal_granted_resource`: the URL leaves only if its audit row commits.
+    pub async fn reveal_granted_resource(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>> {
+        let r = self.get_resource(&mut tx, owner, token).await?;
+        let Some(r) = r.filter(|r| r.status == ResourceStatus::Ready && r.team_id == owner) else {
+            return Ok(None);
+        };
+        self.insert_audit(&mut tx, &resource::url_read(&r, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(Some(r))
+    }
+
     /// `ResourceStore::list_resources`: one statement (the page and its total).
     pub async fn list_resources(
         &self,

@@ -46,6 +46,23 @@ impl ResourceStore for SqliteStore {
             .await?)
     }
 
+    async fn find_resource(&self, token: &ResourceToken) -> Result<Option<Resource>, StoreError> {
+        Ok(OPS
+            .get_resource(&mut *self.reader().await?, None, token)
+            .await?)
+    }
+
+    async fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>, StoreError> {
+        Ok(OPS
+            .reveal_granted_resource(self.write_tx().await?, owner, token, ctx)
+            .await?)
+    }
+
     async fn list_resources(
         &self,
         team: TeamId,

@@ -192,6 +192,7 @@ fn services() -> Vec<ReleaseService> {
         expose,
         health: expose.then(|| "/healthz".to_owned()),
         env: BTreeMap::from([("LOG_LEVEL".to_owned(), "info".to_owned())]),
+        needs: Vec::new(),
     };
     vec![svc("api", 3000, true), svc("worker", 8080, false)]
 }

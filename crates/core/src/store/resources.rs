@@ -51,6 +51,23 @@ pub trait ResourceStore: Clone + Send + Sync + 'static {
         ctx: AuditCtx,
     ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
 
+    /// Any resource by its token, any status, without auditing: the owner and kind checks of
+    /// `needs:` at create and redeploy (no URL is handed out from this).
+    fn find_resource(
+        &self,
+        token: &ResourceToken,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// The `ready` resource `token` with its connection URL if its owner is `owner` (a team;
+    /// `None`: anonymous, matching only anonymous resources), and audit `resource.url_read` in
+    /// the same transaction: how a deploy reads the URLs its release was granted.
+    fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
     /// The team's resources, newest first, `limit` per page, with the total.
     fn list_resources(
         &self,

@@ -49,15 +49,17 @@ pub async fn redeploy<S: Store>(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let slug = parse_slug(&slug)?;
-    let caller = Caller::Team(p);
     let code: Option<Code> = if has_body(&headers) {
         let mut form = upload::read_form(multipart).await?;
         let manifest = upload::manifest_text(&mut form)?;
         let needs_command = state.runtime.needs_start_command();
-        Some(upload::validate_code_blocking(manifest, form.files, needs_command).await?)
+        let mut code = upload::validate_code_blocking(manifest, form.files, needs_command).await?;
+        crate::needs::grant(&state.store, Some(p.team.id), &mut code).await?;
+        Some(code)
     } else {
         None
     };
+    let caller = Caller::Team(p);
     let request_hash = || {
         let identity = json!({
             "route": format!("POST /stacks/{slug}/redeploy"),

@@ -97,7 +97,12 @@ pub async fn create<S: Store>(
         ));
     }
     let form = upload::read_form(multipart).await?;
-    let validated = validate(form, state.runtime.needs_start_command()).await?;
+    let mut validated = validate(form, state.runtime.needs_start_command()).await?;
+    let owner = match &caller {
+        Caller::Team(p) => Some(p.team.id),
+        Caller::Anonymous { .. } => None,
+    };
+    crate::needs::grant(&state.store, owner, &mut validated.code).await?;
 
     let reservation = match idempotency::start(
         &state.store,
