@@ -7,6 +7,7 @@
 use crate::artifacts::Artifacts;
 use crate::needs::ResolveError;
 use crate::now;
+use crate::resources::Provisioner;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
 use stackyard_core::lifecycle::status::Supervised;
@@ -39,6 +40,8 @@ pub struct Workers<S: JobStore + ResourceStore> {
     pub torn_down: Arc<Notify>,
     /// Where a teardown removes the artifacts no release uses any more.
     pub artifacts: Arc<Artifacts>,
+    /// Makes stack-owned resources (deploy) and drops them (teardown).
+    pub provisioner: Arc<Provisioner>,
 }
 
 impl<S: JobStore + ResourceStore> Workers<S> {
@@ -163,7 +166,7 @@ impl<S: JobStore + ResourceStore> Workers<S> {
                 .await?;
             return Ok(());
         };
-        let granted = match resolve_grants(&self.store, &stack, &release).await {
+        let granted = match resolve_grants(&self.store, &self.provisioner, &stack, &release).await {
             Ok(g) => g,
             Err(ResolveError::Failed(msg)) => {
                 self.store
@@ -174,6 +177,18 @@ impl<S: JobStore + ResourceStore> Workers<S> {
                             error: Some(msg),
                         },
                         now(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Err(ResolveError::Transient(msg)) => {
+                let give_up = job.attempts >= MAX_DEPLOY_ATTEMPTS;
+                self.store
+                    .retry_job(
+                        job,
+                        &msg,
+                        now().saturating_add_ms(backoff_ms(job.attempts)),
+                        give_up,
                     )
                     .await?;
                 return Ok(());
@@ -218,7 +233,34 @@ impl<S: JobStore + ResourceStore> Workers<S> {
     }
 
     async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
-        match self.runtime.teardown(&job.slug).await {
+        let torn = match self.runtime.teardown(&job.slug).await {
+            // Its services are stopped: now the resources the stack owns can go.
+            Ok(()) => {
+                let ctx = AuditCtx {
+                    actor: Actor::system(),
+                    request_id: None,
+                    now: now(),
+                };
+                crate::needs::drop_stack_resources(
+                    &self.store,
+                    &self.provisioner,
+                    job.stack_id,
+                    &ctx,
+                )
+                .await
+                .map(|n| {
+                    if n > 0 {
+                        tracing::info!(stack = %job.slug, resources = n, "dropped the stack's own resources");
+                    }
+                })
+                .map_err(|e| {
+                    tracing::warn!(error = %e, stack = %job.slug, "could not drop the stack's own resources");
+                    RuntimeError::Transient("the stack's own resources could not be dropped yet".into())
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match torn {
             Ok(()) => {
                 let Some(unused) = self.store.finish_teardown(job, now()).await? else {
                     return Ok(());
@@ -320,6 +362,7 @@ pub(crate) fn deploy_plan(
 /// The URLs of what `release` was granted, read (and audited, as the system) through the store.
 pub(crate) async fn resolve_grants<S: ResourceStore>(
     store: &S,
+    provisioner: &Provisioner,
     stack: &Stack,
     release: &Release,
 ) -> Result<Vec<GrantedResource>, ResolveError> {
@@ -331,7 +374,7 @@ pub(crate) async fn resolve_grants<S: ResourceStore>(
         request_id: None,
         now: now(),
     };
-    crate::needs::resolve(store, stack.team_id, &release.services, &ctx).await
+    crate::needs::resolve(store, provisioner, stack, &release.services, &ctx).await
 }
 
 /// 1 s, 2 s, 4 s … capped at 60 s.

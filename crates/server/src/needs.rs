@@ -3,13 +3,15 @@
 //! (`resolve`), read through the store and never written into the release.
 
 use crate::error::{ApiError, ApiResult};
+use crate::resources::{Provisioner, ResourceError, generate_password};
 use crate::routes::upload::Code;
 use axum::http::StatusCode;
-use stackyard_core::model::{AuditCtx, ReleaseService, TeamId};
-use stackyard_core::needs::{self, GrantSource, Need};
-use stackyard_core::resource::{Resource, ResourceStatus};
+use stackyard_core::model::{AuditCtx, ReleaseService, Stack, StackId, TeamId};
+use stackyard_core::needs::{self, Grant, GrantSource, Need};
+use stackyard_core::resource::{NewResource, Resource, ResourceStatus, StackOwner, generate_id};
 use stackyard_core::runtime::GrantedResource;
-use stackyard_core::store::{ResourceStore, StoreError};
+use stackyard_core::store::{CreateResourceError, ResourceStore, StoreError};
+use stackyard_core::{ResourceName, ResourceToken};
 
 /// Checks every token of `code`'s needs against the store for a stack owned by `owner` (a
 /// team; `None`: anonymous) and fills each service's grants. Nothing is written: a refusal
@@ -30,7 +32,8 @@ pub async fn grant<S: ResourceStore>(
                         .map_err(|e| ApiError::store("provision_failed", &e))?
                         .filter(|r| r.status != ResourceStatus::Deleting)
                         .ok_or_else(|| not_found(svc.name.as_str()))?;
-                    if r.team_id != owner {
+                    // A stack-owned resource is its stack's alone: its teardown drops it.
+                    if r.team_id != owner || r.stack.is_some() {
                         return Err(forbidden(svc.name.as_str(), owner));
                     }
                     Some(r.kind)
@@ -71,19 +74,24 @@ pub enum ResolveError {
     /// The release cannot run as it is: the message is safe to show the stack owner.
     #[error("{0}")]
     Failed(String),
+    /// A resource server failed: worth retrying. The message is safe to show.
+    #[error("{0}")]
+    Transient(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The URLs of the resources `services` were granted, for a stack of `owner`, each read
-/// through the store (audited there). A token resource deleted since the release was made
-/// fails the deploy.
+/// The URLs of the resources `stack`'s `services` were granted, each read through the store
+/// (audited there); a stack-owned resource not there yet is provisioned first. A token
+/// resource deleted since the release was made fails the deploy.
 pub async fn resolve<S: ResourceStore>(
     store: &S,
-    owner: Option<TeamId>,
+    provisioner: &Provisioner,
+    stack: &Stack,
     services: &[ReleaseService],
     ctx: &AuditCtx,
 ) -> Result<Vec<GrantedResource>, ResolveError> {
+    let owner = stack.team_id;
     let mut out = Vec::new();
     for svc in services {
         for g in &svc.needs {
@@ -97,18 +105,132 @@ pub async fn resolve<S: ResourceStore>(
                             svc.name, g.env
                         ))
                     })?,
-                GrantSource::Stack => {
-                    return Err(ResolveError::Failed(format!(
-                        "service `{}` needs a stack-owned {} resource, which this server does not provision yet",
-                        svc.name,
-                        g.kind.as_str()
-                    )));
-                }
+                GrantSource::Stack => stack_owned(store, provisioner, stack, g, ctx).await?,
             };
             out.push(granted(svc, &g.env, &r));
         }
     }
     Ok(out)
+}
+
+/// The stack's own resource for `g`, made if it is not there: row `provisioning` → DDL →
+/// `ready`, as `POST /db/new` does. A row a crash left half done (or of another kind, after a
+/// manifest change) is dropped first; the reconciler drops such rows too. Only this stack's
+/// jobs write these rows, and one job per stack runs at a time.
+async fn stack_owned<S: ResourceStore>(
+    store: &S,
+    provisioner: &Provisioner,
+    stack: &Stack,
+    g: &Grant,
+    ctx: &AuditCtx,
+) -> Result<Resource, ResolveError> {
+    if let Some(r) = store.stack_resource(stack.id, &g.env).await? {
+        if r.status == ResourceStatus::Ready && r.kind == g.kind {
+            if let Some(r) = store
+                .reveal_granted_resource(stack.team_id, &r.token, ctx.clone())
+                .await?
+            {
+                return Ok(r);
+            }
+        }
+        crate::resources::delete(store, provisioner, None, &r.token, ctx.clone())
+            .await
+            .map_err(server_failed)?;
+    }
+    provisioner.check_configured(g.kind).map_err(|_| {
+        ResolveError::Failed(format!(
+            "`needs: {}` asks for a stack-owned {} resource, but this server provisions none (the operator's --resource-{}-url)",
+            g.kind.as_str(),
+            g.kind.as_str(),
+            g.kind.as_str()
+        ))
+    })?;
+    let id = generate_id();
+    let connection_url = provisioner
+        .connection_url(g.kind, &id, &generate_password())
+        .map_err(server_failed)?;
+    let mut name = format!("{} {}", stack.slug, g.env);
+    name.truncate(64);
+    let r = Resource {
+        id,
+        token: ResourceToken::generate(),
+        kind: g.kind,
+        name: ResourceName::parse(&name)
+            .unwrap_or_else(|_| ResourceName::parse("stack").unwrap_or_else(|_| unreachable!())),
+        team_id: stack.team_id,
+        tier: stack.tier.clone(),
+        status: ResourceStatus::Provisioning,
+        connection_url,
+        created_at: ctx.now,
+        expires_at: None,
+        stack: Some(StackOwner {
+            stack_id: stack.id,
+            env: g.env.clone(),
+        }),
+    };
+    let new = NewResource {
+        resource: r.clone(),
+        fingerprint: None,
+        max_per_team: None,
+    };
+    store.insert_resource(new).await.map_err(|e| match e {
+        CreateResourceError::Store(e) => ResolveError::Store(e),
+        CreateResourceError::LimitReached { .. } => {
+            ResolveError::Transient("the stack's resource could not be recorded".into())
+        }
+    })?;
+    #[cfg(debug_assertions)]
+    test_crash_point();
+    if let Err(e) = provisioner.create(&r).await {
+        let _ = crate::resources::delete(store, provisioner, None, &r.token, ctx.clone()).await;
+        return Err(server_failed(e));
+    }
+    if !store.mark_resource_ready(&r, ctx.clone(), None).await? {
+        return Err(ResolveError::Transient(
+            "the stack's resource was reclaimed before it was ready".into(),
+        ));
+    }
+    tracing::info!(stack = %stack.slug, resource = %r.token, kind = r.kind.as_str(), "stack-owned resource created");
+    Ok(r)
+}
+
+/// Test hook: with `STACKYARD_TEST_CRASH_AFTER_STACK_RESOURCE_ROW` set, the process exits right
+/// after a stack-owned resource's row is written, before its DDL (the crash the reconciler
+/// must finish).
+#[cfg(debug_assertions)]
+fn test_crash_point() {
+    if std::env::var_os("STACKYARD_TEST_CRASH_AFTER_STACK_RESOURCE_ROW").is_some() {
+        std::process::exit(137);
+    }
+}
+
+/// A resource server's failure, as a retryable deploy error. Its own message is logged, never
+/// shown (it may name roles).
+fn server_failed(e: ResourceError) -> ResolveError {
+    match e {
+        ResourceError::Store(e) => ResolveError::Store(e),
+        e => {
+            tracing::warn!(error = %e, "could not provision a stack-owned resource");
+            ResolveError::Transient(
+                "the resource server failed while preparing the stack's own resource; retrying"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Drops every resource `stack` owns (its teardown). Token resources it merely used stay.
+pub async fn drop_stack_resources<S: ResourceStore>(
+    store: &S,
+    provisioner: &Provisioner,
+    stack: StackId,
+    ctx: &AuditCtx,
+) -> Result<usize, ResourceError> {
+    let owned = store.stack_resources(stack).await?;
+    for r in &owned {
+        crate::resources::delete(store, provisioner, None, &r.token, ctx.clone()).await?;
+    }
+    Ok(owned.len())
 }
 
 fn granted(svc: &ReleaseService, env: &str, r: &Resource) -> GrantedResource {

@@ -6,7 +6,7 @@ use crate::sql::OPS;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::model::{AuditCtx, Page, TeamId};
+use stackyard_core::model::{AuditCtx, Page, StackId, TeamId};
 use stackyard_core::resource::{NewResource, Resource};
 use stackyard_core::store::{CreateResourceError, Idempotent, ResourceStore, StoreError};
 use stackyard_core::time::Millis;
@@ -66,6 +66,24 @@ impl ResourceStore for PgStore {
         Ok(OPS
             .reveal_granted_resource(self.begin().await?, owner, token, ctx)
             .await?)
+    }
+
+    async fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.stack_resource(&mut c, stack, env).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn stack_resources(&self, stack: StackId) -> Result<Vec<Resource>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.stack_resources(&mut c, stack).await
+        };
+        Ok(self.read(read).await?)
     }
 
     async fn list_resources(

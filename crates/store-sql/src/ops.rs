@@ -1465,6 +1465,8 @@ where
             .bind(r.connection_url.as_str())
             .bind(r.created_at.0)
             .bind(r.expires_at.map(|t| t.0))
+            .bind(r.stack.as_ref().map(|s| s.stack_id.0))
+            .bind(r.stack.as_ref().map(|s| s.env.as_str()))
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
@@ -1531,6 +1533,34 @@ where
             .await?;
         Self::commit(tx).await?;
         Ok(Some(r))
+    }
+
+    /// `ResourceStore::stack_resource`.
+    pub async fn stack_resource(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        env: &str,
+    ) -> Result<Option<Resource>> {
+        let row: Option<ResourceRow> = sqlx::query_as(resource_sql::GET_BY_STACK)
+            .bind(stack.0)
+            .bind(env)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(Resource::try_from).transpose()
+    }
+
+    /// `ResourceStore::stack_resources`.
+    pub async fn stack_resources(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+    ) -> Result<Vec<Resource>> {
+        let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::LIST_BY_STACK)
+            .bind(stack.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        decode(rows)
     }
 
     /// `ResourceStore::reveal_granted_resource`: the URL leaves only if its audit row commits.
@@ -1662,17 +1692,30 @@ fn parse_resource_cursor(cursor: Option<&str>) -> (i64, String) {
 mod resource_sql {
     macro_rules! cols {
         () => {
-            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at"
+            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at, \
+             stack_id, stack_env"
         };
     }
     pub const INSERT: &str = concat!(
         "INSERT INTO resources (",
         cols!(),
-        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $6)"
+        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $13, $6)"
     );
-    /// `$1` team: its resources not being deleted.
-    pub const COUNT_TEAM: &str =
-        "SELECT COUNT(*) FROM resources WHERE team_id = $1 AND status <> 'deleting'";
+    /// `$1` team: its resources not being deleted, stack-owned ones excluded.
+    pub const COUNT_TEAM: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1 \
+         AND status <> 'deleting' AND stack_id IS NULL";
+    /// `$1` stack, `$2` env name.
+    pub const GET_BY_STACK: &str = concat!(
+        "SELECT ",
+        cols!(),
+        " FROM resources WHERE stack_id = $1 AND stack_env = $2"
+    );
+    /// `$1` stack.
+    pub const LIST_BY_STACK: &str = concat!(
+        "SELECT ",
+        cols!(),
+        " FROM resources WHERE stack_id = $1 ORDER BY created_at, token"
+    );
     pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
     /// `$1` token, `$2` team or NULL for any.
     pub const GET: &str = concat!(

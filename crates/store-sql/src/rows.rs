@@ -477,6 +477,8 @@ pub struct ResourceRow {
     pub connection_url: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    pub stack_id: Option<i64>,
+    pub stack_env: Option<String>,
 }
 
 impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
@@ -495,6 +497,13 @@ impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
             connection_url: r.connection_url,
             created_at: Millis(r.created_at),
             expires_at: r.expires_at.map(Millis),
+            stack: match (r.stack_id, r.stack_env) {
+                (Some(id), Some(env)) => Some(stackyard_core::resource::StackOwner {
+                    stack_id: stackyard_core::model::StackId(id),
+                    env,
+                }),
+                _ => None,
+            },
         })
     }
 }

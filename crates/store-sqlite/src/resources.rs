@@ -3,7 +3,7 @@
 use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::model::{AuditCtx, Page, TeamId};
+use stackyard_core::model::{AuditCtx, Page, StackId, TeamId};
 use stackyard_core::resource::{NewResource, Resource};
 use stackyard_core::store::{CreateResourceError, Idempotent, ResourceStore, StoreError};
 use stackyard_core::time::Millis;
@@ -60,6 +60,22 @@ impl ResourceStore for SqliteStore {
     ) -> Result<Option<Resource>, StoreError> {
         Ok(OPS
             .reveal_granted_resource(self.write_tx().await?, owner, token, ctx)
+            .await?)
+    }
+
+    async fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        Ok(OPS
+            .stack_resource(&mut *self.reader().await?, stack, env)
+            .await?)
+    }
+
+    async fn stack_resources(&self, stack: StackId) -> Result<Vec<Resource>, StoreError> {
+        Ok(OPS
+            .stack_resources(&mut *self.reader().await?, stack)
             .await?)
     }
 

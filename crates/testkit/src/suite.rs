@@ -4343,6 +4343,7 @@ fn new_resource(team: Option<TeamId>, now: i64, max: Option<i64>) -> NewResource
             status: ResourceStatus::Provisioning,
             created_at: at(now),
             expires_at: team.is_none().then(|| at(now + 1000)),
+            stack: None,
         },
         fingerprint: team.is_none().then(|| "10.0.0.0/24".to_owned()),
         max_per_team: max,

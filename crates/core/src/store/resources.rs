@@ -3,7 +3,7 @@
 
 use super::{Idempotent, StoreError};
 use crate::ids::ResourceToken;
-use crate::model::{AuditCtx, Page, TeamId};
+use crate::model::{AuditCtx, Page, StackId, TeamId};
 use crate::resource::{NewResource, Resource};
 use crate::time::Millis;
 use std::future::Future;
@@ -67,6 +67,19 @@ pub trait ResourceStore: Clone + Send + Sync + 'static {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// The stack-owned resource of `stack` injected as `env`, any status, without auditing.
+    fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// Every resource `stack` owns, any status (its teardown drops them).
+    fn stack_resources(
+        &self,
+        stack: StackId,
+    ) -> impl Future<Output = Result<Vec<Resource>, StoreError>> + Send;
 
     /// The team's resources, newest first, `limit` per page, with the total.
     fn list_resources(
