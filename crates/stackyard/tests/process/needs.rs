@@ -185,3 +185,74 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
     assert_eq!(code, 200);
     assert!(!database_exists(&admin, &shared_db).await);
 }
+
+/// The server dies between a stack-owned resource's row and its DDL (a test hook exits the
+/// process there): after a restart the reconciler drops the half-made row, the requeued deploy
+/// makes the resource anew, and the stack ends healthy with exactly one ready database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_stack_resources_row_and_its_ddl_is_reconciled_and_the_deploy_finishes() {
+    let Some(admin) = stackyard_testkit::pg::admin_url().await else {
+        assert!(
+            !stackyard_testkit::under_ci(),
+            "PostgreSQL is required in CI"
+        );
+        return;
+    };
+    let db = Db::fresh(Backend::Sqlite).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--resource-postgres-url", admin.as_str()];
+    let server = Server::start_with_env(
+        &db.url,
+        data.path(),
+        &flags,
+        &[("STACKYARD_TEST_CRASH_AFTER_STACK_RESOURCE_ROW", "1")],
+    );
+    let token = server.admin_token();
+    let client = reqwest::Client::new();
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", "services:\n  app:\n    needs: [postgres]\n")
+        .text("name", "crash")
+        .part(
+            "app",
+            reqwest::multipart::Part::bytes(tarball()).file_name("app.tar.gz"),
+        );
+    let slug = create(&client, &server, Some(&token), form).await;
+    // The deploy job writes the row and the process exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.get(server.url("/healthz")).send().await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit at the hook"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    assert_eq!(
+        db.scalar(
+            "SELECT COUNT(*) FROM resources WHERE status = 'provisioning' AND stack_id IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    let server = Server::start(&db.url, data.path(), &flags);
+    wait_until(
+        &client,
+        &server,
+        &token,
+        &slug,
+        Duration::from_secs(60),
+        |c, b| c == 200 && b["status"] == "healthy",
+    )
+    .await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM resources").await, 1);
+    assert_eq!(
+        db.scalar(
+            "SELECT COUNT(*) FROM resources WHERE status = 'ready' AND stack_env = 'DATABASE_URL'"
+        )
+        .await,
+        1
+    );
+    delete_and_wait_gone(&client, &server, &token, &slug, Duration::from_secs(60)).await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM resources").await, 0);
+}
