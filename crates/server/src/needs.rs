@@ -125,13 +125,13 @@ async fn stack_owned<S: ResourceStore>(
     ctx: &AuditCtx,
 ) -> Result<Resource, ResolveError> {
     if let Some(r) = store.stack_resource(stack.id, &g.env).await? {
-        if r.status == ResourceStatus::Ready && r.kind == g.kind {
-            if let Some(r) = store
+        if r.status == ResourceStatus::Ready
+            && r.kind == g.kind
+            && let Some(r) = store
                 .reveal_granted_resource(stack.team_id, &r.token, ctx.clone())
                 .await?
-            {
-                return Ok(r);
-            }
+        {
+            return Ok(r);
         }
         crate::resources::delete(store, provisioner, None, &r.token, ctx.clone())
             .await
@@ -149,14 +149,18 @@ async fn stack_owned<S: ResourceStore>(
     let connection_url = provisioner
         .connection_url(g.kind, &id, &generate_password())
         .map_err(server_failed)?;
-    let mut name = format!("{} {}", stack.slug, g.env);
-    name.truncate(64);
+    // `<slug> <ENV>`: both parts are valid in a resource name; cut to its 64 characters.
+    let name: String = format!("{} {}", stack.slug, g.env)
+        .chars()
+        .take(64)
+        .collect();
+    let name = ResourceName::parse(name.trim_end())
+        .map_err(|e| ResolveError::Failed(format!("stack resource name: {}", e.0)))?;
     let r = Resource {
         id,
         token: ResourceToken::generate(),
         kind: g.kind,
-        name: ResourceName::parse(&name)
-            .unwrap_or_else(|_| ResourceName::parse("stack").unwrap_or_else(|_| unreachable!())),
+        name,
         team_id: stack.team_id,
         tier: stack.tier.clone(),
         status: ResourceStatus::Provisioning,

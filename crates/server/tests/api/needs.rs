@@ -158,4 +158,91 @@ async fn needs_tokens_are_checked_at_create_and_redeploy_and_releases_record_no_
     pg.cleanup(&names).await;
 }
 
-both_backends!(needs_tokens_are_checked_at_create_and_redeploy_and_releases_record_no_url);
+/// A stack-owned database is made by the first deploy, kept (the same one) by redeploys, not
+/// counted against `--max-resources`, refused by token in another stack, and dropped by the
+/// stack's teardown.
+async fn a_stack_owned_database_outlives_redeploys_and_goes_with_the_stack(backend: Backend) {
+    let pg = PgAdmin::create().await;
+    let Some(app) = spawn(backend, &pg, &["--max-resources", "1"]).await else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, created) = app
+        .create_stack(
+            Some(&admin),
+            form("owns", "[postgres, {kind: postgres, as: OTHER_DB}]"),
+        )
+        .await;
+    assert_eq!(code, 202, "{created}");
+    let slug = created["stack_id"].as_str().unwrap().to_owned();
+    app.wait_for(&slug, Some(&admin), |_, b| b["status"] == "healthy")
+        .await;
+    assert_eq!(
+        app.count("resources", "status = 'ready' AND stack_id IS NOT NULL")
+            .await,
+        2
+    );
+    let (_, list) = call(app.get("/api/v1/resources", Some(&admin))).await;
+    let owned: Vec<Value> = list["items"].as_array().unwrap().clone();
+    assert_eq!(owned.len(), 2, "{list}");
+    let names: Vec<String> = owned.iter().map(server_name).collect();
+
+    // The team's one resource of its own still fits under --max-resources 1.
+    let mine = db_new(&app, Some(&admin), "mine").await;
+    let mut all = names.clone();
+    all.push(server_name(&mine));
+
+    // Another stack cannot name a stack-owned resource by token.
+    let (code, body) = app
+        .create_stack(
+            Some(&admin),
+            form(
+                "borrow",
+                &format!("[{}]", owned[0]["token"].as_str().unwrap()),
+            ),
+        )
+        .await;
+    assert_error(code, &body, 403, "forbidden");
+
+    let (code, body) = call(app.post(&format!("/stacks/{slug}/redeploy"), Some(&admin))).await;
+    assert_eq!(code, 202, "{body}");
+    app.wait_for(&slug, Some(&admin), |_, b| {
+        b["status"] == "healthy" && b["release"]["version"] == 2
+    })
+    .await;
+    let (_, again) = call(app.get("/api/v1/resources", Some(&admin))).await;
+    let tokens = |v: &Value| -> Vec<String> {
+        let mut t: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["token"].as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    let mut before: Vec<String> = owned
+        .iter()
+        .map(|i| i["token"].as_str().unwrap().to_owned())
+        .collect();
+    before.push(mine["token"].as_str().unwrap().to_owned());
+    before.sort();
+    assert_eq!(tokens(&again), before, "redeploy keeps the same resources");
+
+    let (code, _) = call(app.delete(&format!("/stacks/{slug}"), Some(&admin))).await;
+    assert!(code == 200 || code == 202);
+    app.wait_for(&slug, Some(&admin), |c, _| c == 404).await;
+    assert_eq!(app.count("resources", "stack_id IS NOT NULL").await, 0);
+    assert_eq!(
+        app.count("resources", "").await,
+        1,
+        "the team's own resource stays"
+    );
+    drop(app);
+    pg.cleanup(&all).await;
+}
+
+both_backends!(
+    needs_tokens_are_checked_at_create_and_redeploy_and_releases_record_no_url,
+    a_stack_owned_database_outlives_redeploys_and_goes_with_the_stack
+);
