@@ -89,6 +89,8 @@ pub struct Resource {
 pub struct StackOwner {
     pub stack_id: StackId,
     pub env: String,
+    /// The stack's slug as read with the row (`None` when written, or once the stack is gone).
+    pub slug: Option<String>,
 }
 
 impl std::fmt::Debug for Resource {

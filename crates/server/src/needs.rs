@@ -170,6 +170,7 @@ async fn stack_owned<S: ResourceStore>(
         stack: Some(StackOwner {
             stack_id: stack.id,
             env: g.env.clone(),
+            slug: None,
         }),
     };
     let new = NewResource {

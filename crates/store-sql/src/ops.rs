@@ -1696,6 +1696,16 @@ mod resource_sql {
              stack_id, stack_env"
         };
     }
+    /// `cols!` and the owning stack's slug (NULL for a caller's resource, or once the stack
+    /// row is gone).
+    macro_rules! select_cols {
+        () => {
+            concat!(
+                cols!(),
+                ", (SELECT slug FROM stacks WHERE stacks.id = resources.stack_id) AS stack_slug"
+            )
+        };
+    }
     pub const INSERT: &str = concat!(
         "INSERT INTO resources (",
         cols!(),
@@ -1707,25 +1717,25 @@ mod resource_sql {
     /// `$1` stack, `$2` env name.
     pub const GET_BY_STACK: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE stack_id = $1 AND stack_env = $2"
     );
     /// `$1` stack.
     pub const LIST_BY_STACK: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE stack_id = $1 ORDER BY created_at, token"
     );
     pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
     /// `$1` token, `$2` team or NULL for any.
     pub const GET: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE token = $1 AND ($2 IS NULL OR team_id = $2)"
     );
     pub const LIST: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         ", (SELECT COUNT(*) FROM resources WHERE team_id = $1) AS total FROM resources \
          WHERE team_id = $1 AND (created_at, token) < ($2, $3) \
          ORDER BY created_at DESC, token DESC LIMIT $4"
@@ -1739,14 +1749,14 @@ mod resource_sql {
     pub const DELETE: &str = "DELETE FROM resources WHERE token = $1";
     pub const TO_RECONCILE: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE status = 'deleting' \
          OR (status = 'provisioning' AND created_at < $1) OR (status = 'ready' AND $2) \
          ORDER BY created_at"
     );
     pub const EXPIRED: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
          AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
     );

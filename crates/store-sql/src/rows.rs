@@ -479,6 +479,7 @@ pub struct ResourceRow {
     pub expires_at: Option<i64>,
     pub stack_id: Option<i64>,
     pub stack_env: Option<String>,
+    pub stack_slug: Option<String>,
 }
 
 impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
@@ -501,6 +502,7 @@ impl TryFrom<ResourceRow> for stackyard_core::resource::Resource {
                 (Some(id), Some(env)) => Some(stackyard_core::resource::StackOwner {
                     stack_id: stackyard_core::model::StackId(id),
                     env,
+                    slug: r.stack_slug,
                 }),
                 _ => None,
             },

@@ -185,6 +185,7 @@ async fn a_stack_owned_database_outlives_redeploys_and_goes_with_the_stack(backe
     let (_, list) = call(app.get("/api/v1/resources", Some(&admin))).await;
     let owned: Vec<Value> = list["items"].as_array().unwrap().clone();
     assert_eq!(owned.len(), 2, "{list}");
+    assert!(owned.iter().all(|i| i["stack"] == json!(slug)), "{list}");
     let names: Vec<String> = owned.iter().map(server_name).collect();
 
     // The team's one resource of its own still fits under --max-resources 1.

@@ -138,6 +138,8 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
         .iter()
         .find(|i| i["token"] != res["token"])
         .expect("the stack-owned resource");
+    assert_eq!(owned["stack"], json!(uses), "{list}");
+    assert!(items.iter().any(|i| i.get("stack").is_none()), "{list}");
     let owned_db = format!("sy_{}", owned["id"].as_str().unwrap());
     assert!(database_exists(&admin, &owned_db).await);
 
