@@ -1,6 +1,6 @@
 //! `needs:` end to end on the local runtime with the sandbox on, against the machine's
 //! PostgreSQL: a service granted a team resource (by token) and a stack-owned one sees
-//! `DATABASE_URL` and `DATABASE_URL_2` and queries both; a service of a stack without `needs`
+//! `DATABASE_URL` and `DATABASE_URL_2` and queries both (and its own Redis as `REDIS_URL`); a service of a stack without `needs`
 //! cannot even open a TCP connection to PostgreSQL's port; the teardown drops the stack-owned
 //! database only.
 
@@ -51,12 +51,12 @@ fn probe_form(
     apps: &std::path::Path,
     name: &str,
     needs: Option<&str>,
-    port: u16,
+    (port, redis_port): (u16, u16),
 ) -> reqwest::multipart::Form {
     let dir = apps.join(name);
     let needs = needs.map_or(String::new(), |n| format!("    needs: {n}\n"));
     let manifest = format!(
-        "services:\n  app:\n    build: ./app\n    expose: true\n{needs}    env:\n      T_PG_PORT: \"{port}\"\n"
+        "services:\n  app:\n    build: ./app\n    expose: true\n{needs}    env:\n      T_PG_PORT: \"{port}\"\n      T_REDIS_PORT: \"{redis_port}\"\n"
     );
     write_app(
         &dir,
@@ -80,7 +80,16 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
         return;
     };
     let port = pg_port(&admin);
-    let (_db, _data, server) = local_server(&["--resource-postgres-url", &admin]).await;
+    let redis = stackyard_testkit::redis::url().expect("Redis for needs tests");
+    let redis_port = pg_port(&redis);
+    let ports = (port, redis_port);
+    let (_db, _data, server) = local_server(&[
+        "--resource-postgres-url",
+        &admin,
+        "--resource-redis-url",
+        &redis,
+    ])
+    .await;
     let client = reqwest::Client::new();
     let (code, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(code, 200, "{ready}");
@@ -104,19 +113,19 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
     let shared_db = format!("sy_{}", res["id"].as_str().unwrap());
 
     let apps = tempfile::tempdir().unwrap();
-    let needs = format!("[{}, postgres]", res["token"].as_str().unwrap());
+    let needs = format!("[{}, postgres, redis]", res["token"].as_str().unwrap());
     let uses = create(
         &client,
         &server,
         Some(&token),
-        probe_form(apps.path(), "uses", Some(&needs), port),
+        probe_form(apps.path(), "uses", Some(&needs), ports),
     )
     .await;
     let plain = create(
         &client,
         &server,
         Some(&token),
-        probe_form(apps.path(), "plain", None, port),
+        probe_form(apps.path(), "plain", None, ports),
     )
     .await;
     wait_healthy(&client, &server, Some(&token), &uses).await;
@@ -133,10 +142,10 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
     )
     .await;
     let items = list["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2, "{list}");
+    assert_eq!(items.len(), 3, "{list}");
     let owned = items
         .iter()
-        .find(|i| i["token"] != res["token"])
+        .find(|i| i["token"] != res["token"] && i["resource_type"] == "postgres")
         .expect("the stack-owned resource");
     assert_eq!(owned["stack"], json!(uses), "{list}");
     assert!(items.iter().any(|i| i.get("stack").is_none()), "{list}");
@@ -148,6 +157,8 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
     assert_eq!(report["db1"], json!(shared_db), "{report}");
     assert_eq!(report["db2"], json!(owned_db), "{report}");
     assert_eq!(report["pg_port"], "connected", "{report}");
+    assert_eq!(report["redis"], "+PONG", "{report}");
+    assert_eq!(report["redis_port"], "connected", "{report}");
 
     let (code, report) = via_router(&client, &server, "app", &plain).await.unwrap();
     assert_eq!(code, 200, "{report}");
@@ -164,6 +175,16 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
         "{owned_db} dropped"
     );
     assert!(database_exists(&admin, &shared_db).await);
+    let (_, list) = json_of(
+        client
+            .get(server.url("/api/v1/resources"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["total"], 1, "only the token resource is left: {list}");
     let mut c = PgConnection::connect(&url).await.unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1")
         .fetch_one(&mut c)

@@ -20,6 +20,31 @@ def query(var):
     return r.stdout.strip() if r.returncode == 0 else "error: " + r.stderr.strip()[-200:]
 
 
+def redis_ping(var):
+    url = os.environ.get(var)
+    if not url:
+        return None
+    rest = url.split("://", 1)[1]
+    creds, hostpart = rest.rsplit("@", 1)
+    user, password = creds.split(":", 1)
+    host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        def cmd(*args):
+            out = "*%d\r\n" % len(args)
+            for a in args:
+                out += "$%d\r\n%s\r\n" % (len(a.encode()), a)
+            s.sendall(out.encode())
+            return s.recv(256).decode().strip()
+
+        auth = cmd("AUTH", user, password)
+        return cmd("PING") if auth == "+OK" else "auth failed"
+    except OSError as e:
+        return "errno %s" % e.errno
+    finally:
+        s.close()
+
+
 def connect(port):
     s = socket.socket()
     s.settimeout(3)
@@ -39,6 +64,8 @@ class Probe(http.server.BaseHTTPRequestHandler):
                 "db1": query("DATABASE_URL"),
                 "db2": query("DATABASE_URL_2"),
                 "pg_port": connect(int(os.environ["T_PG_PORT"])),
+                "redis": redis_ping("REDIS_URL"),
+                "redis_port": connect(int(os.environ["T_REDIS_PORT"])),
             }
         ).encode()
         self.send_response(200)
