@@ -50,13 +50,11 @@ pub async fn redeploy<S: Store>(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let slug = parse_slug(&slug)?;
-    let code: Option<Code> = if has_body(&headers) {
+    let mut code: Option<Code> = if has_body(&headers) {
         let mut form = upload::read_form(multipart).await?;
         let manifest = upload::manifest_text(&mut form)?;
         let needs_command = state.runtime.needs_start_command();
-        let mut code = upload::validate_code_blocking(manifest, form.files, needs_command).await?;
-        crate::needs::grant(&state.store, Some(p.team.id), &mut code).await?;
-        Some(code)
+        Some(upload::validate_code_blocking(manifest, form.files, needs_command).await?)
     } else {
         None
     };
@@ -82,7 +80,15 @@ pub async fn redeploy<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
-    let result = redeploy_reserved(&state, &caller, &rid, &slug, code, reservation.as_ref()).await;
+    // After the replay check, as for a create.
+    let granted = match (&mut code, &caller) {
+        (Some(c), Caller::Team(p)) => crate::needs::grant(&state.store, Some(p.team.id), c).await,
+        _ => Ok(()),
+    };
+    let result = match granted {
+        Ok(()) => redeploy_reserved(&state, &caller, &rid, &slug, code, reservation.as_ref()).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         idempotency::abandon(&state.store, reservation.as_ref()).await;
     }

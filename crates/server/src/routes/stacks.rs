@@ -99,11 +99,6 @@ pub async fn create<S: Store>(
     }
     let form = upload::read_form(multipart).await?;
     let mut validated = validate(form, state.runtime.needs_start_command()).await?;
-    let owner = match &caller {
-        Caller::Team(p) => Some(p.team.id),
-        Caller::Anonymous { .. } => None,
-    };
-    crate::needs::grant(&state.store, owner, &mut validated.code).await?;
 
     let reservation = match idempotency::start(
         &state.store,
@@ -118,7 +113,16 @@ pub async fn create<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
-    let result = create_reserved(&state, &caller, &rid, validated, reservation.as_ref()).await;
+    // After the replay check: a replayed create answers as the first did, even if a resource
+    // it named has gone since.
+    let owner = match &caller {
+        Caller::Team(p) => Some(p.team.id),
+        Caller::Anonymous { .. } => None,
+    };
+    let result = match crate::needs::grant(&state.store, owner, &mut validated.code).await {
+        Ok(()) => create_reserved(&state, &caller, &rid, validated, reservation.as_ref()).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         idempotency::abandon(&state.store, reservation.as_ref()).await;
     }
