@@ -86,6 +86,10 @@ pub struct ResourceItem {
     pub expires_at: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// The stack that owns it (`needs: [postgres]` in its manifest): its id (`stk-…`); absent
+    /// for a resource created with `POST /db/new` or `/cache/new`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
 }
 
 impl From<&Resource> for ResourceItem {
@@ -99,6 +103,7 @@ impl From<&Resource> for ResourceItem {
             name: r.name.to_string(),
             expires_at: r.expires_at.map(time),
             created_at: time(r.created_at),
+            stack: r.stack.as_ref().and_then(|s| s.slug.clone()),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod manifest;
 pub mod model;
+pub mod needs;
 pub mod resource;
 pub mod runtime;
 pub mod store;

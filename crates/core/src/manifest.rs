@@ -8,6 +8,8 @@
 //! about. The tree is then validated into typed values.
 
 use crate::ids::{EnvKey, ServiceName, escape_for_message};
+use crate::needs::Need;
+use crate::resource::ResourceKind;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{
@@ -56,8 +58,8 @@ pub struct ServiceSpec {
     pub expose: bool,
     pub command: Option<String>,
     pub health: Option<String>,
-    /// Resource tokens. Kept so a later server can honour them; this one only warns.
-    pub needs: Vec<String>,
+    /// The resources the service is granted (`crate::needs`), in the manifest's order.
+    pub needs: Vec<Need>,
     pub env: BTreeMap<String, String>,
 }
 
@@ -68,6 +70,10 @@ pub enum ManifestError {
     /// Anything wrong with the manifest other than an env key's spelling.
     #[error("{0}")]
     Invalid(String),
+    /// A `needs` entry that is neither a resource token nor a kind (`postgres`, `redis`,
+    /// `{kind, as}`).
+    #[error("{0}")]
+    InvalidToken(String),
     /// An env key that is not a valid [`EnvKey`]. `key` is truncated for display.
     #[error("{message}")]
     InvalidEnvKey {
@@ -83,6 +89,7 @@ impl ManifestError {
         match self {
             ManifestError::Invalid(_) => "invalid_manifest",
             ManifestError::InvalidEnvKey { .. } => "invalid_env_key",
+            ManifestError::InvalidToken(_) => "invalid_token",
         }
     }
 }
@@ -577,12 +584,6 @@ impl Validator<'_> {
                 )),
             }
         }
-        if !spec.needs.is_empty() {
-            self.warnings.push(format!(
-                "service `{}` lists `needs`, but resource provisioning is not available on this server yet, so they were ignored",
-                spec.name
-            ));
-        }
         Ok(spec)
     }
 
@@ -629,32 +630,65 @@ impl Validator<'_> {
             })
     }
 
-    fn needs(&self, svc: &str, v: &Spanned<Node>) -> Result<Vec<String>, ManifestError> {
+    fn needs(&self, svc: &str, v: &Spanned<Node>) -> Result<Vec<Need>, ManifestError> {
         let items = match &v.value {
             Node::Null => return Ok(Vec::new()),
             Node::Seq(items) => items,
             other => {
                 return Err(invalid(format!(
-                    "`needs` of service `{svc}` must be a list of resource names, but it is {}{}",
+                    "`needs` of service `{svc}` must be a list of resource tokens or kinds, but it is {}{}",
                     other.kind(),
                     line_of(v)
                 )));
             }
         };
-        items
-            .iter()
-            .map(|item| {
-                self.text(item)
-                    .filter(|t| !t.contains('\0'))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "each entry of `needs` in service `{svc}` must be text, but one is {}{}",
-                            item.value.kind(),
-                            line_of(item)
-                        ))
-                    })
-            })
-            .collect()
+        items.iter().map(|item| self.need(svc, item)).collect()
+    }
+
+    /// One `needs` entry: a token, `postgres`, `redis`, or `{kind: postgres|redis, as: NAME}`.
+    /// The entry itself is never echoed: a mistyped one may be a connection URL.
+    fn need(&self, svc: &str, item: &Spanned<Node>) -> Result<Need, ManifestError> {
+        let bad = |what: &str| {
+            ManifestError::InvalidToken(format!(
+                "an entry of `needs` in service `{svc}` {what}{}",
+                line_of(item)
+            ))
+        };
+        let Node::Map(entries) = &item.value else {
+            let text = self.text(item).ok_or_else(|| {
+                bad(&format!(
+                    "is {}, not a resource token, `postgres` or `redis`",
+                    item.value.kind()
+                ))
+            })?;
+            return Need::parse_text(&text).ok_or_else(|| {
+                bad("is neither a resource token (a lowercase UUID) nor `postgres` or `redis`")
+            });
+        };
+        let mut kind = None;
+        let mut env = None;
+        for (k, v) in entries {
+            match self.text(k).as_deref() {
+                Some("kind") => {
+                    kind = Some(
+                        self.text(v)
+                            .as_deref()
+                            .and_then(ResourceKind::parse)
+                            .ok_or_else(|| bad("has a `kind` other than `postgres` or `redis`"))?,
+                    );
+                }
+                Some("as") => {
+                    env = Some(
+                        self.text(v)
+                            .and_then(|t| EnvKey::parse(&t).ok())
+                            .ok_or_else(|| bad("has an `as` that is not an env variable name"))?,
+                    );
+                }
+                _ => return Err(bad("has a key other than `kind` and `as`")),
+            }
+        }
+        let kind = kind.ok_or_else(|| bad("is a mapping without `kind`"))?;
+        Ok(Need::Owned { kind, env })
     }
 
     fn env(&self, svc: &str, v: &Spanned<Node>) -> Result<BTreeMap<String, String>, ManifestError> {
@@ -1137,14 +1171,45 @@ services:
     }
 
     #[test]
-    fn needs_are_kept_with_a_warning() {
-        let m = ok("services:\n  api:\n    needs: [postgres, redis]\n  web:\n    needs: []\n");
-        assert_eq!(m.services[0].needs, ["postgres", "redis"]);
-        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
-        assert!(m.warnings[0].contains("service `api`") && m.warnings[0].contains("not available"));
+    fn needs_are_tokens_kinds_or_named_kinds() {
+        let token = "6f9619ff-8b86-4011-b42d-00c04fc964ff";
+        let m = ok(&format!(
+            "services:\n  api:\n    needs: [{token}, postgres, redis, {{kind: postgres, as: ANALYTICS_DB_URL}}]\n  web:\n    needs: []\n"
+        ));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        assert_eq!(
+            m.services[0].needs,
+            [
+                Need::Token(crate::ResourceToken::parse(token).unwrap()),
+                Need::Owned {
+                    kind: ResourceKind::Postgres,
+                    env: None
+                },
+                Need::Owned {
+                    kind: ResourceKind::Redis,
+                    env: None
+                },
+                Need::Owned {
+                    kind: ResourceKind::Postgres,
+                    env: Some(EnvKey::parse("ANALYTICS_DB_URL").unwrap())
+                },
+            ]
+        );
         let msg = invalid_msg("services:\n  api:\n    needs: postgres\n");
         assert!(msg.contains("`needs` of service `api`"), "{msg}");
-        invalid_msg("services:\n  api:\n    needs: [[a]]\n");
+        for bad in [
+            "[[a]]",
+            "[mysql]",
+            "[\"postgres://u:secret@h/db\"]",
+            "[{kind: mysql}]",
+            "[{as: X}]",
+            "[{kind: redis, as: 1X}]",
+            "[{kind: redis, token: x}]",
+        ] {
+            let e = Manifest::parse(&format!("services:\n  api:\n    needs: {bad}\n")).unwrap_err();
+            assert_eq!(e.code(), "invalid_token", "{bad}: {e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 
     #[test]
@@ -1479,7 +1544,14 @@ services:
             proptest::option::of(any::<bool>()),
             proptest::option::of(text()),
             proptest::option::of("/[a-z0-9/_.-]{0,12}"),
-            proptest::collection::vec("[a-z][a-z0-9-]{0,8}", 0..3),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("postgres".to_owned()),
+                    Just("redis".to_owned()),
+                    "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                ],
+                0..3,
+            ),
             proptest::collection::btree_map(
                 "[A-Za-z_][A-Za-z0-9_]{0,12}",
                 text().prop_filter("not a reference", |v| !v.starts_with(SERVICE_SCHEME)),
@@ -1602,13 +1674,11 @@ services:
                 prop_assert_eq!(got.expose, want.expose.unwrap_or(false));
                 prop_assert_eq!(&got.command, &want.command);
                 prop_assert_eq!(&got.health, &want.health);
-                prop_assert_eq!(&got.needs, &want.needs);
+                let want_needs: Vec<Need> = want.needs.iter().filter_map(|n| Need::parse_text(n)).collect();
+                prop_assert_eq!(&got.needs, &want_needs);
                 prop_assert_eq!(&got.env, &want.env);
             }
-            let needs_warnings = generated.iter().filter(|s| !s.needs.is_empty()).count();
-            let other = m.warnings.iter().filter(|w| !w.contains("`needs`")).all(|w| w.contains("cycle"));
-            prop_assert!(other, "{:?}", m.warnings);
-            prop_assert_eq!(m.warnings.iter().filter(|w| w.contains("`needs`")).count(), needs_warnings);
+            prop_assert!(m.warnings.iter().all(|w| w.contains("cycle")), "{:?}", m.warnings);
         }
     }
 }

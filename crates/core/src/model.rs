@@ -221,6 +221,9 @@ pub struct ReleaseService {
     pub health: Option<String>,
     /// The manifest's `env:` for this service, `service://x` still unresolved.
     pub env: BTreeMap<String, String>,
+    /// The resources granted by `needs:` (token or stack-owned, kind, env name; never a URL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<crate::needs::Grant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

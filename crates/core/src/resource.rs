@@ -4,7 +4,7 @@
 
 use crate::ids::{ResourceName, ResourceToken, random_hex};
 use crate::lifecycle::AuditRecord;
-use crate::model::{AuditCtx, TeamId};
+use crate::model::{AuditCtx, StackId, TeamId};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,19 @@ pub struct Resource {
     pub connection_url: String,
     pub created_at: Millis,
     pub expires_at: Option<Millis>,
+    /// The stack that owns it (`needs: [postgres]`), `None` for one a caller created.
+    pub stack: Option<StackOwner>,
+}
+
+/// A stack-owned resource's owner: the stack and the env name it is injected as, which is how
+/// a redeploy finds it again. Dropped by the stack's teardown; not counted against
+/// `--max-resources` (the stack itself is counted against the team's stacks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackOwner {
+    pub stack_id: StackId,
+    pub env: String,
+    /// The stack's slug as read with the row (`None` when written, or once the stack is gone).
+    pub slug: Option<String>,
 }
 
 impl std::fmt::Debug for Resource {
@@ -87,6 +100,7 @@ impl std::fmt::Debug for Resource {
             .field("token", &self.token)
             .field("kind", &self.kind)
             .field("status", &self.status)
+            .field("stack", &self.stack)
             .finish_non_exhaustive()
     }
 }

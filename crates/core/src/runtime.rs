@@ -28,6 +28,40 @@ pub struct DeployPlan {
     pub services: Vec<ReleaseService>,
     /// The stack env map as of `env_version` (applied last, winning over the manifest's `env:`).
     pub env: EnvMap,
+    /// The resources the release grants, their URLs read through the store for this deploy
+    /// (never stored with the release).
+    pub granted: Vec<GrantedResource>,
+}
+
+/// One resource granted to one service, resolved: its env name and URL (with its password),
+/// and the port the sandbox opens for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GrantedResource {
+    pub service: ServiceName,
+    pub env: String,
+    pub url: String,
+    /// The TCP port of the resource server, opened to this service only.
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Debug for GrantedResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantedResource")
+            .field("service", &self.service)
+            .field("env", &self.env)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeployPlan {
+    /// The granted resources of `service`, in the manifest's order.
+    pub fn granted_to<'a>(
+        &'a self,
+        service: &'a ServiceName,
+    ) -> impl Iterator<Item = &'a GrantedResource> + 'a {
+        self.granted.iter().filter(move |g| &g.service == service)
+    }
 }
 
 /// Where the server keeps a service tarball: `<data dir>/artifacts/<sha256>.tar.gz`, written

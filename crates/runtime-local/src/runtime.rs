@@ -495,7 +495,13 @@ impl Shared {
                     port_overridden: port_overridden(plan, svc, port),
                     service: svc.clone(),
                     port,
-                    siblings: assigned.clone(),
+                    // Its stack's services and, for this service only, the ports of the
+                    // resources its release granted it.
+                    siblings: assigned
+                        .iter()
+                        .copied()
+                        .chain(plan.granted_to(&svc.name).filter_map(|g| g.port))
+                        .collect(),
                     root,
                     tmp,
                 })
@@ -986,7 +992,7 @@ async fn drain(upstreams: Vec<Arc<Upstream>>, limit: Duration) {
 }
 
 /// A service's environment, later entries winning (`env.md`, "Applying"): `inherited` (the
-/// server's `PATH` and `HOME`, the sandbox's variables, the image's `ENV`); the platform variables; variables from `needs:` (none are provisioned yet); the
+/// server's `PATH` and `HOME`, the sandbox's variables, the image's `ENV`); the platform variables; the URLs of the resources `needs:` granted it; the
 /// manifest's `env:` with `service://x` resolved to this release's address of `x`; the stack
 /// env map.
 fn service_env(
@@ -1001,6 +1007,10 @@ fn service_env(
     env.insert("STACKYARD_STACK".into(), plan.slug.to_string());
     env.insert("STACKYARD_SERVICE".into(), svc.name.to_string());
     env.insert("STACKYARD_RELEASE".into(), plan.release.to_string());
+    env.extend(
+        plan.granted_to(&svc.name)
+            .map(|g| (g.env.clone(), g.url.clone())),
+    );
     env.extend(resolve_service_refs(&svc.env, |name| {
         ports.get(name).map(|p| format!("http://127.0.0.1:{p}"))
     }));
@@ -1128,6 +1138,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            needs: Vec::new(),
         }
     }
 
@@ -1154,6 +1165,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             ),
+            granted: Vec::new(),
         };
         let ports: HashMap<&str, u16> = [("web", 4001), ("api", 4002)].into_iter().collect();
         let inherited = vec![

@@ -5,15 +5,18 @@
 //! taken over, or superseded by a newer operation, can no longer change anything.
 
 use crate::artifacts::Artifacts;
+use crate::needs::ResolveError;
 use crate::now;
+use crate::resources::Provisioner;
 use stackyard_core::ServiceName;
 use stackyard_core::env::EnvMap;
 use stackyard_core::lifecycle::status::Supervised;
+use stackyard_core::model::{Actor, AuditCtx};
 use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stack, StackId};
 use stackyard_core::runtime::{
-    BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink, SupervisionSink,
+    BoxFuture, DeployPlan, GrantedResource, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
-use stackyard_core::store::{DeployResult, JobStore};
+use stackyard_core::store::{DeployResult, JobStore, ResourceStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -26,7 +29,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: JobStore> {
+pub struct Workers<S: JobStore + ResourceStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -37,9 +40,11 @@ pub struct Workers<S: JobStore> {
     pub torn_down: Arc<Notify>,
     /// Where a teardown removes the artifacts no release uses any more.
     pub artifacts: Arc<Artifacts>,
+    /// Makes stack-owned resources (deploy) and drops them (teardown).
+    pub provisioner: Arc<Provisioner>,
 }
 
-impl<S: JobStore> Workers<S> {
+impl<S: JobStore + ResourceStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
     /// and returns once they are dropped: their claims are left to their leases (another
     /// server, or this one after a restart, resumes them), and the caller may stop the runtime
@@ -161,7 +166,36 @@ impl<S: JobStore> Workers<S> {
                 .await?;
             return Ok(());
         };
-        let plan = deploy_plan(stack, release, env);
+        let granted = match resolve_grants(&self.store, &self.provisioner, &stack, &release).await {
+            Ok(g) => g,
+            Err(ResolveError::Failed(msg)) => {
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: false,
+                            error: Some(msg),
+                        },
+                        now(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Err(ResolveError::Transient(msg)) => {
+                let give_up = job.attempts >= MAX_DEPLOY_ATTEMPTS;
+                self.store
+                    .retry_job(
+                        job,
+                        &msg,
+                        now().saturating_add_ms(backoff_ms(job.attempts)),
+                        give_up,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            Err(ResolveError::Store(e)) => return Err(e),
+        };
+        let plan = deploy_plan(stack, release, env, granted);
         let sink = JobSink {
             store: self.store.clone(),
             job: job.clone(),
@@ -199,7 +233,34 @@ impl<S: JobStore> Workers<S> {
     }
 
     async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
-        match self.runtime.teardown(&job.slug).await {
+        let torn = match self.runtime.teardown(&job.slug).await {
+            // Its services are stopped: now the resources the stack owns can go.
+            Ok(()) => {
+                let ctx = AuditCtx {
+                    actor: Actor::system(),
+                    request_id: None,
+                    now: now(),
+                };
+                crate::needs::drop_stack_resources(
+                    &self.store,
+                    &self.provisioner,
+                    job.stack_id,
+                    &ctx,
+                )
+                .await
+                .map(|n| {
+                    if n > 0 {
+                        tracing::info!(stack = %job.slug, resources = n, "dropped the stack's own resources");
+                    }
+                })
+                .map_err(|e| {
+                    tracing::warn!(error = %e, stack = %job.slug, "could not drop the stack's own resources");
+                    RuntimeError::Transient("the stack's own resources could not be dropped yet".into())
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match torn {
             Ok(()) => {
                 let Some(unused) = self.store.finish_teardown(job, now()).await? else {
                     return Ok(());
@@ -279,8 +340,14 @@ impl<S: JobStore> Workers<S> {
     }
 }
 
-/// What the runtime needs to run `release` of `stack` with the env map it recorded.
-pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> DeployPlan {
+/// What the runtime needs to run `release` of `stack` with the env map it recorded and the
+/// resources it was granted.
+pub(crate) fn deploy_plan(
+    stack: Stack,
+    release: Release,
+    env: EnvMap,
+    granted: Vec<GrantedResource>,
+) -> DeployPlan {
     DeployPlan {
         stack_id: stack.id,
         slug: stack.slug,
@@ -288,7 +355,26 @@ pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> Deploy
         env_version: release.info.env_version,
         services: release.services,
         env,
+        granted,
     }
+}
+
+/// The URLs of what `release` was granted, read (and audited, as the system) through the store.
+pub(crate) async fn resolve_grants<S: ResourceStore>(
+    store: &S,
+    provisioner: &Provisioner,
+    stack: &Stack,
+    release: &Release,
+) -> Result<Vec<GrantedResource>, ResolveError> {
+    if release.services.iter().all(|s| s.needs.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let ctx = AuditCtx {
+        actor: Actor::system(),
+        request_id: None,
+        now: now(),
+    };
+    crate::needs::resolve(store, provisioner, stack, &release.services, &ctx).await
 }
 
 /// 1 s, 2 s, 4 s … capped at 60 s.

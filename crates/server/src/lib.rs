@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod masterkey;
 pub mod middleware;
+pub mod needs;
 pub mod noop;
 pub mod openapi;
 pub mod ratelimit;

@@ -3,7 +3,7 @@
 
 use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::{StoreSupervision, Workers, deploy_plan};
+use crate::jobs::{StoreSupervision, Workers, deploy_plan, resolve_grants};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
@@ -223,16 +223,17 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         slots: args.job_workers,
         torn_down: state.teardowns_done.clone(),
         artifacts: artifacts.clone(),
+        provisioner: provisioner.clone(),
     };
     // Jobs start only after the runtime recovered what should be running, so a deploy never
     // races the restart of the same stack. Stopping the server stops what the runtime runs
     // here (a restart brings it back), but only once recovery and the jobs are cancelled: a
     // deploy still running could otherwise start a process after the runtime stopped them all.
-    let (store2, runtime2) = (store.clone(), runtime.clone());
+    let (store2, runtime2, provisioner2) = (store.clone(), runtime.clone(), provisioner.clone());
     let (rx, mut rx2) = (shutdown_rx.clone(), shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
         tokio::select! {
-            _ = recover(&store2, runtime2.as_ref()) => workers.run(rx).await,
+            _ = recover(&store2, &provisioner2, runtime2.as_ref()) => workers.run(rx).await,
             _ = crate::stopped(&mut rx2) => {}
         }
         runtime2.shutdown().await;
@@ -328,7 +329,7 @@ fn sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
 
 /// Hands the runtime every stack that should be running (after a restart: the previous
 /// instance's processes are gone or orphaned). Failures are logged; the server starts anyway.
-async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
+async fn recover<S: Store>(store: &S, provisioner: &Provisioner, runtime: &dyn Runtime) {
     let running = match store.running_stacks().await {
         Ok(r) => r,
         Err(e) => {
@@ -336,10 +337,17 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
             return;
         }
     };
-    let plans = running
-        .into_iter()
-        .map(|(stack, release, env)| deploy_plan(stack, release, env))
-        .collect::<Vec<_>>();
+    let mut plans = Vec::with_capacity(running.len());
+    for (stack, release, env) in running {
+        // A stack whose granted resources cannot be read now is left to its stored status
+        // rather than started without them.
+        match resolve_grants(store, provisioner, &stack, &release).await {
+            Ok(granted) => plans.push(deploy_plan(stack, release, env, granted)),
+            Err(e) => {
+                tracing::warn!(stack = %stack.slug, error = %e, "not restarting a stack: its granted resources could not be read")
+            }
+        }
+    }
     let n = plans.len();
     match runtime.recover(plans).await {
         Ok(()) if n > 0 => {

@@ -6,7 +6,7 @@ use crate::sql::OPS;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::model::{AuditCtx, Page, TeamId};
+use stackyard_core::model::{AuditCtx, Page, StackId, TeamId};
 use stackyard_core::resource::{NewResource, Resource};
 use stackyard_core::store::{CreateResourceError, Idempotent, ResourceStore, StoreError};
 use stackyard_core::time::Millis;
@@ -51,6 +51,46 @@ impl ResourceStore for PgStore {
         Ok(OPS
             .reveal_resource(self.begin().await?, team, token, ctx, keyring)
             .await?)
+    }
+
+    async fn find_resource(&self, token: &ResourceToken) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.get_resource(&mut c, None, token, keyring).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .reveal_granted_resource(self.begin().await?, owner, token, ctx, keyring)
+            .await?)
+    }
+
+    async fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.stack_resource(&mut c, stack, env, keyring).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn stack_resources(&self, stack: StackId) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.stack_resources(&mut c, stack, keyring).await
+        };
+        Ok(self.read(read).await?)
     }
 
     async fn list_resources(

@@ -1693,6 +1693,8 @@ where
             .bind(url)
             .bind(r.created_at.0)
             .bind(r.expires_at.map(|t| t.0))
+            .bind(r.stack.as_ref().map(|s| s.stack_id.0))
+            .bind(r.stack.as_ref().map(|s| s.env.as_str()))
             .bind(wrapped)
             .execute(&mut *tx)
             .await
@@ -1758,6 +1760,55 @@ where
             .get_resource(&mut tx, Some(team), token, keyring)
             .await?;
         let Some(r) = r.filter(|r| r.status == ResourceStatus::Ready) else {
+            return Ok(None);
+        };
+        self.insert_audit(&mut tx, &resource::url_read(&r, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(Some(r))
+    }
+
+    /// `ResourceStore::stack_resource`.
+    pub async fn stack_resource(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        env: &str,
+        keyring: &Keyring,
+    ) -> Result<Option<Resource>> {
+        let row: Option<ResourceRow> = sqlx::query_as(resource_sql::GET_BY_STACK)
+            .bind(stack.0)
+            .bind(env)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|r| r.decode(keyring)).transpose()
+    }
+
+    /// `ResourceStore::stack_resources`.
+    pub async fn stack_resources(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        keyring: &Keyring,
+    ) -> Result<Vec<Resource>> {
+        let rows: Vec<ResourceRow> = sqlx::query_as(resource_sql::LIST_BY_STACK)
+            .bind(stack.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter().map(|r| r.decode(keyring)).collect()
+    }
+
+    /// `ResourceStore::reveal_granted_resource`: the URL leaves only if its audit row commits.
+    pub async fn reveal_granted_resource(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+        keyring: &Keyring,
+    ) -> Result<Option<Resource>> {
+        let r = self.get_resource(&mut tx, owner, token, keyring).await?;
+        let Some(r) = r.filter(|r| r.status == ResourceStatus::Ready && r.team_id == owner) else {
             return Ok(None);
         };
         self.insert_audit(&mut tx, &resource::url_read(&r, &ctx))
@@ -1885,27 +1936,49 @@ mod resource_sql {
     macro_rules! cols {
         () => {
             "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at, \
-             data_key"
+             stack_id, stack_env, data_key"
+        };
+    }
+    /// `cols!` and the owning stack's slug (NULL for a caller's resource, or once the stack
+    /// row is gone).
+    macro_rules! select_cols {
+        () => {
+            concat!(
+                cols!(),
+                ", (SELECT slug FROM stacks WHERE stacks.id = resources.stack_id) AS stack_slug"
+            )
         };
     }
     pub const INSERT: &str = concat!(
         "INSERT INTO resources (",
         cols!(),
-        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $6)"
+        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $13, $14, $6)"
     );
-    /// `$1` team: its resources not being deleted.
-    pub const COUNT_TEAM: &str =
-        "SELECT COUNT(*) FROM resources WHERE team_id = $1 AND status <> 'deleting'";
+    /// `$1` team: its resources not being deleted, stack-owned ones excluded.
+    pub const COUNT_TEAM: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1 \
+         AND status <> 'deleting' AND stack_id IS NULL";
+    /// `$1` stack, `$2` env name.
+    pub const GET_BY_STACK: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE stack_id = $1 AND stack_env = $2"
+    );
+    /// `$1` stack.
+    pub const LIST_BY_STACK: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE stack_id = $1 ORDER BY created_at, token"
+    );
     pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
     /// `$1` token, `$2` team or NULL for any.
     pub const GET: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE token = $1 AND ($2 IS NULL OR team_id = $2)"
     );
     pub const LIST: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         ", (SELECT COUNT(*) FROM resources WHERE team_id = $1) AS total FROM resources \
          WHERE team_id = $1 AND (created_at, token) < ($2, $3) \
          ORDER BY created_at DESC, token DESC LIMIT $4"
@@ -1919,14 +1992,14 @@ mod resource_sql {
     pub const DELETE: &str = "DELETE FROM resources WHERE token = $1";
     pub const TO_RECONCILE: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE status = 'deleting' \
          OR (status = 'provisioning' AND created_at < $1) OR (status = 'ready' AND $2) \
          ORDER BY created_at"
     );
     pub const EXPIRED: &str = concat!(
         "SELECT ",
-        cols!(),
+        select_cols!(),
         " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
          AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
     );

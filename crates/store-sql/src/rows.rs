@@ -485,6 +485,9 @@ pub struct ResourceRow {
     pub connection_url: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    pub stack_id: Option<i64>,
+    pub stack_env: Option<String>,
+    pub stack_slug: Option<String>,
     /// The resource's wrapped data key: `connection_url` is sealed when set (`crate::seal`).
     pub data_key: Option<Vec<u8>>,
 }
@@ -511,6 +514,14 @@ impl ResourceRow {
             connection_url,
             created_at: Millis(r.created_at),
             expires_at: r.expires_at.map(Millis),
+            stack: match (r.stack_id, r.stack_env) {
+                (Some(id), Some(env)) => Some(stackyard_core::resource::StackOwner {
+                    stack_id: stackyard_core::model::StackId(id),
+                    env,
+                    slug: r.stack_slug,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -3,7 +3,7 @@
 use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::model::{AuditCtx, Page, TeamId};
+use stackyard_core::model::{AuditCtx, Page, StackId, TeamId};
 use stackyard_core::resource::{NewResource, Resource};
 use stackyard_core::store::{CreateResourceError, Idempotent, ResourceStore, StoreError};
 use stackyard_core::time::Millis;
@@ -46,6 +46,43 @@ impl ResourceStore for SqliteStore {
         let keyring = self.keys.get()?;
         Ok(OPS
             .reveal_resource(self.write_tx().await?, team, token, ctx, keyring)
+            .await?)
+    }
+
+    async fn find_resource(&self, token: &ResourceToken) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .get_resource(&mut *self.reader().await?, None, token, keyring)
+            .await?)
+    }
+
+    async fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .reveal_granted_resource(self.write_tx().await?, owner, token, ctx, keyring)
+            .await?)
+    }
+
+    async fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .stack_resource(&mut *self.reader().await?, stack, env, keyring)
+            .await?)
+    }
+
+    async fn stack_resources(&self, stack: StackId) -> Result<Vec<Resource>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .stack_resources(&mut *self.reader().await?, stack, keyring)
             .await?)
     }
 

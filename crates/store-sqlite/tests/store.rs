@@ -265,6 +265,7 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
         expose: true,
         health: None,
         env: Default::default(),
+        needs: Vec::new(),
     }];
     let s = store.create_stack(new).await.unwrap();
     store

@@ -75,6 +75,7 @@ macro_rules! store_suite {
             resource_rows_move_provisioning_ready_deleting_gone_with_their_audit_rows,
             insert_resource_enforces_the_team_cap_under_concurrent_creates,
             resources_to_reconcile_skips_young_provisioning_rows_and_ready_ones_unless_asked,
+            stack_owned_resources_are_found_by_stack_and_env_and_outside_the_team_cap,
             audit_metadata_never_contains_env_values,
             apply_env_writes_applies_in_order_with_one_version_per_change,
             apply_env_writes_if_match_refuses_only_the_stale_write,
@@ -192,6 +193,7 @@ fn services() -> Vec<ReleaseService> {
         expose,
         health: expose.then(|| "/healthz".to_owned()),
         env: BTreeMap::from([("LOG_LEVEL".to_owned(), "info".to_owned())]),
+        needs: Vec::new(),
     };
     vec![svc("api", 3000, true), svc("worker", 8080, false)]
 }
@@ -4342,6 +4344,7 @@ fn new_resource(team: Option<TeamId>, now: i64, max: Option<i64>) -> NewResource
             status: ResourceStatus::Provisioning,
             created_at: at(now),
             expires_at: team.is_none().then(|| at(now + 1000)),
+            stack: None,
         },
         fingerprint: team.is_none().then(|| "10.0.0.0/24".to_owned()),
         max_per_team: max,
@@ -4475,6 +4478,104 @@ pub async fn resources_to_reconcile_skips_young_provisioning_rows_and_ready_ones
     // Expiry sees only ready rows past their time.
     let expired = tokens(store.expired_resources(at(2000), 10).await.unwrap());
     assert_eq!(expired, vec![ready.resource.token.clone()]);
+}
+
+pub async fn stack_owned_resources_are_found_by_stack_and_env_and_outside_the_team_cap<S: Store>(
+    store: S,
+) {
+    use stackyard_core::resource::StackOwner;
+    let t = team(&store, "owned", None).await;
+    let stack = StackId(4242);
+    let owned = |env: &str, now: i64| {
+        let mut n = new_resource(Some(t.id), now, Some(1));
+        n.resource.stack = Some(StackOwner {
+            stack_id: stack,
+            env: env.to_owned(),
+            slug: None,
+        });
+        n
+    };
+    let (a, b) = (owned("DATABASE_URL", 1), owned("DATABASE_URL_2", 2));
+    store.insert_resource(a.clone()).await.unwrap();
+    // Stack-owned rows do not count against the cap (1): a second one, and the team's own.
+    store.insert_resource(b.clone()).await.unwrap();
+    store
+        .insert_resource(new_resource(Some(t.id), 3, Some(1)))
+        .await
+        .unwrap();
+    // One row per (stack, env name).
+    let mut dup = owned("DATABASE_URL", 4);
+    dup.max_per_team = None;
+    assert!(store.insert_resource(dup).await.is_err());
+
+    let got = store
+        .stack_resource(stack, "DATABASE_URL")
+        .await
+        .unwrap()
+        .expect("found by stack and env");
+    assert_eq!(got.token, a.resource.token);
+    assert_eq!(
+        got.stack.as_ref().map(|s| s.env.as_str()),
+        Some("DATABASE_URL")
+    );
+    assert!(
+        store
+            .stack_resource(stack, "REDIS_URL")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .stack_resource(StackId(4243), "DATABASE_URL")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let all: Vec<_> = store
+        .stack_resources(stack)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    assert_eq!(
+        all,
+        vec![a.resource.token.clone(), b.resource.token.clone()]
+    );
+
+    // A granted read needs the owner to match and the row to be ready.
+    assert!(
+        store
+            .reveal_granted_resource(Some(t.id), &a.resource.token, ctx(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .mark_resource_ready(&a.resource, ctx(5), None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .reveal_granted_resource(None, &a.resource.token, ctx(6))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let revealed = store
+        .reveal_granted_resource(Some(t.id), &a.resource.token, ctx(6))
+        .await
+        .unwrap()
+        .expect("its owner reads it");
+    assert_eq!(revealed.connection_url, a.resource.connection_url);
+    assert!(
+        store
+            .find_resource(&b.resource.token)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 pub async fn master_canary_is_written_once_and_swapped_only_from_the_expected_one<S: Store>(

@@ -282,6 +282,7 @@ pub(crate) mod fixtures {
             expose: name == "web",
             health: None,
             env: BTreeMap::new(),
+            needs: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::{Idempotent, StoreError};
 use crate::ids::ResourceToken;
-use crate::model::{AuditCtx, Page, TeamId};
+use crate::model::{AuditCtx, Page, StackId, TeamId};
 use crate::resource::{NewResource, Resource};
 use crate::time::Millis;
 use std::future::Future;
@@ -50,6 +50,36 @@ pub trait ResourceStore: Clone + Send + Sync + 'static {
         token: &ResourceToken,
         ctx: AuditCtx,
     ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// Any resource by its token, any status, without auditing: the owner and kind checks of
+    /// `needs:` at create and redeploy (no URL is handed out from this).
+    fn find_resource(
+        &self,
+        token: &ResourceToken,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// The `ready` resource `token` with its connection URL if its owner is `owner` (a team;
+    /// `None`: anonymous, matching only anonymous resources), and audit `resource.url_read` in
+    /// the same transaction: how a deploy reads the URLs its release was granted.
+    fn reveal_granted_resource(
+        &self,
+        owner: Option<TeamId>,
+        token: &ResourceToken,
+        ctx: AuditCtx,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// The stack-owned resource of `stack` injected as `env`, any status, without auditing.
+    fn stack_resource(
+        &self,
+        stack: StackId,
+        env: &str,
+    ) -> impl Future<Output = Result<Option<Resource>, StoreError>> + Send;
+
+    /// Every resource `stack` owns, any status (its teardown drops them).
+    fn stack_resources(
+        &self,
+        stack: StackId,
+    ) -> impl Future<Output = Result<Vec<Resource>, StoreError>> + Send;
 
     /// The team's resources, newest first, `limit` per page, with the total.
     fn list_resources(

@@ -319,6 +319,7 @@ pub fn service(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        needs: Vec::new(),
     }
 }
 
@@ -339,6 +340,7 @@ pub fn plan(
         env_version: 0,
         services,
         env: EnvMap::from_map(vars),
+        granted: Vec::new(),
     }
 }
 

@@ -36,7 +36,8 @@ fn has_body(headers: &HeaderMap) -> bool {
         ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
     request_body(content = Option<RedeployForm>, content_type = "multipart/form-data", description = "Optional: without a body the current code is redeployed"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = Redeployed),
-        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid"),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid; `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
+        (status = 403, description = "`forbidden`: a `needs` token is another team's or another stack's own"),
         (status = 404, description = "`not_found`: no stack with that id for this team"),
         (status = 409, description = "`stack_deleting`: the stack is being deleted"),
         (status = 503, description = "`provision_failed`: the store (or artifact storage) is unavailable")))]
@@ -49,8 +50,7 @@ pub async fn redeploy<S: Store>(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let slug = parse_slug(&slug)?;
-    let caller = Caller::Team(p);
-    let code: Option<Code> = if has_body(&headers) {
+    let mut code: Option<Code> = if has_body(&headers) {
         let mut form = upload::read_form(multipart).await?;
         let manifest = upload::manifest_text(&mut form)?;
         let needs_command = state.runtime.needs_start_command();
@@ -58,6 +58,7 @@ pub async fn redeploy<S: Store>(
     } else {
         None
     };
+    let caller = Caller::Team(p);
     let request_hash = || {
         let identity = json!({
             "route": format!("POST /stacks/{slug}/redeploy"),
@@ -79,7 +80,15 @@ pub async fn redeploy<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
-    let result = redeploy_reserved(&state, &caller, &rid, &slug, code, reservation.as_ref()).await;
+    // After the replay check, as for a create.
+    let granted = match (&mut code, &caller) {
+        (Some(c), Caller::Team(p)) => crate::needs::grant(&state.store, Some(p.team.id), c).await,
+        _ => Ok(()),
+    };
+    let result = match granted {
+        Ok(()) => redeploy_reserved(&state, &caller, &rid, &slug, code, reservation.as_ref()).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         idempotency::abandon(&state.store, reservation.as_ref()).await;
     }

@@ -169,6 +169,7 @@ async fn provision<S: Store>(
         connection_url,
         created_at: ctx.now,
         expires_at,
+        stack: None,
     };
     let new = NewResource {
         resource: resource.clone(),

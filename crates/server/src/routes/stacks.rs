@@ -79,8 +79,9 @@ async fn validate(mut form: Form, needs_start_command: bool) -> ApiResult<Valida
     params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and form returns the first response")),
     request_body(content = StackForm, content_type = "multipart/form-data"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = CreatedStack),
-        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid"),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid; `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
         (status = 401, description = "`unauthorized`: this server accepts no anonymous stacks"),
+        (status = 403, description = "`forbidden`: a `needs` token is another team's (or a team's, in an anonymous stack, or another stack's own)"),
         (status = 402, description = "`deployment_limit_reached`: the team has its maximum of stacks"),
         (status = 429, description = "`rate_limit_exceeded`: the anonymous daily cap of this network is reached"),
         (status = 503, description = "`provision_failed`: the store (or artifact storage) is unavailable")))]
@@ -97,7 +98,7 @@ pub async fn create<S: Store>(
         ));
     }
     let form = upload::read_form(multipart).await?;
-    let validated = validate(form, state.runtime.needs_start_command()).await?;
+    let mut validated = validate(form, state.runtime.needs_start_command()).await?;
 
     let reservation = match idempotency::start(
         &state.store,
@@ -112,7 +113,16 @@ pub async fn create<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
-    let result = create_reserved(&state, &caller, &rid, validated, reservation.as_ref()).await;
+    // After the replay check: a replayed create answers as the first did, even if a resource
+    // it named has gone since.
+    let owner = match &caller {
+        Caller::Team(p) => Some(p.team.id),
+        Caller::Anonymous { .. } => None,
+    };
+    let result = match crate::needs::grant(&state.store, owner, &mut validated.code).await {
+        Ok(()) => create_reserved(&state, &caller, &rid, validated, reservation.as_ref()).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         idempotency::abandon(&state.store, reservation.as_ref()).await;
     }

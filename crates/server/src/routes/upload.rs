@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use stackyard_core::dockerfile;
 use stackyard_core::manifest::Manifest;
 use stackyard_core::model::ReleaseService;
+use stackyard_core::needs::Need;
 use stackyard_core::store::Store;
 use stackyard_core::tarball::{self, TarballLimits};
 use std::collections::BTreeMap;
@@ -27,7 +28,11 @@ pub struct Form {
 pub struct Code {
     pub manifest_text: String,
     pub warnings: Vec<String>,
+    /// Each service's `needs:` grants are empty here; `crate::needs::grant` fills them once
+    /// the tokens are checked against the store.
     pub services: Vec<ReleaseService>,
+    /// Each service's `needs:` entries, in the order of `services`.
+    pub needs: Vec<Vec<Need>>,
     /// `(digest, bytes)` per distinct artifact.
     pub artifacts: BTreeMap<String, Bytes>,
 }
@@ -146,6 +151,7 @@ pub fn validate_code(
     let limits = TarballLimits::default();
     let mut services = Vec::with_capacity(parts.len());
     let mut artifacts = BTreeMap::new();
+    let mut needs = Vec::with_capacity(parts.len());
     for (spec, bytes) in parts {
         let svc = spec.name.as_str();
         let info = tarball::inspect(&bytes, &limits).map_err(|e| {
@@ -180,13 +186,16 @@ pub fn validate_code(
             expose: spec.expose,
             health: spec.health.clone(),
             env: spec.env.clone(),
+            needs: Vec::new(),
         });
+        needs.push(spec.needs.clone());
         artifacts.insert(info.digest, bytes);
     }
     Ok(Code {
         manifest_text,
         warnings: manifest.warnings,
         services,
+        needs,
         artifacts,
     })
 }

@@ -11,6 +11,7 @@ mod env;
 mod hostile;
 mod limits;
 mod messages;
+mod needs;
 mod resources;
 mod restart;
 mod stacks;

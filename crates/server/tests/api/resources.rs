@@ -470,6 +470,7 @@ fn row(provisioner: &Provisioner, kind: ResourceKind, status: ResourceStatus) ->
         connection_url: url,
         created_at: stackyard_core::Millis(stackyard_server::now().0 - 3_600_000),
         expires_at: None,
+        stack: None,
     }
 }
 

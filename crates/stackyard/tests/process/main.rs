@@ -12,6 +12,7 @@ mod build;
 mod crash;
 mod logs;
 mod masterkey;
+mod needs;
 mod planned_stop;
 mod restart;
 mod runtime;

@@ -86,7 +86,7 @@ pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
     )
 }
 
-fn tarball() -> Vec<u8> {
+pub fn tarball() -> Vec<u8> {
     let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut b = tar::Builder::new(enc);
     let body = b"web: ./run\n";
