@@ -13,7 +13,8 @@ use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stac
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
-use stackyard_core::store::{DeployResult, JobStore};
+use stackyard_core::store::{DeployResult, JobStore, StoreError, VaultStore};
+use stackyard_core::vault::VaultRefError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -26,7 +27,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: JobStore> {
+pub struct Workers<S: JobStore + VaultStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -39,7 +40,7 @@ pub struct Workers<S: JobStore> {
     pub artifacts: Arc<Artifacts>,
 }
 
-impl<S: JobStore> Workers<S> {
+impl<S: JobStore + VaultStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
     /// and returns once they are dropped: their claims are left to their leases (another
     /// server, or this one after a restart, resumes them), and the caller may stop the runtime
@@ -146,7 +147,7 @@ impl<S: JobStore> Workers<S> {
             .record(started.elapsed().as_secs_f64());
     }
 
-    async fn deploy(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn deploy(&self, job: &Job) -> Result<(), StoreError> {
         let Some((stack, release, env)) = self.store.deploy_context(job).await? else {
             // The stack is gone (torn down meanwhile): nothing to deploy.
             self.store
@@ -161,7 +162,24 @@ impl<S: JobStore> Workers<S> {
                 .await?;
             return Ok(());
         };
-        let plan = deploy_plan(stack, release, env);
+        let plan = match with_vault_values(&self.store, stack, release, env).await? {
+            Ok(plan) => plan,
+            Err(e) => {
+                // A recorded vault version was deleted since the release was built: the
+                // release cannot be reproduced, so it fails rather than retries.
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: false,
+                            error: Some(format!("vault_ref_failed: {e}")),
+                        },
+                        now(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
         let sink = JobSink {
             store: self.store.clone(),
             job: job.clone(),
@@ -198,7 +216,7 @@ impl<S: JobStore> Workers<S> {
         Ok(())
     }
 
-    async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn teardown(&self, job: &Job) -> Result<(), StoreError> {
         match self.runtime.teardown(&job.slug).await {
             Ok(()) => {
                 let Some(unused) = self.store.finish_teardown(job, now()).await? else {
@@ -236,7 +254,7 @@ impl<S: JobStore> Workers<S> {
     /// Restarts the job's services of its release, unless the stack moved on since the
     /// request (a redeploy or a deletion bumped its generation): then only the job closes.
     /// A restart is not retried: a failure is reported on the services it concerns.
-    async fn restart(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn restart(&self, job: &Job) -> Result<(), StoreError> {
         let stack = self
             .store
             .deploy_context(job)
@@ -289,6 +307,29 @@ pub(crate) fn deploy_plan(stack: Stack, release: Release, env: EnvMap) -> Deploy
         services: release.services,
         env,
     }
+}
+
+/// The deploy plan of `release` with its `vault://` references replaced by the vault
+/// versions the release recorded when it was built (the stack's map keeps the references).
+pub(crate) async fn with_vault_values<S: VaultStore>(
+    store: &S,
+    stack: Stack,
+    mut release: Release,
+    env: EnvMap,
+) -> Result<Result<DeployPlan, VaultRefError>, StoreError> {
+    let values = match store
+        .release_vault_values(stack.id, release.info.version)
+        .await?
+    {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let env = if values.is_empty() {
+        env
+    } else {
+        stackyard_core::vault::resolve(&env, &mut release.services, &values)
+    };
+    Ok(Ok(deploy_plan(stack, release, env)))
 }
 
 /// 1 s, 2 s, 4 s … capped at 60 s.

@@ -3,7 +3,7 @@
 
 use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::{StoreSupervision, Workers, deploy_plan};
+use crate::jobs::{StoreSupervision, Workers, with_vault_values};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
@@ -335,10 +335,15 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
             return;
         }
     };
-    let plans = running
-        .into_iter()
-        .map(|(stack, release, env)| deploy_plan(stack, release, env))
-        .collect::<Vec<_>>();
+    let mut plans = Vec::with_capacity(running.len());
+    for (stack, release, env) in running {
+        let slug = stack.slug.clone();
+        match with_vault_values(store, stack, release, env).await {
+            Ok(Ok(plan)) => plans.push(plan),
+            Ok(Err(e)) => tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values are gone"),
+            Err(e) => tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values could not be read"),
+        }
+    }
     let n = plans.len();
     match runtime.recover(plans).await {
         Ok(()) if n > 0 => {
