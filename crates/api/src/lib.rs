@@ -52,5 +52,6 @@ pub fn to_json_string<T: serde::Serialize + ?Sized>(body: &T, capacity: usize) -
     }
 }
 pub use vault::{
-    VaultCopied, VaultCopyItem, VaultCopyRequest, VaultKeys, VaultPutRequest, VaultValue, VaultWritten,
+    VaultCopied, VaultCopyItem, VaultCopyRequest, VaultKeys, VaultPutRequest, VaultValue,
+    VaultWritten,
 };

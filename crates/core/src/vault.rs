@@ -55,7 +55,11 @@ pub fn reference(value: &str) -> Option<&str> {
 pub fn references(env: &EnvMap, services: &[ReleaseService]) -> BTreeSet<String> {
     env.iter()
         .map(|(_, v)| v)
-        .chain(services.iter().flat_map(|s| s.env.values().map(String::as_str)))
+        .chain(
+            services
+                .iter()
+                .flat_map(|s| s.env.values().map(String::as_str)),
+        )
         .filter_map(reference)
         .map(str::to_owned)
         .collect()
@@ -239,12 +243,7 @@ pub fn read(
 }
 
 /// Audit of a deletion (every version of the key).
-pub fn deleted(
-    team: TeamId,
-    env: &EnvironmentName,
-    key: &VaultKey,
-    ctx: &AuditCtx,
-) -> AuditRecord {
+pub fn deleted(team: TeamId, env: &EnvironmentName, key: &VaultKey, ctx: &AuditCtx) -> AuditRecord {
     audit(
         audit_kind::DELETED,
         team,
@@ -346,6 +345,10 @@ mod tests {
         assert_eq!(out.get("A"), Some("s3cret"));
         assert_eq!(out.get("B"), Some("plain"));
         assert_eq!(services[0].env["C"], "s3cret");
-        assert_eq!(env.get("A"), Some("vault://K"), "the stack's map is untouched");
+        assert_eq!(
+            env.get("A"),
+            Some("vault://K"),
+            "the stack's map is untouched"
+        );
     }
 }

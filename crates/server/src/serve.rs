@@ -340,8 +340,12 @@ async fn recover<S: Store>(store: &S, runtime: &dyn Runtime) {
         let slug = stack.slug.clone();
         match with_vault_values(store, stack, release, env).await {
             Ok(Ok(plan)) => plans.push(plan),
-            Ok(Err(e)) => tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values are gone"),
-            Err(e) => tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values could not be read"),
+            Ok(Err(e)) => {
+                tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values are gone")
+            }
+            Err(e) => {
+                tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values could not be read")
+            }
         }
     }
     let n = plans.len();

@@ -11,11 +11,13 @@ use crate::error::{Error, Result, corrupt, from_json, is_unique_violation, to_js
 use crate::rows::*;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
+use stackyard_core::crypto::{DataKey, KeyOwner, ValueAd};
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::crypto::{DataKey, KeyOwner, ValueAd};
-use stackyard_core::ids::{EnvironmentName, ServiceName, StackSlug, TeamName, TokenDigest, VaultKey};
+use stackyard_core::ids::{
+    EnvironmentName, ServiceName, StackSlug, TeamName, TokenDigest, VaultKey,
+};
 use stackyard_core::lifecycle::{
     self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
     create::TeamCap,
@@ -30,9 +32,7 @@ use stackyard_core::store::{
     stack_cursor,
 };
 use stackyard_core::time::Millis;
-use stackyard_core::vault::{
-    self, CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite,
-};
+use stackyard_core::vault::{self, CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite};
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -1768,8 +1768,11 @@ where
                 ctx.now,
             )
             .await?;
-        self.insert_audit(&mut tx, &vault::written(write, team, env, key, version, &ctx))
-            .await?;
+        self.insert_audit(
+            &mut tx,
+            &vault::written(write, team, env, key, version, &ctx),
+        )
+        .await?;
         Self::commit(tx).await?;
         Ok(version)
     }
@@ -1804,7 +1807,11 @@ where
         team: TeamId,
         env: &EnvironmentName,
     ) -> Result<Vec<VaultKey>> {
-        Ok(self.vault_keys(conn, team, env).await?.into_iter().collect())
+        Ok(self
+            .vault_keys(conn, team, env)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// `VaultStore::delete_vault_key`. Lock: the key's head row (kept: it holds the version
@@ -1932,10 +1939,11 @@ where
                 ReleaseWrite::SetStatus { .. } => None,
             })
             .ok_or_else(|| corrupt("vault references without a new release"))?;
-        let environment: String = sqlx::query_scalar("SELECT environment FROM stacks WHERE id = $1")
-            .bind(stack.0)
-            .fetch_one(&mut *conn)
-            .await?;
+        let environment: String =
+            sqlx::query_scalar("SELECT environment FROM stacks WHERE id = $1")
+                .bind(stack.0)
+                .fetch_one(&mut *conn)
+                .await?;
         for (key, version) in refs {
             sqlx::query(vault_sql::INSERT_REF)
                 .bind(stack.0)

@@ -65,7 +65,9 @@ impl VaultStore for SqliteStore {
         copy: &VaultCopy,
         ctx: AuditCtx,
     ) -> Result<CopyOutcome, StoreError> {
-        Ok(OPS.copy_vault(self.write_tx().await?, team, copy, ctx).await?)
+        Ok(OPS
+            .copy_vault(self.write_tx().await?, team, copy, ctx)
+            .await?)
     }
 
     async fn release_vault_values(

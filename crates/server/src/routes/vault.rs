@@ -237,7 +237,11 @@ pub async fn copy<S: Store>(
         keys: body
             .keys
             .as_deref()
-            .map(|k| k.iter().map(|k| parse_key(k)).collect::<ApiResult<Vec<_>>>())
+            .map(|k| {
+                k.iter()
+                    .map(|k| parse_key(k))
+                    .collect::<ApiResult<Vec<_>>>()
+            })
             .transpose()?,
         dry_run: body.dry_run,
         overwrite: body.overwrite,
