@@ -15,4 +15,5 @@ mod resources;
 mod restart;
 mod stacks;
 mod tokens;
+mod vault;
 mod wire;
