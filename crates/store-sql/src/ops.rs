@@ -1748,6 +1748,7 @@ where
     }
 
     /// `VaultStore::put_vault_value`. Lock: the key's head row.
+    #[allow(clippy::too_many_arguments)] // the trait method's arguments, as they come
     pub async fn put_vault_value(
         &self,
         mut tx: Transaction<'static, DB>,

@@ -27,8 +27,8 @@ async fn vault_routes_write_versions_read_list_rotate_delete_and_copy(backend: B
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let t = app.admin_token.clone();
-    let t = Some(t.as_str());
+    let token = app.admin_token.clone();
+    let t = Some(token.as_str());
 
     let (code, body) = put(&app, t, "prod", "DB_PASS", "first-value").await;
     assert_eq!(code, 201, "{body}");
@@ -61,7 +61,7 @@ async fn vault_routes_write_versions_read_list_rotate_delete_and_copy(backend: B
         "each read that handed a value out is audited"
     );
 
-    put_as(&app, t.unwrap(), "prod", "API.KEY", "k").await;
+    put_as(&app, &token, "prod", "API.KEY", "k").await;
     let (code, body) = call(app.get("/api/v1/vault/prod", t)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
@@ -70,7 +70,7 @@ async fn vault_routes_write_versions_read_list_rotate_delete_and_copy(backend: B
     );
 
     // Copy: a dry run plans, then the real copy writes; `missing` for unknown keys.
-    put_as(&app, t.unwrap(), "staging", "API.KEY", "staging-k").await;
+    put_as(&app, &token, "staging", "API.KEY", "staging-k").await;
     let (code, body) = call(
         app.post("/api/v1/vault/copy", t)
             .json(&json!({ "from": "prod", "to": "staging", "dry_run": true })),
@@ -240,7 +240,7 @@ fn service_envs(slug: &str) -> Vec<Vec<String>> {
             .split(|b| *b == 0)
             .map(|kv| String::from_utf8_lossy(kv).into_owned())
             .collect();
-        if vars.iter().any(|kv| *kv == needle) {
+        if vars.contains(&needle) {
             out.push(vars);
         }
     }
