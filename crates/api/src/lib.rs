@@ -18,6 +18,7 @@ pub mod resources;
 pub mod schema;
 pub mod stacks;
 pub mod tokens;
+pub mod vault;
 
 pub use audit::{AuditItem, AuditPage};
 pub use env::{
@@ -50,3 +51,7 @@ pub fn to_json_string<T: serde::Serialize + ?Sized>(body: &T, capacity: usize) -
         Err(_) => "{}".to_owned(),
     }
 }
+pub use vault::{
+    VaultCopied, VaultCopyItem, VaultCopyRequest, VaultKeys, VaultPutRequest, VaultValue,
+    VaultWritten,
+};

@@ -1,11 +1,11 @@
 //! The `stackyard` client commands: `login`, `deploy`, `redeploy`, `status`, `ls`, `rm`,
-//! `restart`, `env …`, `logs`, `whoami`. The binary flattens [`GlobalArgs`] and [`Command`] into its own parser and
+//! `restart`, `env …`, `logs`, `vault …`, `whoami`. The binary flattens [`GlobalArgs`] and [`Command`] into its own parser and
 //! hands them to [`run`], which returns the process exit code (see [`error::Exit`]).
 //!
 //! Modules: `config` (flags, environment and config file: the settings), `login` (login,
 //! whoami), `api` (HTTP, errors, retries, SSE; bodies are `stackyard-api` types), `args`
 //! (argument checks), `pack` (tarballs), `deploy` (deploy, redeploy), `follow` (event streams
-//! and progress), `stacks` (status, ls, rm, restart), `env` and `dotenv` (environment variables),
+//! and progress), `stacks` (status, ls, rm, restart), `env` and `dotenv` (environment variables), `vault`,
 //! `logs`, `output` (text, JSON, colour).
 
 pub mod api;
@@ -21,6 +21,7 @@ pub mod logs;
 pub mod output;
 pub mod pack;
 pub mod stacks;
+pub mod vault;
 
 use crate::args::parse_slug;
 use crate::error::Result;
@@ -65,6 +66,9 @@ pub enum Command {
     Env(env::EnvArgs),
     /// A service's recent log lines (the last 200); -f keeps following new ones.
     Logs(logs::LogsArgs),
+    /// The team vault: versioned secrets per env, referenced from a stack's env as `vault://KEY`.
+    #[command(subcommand)]
+    Vault(vault::VaultAction),
 }
 
 /// Runs one client command and returns its exit code; errors are printed here, once.
@@ -100,5 +104,6 @@ async fn dispatch(global: &GlobalArgs, command: Command, out: &Out) -> Result<()
         Command::Restart(args) => stacks::restart(&api, out, args).await,
         Command::Env(args) => env::run(&api, out, args).await,
         Command::Logs(args) => logs::logs(&api, out, args).await,
+        Command::Vault(action) => vault::run(&api, out, action).await,
     }
 }

@@ -82,6 +82,10 @@ string_newtype!(
     /// A team name: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`.
     TeamName
 );
+string_newtype!(
+    /// A team vault key: `^[A-Za-z0-9_.-]{1,256}$`. Vault envs are `EnvironmentName`s.
+    VaultKey
+);
 
 fn is_lower_alnum(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
@@ -238,6 +242,22 @@ impl EnvironmentName {
     }
 }
 
+impl VaultKey {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = !s.is_empty()
+            && s.len() <= 256
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ParseError(
+                "a vault key must be 1-256 characters of letters, digits, `_`, `.` and `-`".into(),
+            ))
+        }
+    }
+}
+
 impl TeamName {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let b = s.as_bytes();
@@ -391,6 +411,11 @@ mod tests {
         assert!(EnvironmentName::parse("prod-2_x").is_ok());
         assert!(EnvironmentName::parse("prod env").is_err());
         assert!(EnvironmentName::parse("").is_err());
+        assert!(VaultKey::parse("DB.PASS_word-1").is_ok());
+        assert!(VaultKey::parse(&"k".repeat(256)).is_ok());
+        assert!(VaultKey::parse(&"k".repeat(257)).is_err());
+        assert!(VaultKey::parse("").is_err());
+        assert!(VaultKey::parse("a/b").is_err());
     }
 
     #[test]

@@ -18,11 +18,12 @@ pub mod runtime;
 pub mod store;
 pub mod tarball;
 pub mod time;
+pub mod vault;
 
 pub use env::{EnvChange, EnvError, EnvMap, EnvPatch};
 pub use ids::{
     ApiToken, EnvKey, EnvironmentName, ParseError, ResourceName, ResourceToken, ServiceName,
-    StackName, StackSlug, TeamName, TokenDigest,
+    StackName, StackSlug, TeamName, TokenDigest, VaultKey,
 };
 pub use manifest::{Manifest, ManifestError, ServiceSpec};
 pub use tarball::{StartCommand, StartSource, TarballError, TarballInfo, TarballLimits};

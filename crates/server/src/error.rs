@@ -66,6 +66,31 @@ impl ApiError {
         Self::unavailable(code, message, 1)
     }
 
+    /// 403 `vault_requires_auth`: the vault (and `vault://` references) need a team token.
+    pub fn vault_requires_auth() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "vault_requires_auth",
+            "The vault belongs to a team: it needs a team token.",
+        )
+        .with_action("Send a team API token as `Authorization: Bearer <token>`.")
+    }
+
+    /// A release whose `vault://` references cannot be resolved (nothing was written).
+    pub fn vault_ref(err: &stackyard_core::vault::VaultRefError) -> Self {
+        use stackyard_core::vault::VaultRefError;
+        match err {
+            VaultRefError::RequiresAuth => Self::vault_requires_auth(),
+            VaultRefError::Missing { key, env } => Self::bad_request(
+                "vault_ref_failed",
+                format!("`vault://{key}` has no value in the vault env `{env}`."),
+            )
+            .with_action(format!(
+                "Set it with PUT /api/v1/vault/{env}/{key} (or `stackyard vault set {env} {key}`), or change the env value."
+            )),
+        }
+    }
+
     pub fn with_action(mut self, action: impl Into<String>) -> Self {
         self.agent_action = Some(action.into());
         self

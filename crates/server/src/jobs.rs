@@ -16,7 +16,8 @@ use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stac
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, GrantedResource, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
-use stackyard_core::store::{DeployResult, JobStore, ResourceStore};
+use stackyard_core::store::{DeployResult, JobStore, ResourceStore, StoreError, VaultStore};
+use stackyard_core::vault::VaultRefError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -29,7 +30,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: JobStore + ResourceStore> {
+pub struct Workers<S: JobStore + ResourceStore + VaultStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -44,7 +45,7 @@ pub struct Workers<S: JobStore + ResourceStore> {
     pub provisioner: Arc<Provisioner>,
 }
 
-impl<S: JobStore + ResourceStore> Workers<S> {
+impl<S: JobStore + ResourceStore + VaultStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
     /// and returns once they are dropped: their claims are left to their leases (another
     /// server, or this one after a restart, resumes them), and the caller may stop the runtime
@@ -151,7 +152,7 @@ impl<S: JobStore + ResourceStore> Workers<S> {
             .record(started.elapsed().as_secs_f64());
     }
 
-    async fn deploy(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn deploy(&self, job: &Job) -> Result<(), StoreError> {
         let Some((stack, release, env)) = self.store.deploy_context(job).await? else {
             // The stack is gone (torn down meanwhile): nothing to deploy.
             self.store
@@ -165,6 +166,24 @@ impl<S: JobStore + ResourceStore> Workers<S> {
                 )
                 .await?;
             return Ok(());
+        };
+        let (release, env) = match with_vault_values(&self.store, &stack, release, env).await? {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                // A recorded vault version was deleted since the release was built: the
+                // release cannot be reproduced, so it fails rather than retries.
+                self.store
+                    .finish_deploy(
+                        job,
+                        DeployResult {
+                            ok: false,
+                            error: Some(format!("vault_ref_failed: {e}")),
+                        },
+                        now(),
+                    )
+                    .await?;
+                return Ok(());
+            }
         };
         let granted = match resolve_grants(&self.store, &self.provisioner, &stack, &release).await {
             Ok(g) => g,
@@ -232,7 +251,7 @@ impl<S: JobStore + ResourceStore> Workers<S> {
         Ok(())
     }
 
-    async fn teardown(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn teardown(&self, job: &Job) -> Result<(), StoreError> {
         let torn = match self.runtime.teardown(&job.slug).await {
             // Its services are stopped: now the resources the stack owns can go.
             Ok(()) => {
@@ -297,7 +316,7 @@ impl<S: JobStore + ResourceStore> Workers<S> {
     /// Restarts the job's services of its release, unless the stack moved on since the
     /// request (a redeploy or a deletion bumped its generation): then only the job closes.
     /// A restart is not retried: a failure is reported on the services it concerns.
-    async fn restart(&self, job: &Job) -> Result<(), stackyard_core::store::StoreError> {
+    async fn restart(&self, job: &Job) -> Result<(), StoreError> {
         let stack = self
             .store
             .deploy_context(job)
@@ -375,6 +394,29 @@ pub(crate) async fn resolve_grants<S: ResourceStore>(
         now: now(),
     };
     crate::needs::resolve(store, provisioner, stack, &release.services, &ctx).await
+}
+
+/// `release` and `env` with their `vault://` references replaced by the vault versions the
+/// release recorded when it was built (the stack's map keeps the references).
+pub(crate) async fn with_vault_values<S: VaultStore>(
+    store: &S,
+    stack: &Stack,
+    mut release: Release,
+    env: EnvMap,
+) -> Result<Result<(Release, EnvMap), VaultRefError>, StoreError> {
+    let values = match store
+        .release_vault_values(stack.id, release.info.version)
+        .await?
+    {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let env = if values.is_empty() {
+        env
+    } else {
+        stackyard_core::vault::resolve(&env, &mut release.services, &values)
+    };
+    Ok(Ok((release, env)))
 }
 
 /// 1 s, 2 s, 4 s … capped at 60 s.

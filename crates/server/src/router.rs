@@ -8,7 +8,9 @@ use crate::middleware;
 use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
-use crate::routes::{audit, env, ops, releases, resources, restart, stacks, streams, tokens};
+use crate::routes::{
+    audit, env, ops, releases, resources, restart, stacks, streams, tokens, vault,
+};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -53,6 +55,12 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         resources::list::<S> as __path_list,
         resources::get::<S> as __path_get,
         resources::delete::<S> as __path_delete,
+        vault::copy::<S> as __path_copy,
+        vault::put::<S> as __path_put,
+        vault::get::<S> as __path_get,
+        vault::delete::<S> as __path_delete,
+        vault::rotate::<S> as __path_rotate,
+        vault::list::<S> as __path_list,
         ops::healthz as __path_healthz,
         ops::readyz::<S> as __path_readyz,
         ops::metrics::<S> as __path_metrics,

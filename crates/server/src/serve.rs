@@ -3,7 +3,7 @@
 
 use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
-use crate::jobs::{StoreSupervision, Workers, deploy_plan, resolve_grants};
+use crate::jobs::{StoreSupervision, Workers, deploy_plan, resolve_grants, with_vault_values};
 use crate::noop::NoopRuntime;
 use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
@@ -339,12 +339,24 @@ async fn recover<S: Store>(store: &S, provisioner: &Provisioner, runtime: &dyn R
     };
     let mut plans = Vec::with_capacity(running.len());
     for (stack, release, env) in running {
+        let slug = stack.slug.clone();
+        let (release, env) = match with_vault_values(store, &stack, release, env).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(e)) => {
+                tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values are gone");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its vault values could not be read");
+                continue;
+            }
+        };
         // A stack whose granted resources cannot be read now is left to its stored status
         // rather than started without them.
         match resolve_grants(store, provisioner, &stack, &release).await {
             Ok(granted) => plans.push(deploy_plan(stack, release, env, granted)),
             Err(e) => {
-                tracing::warn!(stack = %stack.slug, error = %e, "not restarting a stack: its granted resources could not be read")
+                tracing::warn!(stack = %slug, error = %e, "not restarting a stack: its granted resources could not be read")
             }
         }
     }

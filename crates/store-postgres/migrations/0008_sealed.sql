@@ -5,3 +5,4 @@
 -- one transaction, so an interrupted pass resumes where it stopped.
 ALTER TABLE stacks ADD COLUMN data_key BYTEA;
 ALTER TABLE resources ADD COLUMN data_key BYTEA;
+ALTER TABLE teams ADD COLUMN vault_key BYTEA; -- the team vault's data key, created at its first write

@@ -33,6 +33,7 @@ mod resources;
 mod sql;
 mod stacks;
 mod teams;
+mod vault;
 
 use sqlx::Connection;
 use sqlx::pool::PoolConnection;

@@ -65,7 +65,8 @@ impl StackStore for PgStore {
         slug: &StackSlug,
         release: NewRelease,
     ) -> std::result::Result<(Stack, ReleaseInfo), ReleaseError> {
-        OPS.create_release(self.begin().await?, access, slug, release)
+        let keyring = self.keys.get()?;
+        OPS.create_release(self.begin().await?, access, slug, release, keyring)
             .await
     }
 

@@ -12,11 +12,13 @@ use crate::rows::*;
 use crate::seal::EnvCodec;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
-use stackyard_core::crypto::Keyring;
+use stackyard_core::crypto::{DataKey, KeyOwner, Keyring, ValueAd};
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::ResourceToken;
-use stackyard_core::ids::{ServiceName, StackSlug, TeamName, TokenDigest};
+use stackyard_core::ids::{
+    EnvironmentName, ServiceName, StackSlug, TeamName, TokenDigest, VaultKey,
+};
 use stackyard_core::lifecycle::{
     self, AuditRecord, JobEnd, JobWrite, Locked, Plan, ReleaseWrite, ServiceWrite, StackWrite,
     create::TeamCap,
@@ -32,6 +34,7 @@ use stackyard_core::store::{
 };
 use stackyard_core::store::{WrappedKey, WrappedRow};
 use stackyard_core::time::Millis;
+use stackyard_core::vault::{self, CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite};
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -502,18 +505,31 @@ where
             Some(team) => self.team_cap(&mut tx, team).await?,
             None => None,
         };
+        // Before anything is written: a reference that cannot be resolved fails the create.
+        let refs = self
+            .vault_versions(
+                &mut tx,
+                new.team_id,
+                &new.environment,
+                &EnvMap::new(),
+                &new.services,
+            )
+            .await??;
         let planned = lifecycle::create::plan(new, cap)?;
+        let unique = |e: Error| {
+            if is_unique_violation(&e, "stacks_slug_key") {
+                StoreError::Conflict("stack").into()
+            } else {
+                e
+            }
+        };
         let id = self
-            .commit_plan(tx, None, &planned.plan)
+            .write_plan(&mut tx, None, &planned.plan)
             .await
-            .map_err(|e| {
-                if is_unique_violation(&e, "stacks_slug_key") {
-                    StoreError::Conflict("stack").into()
-                } else {
-                    e
-                }
-            })?
-            .ok_or_else(|| corrupt("the new stack was not written"))?;
+            .map_err(unique)?;
+        self.record_vault_refs(&mut tx, id, &planned.plan, &refs)
+            .await?;
+        Self::commit(tx).await.map_err(unique)?;
         Ok(Stack {
             id,
             ..planned.outcome
@@ -548,6 +564,7 @@ where
         access: Access,
         slug: &StackSlug,
         new: NewRelease,
+        keyring: &Keyring,
     ) -> Result<(Stack, ReleaseInfo), ReleaseError> {
         let Some(locked) = self
             .lock_stack(&mut tx, StackRef::Slug(access, slug))
@@ -556,8 +573,36 @@ where
             return Err(ReleaseError::NotFound);
         };
         let planned = lifecycle::release::plan(&locked, new)?;
-        self.commit_plan(tx, Some(&locked.stack), &planned.plan)
+        // The release copies the stack's env map as it is under this lock; its references
+        // and the manifest's are resolved against the same snapshot of the vault.
+        let env = self
+            .env_head(&mut tx, locked.stack.id, false, keyring)
+            .await?
+            .map(|(h, _)| h.env)
+            .unwrap_or_default();
+        let services: Vec<ReleaseService> = planned
+            .plan
+            .releases
+            .iter()
+            .flat_map(|r| match r {
+                ReleaseWrite::Insert { services, .. } => services.clone(),
+                ReleaseWrite::SetStatus { .. } => Vec::new(),
+            })
+            .collect();
+        let refs = self
+            .vault_versions(
+                &mut tx,
+                locked.stack.team_id,
+                &locked.stack.environment,
+                &env,
+                &services,
+            )
+            .await??;
+        self.write_plan(&mut tx, Some(&locked.stack), &planned.plan)
             .await?;
+        self.record_vault_refs(&mut tx, locked.stack.id, &planned.plan, &refs)
+            .await?;
+        Self::commit(tx).await?;
         Ok(planned.outcome)
     }
 
@@ -1401,21 +1446,8 @@ where
         head: &EnvHead,
         keyring: &Keyring,
     ) -> Result<EnvCodec> {
-        // Under the keyring row's shared lock: a rotation moving the canary either waits for
-        // this transaction (and its pass finds our key) or has moved it (and we follow it).
-        // (No canary only in tests that open a store without start-up.)
-        let canary: Option<Vec<u8>> = sqlx::query_scalar(self.sql.keyring_canary_shared)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(canary) = canary {
-            keyring.follow_canary(&canary).map_err(|_| {
-                corrupt(
-                    "the master key was rotated and this server does not have the new key: \
-                     restart it with the new key (--master-key-file or STACKYARD_MASTER_KEY)",
-                )
-            })?;
-        }
-        let owner = stackyard_core::crypto::KeyOwner::stack(stack);
+        self.follow_canary(conn, keyring).await?;
+        let owner = KeyOwner::stack(stack);
         let (key, wrapped) = keyring.new_data_key(owner);
         let plain = EnvCodec::Plain;
         let sealed = EnvCodec::Sealed { owner, key };
@@ -1457,6 +1489,62 @@ where
             .execute(&mut *conn)
             .await?;
         Ok(sealed)
+    }
+
+    /// Before a new data key is wrapped, in its transaction: under the keyring row's shared
+    /// lock, a rotation moving the canary either waits for this transaction (and its pass
+    /// finds our key) or has moved it (and the keyring follows it to the new key).
+    async fn follow_canary(&self, conn: &mut DB::Connection, keyring: &Keyring) -> Result<()> {
+        // (No canary only in tests that open a store without start-up.)
+        let canary: Option<Vec<u8>> = sqlx::query_scalar(self.sql.keyring_canary_shared)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(canary) = canary {
+            keyring.follow_canary(&canary).map_err(|_| {
+                corrupt(
+                    "the master key was rotated and this server does not have the new key: \
+                     add it to the key file, or restart with it (README: rotating the master key)",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The team vault's data key (`teams.vault_key`), created at the first use: one
+    /// compare-and-set, so two first writes agree on one key.
+    async fn team_vault_key(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        keyring: &Keyring,
+    ) -> Result<DataKey> {
+        let owner = KeyOwner::team_vault(team);
+        let stored: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT vault_key FROM teams WHERE id = $1")
+                .bind(team.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(Some(wrapped)) = stored {
+            return keyring
+                .unwrap(owner, &wrapped)
+                .map_err(|_| corrupt("a team vault's data key did not open"));
+        }
+        self.follow_canary(conn, keyring).await?;
+        let (key, wrapped) = keyring.new_data_key(owner);
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(
+            "UPDATE teams SET vault_key = COALESCE(vault_key, $2) WHERE id = $1 RETURNING vault_key",
+        )
+        .bind(team.0)
+        .bind(wrapped.clone())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match stored {
+            Some(w) if w == wrapped => Ok(key),
+            Some(w) => keyring
+                .unwrap(owner, &w)
+                .map_err(|_| corrupt("a team vault's data key did not open")),
+            None => Err(corrupt("the team of a vault write does not exist")),
+        }
     }
 
     /// The start-up pass for one stack: sealed under its lock if it is still plain. `false`:
@@ -1531,6 +1619,15 @@ where
             sqlx::query_as("SELECT token, id, data_key FROM resources WHERE data_key IS NOT NULL")
                 .fetch_all(&mut *conn)
                 .await?;
+        let teams: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, vault_key FROM teams WHERE vault_key IS NOT NULL")
+                .fetch_all(&mut *conn)
+                .await?;
+        let teams = teams.into_iter().map(|(id, wrapped)| WrappedKey {
+            owner: KeyOwner::team_vault(TeamId(id)),
+            row: WrappedRow::TeamVault(id),
+            wrapped,
+        });
         let stacks = stacks.into_iter().map(|(id, wrapped)| WrappedKey {
             owner: stackyard_core::crypto::KeyOwner::stack(StackId(id)),
             row: WrappedRow::Stack(id),
@@ -1543,7 +1640,7 @@ where
                 row: WrappedRow::Resource(token),
                 wrapped,
             });
-        Ok(stacks.chain(resources).collect())
+        Ok(stacks.chain(resources).chain(teams).collect())
     }
 
     /// Replaces one wrapped key if it is still `key.wrapped` (one compare-and-set statement).
@@ -1556,6 +1653,11 @@ where
         let q = match &key.row {
             WrappedRow::Stack(id) => sqlx::query_scalar(
                 "UPDATE stacks SET data_key = $2 WHERE id = $1 AND data_key = $3 RETURNING data_key",
+            )
+            .bind(*id),
+            WrappedRow::TeamVault(id) => sqlx::query_scalar(
+                "UPDATE teams SET vault_key = $2 WHERE id = $1 AND vault_key = $3 \
+                 RETURNING vault_key",
             )
             .bind(*id),
             WrappedRow::Resource(token) => sqlx::query_scalar(
@@ -1918,6 +2020,431 @@ where
             .await?;
         rows.into_iter().map(|r| r.decode(keyring)).collect()
     }
+
+    // ---- the team vault: the same statements on both stores (`vault_sql`) ----
+
+    /// Writes `value` as the key's next version in the open transaction. Lock: the key's head.
+    async fn write_vault_version(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        env: &str,
+        key: &str,
+        value: &[u8],
+        now: Millis,
+        keyring: &Keyring,
+    ) -> Result<i64> {
+        let version: i64 = sqlx::query_scalar(vault_sql::BUMP_HEAD)
+            .bind(team.0)
+            .bind(env)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        let dk = self.team_vault_key(conn, team, keyring).await?;
+        let v = seal_vault_value(&dk, team, env, key, version, value);
+        sqlx::query(vault_sql::INSERT_VALUE)
+            .bind(team.0)
+            .bind(env)
+            .bind(key)
+            .bind(version)
+            .bind(v.sealed.as_slice())
+            .bind(v.digest.as_slice())
+            .bind(v.length)
+            .bind(now.0)
+            .execute(&mut *conn)
+            .await?;
+        Ok(version)
+    }
+
+    /// The newest (or `version`) `(version, plaintext)` of a key.
+    async fn vault_value(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        env: &str,
+        key: &str,
+        version: Option<i64>,
+        keyring: &Keyring,
+    ) -> Result<Option<VaultValue>> {
+        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(vault_sql::GET_VALUE)
+            .bind(team.0)
+            .bind(env)
+            .bind(key)
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some((version, sealed)) = row else {
+            return Ok(None);
+        };
+        let dk = self.team_vault_key(conn, team, keyring).await?;
+        Ok(Some(VaultValue {
+            version,
+            value: open_vault_value(&dk, team, env, key, version, &sealed)?,
+        }))
+    }
+
+    async fn vault_keys(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        env: &EnvironmentName,
+    ) -> Result<BTreeSet<VaultKey>> {
+        let keys: Vec<String> = sqlx::query_scalar(vault_sql::LIST_KEYS)
+            .bind(team.0)
+            .bind(env.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+        keys.iter()
+            .map(|k| VaultKey::parse(k).map_err(|_| corrupt("a stored vault key")))
+            .collect()
+    }
+
+    /// `VaultStore::put_vault_value`. Lock: the key's head row.
+    #[allow(clippy::too_many_arguments)] // the trait method's arguments, as they come
+    pub async fn put_vault_value(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        value: &str,
+        write: VaultWrite,
+        ctx: AuditCtx,
+        keyring: &Keyring,
+    ) -> Result<i64> {
+        let version = self
+            .write_vault_version(
+                &mut tx,
+                team,
+                env.as_str(),
+                key.as_str(),
+                value.as_bytes(),
+                ctx.now,
+                keyring,
+            )
+            .await?;
+        self.insert_audit(
+            &mut tx,
+            &vault::written(write, team, env, key, version, &ctx),
+        )
+        .await?;
+        Self::commit(tx).await?;
+        Ok(version)
+    }
+
+    /// `VaultStore::read_vault_value`: the value leaves only if its audit row commits.
+    #[allow(clippy::too_many_arguments)] // the trait method's arguments, as they come
+    pub async fn read_vault_value(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        version: Option<i64>,
+        ctx: AuditCtx,
+        keyring: &Keyring,
+    ) -> Result<Option<VaultValue>> {
+        let Some(v) = self
+            .vault_value(&mut tx, team, env.as_str(), key.as_str(), version, keyring)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.insert_audit(&mut tx, &vault::read(team, env, key, v.version, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(Some(v))
+    }
+
+    /// `VaultStore::list_vault_keys`.
+    pub async fn list_vault_keys(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        env: &EnvironmentName,
+    ) -> Result<Vec<VaultKey>> {
+        Ok(self
+            .vault_keys(conn, team, env)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// `VaultStore::delete_vault_key`. Lock: the key's head row (kept: it holds the version
+    /// counter, so a later write does not reuse a version a release recorded).
+    pub async fn delete_vault_key(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        ctx: AuditCtx,
+    ) -> Result<bool> {
+        // `RETURNING` says whether a row was touched, alike in both dialects.
+        for sql in [vault_sql::LOCK_HEAD, vault_sql::DELETE_KEY] {
+            let touched: Vec<i64> = sqlx::query_scalar(sql)
+                .bind(team.0)
+                .bind(env.as_str())
+                .bind(key.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            if touched.is_empty() {
+                return Ok(false);
+            }
+        }
+        self.insert_audit(&mut tx, &vault::deleted(team, env, key, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// `VaultStore::copy_vault`. Lock: the target keys' head rows, in key order (the plan's),
+    /// so two copies into one env cannot deadlock.
+    pub async fn copy_vault(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        copy: &VaultCopy,
+        ctx: AuditCtx,
+        keyring: &Keyring,
+    ) -> Result<CopyOutcome> {
+        let from = self.vault_keys(&mut tx, team, &copy.from).await?;
+        let to = self.vault_keys(&mut tx, team, &copy.to).await?;
+        let out = vault::outcome(vault::plan_copy(copy, &from, &to), copy.dry_run);
+        if out.copied == 0 {
+            return Ok(out);
+        }
+        for (key, _) in out.plan.iter().filter(|(_, a)| a.writes()) {
+            let v = self
+                .vault_value(
+                    &mut tx,
+                    team,
+                    copy.from.as_str(),
+                    key.as_str(),
+                    None,
+                    keyring,
+                )
+                .await?
+                .ok_or_else(|| corrupt("a vault key vanished during a copy"))?;
+            self.write_vault_version(
+                &mut tx,
+                team,
+                copy.to.as_str(),
+                key.as_str(),
+                v.value.as_bytes(),
+                ctx.now,
+                keyring,
+            )
+            .await?;
+        }
+        self.insert_audit(&mut tx, &vault::copied(team, copy, &out, &ctx))
+            .await?;
+        Self::commit(tx).await?;
+        Ok(out)
+    }
+
+    /// The newest version of every key `env` and `services` refer to, from the vault env
+    /// `environment` of `team`: what a new release records.
+    async fn vault_versions(
+        &self,
+        conn: &mut DB::Connection,
+        team: Option<TeamId>,
+        environment: &str,
+        env: &EnvMap,
+        services: &[ReleaseService],
+    ) -> Result<Result<Vec<(String, i64)>, VaultRefError>> {
+        let keys = vault::references(env, services);
+        if keys.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let Some(team) = team else {
+            return Ok(Err(VaultRefError::RequiresAuth));
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let version: Option<i64> = if VaultKey::parse(&key).is_ok() {
+                sqlx::query_scalar(vault_sql::NEWEST_VERSION)
+                    .bind(team.0)
+                    .bind(environment)
+                    .bind(key.as_str())
+                    .fetch_one(&mut *conn)
+                    .await?
+            } else {
+                None
+            };
+            match version {
+                Some(v) => out.push((key, v)),
+                None => {
+                    return Ok(Err(VaultRefError::Missing {
+                        key,
+                        env: environment.to_owned(),
+                    }));
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Records the `(key, version)`s of the release `plan` inserts.
+    async fn record_vault_refs(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        plan: &Plan,
+        refs: &[(String, i64)],
+    ) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let release = plan
+            .releases
+            .iter()
+            .find_map(|r| match r {
+                ReleaseWrite::Insert { version, .. } => Some(*version),
+                ReleaseWrite::SetStatus { .. } => None,
+            })
+            .ok_or_else(|| corrupt("vault references without a new release"))?;
+        let environment: String =
+            sqlx::query_scalar("SELECT environment FROM stacks WHERE id = $1")
+                .bind(stack.0)
+                .fetch_one(&mut *conn)
+                .await?;
+        for (key, version) in refs {
+            sqlx::query(vault_sql::INSERT_REF)
+                .bind(stack.0)
+                .bind(release)
+                .bind(environment.as_str())
+                .bind(key.as_str())
+                .bind(*version)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `VaultStore::release_vault_values`: one snapshot read per reference.
+    pub async fn release_vault_values(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        release: i64,
+        keyring: &Keyring,
+    ) -> Result<Result<BTreeMap<String, String>, VaultRefError>> {
+        let refs: Vec<(Option<i64>, String, String, i64)> =
+            sqlx::query_as(vault_sql::REFS_OF_RELEASE)
+                .bind(stack.0)
+                .bind(release)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut out = BTreeMap::new();
+        for (team, env, key, version) in refs {
+            let Some(team) = team.map(TeamId) else {
+                return Ok(Err(VaultRefError::RequiresAuth));
+            };
+            match self
+                .vault_value(conn, team, &env, &key, Some(version), keyring)
+                .await?
+            {
+                Some(v) => {
+                    out.insert(key, v.value);
+                }
+                None => return Ok(Err(VaultRefError::Missing { key, env })),
+            }
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// A value as the vault stores it: sealed, with its keyed digest and plaintext length.
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub sealed: Vec<u8>,
+    pub digest: Vec<u8>,
+    pub length: i64,
+}
+
+/// The name a vault value is sealed and digested under: `<env>/<key>`.
+fn vault_name(env: &str, key: &str) -> String {
+    format!("{env}/{key}")
+}
+
+/// Seals one vault value: the only place a vault plaintext becomes bytes for the database.
+/// Bound to the team's vault, `<env>/<key>` and the version, so a sealed value moved to
+/// another row does not open.
+pub fn seal_vault_value(
+    dk: &DataKey,
+    team: TeamId,
+    env: &str,
+    key: &str,
+    version: i64,
+    plaintext: &[u8],
+) -> SealedValue {
+    let name = vault_name(env, key);
+    let ad = ValueAd {
+        owner: KeyOwner::team_vault(team),
+        name: &name,
+        version,
+    };
+    SealedValue {
+        sealed: dk.seal(ad, plaintext),
+        digest: dk.digest(&name, plaintext).0.to_vec(),
+        length: i64::try_from(plaintext.len()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Opens what [`seal_vault_value`] sealed for the same team, env, key and version.
+pub fn open_vault_value(
+    dk: &DataKey,
+    team: TeamId,
+    env: &str,
+    key: &str,
+    version: i64,
+    sealed: &[u8],
+) -> Result<String> {
+    let name = vault_name(env, key);
+    let ad = ValueAd {
+        owner: KeyOwner::team_vault(team),
+        name: &name,
+        version,
+    };
+    let plain = dk
+        .open(ad, sealed)
+        .map_err(|_| corrupt("a vault value did not open"))?;
+    String::from_utf8(plain).map_err(|_| corrupt("a vault value is not UTF-8"))
+}
+
+/// The vault statements, valid on both dialects (the tables are identical but for the byte
+/// columns' type name).
+mod vault_sql {
+    /// `$1` team, `$2` env, `$3` key → the key's next version. The upsert takes the head row's
+    /// lock until commit: writers of one key queue here.
+    pub const BUMP_HEAD: &str = "INSERT INTO vault_heads (team_id, env, key, version) \
+         VALUES ($1, $2, $3, 1) ON CONFLICT (team_id, env, key) \
+         DO UPDATE SET version = vault_heads.version + 1 RETURNING version";
+    /// `$1` team, `$2` env, `$3` key: takes the head row's lock without changing it.
+    pub const LOCK_HEAD: &str = "UPDATE vault_heads SET version = version \
+         WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
+    pub const INSERT_VALUE: &str = "INSERT INTO vault_values \
+         (team_id, env, key, version, sealed, digest, length, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    /// `$1` team, `$2` env, `$3` key, `$4` version or NULL (the newest) → `(version, sealed)`.
+    pub const GET_VALUE: &str = "SELECT version, sealed FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3 AND ($4 IS NULL OR version = $4) \
+         ORDER BY version DESC LIMIT 1";
+    /// `$1` team, `$2` env, `$3` key → the newest version, if any.
+    pub const NEWEST_VERSION: &str = "SELECT MAX(version) FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3";
+    pub const LIST_KEYS: &str = "SELECT DISTINCT key FROM vault_values \
+         WHERE team_id = $1 AND env = $2 ORDER BY key";
+    pub const DELETE_KEY: &str =
+        "DELETE FROM vault_values WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
+    /// `$1` stack, `$2` release, `$3` env, `$4` key, `$5` version.
+    pub const INSERT_REF: &str = "INSERT INTO release_vault_refs \
+         (stack_id, release, env, key, version) VALUES ($1, $2, $3, $4, $5)";
+    /// `$1` stack, `$2` release → `(team_id, env, key, version)` of each recorded reference.
+    pub const REFS_OF_RELEASE: &str = "SELECT s.team_id, r.env, r.key, r.version \
+         FROM release_vault_refs r JOIN stacks s ON s.id = r.stack_id \
+         WHERE r.stack_id = $1 AND r.release = $2 ORDER BY r.key";
 }
 
 /// The `(created_at, token)` a `list_resources` page starts below (newest first). A cursor we

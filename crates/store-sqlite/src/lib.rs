@@ -32,6 +32,7 @@ mod resources;
 mod sql;
 mod stacks;
 mod teams;
+mod vault;
 
 pub use backup::backup;
 use cache::DetailCache;

@@ -68,8 +68,9 @@ impl StackStore for SqliteStore {
         slug: &StackSlug,
         release: NewRelease,
     ) -> Result<(Stack, ReleaseInfo), ReleaseError> {
+        let keyring = self.keys.get()?;
         let tx = self.write_tx().await?;
-        OPS.create_release(tx, access, slug, release).await
+        OPS.create_release(tx, access, slug, release, keyring).await
     }
 
     async fn list_releases(&self, stack: StackId) -> Result<Vec<Release>, StoreError> {

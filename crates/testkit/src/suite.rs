@@ -30,6 +30,8 @@ use stackyard_core::resource::{
 pub use stackyard_core::store::StoreOptions;
 use stackyard_core::store::*;
 use stackyard_core::time::Millis;
+use stackyard_core::vault::{CopyAction, VaultCopy, VaultRefError, VaultWrite};
+use stackyard_core::{EnvironmentName, VaultKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +111,12 @@ macro_rules! store_suite {
             request_restart_refuses_missing_not_running_unknown_and_deleting_and_writes_nothing,
             restart_job_overtaken_by_a_redeploy_writes_nothing,
             master_canary_is_written_once_and_swapped_only_from_the_expected_one,
+            vault_writes_get_increasing_versions_and_each_version_reads_back_audited,
+            vault_delete_removes_every_version_and_versions_are_never_reused,
+            vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing,
+            vault_concurrent_writers_to_one_key_never_share_a_version,
+            vault_refs_are_pinned_per_release_so_a_rotation_changes_only_later_releases,
+            vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing,
         );
     };
     (@each $factory:path; $($name:ident $(= $opts:path)?),* $(,)?) => {
@@ -4626,4 +4634,378 @@ pub async fn master_canary_is_written_once_and_swapped_only_from_the_expected_on
             .unwrap()
     );
     assert_eq!(store.master_canary().await.unwrap(), Some(rotated));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the team vault
+
+fn venv(s: &str) -> EnvironmentName {
+    EnvironmentName::parse(s).unwrap()
+}
+
+fn vkey(s: &str) -> VaultKey {
+    VaultKey::parse(s).unwrap()
+}
+
+async fn vput<S: Store>(store: &S, t: &Team, env: &str, key: &str, value: &str, now: i64) -> i64 {
+    store
+        .put_vault_value(
+            t.id,
+            &venv(env),
+            &vkey(key),
+            value,
+            VaultWrite::Set,
+            ctx(now),
+        )
+        .await
+        .expect("put_vault_value")
+}
+
+async fn vget<S: Store>(
+    store: &S,
+    t: &Team,
+    env: &str,
+    key: &str,
+    version: Option<i64>,
+) -> Option<(i64, String)> {
+    store
+        .read_vault_value(t.id, &venv(env), &vkey(key), version, ctx(99))
+        .await
+        .expect("read_vault_value")
+        .map(|v| (v.version, v.value))
+}
+
+async fn audit_kinds<S: Store>(store: &S, t: &Team, kind: &str) -> Vec<AuditEntry> {
+    store
+        .list_audit(
+            t.id,
+            AuditFilter {
+                stack: None,
+                kind: Some(kind.into()),
+                limit: 100,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+}
+
+pub async fn vault_writes_get_increasing_versions_and_each_version_reads_back_audited<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let other = team(&store, "other", None).await;
+    assert_eq!(
+        vput(&store, &t, "prod", "DB_PASS", "one-sentinel", 1).await,
+        1
+    );
+    assert_eq!(
+        vput(&store, &t, "prod", "DB_PASS", "two-sentinel", 2).await,
+        2
+    );
+    let v3 = store
+        .put_vault_value(
+            t.id,
+            &venv("prod"),
+            &vkey("DB_PASS"),
+            "three",
+            VaultWrite::Rotate,
+            ctx(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v3, 3);
+    assert_eq!(
+        vput(&store, &t, "dev", "DB_PASS", "dev", 4).await,
+        1,
+        "per env"
+    );
+    assert_eq!(
+        vget(&store, &t, "prod", "DB_PASS", None).await,
+        Some((3, "three".into()))
+    );
+    assert_eq!(
+        vget(&store, &t, "prod", "DB_PASS", Some(1)).await,
+        Some((1, "one-sentinel".into()))
+    );
+    assert_eq!(vget(&store, &t, "prod", "DB_PASS", Some(9)).await, None);
+    assert_eq!(
+        vget(&store, &other, "prod", "DB_PASS", None).await,
+        None,
+        "per team"
+    );
+    assert_eq!(
+        store.list_vault_keys(t.id, &venv("prod")).await.unwrap(),
+        vec![vkey("DB_PASS")]
+    );
+    let reads = audit_kinds(&store, &t, "vault.read").await;
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[0].metadata["version"], 1);
+    assert_eq!(reads[0].metadata["key"], "DB_PASS");
+    assert_eq!(audit_kinds(&store, &t, "vault.set").await.len(), 3);
+    assert_eq!(audit_kinds(&store, &t, "vault.rotated").await.len(), 1);
+    for kind in ["vault.read", "vault.set", "vault.rotated"] {
+        for a in audit_kinds(&store, &t, kind).await {
+            let m = a.metadata.to_string();
+            assert!(!m.contains("sentinel") && !m.contains("three"), "{m}");
+        }
+    }
+}
+
+pub async fn vault_delete_removes_every_version_and_versions_are_never_reused<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    vput(&store, &t, "prod", "K", "a", 1).await;
+    vput(&store, &t, "prod", "K", "b", 2).await;
+    vput(&store, &t, "prod", "OTHER", "c", 3).await;
+    let del = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .delete_vault_key(t.id, &venv("prod"), &vkey(key), ctx(4))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(del("K").await);
+    assert!(!del("K").await, "a second delete finds nothing");
+    assert!(!del("NEVER").await);
+    assert_eq!(vget(&store, &t, "prod", "K", None).await, None);
+    assert_eq!(vget(&store, &t, "prod", "K", Some(1)).await, None);
+    assert_eq!(
+        store.list_vault_keys(t.id, &venv("prod")).await.unwrap(),
+        vec![vkey("OTHER")]
+    );
+    assert_eq!(
+        vput(&store, &t, "prod", "K", "again", 5).await,
+        3,
+        "a version a release may have recorded is never reused"
+    );
+    assert_eq!(audit_kinds(&store, &t, "vault.deleted").await.len(), 1);
+}
+
+pub async fn vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    vput(&store, &t, "dev", "A", "a1", 1).await;
+    vput(&store, &t, "dev", "A", "a2", 2).await;
+    vput(&store, &t, "dev", "B", "b-dev", 3).await;
+    vput(&store, &t, "prod", "B", "b-prod", 4).await;
+    let copy = |keys: Option<&[&str]>, dry_run: bool, overwrite: bool| VaultCopy {
+        from: venv("dev"),
+        to: venv("prod"),
+        keys: keys.map(|k| k.iter().map(|k| vkey(k)).collect()),
+        dry_run,
+        overwrite,
+    };
+    let actions = |out: &stackyard_core::vault::CopyOutcome| -> Vec<(String, CopyAction)> {
+        out.plan
+            .iter()
+            .map(|(k, a)| (k.as_str().to_owned(), *a))
+            .collect()
+    };
+
+    let dry = store
+        .copy_vault(t.id, &copy(None, true, false), ctx(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(&dry),
+        [
+            ("A".into(), CopyAction::Copy),
+            ("B".into(), CopyAction::Skip)
+        ]
+    );
+    assert_eq!((dry.copied, dry.skipped, dry.missing), (0, 1, 0));
+    assert_eq!(vget(&store, &t, "prod", "A", None).await, None, "dry run");
+
+    let out = store
+        .copy_vault(t.id, &copy(None, false, false), ctx(6))
+        .await
+        .unwrap();
+    assert_eq!((out.copied, out.skipped, out.missing), (1, 1, 0));
+    assert_eq!(
+        vget(&store, &t, "prod", "A", None).await,
+        Some((1, "a2".into())),
+        "the newest version, as a new version in the target"
+    );
+    assert_eq!(
+        vget(&store, &t, "prod", "B", None).await,
+        Some((1, "b-prod".into()))
+    );
+
+    let out = store
+        .copy_vault(t.id, &copy(Some(&["B", "NOPE"]), false, true), ctx(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(&out),
+        [
+            ("B".into(), CopyAction::Overwrite),
+            ("NOPE".into(), CopyAction::Missing)
+        ]
+    );
+    assert_eq!((out.copied, out.skipped, out.missing), (1, 0, 1));
+    assert_eq!(
+        vget(&store, &t, "prod", "B", None).await,
+        Some((2, "b-dev".into()))
+    );
+    let copies = audit_kinds(&store, &t, "vault.copied").await;
+    assert_eq!(copies.len(), 2, "a dry run is not audited");
+    assert!(!copies[0].metadata.to_string().contains("b-dev"));
+}
+
+pub async fn vault_concurrent_writers_to_one_key_never_share_a_version<S: Store>(store: S) {
+    let t = team(&store, "acme", None).await;
+    let n = 12;
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let v = store
+                    .put_vault_value(
+                        t.id,
+                        &venv("prod"),
+                        &vkey("HOT"),
+                        &format!("value-{i}"),
+                        VaultWrite::Set,
+                        ctx(i as i64),
+                    )
+                    .await
+                    .expect("put_vault_value");
+                (v, i)
+            })
+        })
+        .collect();
+    let mut versions = BTreeMap::new();
+    for task in tasks {
+        let (v, i) = task.await.unwrap();
+        assert!(versions.insert(v, i).is_none(), "version {v} given twice");
+    }
+    assert_eq!(
+        versions.keys().copied().collect::<Vec<_>>(),
+        (1..=n as i64).collect::<Vec<_>>()
+    );
+    for (v, i) in versions {
+        assert_eq!(
+            vget(&store, &t, "prod", "HOT", Some(v)).await,
+            Some((v, format!("value-{i}")))
+        );
+    }
+}
+
+fn with_manifest_env(mut new: NewStack, key: &str, value: &str) -> NewStack {
+    new.services[0].env.insert(key.into(), value.into());
+    new
+}
+
+pub async fn vault_refs_are_pinned_per_release_so_a_rotation_changes_only_later_releases<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    vput(&store, &t, "development", "DB_PASS", "v1-secret", 1).await;
+    vput(&store, &t, "development", "API", "api-1", 2).await;
+    let new = with_manifest_env(new_stack(Some(t.id), 3), "DB", "vault://DB_PASS");
+    let s = store.create_stack(new).await.unwrap();
+    let values = store.release_vault_values(s.id, 1).await.unwrap().unwrap();
+    assert_eq!(
+        values,
+        BTreeMap::from([("DB_PASS".into(), "v1-secret".into())])
+    );
+
+    // The stack env names a key too; the env map keeps showing the reference.
+    apply_one(&store, &s, patch(json!({ "API_KEY": "vault://API" }), 4))
+        .await
+        .unwrap();
+    store
+        .put_vault_value(
+            t.id,
+            &venv("development"),
+            &vkey("DB_PASS"),
+            "v2-secret",
+            VaultWrite::Rotate,
+            ctx(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.release_vault_values(s.id, 1).await.unwrap().unwrap()["DB_PASS"],
+        "v1-secret",
+        "release 1 keeps the version it recorded"
+    );
+    let (_, info) = store
+        .create_release(Access::Team(t.id), &s.slug, new_release(None, 6))
+        .await
+        .unwrap();
+    let values = store
+        .release_vault_values(s.id, info.version)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        values,
+        BTreeMap::from([
+            ("API".into(), "api-1".into()),
+            ("DB_PASS".into(), "v2-secret".into())
+        ])
+    );
+    let env = store.get_env(s.id, None).await.unwrap().unwrap();
+    assert_eq!(env.env.get("API_KEY"), Some("vault://API"));
+
+    // A recorded version deleted since: the release cannot be reproduced.
+    store
+        .delete_vault_key(t.id, &venv("development"), &vkey("DB_PASS"), ctx(7))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.release_vault_values(s.id, 1).await.unwrap(),
+        Err(VaultRefError::Missing { .. })
+    ));
+}
+
+pub async fn vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    vput(&store, &t, "prod", "ONLY_PROD", "x", 1).await;
+    // The stack's environment is `development`: a key only in `prod` is missing.
+    let new = with_manifest_env(new_stack(Some(t.id), 2), "X", "vault://ONLY_PROD");
+    let slug = new.slug.clone();
+    assert!(matches!(
+        store.create_stack(new).await,
+        Err(CreateStackError::Vault(VaultRefError::Missing { .. }))
+    ));
+    assert!(
+        store
+            .get_stack(Access::Team(t.id), &slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let anon = with_manifest_env(new_stack(None, 3), "X", "vault://ONLY_PROD");
+    assert!(matches!(
+        store.create_stack(anon).await,
+        Err(CreateStackError::Vault(VaultRefError::RequiresAuth))
+    ));
+
+    let s = store.create_stack(new_stack(Some(t.id), 4)).await.unwrap();
+    apply_one(&store, &s, patch(json!({ "X": "vault://NOPE" }), 5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_release(Access::Team(t.id), &s.slug, new_release(None, 6))
+            .await,
+        Err(ReleaseError::Vault(VaultRefError::Missing { .. }))
+    ));
+    let releases = store.list_releases(s.id).await.unwrap();
+    assert_eq!(releases.len(), 1, "no release 2");
 }

@@ -52,6 +52,7 @@ pub struct WrappedKey {
 pub enum WrappedRow {
     Stack(i64),
     Resource(String),
+    TeamVault(i64),
 }
 
 /// What the start-up sealing pass did.

@@ -25,6 +25,7 @@ mod keys;
 mod resources;
 mod stacks;
 mod teams;
+mod vault;
 
 pub use env::{
     EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
@@ -41,6 +42,7 @@ pub use stacks::{
     CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
 };
 pub use teams::{NewToken, TeamStore};
+pub use vault::VaultStore;
 
 use crate::model::Stack;
 use std::time::Duration;
@@ -48,7 +50,15 @@ use std::time::Duration;
 /// Every storage operation: what the server holds. Implemented for every type that implements
 /// all the per-aggregate traits.
 pub trait Store:
-    TeamStore + StackStore + EnvStore + JobStore + EventStore + Housekeeping + ResourceStore + KeyStore
+    TeamStore
+    + StackStore
+    + EnvStore
+    + JobStore
+    + EventStore
+    + Housekeeping
+    + ResourceStore
+    + KeyStore
+    + VaultStore
 {
 }
 
@@ -61,6 +71,7 @@ impl<T> Store for T where
         + Housekeeping
         + ResourceStore
         + KeyStore
+        + VaultStore
 {
 }
 

@@ -35,6 +35,9 @@ pub struct NewStack {
 pub enum CreateStackError {
     #[error("the team already has its maximum of {max} stacks")]
     LimitReached { max: i64 },
+    /// A `vault://` reference of the manifest cannot be resolved; nothing was written.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultRefError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -59,6 +62,9 @@ pub enum ReleaseError {
     NotFound,
     #[error("the stack is being deleted")]
     Deleting,
+    /// A `vault://` reference of the env or manifest cannot be resolved; nothing was written.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultRefError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -11,6 +11,7 @@ pub mod stacks;
 pub mod streams;
 pub mod tokens;
 pub mod upload;
+pub mod vault;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;

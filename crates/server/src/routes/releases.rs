@@ -145,6 +145,7 @@ async fn redeploy_reserved<S: Store>(
             )
             .with_action("Create a new stack instead; this one is being torn down."));
         }
+        Err(ReleaseError::Vault(e)) => return Err(ApiError::vault_ref(&e)),
         Err(ReleaseError::Store(e)) => return Err(ApiError::store("provision_failed", &e)),
     };
     state.jobs_ready.notify_one();

@@ -216,6 +216,7 @@ async fn create_reserved<S: Store>(
             )
             .with_action("Delete a stack you no longer need (DELETE /stacks/<id>) or ask an administrator to raise the team's limit."));
         }
+        Err(CreateStackError::Vault(e)) => return Err(ApiError::vault_ref(&e)),
         Err(CreateStackError::Store(e)) => return Err(ApiError::store("provision_failed", &e)),
     }
     metrics::counter!("stackyard_stacks_created_total").increment(1);

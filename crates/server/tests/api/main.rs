@@ -16,4 +16,5 @@ mod resources;
 mod restart;
 mod stacks;
 mod tokens;
+mod vault;
 mod wire;

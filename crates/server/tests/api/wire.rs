@@ -578,3 +578,49 @@ async fn wire_missing_start_command_envelope() {
         json!({ "status": code, "body": body })
     );
 }
+
+#[tokio::test]
+async fn wire_vault_bodies() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let t = Some(app.admin_token.as_str());
+    let put = |key: &str| {
+        app.client
+            .put(app.url(&format!("/api/v1/vault/prod/{key}")))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({ "value": "s3cret" }))
+    };
+    snap!("vault_put_201", ok(put("DB_PASS"), 201).await);
+    ok(put("API"), 201).await;
+    snap!(
+        "vault_rotate_201",
+        ok(
+            app.post("/api/v1/vault/prod/DB_PASS/rotate", t)
+                .json(&json!({ "value": "n3w" })),
+            201
+        )
+        .await
+    );
+    snap!(
+        "vault_get_200",
+        ok(app.get("/api/v1/vault/prod/DB_PASS?version=1", t), 200).await
+    );
+    snap!(
+        "vault_list_200",
+        ok(app.get("/api/v1/vault/prod", t), 200).await
+    );
+    snap!(
+        "vault_copy_200",
+        ok(
+            app.post("/api/v1/vault/copy", t).json(
+                &json!({ "from": "prod", "to": "dev", "keys": ["API", "NOPE"], "dry_run": true })
+            ),
+            200
+        )
+        .await
+    );
+    let (code, body) = call(app.get("/api/v1/vault/prod", None)).await;
+    snap!(
+        "error_vault_requires_auth",
+        json!({ "status": code, "body": body })
+    );
+}

@@ -8,4 +8,5 @@ mod support;
 
 mod errors;
 mod local_runtime;
+mod vault;
 mod walkthrough;

@@ -1,0 +1,103 @@
+//! `VaultStore` on SQLite (statements in `store_sql::Ops`). Writes run under `BEGIN IMMEDIATE`
+//! on the one writer, which also serialises writers of one key.
+
+use crate::SqliteStore;
+use crate::sql::OPS;
+use stackyard_core::ids::{EnvironmentName, VaultKey};
+use stackyard_core::model::{AuditCtx, StackId, TeamId};
+use stackyard_core::store::{StoreError, VaultStore};
+use stackyard_core::vault::{CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite};
+use std::collections::BTreeMap;
+
+impl VaultStore for SqliteStore {
+    async fn put_vault_value(
+        &self,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        value: &str,
+        write: VaultWrite,
+        ctx: AuditCtx,
+    ) -> Result<i64, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .put_vault_value(
+                self.write_tx().await?,
+                team,
+                env,
+                key,
+                value,
+                write,
+                ctx,
+                keyring,
+            )
+            .await?)
+    }
+
+    async fn read_vault_value(
+        &self,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        version: Option<i64>,
+        ctx: AuditCtx,
+    ) -> Result<Option<VaultValue>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .read_vault_value(
+                self.write_tx().await?,
+                team,
+                env,
+                key,
+                version,
+                ctx,
+                keyring,
+            )
+            .await?)
+    }
+
+    async fn list_vault_keys(
+        &self,
+        team: TeamId,
+        env: &EnvironmentName,
+    ) -> Result<Vec<VaultKey>, StoreError> {
+        Ok(OPS
+            .list_vault_keys(&mut *self.reader().await?, team, env)
+            .await?)
+    }
+
+    async fn delete_vault_key(
+        &self,
+        team: TeamId,
+        env: &EnvironmentName,
+        key: &VaultKey,
+        ctx: AuditCtx,
+    ) -> Result<bool, StoreError> {
+        Ok(OPS
+            .delete_vault_key(self.write_tx().await?, team, env, key, ctx)
+            .await?)
+    }
+
+    async fn copy_vault(
+        &self,
+        team: TeamId,
+        copy: &VaultCopy,
+        ctx: AuditCtx,
+    ) -> Result<CopyOutcome, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .copy_vault(self.write_tx().await?, team, copy, ctx, keyring)
+            .await?)
+    }
+
+    async fn release_vault_values(
+        &self,
+        stack: StackId,
+        release: i64,
+    ) -> Result<Result<BTreeMap<String, String>, VaultRefError>, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .release_vault_values(&mut *self.reader().await?, stack, release, keyring)
+            .await?)
+    }
+}
