@@ -55,7 +55,18 @@ impl ApiError {
     }
 
     /// Maps a storage failure to the route's 503 code. The store's message is logged, never sent.
+    /// Stored data that does not decode (a sealed value that does not open: the wrong key, or a
+    /// row moved or edited by hand) is no outage: retrying cannot help, so it is a 500.
     pub fn store(code: &'static str, err: &StoreError) -> Self {
+        if let StoreError::Corrupt(_) = err {
+            tracing::error!(error = %err, code, "stored data does not decode");
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Stored data this request needs could not be read.",
+            )
+            .with_action("Do not retry; the operator finds the cause in the server's log.");
+        }
         tracing::warn!(error = %err, code, "storage failure");
         let message = match err {
             StoreError::LockTimeout => {

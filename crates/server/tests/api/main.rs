@@ -14,6 +14,7 @@ mod messages;
 mod needs;
 mod resources;
 mod restart;
+mod sealed;
 mod stacks;
 mod tokens;
 mod vault;

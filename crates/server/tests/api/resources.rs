@@ -422,12 +422,16 @@ async fn a_create_replayed_with_its_idempotency_key_answers_the_same_resource_on
     pg.cleanup(&[]).await;
 }
 
-/// Writes resource rows (with the status each has) as a server that died mid-step left them.
-struct InsertRows(Vec<Resource>);
+/// Writes resource rows (with the status each has) as a server that died mid-step left them,
+/// sealed by the master key of the data directory the server starts on.
+struct InsertRows(Vec<Resource>, std::path::PathBuf);
 
 impl stackyard_server::serve::WithStore for InsertRows {
     type Output = ();
     async fn run<S: stackyard_core::store::Store>(self, store: S) -> anyhow::Result<()> {
+        let keys = stackyard_server::config::KeyArgs::default();
+        let master = stackyard_server::masterkey::unlock(&store, &keys, &self.1).await?;
+        stackyard_server::masterkey::install(&store, master, &keys, &self.1).await?;
         for resource in self.0 {
             store
                 .insert_resource(NewResource {
@@ -442,10 +446,11 @@ impl stackyard_server::serve::WithStore for InsertRows {
 }
 
 async fn insert_rows(store: stackyard_server::StoreArgs, rows: Vec<Resource>) {
+    let data_dir = store.data_dir.clone();
     stackyard_server::serve::with_store(
         &store,
         stackyard_server::serve::store_options_for(&store),
-        InsertRows(rows),
+        InsertRows(rows, data_dir),
     )
     .await
     .unwrap();

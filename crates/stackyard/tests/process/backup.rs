@@ -6,6 +6,11 @@
 use crate::support::*;
 use serde_json::{Value, json};
 use sqlx::{Connection, Row, SqliteConnection};
+use stackyard_core::crypto::Keyring;
+use stackyard_core::model::StackId;
+use stackyard_server::config::KeyArgs;
+use stackyard_server::masterkey;
+use stackyard_store_sql::seal::EnvCodec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -27,9 +32,30 @@ fn run_backup(db_url: &str, data: &Path, to: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// The checks a restored database must pass, read straight from the file; returns the stack's
-/// env map and version.
-async fn assert_consistent(file: &Path, slug: &str) -> (BTreeMap<String, String>, i64) {
+/// The codec that opens a stack's sealed env documents with the master key kept in `data`.
+fn codec_of(data: &Path, stack: i64, wrapped: Option<&[u8]>) -> EnvCodec {
+    let keys = masterkey::load_all(&KeyArgs::default(), data);
+    let keyring = Keyring::new(
+        keys.into_iter()
+            .next()
+            .expect("a master key in the data dir"),
+    );
+    EnvCodec::of_stack(&keyring, StackId(stack), wrapped).unwrap()
+}
+
+fn plain(map: stackyard_core::EnvMap) -> BTreeMap<String, String> {
+    map.iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The checks a restored database must pass, read straight from the file (values opened with
+/// the master key in `data`); returns the stack's env map and version.
+async fn assert_consistent(
+    file: &Path,
+    data: &Path,
+    slug: &str,
+) -> (BTreeMap<String, String>, i64) {
     let mut conn = SqliteConnection::connect(&format!("sqlite://{}?mode=ro", file.display()))
         .await
         .unwrap();
@@ -38,13 +64,16 @@ async fn assert_consistent(file: &Path, slug: &str) -> (BTreeMap<String, String>
         .await
         .unwrap();
     assert_eq!(verdict, "ok");
-    let stack = sqlx::query("SELECT id, env, env_version FROM stacks WHERE slug = ?")
+    let stack = sqlx::query("SELECT id, env, env_version, data_key FROM stacks WHERE slug = ?")
         .bind(slug)
         .fetch_one(&mut conn)
         .await
         .unwrap();
     let (id, current, version): (i64, String, i64) = (stack.get(0), stack.get(1), stack.get(2));
-    let current: BTreeMap<String, String> = serde_json::from_str(&current).unwrap();
+    let wrapped: Option<Vec<u8>> = stack.get(3);
+    assert!(wrapped.is_some(), "a written stack's env is sealed");
+    let codec = codec_of(data, id, wrapped.as_deref());
+    let current = plain(codec.open_map(&current, version).unwrap());
 
     let rows = sqlx::query(
         "SELECT version, set_keys, deleted_keys, changes, snapshot FROM env_versions \
@@ -66,8 +95,7 @@ async fn assert_consistent(file: &Path, slug: &str) -> (BTreeMap<String, String>
         let v: i64 = row.get(0);
         let set: BTreeSet<String> = serde_json::from_str(row.get::<&str, _>(1)).unwrap();
         let deleted: BTreeSet<String> = serde_json::from_str(row.get::<&str, _>(2)).unwrap();
-        let changes: BTreeMap<String, Option<String>> =
-            serde_json::from_str(row.get::<&str, _>(3)).unwrap();
+        let changes = codec.open_changes(row.get::<&str, _>(3), v).unwrap();
         let snapshot: Option<String> = row.get(4);
         if v > 0 {
             let changed_set: BTreeSet<String> = changes
@@ -89,7 +117,7 @@ async fn assert_consistent(file: &Path, slug: &str) -> (BTreeMap<String, String>
             }
         }
         if let Some(snapshot) = snapshot {
-            let snapshot: BTreeMap<String, String> = serde_json::from_str(&snapshot).unwrap();
+            let snapshot = plain(codec.open_map(&snapshot, v).unwrap());
             if v == 0 {
                 replayed = snapshot;
             } else {
@@ -186,7 +214,7 @@ async fn a_backup_taken_under_env_patch_load_restores_to_a_consistent_state() {
         "the writers kept committing during the backup"
     );
 
-    let (env, version) = assert_consistent(&file, &slug).await;
+    let (env, version) = assert_consistent(&file, data.path(), &slug).await;
     assert!(
         version >= before,
         "v{version} lacks writes acknowledged before the backup (v{before})"

@@ -133,4 +133,93 @@ async fn wrong_key_stops_start_up_and_rotation_moves_the_database(backend: Backe
     );
 }
 
-both_backends!(wrong_key_stops_start_up_and_rotation_moves_the_database);
+/// Rotation while writers PATCH several stacks (some sealed by their first write during the
+/// rotation): no write fails, and a server started afterwards with only the new key reads every
+/// acknowledged value, so every data key was re-wrapped, including those made meanwhile.
+async fn rotation_under_concurrent_env_writes_loses_no_acknowledged_value(backend: Backend) {
+    const WRITERS: usize = 8;
+    const WRITES: usize = 30;
+    let Some(db) = Db::fresh(backend).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let key_file = data.path().join("master.key");
+    let mut server = Server::start(&db.url, data.path(), &[]);
+    let old = std::fs::read_to_string(&key_file).unwrap();
+    stackyard_testkit::leaks::register(old.trim());
+    let token = server.admin_token();
+    let client = reqwest::Client::new();
+    let mut slugs = Vec::new();
+    for i in 0..4 {
+        slugs.push(create_stack(&client, &server, &token, &format!("rot{i}")).await);
+    }
+    // The procedure the README gives: the new key joins the key file first.
+    let new_key = data.path().join("new.key");
+    let new_text = write_key(&new_key, 7);
+    std::fs::write(&key_file, format!("{}\n{new_text}\n", old.trim())).unwrap();
+
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS + 1));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, barrier, token) = (client.clone(), barrier.clone(), token.clone());
+        let url = server.url(&format!("/stacks/{}/env", slugs[w % slugs.len()]));
+        writers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            for i in 0..WRITES {
+                let body = serde_json::json!({ "env": { format!("W{w}"): format!("v{i}") } });
+                let res = client
+                    .patch(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+                let (code, b) = json_of(res.unwrap()).await;
+                assert_eq!(code, 200, "writer {w}, write {i}: {b}");
+            }
+        }));
+    }
+    barrier.wait().await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (url, dir, key) = (db.url.clone(), data.path().to_owned(), new_key.clone());
+    let out = tokio::task::spawn_blocking(move || rotate(&url, &dir, &key))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Writes after the rotation are wrapped by the new key too; one more pass finds nothing.
+    let out = rotate(&db.url, data.path(), &new_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.terminate(Duration::from_secs(30));
+
+    std::fs::write(&key_file, format!("{new_text}\n")).unwrap();
+    let server = Server::start(&db.url, data.path(), &[]);
+    let token = server.admin_token();
+    for (i, slug) in slugs.iter().enumerate() {
+        let res = client
+            .get(server.url(&format!("/stacks/{slug}/env?reveal=true")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let (code, b) = json_of(res).await;
+        assert_eq!(code, 200, "{b}");
+        for w in (0..WRITERS).filter(|w| w % slugs.len() == i) {
+            assert_eq!(b["env"][format!("W{w}")], format!("v{}", WRITES - 1), "{b}");
+        }
+    }
+}
+
+both_backends!(
+    wrong_key_stops_start_up_and_rotation_moves_the_database,
+    rotation_under_concurrent_env_writes_loses_no_acknowledged_value,
+);
