@@ -38,8 +38,14 @@ pub async fn run<S: StackStore + ResourceStore + Housekeeping>(
         }
         expire(&store, &jobs_ready).await;
         crate::resources::expire(&store, &provisioner).await;
-        // Creates that died mid-way on any server sharing the store, and drops that failed.
-        crate::resources::reconcile(&store, &provisioner, stale_provisioning_cutoff(), false).await;
+        // Creates that died mid-way on any server sharing the store, and drops that failed;
+        // after a restart of the resource Redis, its users (ACLs do not survive one).
+        let reapply = provisioner.redis_restarted().await;
+        if reapply {
+            tracing::info!("the resource Redis restarted: setting its users again");
+        }
+        crate::resources::reconcile(&store, &provisioner, stale_provisioning_cutoff(), reapply)
+            .await;
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             let at = now();

@@ -224,6 +224,22 @@ pub async fn rotate<S: KeyStore>(
     old: &MasterKey,
     new: &MasterKey,
 ) -> anyhow::Result<()> {
+    rotate_observed(store, old, new, || async {}).await
+}
+
+/// [`rotate`], awaiting `step()` before each write it makes (every re-wrap and the canary's
+/// move): the points where a test lets other writers in.
+async fn rotate_observed<S, F, Fut>(
+    store: &S,
+    old: &MasterKey,
+    new: &MasterKey,
+    mut step: F,
+) -> anyhow::Result<()>
+where
+    S: KeyStore,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let canary = store
         .master_canary()
         .await
@@ -238,11 +254,12 @@ pub async fn rotate<S: KeyStore>(
                  this database's canary: give the key it was written with"
             )
         })?;
-        let n = rewrap(store, old, new).await?;
+        let n = rewrap(store, old, new, &mut step).await?;
         tracing::info!(
             data_keys = n,
             "re-wrapped the data keys with the new master key"
         );
+        step().await;
         if !store
             .swap_master_canary(Some(&canary), &new.seal_canary(), crate::now())
             .await
@@ -253,7 +270,7 @@ pub async fn rotate<S: KeyStore>(
     } else {
         tracing::info!("the database's canary already names the new master key");
     }
-    let n = rewrap(store, old, new).await?;
+    let n = rewrap(store, old, new, &mut step).await?;
     if n > 0 {
         tracing::info!(data_keys = n, "re-wrapped data keys wrapped meanwhile");
     }
@@ -261,7 +278,17 @@ pub async fn rotate<S: KeyStore>(
 }
 
 /// One pass over every wrapped data key: those `new` does not open yet are re-wrapped.
-async fn rewrap<S: KeyStore>(store: &S, old: &MasterKey, new: &MasterKey) -> anyhow::Result<u64> {
+async fn rewrap<S, F, Fut>(
+    store: &S,
+    old: &MasterKey,
+    new: &MasterKey,
+    step: &mut F,
+) -> anyhow::Result<u64>
+where
+    S: KeyStore,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut done = 0;
     let mut unreadable = 0;
     for key in store
@@ -277,6 +304,7 @@ async fn rewrap<S: KeyStore>(store: &S, old: &MasterKey, new: &MasterKey) -> any
             continue;
         };
         let wrapped = new.wrap(key.owner, DATA_KEY_ID, &data);
+        step().await;
         // A row changed meanwhile (its owner deleted, or sealed again) is left to the next
         // pass, which reads it afresh.
         if store
@@ -339,5 +367,122 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (b, _) = load(&keys, dir.path(), true).unwrap();
         assert_eq!(a.expose_bytes(), b.expose_bytes());
+    }
+
+    /// Env writes at any point of a rotation, to stacks sealed before it, stacks sealed by their
+    /// first write during it and stacks created during it: afterwards a server holding only the
+    /// new key reads every acknowledged value. `plan[i]` is how many writes go in before the
+    /// rotation's `i`-th write (re-wraps and the canary's move).
+    mod interleaved {
+        use super::*;
+        use proptest::prelude::*;
+        use stackyard_core::env::EnvPatch;
+        use stackyard_core::model::StackId;
+        use stackyard_core::store::{EnvOp, EnvStore, EnvWrite, StackStore};
+        use stackyard_store_sqlite::SqliteStore;
+        use stackyard_testkit::suite::{ctx, new_stack};
+        use std::collections::BTreeMap;
+        use std::sync::Mutex;
+
+        type Model = Arc<Mutex<BTreeMap<i64, BTreeMap<String, String>>>>;
+
+        async fn write(store: &SqliteStore, model: &Model, stack: StackId, key: String, n: u64) {
+            let value = format!("v{n}");
+            let body = serde_json::json!({ "env": { key.clone(): value.clone() } }).to_string();
+            let w = EnvWrite {
+                op: EnvOp::Patch(EnvPatch::parse(body.as_bytes()).unwrap()),
+                if_match: None,
+                ctx: ctx(1),
+                idempotency: None,
+                deadline: None,
+            };
+            let out = store.apply_env_writes(stack, &[w]).await.unwrap();
+            assert!(out[0].is_ok(), "{:?}", out[0]);
+            let mut m = model.lock().unwrap();
+            m.entry(stack.0).or_default().insert(key, value);
+        }
+
+        async fn new_stack_id(store: &SqliteStore) -> StackId {
+            store.create_stack(new_stack(None, 1)).await.unwrap().id
+        }
+
+        async fn run(plan: Vec<usize>) {
+            let db = stackyard_testkit::sqlite::fresh();
+            let opts = stackyard_core::store::StoreOptions::default();
+            let (old, new) = (
+                MasterKey::from_slice(&[1; 32]).unwrap(),
+                MasterKey::from_slice(&[2; 32]).unwrap(),
+            );
+            // The writers' server: its key file holds both keys, as the README's procedure has.
+            let store = SqliteStore::connect(&db.url, opts.clone()).await.unwrap();
+            let both = (old.clone(), new.clone());
+            store.install_keyring(Arc::new(
+                Keyring::new(old.clone()).with_reload(move || vec![both.0.clone(), both.1.clone()]),
+            ));
+            assert!(
+                store
+                    .swap_master_canary(None, &old.seal_canary(), crate::now())
+                    .await
+                    .unwrap()
+            );
+            let model: Model = Arc::default();
+            let mut stacks = Vec::new();
+            for i in 0..3 {
+                let id = new_stack_id(&store).await;
+                if i < 2 {
+                    write(&store, &model, id, "BEFORE".into(), 0).await;
+                }
+                stacks.push(id);
+            }
+            let stacks = Arc::new(Mutex::new(stacks));
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let step = || {
+                let (store, model, stacks) = (store.clone(), model.clone(), stacks.clone());
+                let i = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let writes = plan.get(i).copied().unwrap_or(0);
+                async move {
+                    for j in 0..writes {
+                        let n = (i * 10 + j) as u64;
+                        let stack = if j == 2 {
+                            let id = new_stack_id(&store).await;
+                            stacks.lock().unwrap().push(id);
+                            id
+                        } else {
+                            let all = stacks.lock().unwrap();
+                            all[(i + j) % all.len()]
+                        };
+                        write(&store, &model, stack, format!("K{i}_{j}"), n).await;
+                    }
+                }
+            };
+            rotate_observed(&store, &old, &new, step).await.unwrap();
+            // A write after the rotation, to a stack never written before: wrapped by `new`.
+            let late = new_stack_id(&store).await;
+            write(&store, &model, late, "AFTER".into(), 1).await;
+
+            let reader = SqliteStore::connect(&db.url, opts).await.unwrap();
+            reader.install_keyring(Arc::new(Keyring::new(new.clone())));
+            let canary = reader.master_canary().await.unwrap().unwrap();
+            assert!(new.check_canary(&canary).is_ok());
+            let expected = model.lock().unwrap().clone();
+            for (stack, env) in expected {
+                let got = reader.get_env(StackId(stack), None).await.unwrap().unwrap();
+                assert_eq!(got.env.to_map(), env, "stack {stack}");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+            #[test]
+            fn rotation_at_any_point_among_env_writes_loses_nothing(
+                plan in proptest::collection::vec(0usize..4, 0..8)
+            ) {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(run(plan));
+            }
+        }
     }
 }

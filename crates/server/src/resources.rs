@@ -57,6 +57,9 @@ struct RedisAdmin {
     host: String,
     port: u16,
     db: i64,
+    /// The `run_id` the server had when last seen: a new one means it restarted, and with it
+    /// every ACL user is gone.
+    run_id: std::sync::Mutex<Option<String>>,
 }
 
 impl Provisioner {
@@ -95,6 +98,7 @@ impl Provisioner {
                     host,
                     port,
                     db,
+                    run_id: std::sync::Mutex::new(None),
                 })
             }
         };
@@ -107,6 +111,20 @@ impl Provisioner {
             ResourceKind::Postgres => self.pg().map(|_| ()),
             ResourceKind::Redis => self.redis().map(|_| ()),
         }
+    }
+
+    /// Whether the resource Redis restarted since the last call (its `run_id` changed); the
+    /// first call only notes it. False when Redis is not configured or does not answer.
+    pub async fn redis_restarted(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return false;
+        };
+        let Ok(Some(now)) = redis.run_id().await else {
+            return false;
+        };
+        let mut seen = redis.run_id.lock().unwrap_or_else(|e| e.into_inner());
+        let before = seen.replace(now.clone());
+        before.is_some_and(|b| b != now)
     }
 
     fn pg(&self) -> Result<&PgAdmin, ResourceError> {
@@ -302,6 +320,20 @@ impl RedisAdmin {
             reason: "timed out connecting".to_owned(),
         })?
         .map_err(|e| redis_error(&e))
+    }
+
+    /// The server's `run_id` (`INFO server`), new at every start.
+    async fn run_id(&self) -> Result<Option<String>, ResourceError> {
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
     }
 
     /// `ACL SETUSER`: confined to the resource's key prefix, every command but `@dangerous`

@@ -196,6 +196,8 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     } else {
         Millis(i64::MAX)
     };
+    // Notes the resource Redis's run id first, so the maintenance pass sees its next restart.
+    provisioner.redis_restarted().await;
     crate::resources::reconcile(&store, &provisioner, cutoff, true).await;
     let artifacts = Arc::new(Artifacts::new(&args.store.data_dir, args.artifact_grace));
     let jobs_ready = Arc::new(Notify::new());

@@ -363,6 +363,12 @@ fn log_tail(path: &Path) -> String {
 /// initdb's a new cluster (trust authentication, superuser `postgres`) in a new temporary
 /// directory, owned by the `postgres` user when we are root.
 fn init_cluster() -> Result<Cluster, String> {
+    init_cluster_with(None)
+}
+
+/// [`init_cluster`], or with `scram_password` a cluster whose every connection authenticates
+/// by SCRAM-SHA-256 (`initdb -A scram-sha-256`), the superuser's password being that.
+fn init_cluster_with(scram_password: Option<&str>) -> Result<Cluster, String> {
     let bin = find_bin_dir()?;
     let root = is_root();
     let dir = tempfile::Builder::new()
@@ -390,19 +396,76 @@ fn init_cluster() -> Result<Cluster, String> {
     initdb
         .arg("-D")
         .arg(dir.join("data"))
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ])
+        .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
         .current_dir(&dir);
+    match scram_password {
+        None => {
+            initdb.args(["-A", "trust"]);
+        }
+        Some(password) => {
+            let pwfile = dir.join("pwfile");
+            std::fs::write(&pwfile, password)
+                .map_err(|e| cleanup(format!("writing the password file: {e}")))?;
+            if root {
+                run(Command::new("chown").arg("postgres:postgres").arg(&pwfile))
+                    .map_err(|e| cleanup(format!("handing the password file over: {e}")))?;
+            }
+            initdb
+                .args(["-A", "scram-sha-256", "--pwfile"])
+                .arg(&pwfile);
+        }
+    }
     run(&mut initdb).map_err(|e| cleanup(format!("initdb failed: {e}")))?;
     Ok(Cluster { dir, bin, root })
+}
+
+/// A private cluster one test owns, whose connections authenticate by SCRAM-SHA-256 (the
+/// shared test server trusts local connections, so a login there proves no password right).
+/// Dropping it stops the server (SIGTERM to its wrapper, by pid) and removes its directory.
+pub struct ScramServer {
+    /// The superuser's URL, password included.
+    pub url: String,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl ScramServer {
+    /// initdb's and starts the cluster; `Err` says why it could not.
+    pub async fn start() -> Result<ScramServer, String> {
+        let password = stackyard_core::ids::random_hex(16);
+        let pw = password.clone();
+        let cluster = tokio::task::spawn_blocking(move || init_cluster_with(Some(&pw)))
+            .await
+            .map_err(|e| format!("initdb panicked: {e}"))??;
+        let (url, child) = launch(&cluster)?;
+        let url = url.replace("postgres@", &format!("postgres:{password}@"));
+        let server = ScramServer {
+            url,
+            child,
+            dir: cluster.dir,
+        };
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match probe(&server.url).await {
+                Ok(()) => return Ok(server),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("the SCRAM cluster did not answer: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for ScramServer {
+    fn drop(&mut self) {
+        // The wrapper turns TERM into a fast shutdown of its postgres.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Starts `postgres` for `cluster` on a free port under the wrapper.

@@ -653,3 +653,162 @@ both_backends!(
     ready_redis_users_are_set_again_at_start_up,
     a_provisioning_row_another_server_left_is_dropped_by_the_maintenance_pass,
 );
+
+/// On a scratch cluster where every login is SCRAM-SHA-256 (`initdb -A scram-sha-256`), the
+/// verifier we compute is what PostgreSQL checks: the returned URL logs in, the same URL with
+/// another password does not.
+#[tokio::test]
+async fn on_a_scram_cluster_the_returned_password_logs_in_and_a_wrong_one_fails() {
+    let scratch = match stackyard_testkit::pg::ScramServer::start().await {
+        Ok(s) => s,
+        Err(why) if !stackyard_testkit::under_ci() => {
+            eprintln!("skipping: no scratch PostgreSQL cluster: {why}");
+            return;
+        }
+        Err(why) => panic!("no scratch PostgreSQL cluster: {why}"),
+    };
+    stackyard_testkit::leaks::register(&scratch.url);
+    let admin_password = random_hex(16);
+    let mut su = PgConnection::connect(&scratch.url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE sy_admin LOGIN CREATEDB CREATEROLE PASSWORD '{admin_password}'"
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let (_, rest) = scratch.url.split_once('@').unwrap();
+    let admin_url = format!("postgres://sy_admin:{admin_password}@{rest}");
+    stackyard_testkit::leaks::register(&admin_url);
+    let Some(app) =
+        TestApp::spawn_with(Backend::Sqlite, &["--resource-postgres-url", &admin_url]).await
+    else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, r) = create(&app, "/db/new", Some(&admin), "scram").await;
+    assert_eq!(code, 201, "{r}");
+    let url = r["connection_url"].as_str().unwrap().to_owned();
+
+    let mut conn = PgConnection::connect(&url)
+        .await
+        .expect("the returned URL logs in");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    conn.close().await.unwrap();
+
+    let password = url.split_once("://").unwrap().1.split_once('@').unwrap().0;
+    let (user, _) = password.split_once(':').unwrap();
+    let wrong = url.replacen(password, &format!("{user}:{}", random_hex(16)), 1);
+    let err = PgConnection::connect(&wrong).await.unwrap_err();
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+
+    let (code, gone) = delete(&app, &admin, &r).await;
+    assert_eq!(code, 200, "{gone}");
+    assert!(
+        PgConnection::connect(&url).await.is_err(),
+        "the role is gone"
+    );
+    drop(app);
+}
+
+/// A Redis of the test's own, so it can be restarted (by its pid) on the same port.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        OwnRedis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The resource's user can use its prefix (one `SET`), or the error it met.
+async fn use_prefix(url: &str, prefix: &str) -> Result<(), redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("SET")
+        .arg(format!("{prefix}k"))
+        .arg("v")
+        .query_async::<()>(&mut conn)
+        .await
+}
+
+/// ACL users do not survive a Redis restart: the maintenance pass notices the new run id and
+/// sets every `ready` user again, without a restart of Stackyard.
+#[tokio::test]
+async fn after_a_restart_of_the_resource_redis_its_users_are_set_again() {
+    let port = stackyard_testkit::free_port().unwrap();
+    let redis = OwnRedis::start(port);
+    let Some(app) = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            "--resource-redis-url",
+            &redis.url(),
+            "--anonymous-ttl",
+            "2s",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_token.clone();
+    let (code, r) = create(&app, "/cache/new", Some(&admin), "restart").await;
+    assert_eq!(code, 201, "{r}");
+    let (url, prefix) = (
+        r["connection_url"].as_str().unwrap().to_owned(),
+        r["key_prefix"].as_str().unwrap().to_owned(),
+    );
+    use_prefix(&url, &prefix).await.unwrap();
+
+    drop(redis);
+    let _redis = OwnRedis::start(port);
+    // The new server holds no users (nothing was persisted) until the next maintenance pass
+    // (every 0.5 s with a 2 s TTL) sets them again; without it they would never come back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match use_prefix(&url, &prefix).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the user was not set again: {e}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (code, gone) = delete(&app, &admin, &r).await;
+    assert_eq!(code, 200, "{gone}");
+    assert!(use_prefix(&url, &prefix).await.is_err(), "the user is gone");
+}
