@@ -3,8 +3,8 @@
 use crate::config::{KeyArgs, StoreArgs, redact_url};
 use crate::serve::{WithStore, is_postgres};
 use anyhow::{Context, bail};
-use stackyard_core::model::{Actor, AuditCtx};
-use stackyard_core::store::{NewToken, Store, StoreError};
+use stackyard_core::model::{Actor, AuditCtx, StackId};
+use stackyard_core::store::{NewToken, Store, StoreError, WrappedRow};
 use stackyard_core::{ApiToken, TeamName};
 use std::path::{Path, PathBuf};
 
@@ -89,5 +89,50 @@ impl WithStore for RotateMasterKey {
         };
         let (new, _) = crate::masterkey::load(&new_keys, &self.data_dir, false)?;
         crate::masterkey::rotate(&store, &old, &new).await
+    }
+}
+
+/// `admin rotate-data-keys`: gives every stack a new data key, one stack per transaction under
+/// its lock (env writes to it wait, others go on), so it runs while servers serve and an
+/// interrupted run is finished by running it again. Progress goes to stderr.
+pub struct RotateDataKeys {
+    pub keys: KeyArgs,
+    pub data_dir: PathBuf,
+}
+
+impl WithStore for RotateDataKeys {
+    type Output = u64;
+
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<u64> {
+        if store.master_canary().await?.is_none() {
+            bail!("this database has no master key yet: start the server once first");
+        }
+        let master = crate::masterkey::unlock(&store, &self.keys, &self.data_dir).await?;
+        crate::masterkey::install(&store, master, &self.keys, &self.data_dir).await?;
+        let stacks: Vec<StackId> = store
+            .wrapped_keys()
+            .await
+            .context("listing the data keys")?
+            .into_iter()
+            .filter_map(|k| match k.row {
+                WrappedRow::Stack(id) => Some(StackId(id)),
+                _ => None,
+            })
+            .collect();
+        let total = stacks.len();
+        let mut done = 0;
+        for (i, stack) in stacks.into_iter().enumerate() {
+            if store
+                .rekey_stack(stack)
+                .await
+                .context("sealing a stack's env with its new data key")?
+            {
+                done += 1;
+            }
+            if (i + 1) % 100 == 0 || i + 1 == total {
+                eprintln!("re-keyed {}/{total} stacks", i + 1);
+            }
+        }
+        Ok(done)
     }
 }

@@ -58,6 +58,14 @@ enum Admin {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Give every stack a new data key, its env re-sealed under the stack's lock (one stack
+    /// at a time, safe while servers run; run again to finish an interrupted pass).
+    RotateDataKeys {
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Copy the SQLite database, consistently, while the server runs; prints the file's path
     /// (PostgreSQL: use pg_dump, see the README).
     Backup {
@@ -148,6 +156,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                  that is where the old one was): the old key no longer opens the database",
                 new_key_file.display()
             );
+            Ok(())
+        }
+        Command::Admin(Admin::RotateDataKeys { keys, store }) => {
+            let rotate = stackyard_server::admin::RotateDataKeys {
+                keys,
+                data_dir: store.data_dir.clone(),
+            };
+            let n = with_store(&store, store_options_for(&store), rotate).await?;
+            eprintln!("{n} stacks have a new data key");
             Ok(())
         }
         Command::Admin(Admin::Backup { to, store }) => {

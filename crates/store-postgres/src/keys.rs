@@ -5,6 +5,7 @@ use crate::sql::OPS;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use stackyard_core::crypto::Keyring;
+use stackyard_core::model::StackId;
 use stackyard_core::store::{KeyStore, SealReport, StoreError, WrappedKey};
 use stackyard_core::time::Millis;
 
@@ -57,6 +58,11 @@ impl KeyStore for PgStore {
             .await
             .map_err(stackyard_store_sql::Error::from)?;
         Ok(report)
+    }
+
+    async fn rekey_stack(&self, stack: StackId) -> Result<bool, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS.rekey_stack(self.begin().await?, stack, keyring).await?)
     }
 
     async fn wrapped_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {

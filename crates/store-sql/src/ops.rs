@@ -575,10 +575,10 @@ where
         let planned = lifecycle::release::plan(&locked, new)?;
         // The release copies the stack's env map as it is under this lock; its references
         // and the manifest's are resolved against the same snapshot of the vault.
-        let env = self
+        let (env, env_version) = self
             .env_head(&mut tx, locked.stack.id, false, keyring)
             .await?
-            .map(|(h, _)| h.env)
+            .map(|(h, _)| (h.env, h.version))
             .unwrap_or_default();
         let services: Vec<ReleaseService> = planned
             .plan
@@ -598,6 +598,9 @@ where
                 &services,
             )
             .await??;
+        let refs = self
+            .rolled_back_vault_refs(&mut tx, &locked.stack, env_version, refs)
+            .await?;
         self.write_plan(&mut tx, Some(&locked.stack), &planned.plan)
             .await?;
         self.record_vault_refs(&mut tx, locked.stack.id, &planned.plan, &refs)
@@ -1446,10 +1449,23 @@ where
         head: &EnvHead,
         keyring: &Keyring,
     ) -> Result<EnvCodec> {
+        self.reseal_stack(conn, stack, head, &EnvCodec::Plain, keyring)
+            .await
+    }
+
+    /// [`Self::seal_stack`] from documents stored by `plain` (plain text, or sealed by the
+    /// data key being replaced): every document opened with it and sealed by a new data key.
+    async fn reseal_stack(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        head: &EnvHead,
+        plain: &EnvCodec,
+        keyring: &Keyring,
+    ) -> Result<EnvCodec> {
         self.follow_canary(conn, keyring).await?;
         let owner = KeyOwner::stack(stack);
         let (key, wrapped) = keyring.new_data_key(owner);
-        let plain = EnvCodec::Plain;
         let sealed = EnvCodec::Sealed { owner, key };
         let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(self.sql.env_rows_of)
             .bind(stack.0)
@@ -1562,6 +1578,24 @@ where
             return Ok(false);
         }
         self.seal_stack(&mut tx, stack, &head, keyring).await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// `KeyStore::rekey_stack`: under the stack's lock (the one env writes take), every env
+    /// document of the stack is sealed by a new data key, in one transaction. `false`: the
+    /// stack is gone.
+    pub async fn rekey_stack(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        stack: StackId,
+        keyring: &Keyring,
+    ) -> Result<bool> {
+        let Some((head, codec)) = self.env_head(&mut tx, stack, true, keyring).await? else {
+            return Ok(false);
+        };
+        self.reseal_stack(&mut tx, stack, &head, &codec, keyring)
+            .await?;
         Self::commit(tx).await?;
         Ok(true)
     }
@@ -2024,6 +2058,7 @@ where
     // ---- the team vault: the same statements on both stores (`vault_sql`) ----
 
     /// Writes `value` as the key's next version in the open transaction. Lock: the key's head.
+    #[allow(clippy::too_many_arguments)] // the row's coordinates, its value and the keyring
     async fn write_vault_version(
         &self,
         conn: &mut DB::Connection,
@@ -2285,6 +2320,72 @@ where
         Ok(Ok(out))
     }
 
+    /// When the env map is at a version an env rollback to N wrote, its `vault://` references
+    /// go back too: each takes the version the newest release built from env version N
+    /// recorded, where that version still exists in the vault (else the newest, as `refs`
+    /// has it). The rollback's target is read from its audit row, written with the version.
+    async fn rolled_back_vault_refs(
+        &self,
+        conn: &mut DB::Connection,
+        stack: &Stack,
+        env_version: i64,
+        mut refs: Vec<(String, i64)>,
+    ) -> Result<Vec<(String, i64)>> {
+        let Some(team) = stack.team_id.filter(|_| !refs.is_empty()) else {
+            return Ok(refs);
+        };
+        let newest: Option<String> = sqlx::query_scalar(
+            "SELECT CAST(metadata AS TEXT) FROM audit_log \
+             WHERE stack_slug = $1 AND kind = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(stack.slug.as_str())
+        .bind(envlog::AUDIT_ENV_ROLLED_BACK)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let target = newest
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+            .filter(|m| m["version"].as_i64() == Some(env_version))
+            .and_then(|m| m["to_version"].as_i64());
+        let Some(target) = target else {
+            return Ok(refs);
+        };
+        let release: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM releases WHERE stack_id = $1 AND env_version = $2",
+        )
+        .bind(stack.id.0)
+        .bind(target)
+        .fetch_one(&mut *conn)
+        .await?;
+        let Some(release) = release else {
+            return Ok(refs);
+        };
+        let pinned: Vec<(Option<i64>, String, String, i64)> =
+            sqlx::query_as(vault_sql::REFS_OF_RELEASE)
+                .bind(stack.id.0)
+                .bind(release)
+                .fetch_all(&mut *conn)
+                .await?;
+        for (key, version) in &mut refs {
+            let Some((_, env, _, old)) = pinned
+                .iter()
+                .find(|(_, e, k, _)| k == key && e.as_str() == stack.environment.as_str())
+            else {
+                continue;
+            };
+            let exists: Option<i64> = sqlx::query_scalar(vault_sql::GET_VERSION)
+                .bind(team.0)
+                .bind(env.as_str())
+                .bind(key.as_str())
+                .bind(*old)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if exists.is_some() {
+                *version = *old;
+            }
+        }
+        Ok(refs)
+    }
+
     /// Records the `(key, version)`s of the release `plan` inserts.
     async fn record_vault_refs(
         &self,
@@ -2431,6 +2532,9 @@ mod vault_sql {
     pub const GET_VALUE: &str = "SELECT version, sealed FROM vault_values \
          WHERE team_id = $1 AND env = $2 AND key = $3 AND ($4 IS NULL OR version = $4) \
          ORDER BY version DESC LIMIT 1";
+    /// `$1` team, `$2` env, `$3` key, `$4` version → that version, if it exists.
+    pub const GET_VERSION: &str = "SELECT version FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3 AND version = $4";
     /// `$1` team, `$2` env, `$3` key → the newest version, if any.
     pub const NEWEST_VERSION: &str = "SELECT MAX(version) FROM vault_values \
          WHERE team_id = $1 AND env = $2 AND key = $3";

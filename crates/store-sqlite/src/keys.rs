@@ -3,6 +3,7 @@
 use crate::SqliteStore;
 use crate::sql::OPS;
 use stackyard_core::crypto::Keyring;
+use stackyard_core::model::StackId;
 use stackyard_core::store::{KeyStore, SealReport, StoreError, WrappedKey};
 use stackyard_core::time::Millis;
 
@@ -65,6 +66,13 @@ impl KeyStore for SqliteStore {
             }
         }
         Ok(report)
+    }
+
+    async fn rekey_stack(&self, stack: StackId) -> Result<bool, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .rekey_stack(self.write_tx().await?, stack, keyring)
+            .await?)
     }
 
     async fn wrapped_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {

@@ -52,6 +52,22 @@ impl TestDb {
             n.expect("scalar")
         }
     }
+
+    /// The first column of every row of `sql`, as bytes, read straight from this database.
+    pub async fn rows_of_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
+        let (url, sql) = (&self.url, sqlx::AssertSqlSafe(sql.to_owned()));
+        if self.backend == Backend::Sqlite {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+            let rows = sqlx::query_scalar(sql).fetch_all(&pool).await;
+            pool.close().await;
+            rows.expect("rows")
+        } else {
+            let pool = sqlx::PgPool::connect(url).await.expect("pg");
+            let rows = sqlx::query_scalar(sql).fetch_all(&pool).await;
+            pool.close().await;
+            rows.expect("rows")
+        }
+    }
 }
 
 /// Declares a test body `async fn name(backend: Backend)` once and runs it on both backends.

@@ -111,6 +111,8 @@ macro_rules! store_suite {
             request_restart_refuses_missing_not_running_unknown_and_deleting_and_writes_nothing,
             restart_job_overtaken_by_a_redeploy_writes_nothing,
             master_canary_is_written_once_and_swapped_only_from_the_expected_one,
+            rekey_stack_gives_a_new_data_key_and_loses_no_concurrent_write_or_old_version,
+            an_env_rollback_takes_the_vault_versions_its_target_was_released_with,
             vault_writes_get_increasing_versions_and_each_version_reads_back_audited,
             vault_delete_removes_every_version_and_versions_are_never_reused,
             vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing,
@@ -4636,6 +4638,74 @@ pub async fn master_canary_is_written_once_and_swapped_only_from_the_expected_on
     assert_eq!(store.master_canary().await.unwrap(), Some(rotated));
 }
 
+/// The stack's wrapped data key, as `wrapped_keys` lists it.
+async fn stack_key<S: Store>(store: &S, s: &Stack) -> Option<Vec<u8>> {
+    store
+        .wrapped_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.row == WrappedRow::Stack(s.id.0))
+        .map(|k| k.wrapped)
+}
+
+pub async fn rekey_stack_gives_a_new_data_key_and_loses_no_concurrent_write_or_old_version<
+    S: Store,
+>(
+    store: S,
+) {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 10;
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 0).await;
+    apply_one(&store, &s, patch(json!({ "A": "one" }), 1))
+        .await
+        .unwrap();
+    let first = stack_key(&store, &s)
+        .await
+        .expect("sealed by its first write");
+    let barrier = Arc::new(Barrier::new(WRITERS + 1));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (store, s, barrier) = (store.clone(), s.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            for i in 0..WRITES {
+                let key = format!("W{w}");
+                apply_one(&store, &s, patch(json!({ key: format!("v{i}") }), 2))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    barrier.wait().await;
+    for _ in 0..5 {
+        assert!(store.rekey_stack(s.id).await.unwrap());
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(store.rekey_stack(s.id).await.unwrap());
+    let last = stack_key(&store, &s).await.unwrap();
+    assert_ne!(first, last, "a new data key");
+    let env = store.get_env(s.id, None).await.unwrap().unwrap();
+    assert_eq!(env.version, 1 + (WRITERS * WRITES) as i64);
+    assert_eq!(env.env.get("A"), Some("one"));
+    for w in 0..WRITERS {
+        assert_eq!(
+            env.env.get(&format!("W{w}")),
+            Some(format!("v{}", WRITES - 1).as_str())
+        );
+    }
+    // The history was sealed again too: version 1 still rebuilds.
+    let out = apply_one(&store, &s, rollback(1, 3)).await.unwrap();
+    assert_eq!(out.env.to_map(), vars(&[("A", "one")]));
+    assert!(
+        !store.rekey_stack(StackId(s.id.0 + 1000)).await.unwrap(),
+        "no such stack"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // the team vault
 
@@ -4968,6 +5038,54 @@ pub async fn vault_refs_are_pinned_per_release_so_a_rotation_changes_only_later_
         store.release_vault_values(s.id, 1).await.unwrap(),
         Err(VaultRefError::Missing { .. })
     ));
+}
+
+pub async fn an_env_rollback_takes_the_vault_versions_its_target_was_released_with<S: Store>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    vput(&store, &t, "development", "DB_PASS", "v1-secret", 1).await;
+    let s = stack(&store, Some(t.id), 2).await;
+    let release = |now: i64| {
+        let (store, slug) = (store.clone(), s.slug.clone());
+        async move {
+            let (_, info) = store
+                .create_release(Access::Team(t.id), &slug, new_release(None, now))
+                .await
+                .unwrap();
+            let values = store.release_vault_values(s.id, info.version).await;
+            values.unwrap().unwrap()["DB_PASS"].clone()
+        }
+    };
+    // Env v1 refers to the vault; its release takes the newest value, v1.
+    apply_one(&store, &s, patch(json!({ "DB": "vault://DB_PASS" }), 3))
+        .await
+        .unwrap();
+    assert_eq!(release(4).await, "v1-secret");
+    // The value rotates and the env moves on (v2): the next release takes the new value.
+    vput(&store, &t, "development", "DB_PASS", "v2-secret", 5).await;
+    apply_one(&store, &s, patch(json!({ "OTHER": "x" }), 6))
+        .await
+        .unwrap();
+    assert_eq!(release(7).await, "v2-secret");
+    // Env rolled back to v1 (as v3): the release is built with what v1 was released with.
+    apply_one(&store, &s, rollback(1, 8)).await.unwrap();
+    assert_eq!(release(9).await, "v1-secret");
+    // A change after the rollback: newest again.
+    apply_one(&store, &s, patch(json!({ "OTHER": "y" }), 10))
+        .await
+        .unwrap();
+    assert_eq!(release(11).await, "v2-secret");
+    // A rollback to a version no release was built from (v5) takes the newest.
+    apply_one(&store, &s, patch(json!({ "OTHER": "z" }), 12))
+        .await
+        .unwrap();
+    vput(&store, &t, "development", "DB_PASS", "v3-secret", 13).await;
+    apply_one(&store, &s, patch(json!({ "OTHER": "w" }), 14))
+        .await
+        .unwrap();
+    apply_one(&store, &s, rollback(5, 15)).await.unwrap();
+    assert_eq!(release(16).await, "v3-secret");
 }
 
 pub async fn vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing<S: Store>(

@@ -28,6 +28,14 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
     /// stacks never written to), one owner per transaction: interrupted, it resumes.
     fn seal_at_rest(&self) -> impl Future<Output = Result<SealReport, StoreError>> + Send;
 
+    /// Replaces the stack's data key: under the stack's lock (env writes wait), every env
+    /// document it sealed (the current map, history, releases' copies) is sealed again by a
+    /// new one, in one transaction. `false`: no such stack.
+    fn rekey_stack(
+        &self,
+        stack: crate::model::StackId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Every wrapped data key (`admin rotate-master-key`).
     fn wrapped_keys(&self) -> impl Future<Output = Result<Vec<WrappedKey>, StoreError>> + Send;
 

@@ -219,7 +219,77 @@ async fn rotation_under_concurrent_env_writes_loses_no_acknowledged_value(backen
     }
 }
 
+/// `admin rotate-data-keys` while a server serves: every stack gets a new data key (read raw
+/// from the database), the server goes on reading and writing every stack's env, and progress
+/// is reported on stderr.
+async fn rotate_data_keys_gives_every_stack_a_new_key_while_the_server_serves(backend: Backend) {
+    let Some(db) = Db::fresh(backend).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&db.url, data.path(), &[]);
+    let token = server.admin_token();
+    let client = reqwest::Client::new();
+    let mut slugs = Vec::new();
+    for i in 0..3 {
+        let slug = create_stack(&client, &server, &token, &format!("dk{i}")).await;
+        let res = client
+            .patch(server.url(&format!("/stacks/{slug}/env")))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "env": { "API_SECRET": format!("s{i}") } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        slugs.push(slug);
+    }
+    let before: Vec<Vec<u8>> = db
+        .rows_of_bytes("SELECT data_key FROM stacks WHERE data_key IS NOT NULL ORDER BY id")
+        .await;
+    assert_eq!(before.len(), 3);
+    let out = Command::new(BIN)
+        .args(["admin", "rotate-data-keys", "--database-url", &db.url])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("re-keyed 3/3 stacks"), "{stderr}");
+    let after = db
+        .rows_of_bytes("SELECT data_key FROM stacks WHERE data_key IS NOT NULL ORDER BY id")
+        .await;
+    assert_eq!(after.len(), 3);
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b, a, "every stack has a new data key");
+    }
+    for (i, slug) in slugs.iter().enumerate() {
+        let url = server.url(&format!("/stacks/{slug}/env"));
+        let res = client
+            .patch(&url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "env": { "MORE": "x" } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let (code, b) = json_of(
+            client
+                .get(format!("{url}?reveal=true"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(code, 200, "{b}");
+        assert_eq!(b["env"]["API_SECRET"], format!("s{i}"));
+        assert_eq!(b["env"]["MORE"], "x");
+    }
+}
+
 both_backends!(
+    rotate_data_keys_gives_every_stack_a_new_key_while_the_server_serves,
     wrong_key_stops_start_up_and_rotation_moves_the_database,
     rotation_under_concurrent_env_writes_loses_no_acknowledged_value,
 );
