@@ -38,6 +38,7 @@ use std::time::Duration;
         (status = 400, description = "`invalid_name`: the name does not follow the rule"),
         (status = 401, description = "`unauthorized`: this server accepts no anonymous callers"),
         (status = 402, description = "`resource_limit_reached`: the team has its maximum of resources"),
+        (status = 404, description = "`not_found`: a replay (same `Idempotency-Key`) of a create whose resource was deleted since"),
         (status = 429, description = "`rate_limit_exceeded`: the anonymous daily cap of this network is reached"),
         (status = 503, description = "`resource_unavailable`: no PostgreSQL server is configured; `provision_failed`: it (or the store) failed")))]
 pub async fn create_db<S: Store>(
@@ -67,6 +68,7 @@ pub async fn create_db<S: Store>(
         (status = 400, description = "`invalid_name`: the name does not follow the rule"),
         (status = 401, description = "`unauthorized`: this server accepts no anonymous callers"),
         (status = 402, description = "`resource_limit_reached`: the team has its maximum of resources"),
+        (status = 404, description = "`not_found`: a replay (same `Idempotency-Key`) of a create whose resource was deleted since"),
         (status = 429, description = "`rate_limit_exceeded`: the anonymous daily cap of this network is reached"),
         (status = 503, description = "`resource_unavailable`: no Redis server is configured; `provision_failed`: it (or the store) failed")))]
 pub async fn create_cache<S: Store>(
@@ -111,7 +113,7 @@ async fn create<S: Store>(
     )
     .await?
     {
-        Start::Replay(res) => return Ok(res),
+        Start::Replay(res) => return replay_with_url(state, caller, rid, res).await,
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
@@ -192,9 +194,13 @@ async fn provision<S: Store>(
         abandon(state, &resource, &ctx).await;
         return Err(resource_error(e));
     }
+    // The answer is kept for replays without its URL (`STORED_URL`): the idempotency record
+    // is not sealed, and a replay reads the URL from the sealed row instead.
     let idempotency = reservation.map(|r| {
         Idempotent::new(r.scope.clone(), r.key.clone(), 201, move |r: &Resource| {
-            resource_body(&created(r, ttl))
+            let mut answer = created(r, ttl);
+            answer.connection_url = String::new();
+            resource_body(&answer)
         })
     });
     let body = resource_body(&created(&resource, ttl));
@@ -220,6 +226,51 @@ async fn provision<S: Store>(
     metrics::counter!("stackyard_resources_created_total", "kind" => kind.as_str()).increment(1);
     tracing::info!(resource = %resource.token, kind = kind.as_str(), "resource created");
     Ok(json_response(StatusCode::CREATED, body))
+}
+
+/// How a stored create answer holds its connection URL: not at all.
+const STORED_URL: &str = r#""connection_url":"""#;
+
+/// A replayed create: the stored answer with the URL read from the resource's sealed row
+/// (audited `resource.url_read`, as every read of a URL is), so the idempotency record never
+/// holds it. A resource deleted since answers 404: its URL no longer connects anywhere.
+async fn replay_with_url<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    rid: &RequestId,
+    res: Response,
+) -> ApiResult<Response> {
+    let (mut parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let text = String::from_utf8_lossy(&bytes);
+    if parts.status != StatusCode::CREATED || !text.contains(STORED_URL) {
+        return Ok(Response::from_parts(parts, axum::body::Body::from(bytes)));
+    }
+    let token = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| ResourceToken::parse(v["token"].as_str()?).ok())
+        .ok_or_else(|| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let team = caller.ownership(crate::now(), Duration::ZERO).team_id;
+    let resource = state
+        .store
+        .reveal_granted_resource(team, &token, audit_ctx(caller, rid))
+        .await
+        .map_err(|e| ApiError::store("provision_failed", &e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "The resource this request created has been deleted since.",
+            )
+            .with_action("Create a new one with a new Idempotency-Key.")
+        })?;
+    let url = serde_json::to_string(&resource.connection_url)
+        .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let body = text.replacen(STORED_URL, &format!(r#""connection_url":{url}"#), 1);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// Undoes a create that failed after its row was written. If this fails too, the row stays

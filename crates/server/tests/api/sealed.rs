@@ -1,7 +1,7 @@
 //! Encryption at rest, seen from outside: after a run that puts a sentinel into a stack's env
-//! (several versions and a rollback), the team vault and a resource's URL, neither the SQLite
-//! files nor a `pg_dump` of the database hold it; a sealed map moved onto another stack's row
-//! does not open there.
+//! (several versions and a rollback), the team vault and a resource's URL (its create's answer
+//! kept for replays included), neither the SQLite files nor a `pg_dump` of the database hold
+//! it; a sealed map moved onto another stack's row does not open there.
 
 use crate::resources::{PgAdmin, spawn};
 use crate::support::*;
@@ -77,12 +77,20 @@ async fn env_vault_and_resource_url_are_never_stored_in_clear(backend: Backend) 
     )
     .await;
     assert_eq!(code, 201, "{b}");
-    let (code, resource) = call(
+    // Created with an Idempotency-Key: the answer kept for replays must not hold the URL.
+    let db_new = || {
         app.post("/db/new", Some(&t))
-            .json(&json!({ "name": "sealed" })),
-    )
-    .await;
+            .header("Idempotency-Key", "sealed-db")
+            .json(&json!({ "name": "sealed" }))
+    };
+    let (code, resource) = call(db_new()).await;
     assert_eq!(code, 201, "{resource}");
+    let (code, replayed) = call(db_new()).await;
+    assert_eq!(
+        (code, &replayed),
+        (201, &resource),
+        "a replay answers the same"
+    );
     let url = resource["connection_url"].as_str().unwrap().to_owned();
     stackyard_testkit::leaks::register(&url);
     let password = url
@@ -115,6 +123,11 @@ async fn env_vault_and_resource_url_are_never_stored_in_clear(backend: Backend) 
 
     let (_, b) = call(app.delete(&format!("/api/v1/resources/{token}"), Some(&t))).await;
     assert_eq!(b["status"], "deleted", "{b}");
+    let (code, b) = call(db_new()).await;
+    assert_eq!(
+        code, 404,
+        "a replay after the delete has no URL to give: {b}"
+    );
     pg.cleanup(&[]).await;
 }
 
