@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod env;
 pub mod error;
+pub mod family;
 pub mod ops;
 pub mod resources;
 pub mod schema;
@@ -26,6 +27,7 @@ pub use env::{
     RollbackRequest,
 };
 pub use error::ErrorEnvelope;
+pub use family::{Family, FamilyMember, PromoteRequest, Promoted};
 pub use ops::{ArtifactUsage, Health, Ready};
 pub use resources::{
     CreateResourceRequest, CreatedResource, DeletedResource, ResourceDetail, ResourceItem,

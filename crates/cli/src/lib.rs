@@ -20,6 +20,7 @@ pub mod login;
 pub mod logs;
 pub mod output;
 pub mod pack;
+pub mod promote;
 pub mod stacks;
 pub mod vault;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Make a new release of a stack (from its current code, or from DIR) and follow it.
     Redeploy(deploy::RedeployArgs),
+    /// Promote a stack's live release to another env of its family (created on the first
+    /// promote): the same artifacts and build, nothing uploaded.
+    Promote(promote::PromoteArgs),
     /// A stack's services, release and env version, and whether the latest env is live.
     Status {
         /// The stack id (`stk-…`).
@@ -94,6 +98,7 @@ async fn dispatch(global: &GlobalArgs, command: Command, out: &Out) -> Result<()
         Command::Whoami => login::whoami(&api, out).await,
         Command::Deploy(args) => deploy::deploy(&api, out, args).await,
         Command::Redeploy(args) => deploy::redeploy(&api, out, args).await,
+        Command::Promote(args) => promote::promote(&api, out, args).await,
         Command::Status { slug } => stacks::status(&api, out, &parse_slug(&slug)?).await,
         Command::Ls(args) => stacks::ls(&api, out, args).await,
         Command::Rm {

@@ -9,7 +9,7 @@ use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
 use crate::routes::{
-    audit, env, ops, releases, resources, restart, stacks, streams, tokens, vault,
+    audit, env, family, ops, releases, resources, restart, stacks, streams, tokens, vault,
 };
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -38,6 +38,8 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         stacks::get_v1::<S> as __path_get_v1,
         releases::redeploy::<S> as __path_redeploy,
         releases::list::<S> as __path_list,
+        family::family::<S> as __path_family,
+        family::promote::<S> as __path_promote,
         restart::restart::<S> as __path_restart,
         streams::logs::<S> as __path_logs,
         streams::events::<S> as __path_events,

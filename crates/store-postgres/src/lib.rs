@@ -26,6 +26,7 @@
 
 mod env;
 mod events;
+mod family;
 mod housekeeping;
 mod jobs;
 mod keys;

@@ -9,7 +9,7 @@
 
 use sqlx::error::DatabaseError;
 use stackyard_core::store::{
-    CreateStackError, EnvBatchError, ReleaseError, RestartError, StoreError,
+    CreateStackError, EnvBatchError, PromoteError, ReleaseError, RestartError, StoreError,
 };
 
 #[derive(Debug)]
@@ -56,6 +56,12 @@ impl From<Error> for CreateStackError {
 impl From<Error> for ReleaseError {
     fn from(e: Error) -> Self {
         ReleaseError::Store(e.into())
+    }
+}
+
+impl From<Error> for PromoteError {
+    fn from(e: Error) -> Self {
+        PromoteError::Store(e.into())
     }
 }
 

@@ -28,9 +28,9 @@ use stackyard_core::model::*;
 use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
 use stackyard_core::store::{
     AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
-    EnvWriteResult, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease, NewStack, NewToken,
-    ReleaseError, RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor,
-    stack_cursor,
+    EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease,
+    NewStack, NewToken, PromoteAction, PromoteError, Promoted, Promotion, ReleaseError,
+    RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
 };
 use stackyard_core::store::{WrappedKey, WrappedRow};
 use stackyard_core::time::Millis;
@@ -2243,8 +2243,26 @@ where
         ctx: AuditCtx,
         keyring: &Keyring,
     ) -> Result<CopyOutcome> {
-        let from = self.vault_keys(&mut tx, team, &copy.from).await?;
-        let to = self.vault_keys(&mut tx, team, &copy.to).await?;
+        let out = self
+            .copy_vault_in(&mut tx, team, copy, &ctx, keyring)
+            .await?;
+        if out.copied > 0 {
+            Self::commit(tx).await?;
+        }
+        Ok(out)
+    }
+
+    /// A vault copy (with its audit row when it writes) in the caller's transaction.
+    async fn copy_vault_in(
+        &self,
+        tx: &mut DB::Connection,
+        team: TeamId,
+        copy: &VaultCopy,
+        ctx: &AuditCtx,
+        keyring: &Keyring,
+    ) -> Result<CopyOutcome> {
+        let from = self.vault_keys(&mut *tx, team, &copy.from).await?;
+        let to = self.vault_keys(&mut *tx, team, &copy.to).await?;
         let out = vault::outcome(vault::plan_copy(copy, &from, &to), copy.dry_run);
         if out.copied == 0 {
             return Ok(out);
@@ -2252,7 +2270,7 @@ where
         for (key, _) in out.plan.iter().filter(|(_, a)| a.writes()) {
             let v = self
                 .vault_value(
-                    &mut tx,
+                    &mut *tx,
                     team,
                     copy.from.as_str(),
                     key.as_str(),
@@ -2262,7 +2280,7 @@ where
                 .await?
                 .ok_or_else(|| corrupt("a vault key vanished during a copy"))?;
             self.write_vault_version(
-                &mut tx,
+                &mut *tx,
                 team,
                 copy.to.as_str(),
                 key.as_str(),
@@ -2272,9 +2290,8 @@ where
             )
             .await?;
         }
-        self.insert_audit(&mut tx, &vault::copied(team, copy, &out, &ctx))
+        self.insert_audit(&mut *tx, &vault::copied(team, copy, &out, ctx))
             .await?;
-        Self::commit(tx).await?;
         Ok(out)
     }
 
@@ -2634,4 +2651,326 @@ mod resource_sql {
         " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
          AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
     );
+}
+
+/// Env families and promotion (`FamilyStore`).
+impl<DB> Ops<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+{
+    /// `FamilyStore::family`: read without locks.
+    pub async fn family(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        slug: &StackSlug,
+    ) -> Result<Option<Vec<FamilyMember>>> {
+        let root: Option<i64> = sqlx::query_scalar(
+            "SELECT COALESCE(parent_stack_id, id) FROM stacks WHERE slug = $1 AND team_id = $2",
+        )
+        .bind(slug.as_str())
+        .bind(team.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(root) = root else { return Ok(None) };
+        let rows: Vec<FamilyRow> = sqlx::query_as(family_sql::MEMBERS)
+            .bind(root)
+            .bind(team.0)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter()
+            .map(FamilyRow::decode)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// `FamilyStore::promote`, in `tx`. Locks: the team's row when it is capped, then the
+    /// source's row, then the target's (their order is the same for every promote of one
+    /// family into one env; promotes crossing between two stacks in opposite directions may
+    /// deadlock on PostgreSQL, which aborts one: a retryable 503).
+    pub async fn promote(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        source_slug: &StackSlug,
+        p: Promotion,
+        keyring: &Keyring,
+    ) -> std::result::Result<Promoted, PromoteError> {
+        let cap = self.team_cap(&mut tx, team).await?;
+        let Some(source) = self
+            .lock_stack(&mut tx, StackRef::Slug(Access::Team(team), source_slug))
+            .await?
+        else {
+            return Err(PromoteError::NotFound);
+        };
+        let live = lifecycle::promote::source_release(&source, p.from.as_deref())?.clone();
+        let from = source.stack.environment.clone();
+        let (root, manifest): (i64, String) = sqlx::query_as(
+            "SELECT COALESCE(parent_stack_id, id), manifest FROM stacks WHERE id = $1",
+        )
+        .bind(source.stack.id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let target_id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM stacks WHERE COALESCE(parent_stack_id, id) = $1 AND environment = $2",
+        )
+        .bind(root)
+        .bind(p.to.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let target = match target_id {
+            Some(id) => Some(
+                self.lock_stack(&mut tx, StackRef::Id(StackId(id)))
+                    .await?
+                    .ok_or_else(|| corrupt("a family's stack vanished under its lock"))?,
+            ),
+            None => None,
+        };
+        if target
+            .as_ref()
+            .is_some_and(|t| t.stack.status == StackStatus::Deleting)
+        {
+            return Err(PromoteError::Deleting);
+        }
+        let root_slug: String = sqlx::query_scalar("SELECT slug FROM stacks WHERE id = $1")
+            .bind(root)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::from)?
+            .unwrap_or_else(|| source.stack.slug.as_str().to_owned());
+        let mut artifacts = Vec::new();
+        for digest in live
+            .services
+            .iter()
+            .map(|s| s.artifact.as_str())
+            .collect::<BTreeSet<_>>()
+        {
+            let size: Option<i64> =
+                sqlx::query_scalar("SELECT size FROM artifacts WHERE digest = $1")
+                    .bind(digest)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::from)?;
+            let size = size.ok_or_else(|| corrupt("a live release's artifact has no row"))?;
+            artifacts.push((digest.to_owned(), size));
+        }
+
+        // The vault first, so the references below resolve against what it copied.
+        let mut copied = Vec::new();
+        if p.copy_vault
+            && let (Ok(f), Ok(t)) = (EnvironmentName::parse(&from), EnvironmentName::parse(&p.to))
+        {
+            let copy = VaultCopy {
+                from: f,
+                to: t,
+                keys: None,
+                dry_run: false,
+                overwrite: false,
+            };
+            let out = self
+                .copy_vault_in(&mut tx, team, &copy, &p.ctx, keyring)
+                .await?;
+            copied = out
+                .plan
+                .iter()
+                .filter(|(_, a)| a.writes())
+                .map(|(k, _)| k.as_str().to_owned())
+                .collect();
+        }
+        // Source env < target env: the target keeps its own values.
+        let source_env = self
+            .env_head(&mut tx, source.stack.id, false, keyring)
+            .await?
+            .map(|(h, _)| h)
+            .ok_or(PromoteError::NotFound)?;
+        let target_env = match &target {
+            Some(t) => self
+                .env_head(&mut tx, t.stack.id, false, keyring)
+                .await?
+                .map(|(h, _)| h.env)
+                .unwrap_or_default(),
+            None => EnvMap::new(),
+        };
+        let mut merged = source_env.env.to_map();
+        merged.extend(target_env.to_map());
+        let merged = EnvMap::from_map(merged);
+        let refs = self
+            .vault_versions(&mut tx, Some(team), &p.to, &merged, &live.services)
+            .await??;
+
+        let (plan, outcome) = match &target {
+            Some(t) => {
+                let planned = lifecycle::release::plan(
+                    t,
+                    NewRelease {
+                        services: Some(live.services.clone()),
+                        artifacts,
+                        manifest: Some(manifest),
+                        ctx: p.ctx.clone(),
+                        idempotency: None,
+                    },
+                )
+                .map_err(|e| match e {
+                    ReleaseError::Deleting => PromoteError::Deleting,
+                    ReleaseError::NotFound => PromoteError::NotFound,
+                    ReleaseError::Vault(v) => PromoteError::Vault(v),
+                    ReleaseError::Store(s) => PromoteError::Store(s),
+                })?;
+                let (stack, release) = planned.outcome;
+                (
+                    planned.plan,
+                    (PromoteAction::UpdatedExisting, stack, release),
+                )
+            }
+            None => {
+                let new = NewStack {
+                    slug: p.new_slug.clone(),
+                    name: p.name.clone().unwrap_or_else(|| source.stack.name.clone()),
+                    environment: p.to.clone(),
+                    team_id: Some(team),
+                    fingerprint: None,
+                    tier: source.stack.tier.clone(),
+                    expires_at: None,
+                    manifest,
+                    services: live.services.clone(),
+                    artifacts,
+                    ctx: p.ctx.clone(),
+                    idempotency: None,
+                };
+                let planned = lifecycle::create::plan(new, cap).map_err(|e| match e {
+                    CreateStackError::LimitReached { max } => PromoteError::LimitReached { max },
+                    CreateStackError::Vault(v) => PromoteError::Vault(v),
+                    CreateStackError::Store(s) => PromoteError::Store(s),
+                })?;
+                let stack = planned.outcome;
+                let release = ReleaseInfo {
+                    version: 1,
+                    status: ReleaseStatus::Pending,
+                    env_version: 0,
+                    created_at: p.ctx.now,
+                };
+                (planned.plan, (PromoteAction::Created, stack, release))
+            }
+        };
+        let (action, stack, release) = outcome;
+        let mut promoted = Promoted {
+            action,
+            stack,
+            release,
+            parent: slug(&root_slug)?,
+            source: source.stack.slug.clone(),
+            source_release: live.info.version,
+            vault_keys_copied: copied,
+        };
+        let mut plan = plan;
+        plan.idempotency = p.idempotency.as_ref().map(|i| IdempotencyRecord {
+            status: action.status(),
+            ..i.record(&promoted)
+        });
+        // A slug drawn twice, or another source of the family creating this env's stack at
+        // the same moment (PostgreSQL; SQLite's one writer serialises promotes).
+        let unique = |e: Error| {
+            if is_unique_violation(&e, "stacks_slug_key")
+                || is_unique_violation(&e, "stacks_family_env")
+            {
+                StoreError::Conflict("the family's stack of that env").into()
+            } else {
+                e
+            }
+        };
+        let id = self
+            .write_plan(&mut tx, target.as_ref().map(|t| &t.stack), &plan)
+            .await
+            .map_err(unique)?;
+        promoted.stack.id = id;
+        if action == PromoteAction::Created {
+            sqlx::query("UPDATE stacks SET parent_stack_id = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(root)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+        }
+        // The release's env is the overlay, sealed by the target's data key.
+        let (head, codec) = self
+            .env_head(&mut tx, id, true, keyring)
+            .await?
+            .ok_or_else(|| corrupt("the promote's target vanished"))?;
+        let codec = match codec {
+            EnvCodec::Plain => self.seal_stack(&mut tx, id, &head, keyring).await?,
+            codec => codec,
+        };
+        let from_json = serde_json::json!({
+            "stack": promoted.source.as_str(),
+            "release": live.info.version,
+            "env_version": source_env.version,
+        });
+        sqlx::query(self.sql.seal_release_env)
+            .bind(id.0)
+            .bind(promoted.release.version)
+            .bind(codec.seal_map(&merged, promoted.release.env_version))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        sqlx::query("UPDATE releases SET promoted_from = $3 WHERE stack_id = $1 AND version = $2")
+            .bind(id.0)
+            .bind(promoted.release.version)
+            .bind(from_json.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        self.record_vault_refs(&mut tx, id, &plan, &refs).await?;
+        let audit = AuditRecord {
+            at: p.ctx.now,
+            team_id: Some(team),
+            actor: p.ctx.actor.0.clone(),
+            kind: lifecycle::audit_kind::PROMOTED,
+            stack_slug: Some(promoted.source.clone()),
+            request_id: p.ctx.request_id.clone(),
+            metadata: serde_json::json!({
+                "from": from,
+                "to": p.to,
+                "target": promoted.stack.slug.as_str(),
+                "action": action.as_str(),
+                "release": promoted.release.version,
+                "source_release": live.info.version,
+                "vault_keys_copied": promoted.vault_keys_copied.len(),
+            }),
+        };
+        self.insert_audit(&mut tx, &audit).await?;
+        // Two promotes racing to create one env's stack: the family index refuses the second.
+        Self::commit(tx).await.map_err(unique)?;
+        Ok(promoted)
+    }
+}
+
+/// The family statements, valid on both dialects.
+mod family_sql {
+    /// `$1` the family's root id, `$2` team: root first, then by creation.
+    pub const MEMBERS: &str = "SELECT s.slug, s.name, s.environment, s.status, s.tier, \
+         s.created_at, s.parent_stack_id IS NULL AS is_root, \
+         (SELECT p.slug FROM stacks p WHERE p.id = s.parent_stack_id) AS parent_slug, \
+         (SELECT v.url FROM services v WHERE v.stack_id = s.id AND v.expose IS TRUE \
+            AND v.url IS NOT NULL ORDER BY v.position LIMIT 1) AS url, \
+         (SELECT MAX(r.created_at) FROM releases r WHERE r.stack_id = s.id) AS last_deploy_at \
+         FROM stacks s WHERE COALESCE(s.parent_stack_id, s.id) = $1 AND s.team_id = $2 \
+         ORDER BY is_root DESC, s.created_at, s.id";
 }

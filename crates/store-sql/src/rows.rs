@@ -525,3 +525,35 @@ impl ResourceRow {
         })
     }
 }
+
+/// One member of a family (`family_sql::MEMBERS`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct FamilyRow {
+    pub slug: String,
+    pub name: String,
+    pub environment: String,
+    pub status: String,
+    pub tier: String,
+    pub created_at: i64,
+    pub is_root: bool,
+    pub parent_slug: Option<String>,
+    pub url: Option<String>,
+    pub last_deploy_at: Option<i64>,
+}
+
+impl FamilyRow {
+    pub fn decode(self) -> Result<stackyard_core::store::FamilyMember> {
+        Ok(stackyard_core::store::FamilyMember {
+            slug: slug(&self.slug)?,
+            name: self.name,
+            env: self.environment,
+            status: parsed(StackStatus::parse(&self.status), "stack status")?,
+            tier: self.tier,
+            url: self.url,
+            is_root: self.is_root,
+            parent: self.parent_slug.as_deref().map(slug).transpose()?,
+            last_deploy_at: self.last_deploy_at.map(Millis),
+            created_at: Millis(self.created_at),
+        })
+    }
+}

@@ -25,6 +25,7 @@ mod backup;
 mod cache;
 mod env;
 mod events;
+mod family;
 mod housekeeping;
 mod jobs;
 mod keys;

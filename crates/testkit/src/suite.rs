@@ -113,6 +113,8 @@ macro_rules! store_suite {
             master_canary_is_written_once_and_swapped_only_from_the_expected_one,
             rekey_stack_gives_a_new_data_key_and_loses_no_concurrent_write_or_old_version,
             an_env_rollback_takes_the_vault_versions_its_target_was_released_with,
+            promote_creates_the_family_stack_then_updates_it_with_the_source_live_release,
+            promote_refusals_write_nothing,
             vault_writes_get_increasing_versions_and_each_version_reads_back_audited,
             vault_delete_removes_every_version_and_versions_are_never_reused,
             vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing,
@@ -5086,6 +5088,206 @@ pub async fn an_env_rollback_takes_the_vault_versions_its_target_was_released_wi
         .unwrap();
     apply_one(&store, &s, rollback(5, 15)).await.unwrap();
     assert_eq!(release(16).await, "v3-secret");
+}
+
+fn promotion(to: &str, from: Option<&str>, now: i64) -> Promotion {
+    Promotion {
+        from: from.map(str::to_owned),
+        to: to.to_owned(),
+        name: None,
+        copy_vault: true,
+        new_slug: StackSlug::generate(),
+        ctx: ctx(now),
+        idempotency: None,
+    }
+}
+
+/// The env map the deploy job of `stack`'s queued job would apply, after running it.
+async fn deployed_env<S: Store>(store: &S, stack: &Stack, now: i64) -> BTreeMap<String, String> {
+    let job = claim(store, now).await.expect("a deploy is queued");
+    assert_eq!(job.stack_id, stack.id);
+    let (_, _, env) = store.deploy_context(&job).await.unwrap().unwrap();
+    let env = env.to_map();
+    assert!(
+        store
+            .finish_deploy(&job, deployed(), at(now))
+            .await
+            .unwrap()
+    );
+    env
+}
+
+pub async fn promote_creates_the_family_stack_then_updates_it_with_the_source_live_release<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let src = stack(&store, Some(t.id), 1).await;
+    deploy_now(&store, &src, 2).await;
+    apply_one(
+        &store,
+        &src,
+        patch(json!({ "A": "source", "B": "source" }), 3),
+    )
+    .await
+    .unwrap();
+    vput(&store, &t, "development", "ONLY_DEV", "dev-secret", 4).await;
+
+    let first = store
+        .promote(
+            t.id,
+            &src.slug,
+            promotion("staging", Some("development"), 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.action, PromoteAction::Created);
+    assert_eq!(
+        (first.parent.clone(), first.source.clone()),
+        (src.slug.clone(), src.slug.clone())
+    );
+    assert_eq!(first.stack.environment, "staging");
+    assert_eq!((first.release.version, first.source_release), (1, 1));
+    assert_eq!(first.vault_keys_copied, vec!["ONLY_DEV".to_owned()]);
+    let target = first.stack.clone();
+    // The target runs the source's services, with the source's env.
+    let releases = store.list_releases(target.id).await.unwrap();
+    assert_eq!(releases[0].services, services());
+    assert_eq!(
+        deployed_env(&store, &target, 6).await,
+        vars(&[("A", "source"), ("B", "source")])
+    );
+
+    // The target's own env wins over the source's; a second promote updates the same stack.
+    apply_one(&store, &target, patch(json!({ "B": "target" }), 7))
+        .await
+        .unwrap();
+    let second = store
+        .promote(t.id, &src.slug, promotion("staging", None, 8))
+        .await
+        .unwrap();
+    assert_eq!(second.action, PromoteAction::UpdatedExisting);
+    assert_eq!(
+        (second.stack.slug.clone(), second.release.version),
+        (target.slug.clone(), 2)
+    );
+    assert!(second.vault_keys_copied.is_empty(), "never overwrites");
+    assert_eq!(
+        deployed_env(&store, &target, 9).await,
+        vars(&[("A", "source"), ("B", "target")])
+    );
+    // The target's own env map is untouched by the promote.
+    assert_eq!(
+        current_env(&store, &target).await.env.to_map(),
+        vars(&[("B", "target")])
+    );
+
+    // The family, root first; from the target too.
+    let family = store.family(t.id, &target.slug).await.unwrap().unwrap();
+    let members: Vec<(&str, bool, Option<&StackSlug>)> = family
+        .iter()
+        .map(|m| (m.env.as_str(), m.is_root, m.parent.as_ref()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("development", true, None),
+            ("staging", false, Some(&src.slug))
+        ]
+    );
+    assert_eq!(family[0].url.as_deref(), Some(API_URL));
+    // Promoting from the target to production joins the same family.
+    deploy_now_on(&store, &target).await;
+    let prod = store
+        .promote(t.id, &target.slug, promotion("production", None, 11))
+        .await
+        .unwrap();
+    assert_eq!(prod.parent, src.slug);
+    assert_eq!(
+        store.family(t.id, &src.slug).await.unwrap().unwrap().len(),
+        3
+    );
+    // Another team sees none of it.
+    let other = team(&store, "other", None).await;
+    assert!(store.family(other.id, &src.slug).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .promote(other.id, &src.slug, promotion("qa", None, 12))
+            .await,
+        Err(PromoteError::NotFound)
+    ));
+}
+
+/// The target already went live (its deploy finished) in `deployed_env`: nothing to do but
+/// check it is live.
+async fn deploy_now_on<S: Store>(store: &S, s: &Stack) {
+    let releases = store.list_releases(s.id).await.unwrap();
+    assert_eq!(releases[0].info.status, ReleaseStatus::Live);
+}
+
+pub async fn promote_refusals_write_nothing<S: Store>(store: S) {
+    let t = team(&store, "acme", Some(1)).await;
+    let src = stack(&store, Some(t.id), 1).await;
+    // No live release yet.
+    assert!(matches!(
+        store
+            .promote(t.id, &src.slug, promotion("staging", None, 2))
+            .await,
+        Err(PromoteError::NoLiveRelease)
+    ));
+    deploy_now(&store, &src, 3).await;
+    assert_eq!(
+        store
+            .promote(t.id, &src.slug, promotion("staging", Some("prod"), 4))
+            .await
+            .unwrap_err(),
+        PromoteError::EnvMismatch {
+            actual: "development".into()
+        }
+    );
+    // The team is at its cap of 1 stack: a new target is refused.
+    assert_eq!(
+        store
+            .promote(t.id, &src.slug, promotion("staging", None, 5))
+            .await
+            .unwrap_err(),
+        PromoteError::LimitReached { max: 1 }
+    );
+    // A missing vault:// key in the target env.
+    let u = team(&store, "beta", None).await;
+    let s2 = store
+        .create_stack(with_manifest_env(
+            new_stack(Some(u.id), 6),
+            "X",
+            "vault://ONLY_PROD",
+        ))
+        .await;
+    assert!(s2.is_err(), "no value in development either");
+    let s3 = stack(&store, Some(u.id), 7).await;
+    deploy_now(&store, &s3, 8).await;
+    apply_one(&store, &s3, patch(json!({ "X": "vault://ONLY_PROD" }), 9))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .promote(u.id, &s3.slug, promotion("prod", None, 10))
+            .await,
+        Err(PromoteError::Vault(VaultRefError::Missing { .. }))
+    ));
+    assert_eq!(
+        store.family(u.id, &s3.slug).await.unwrap().unwrap().len(),
+        1
+    );
+    assert_eq!(store.count_stacks(u.id).await.unwrap(), 1);
+    // A deleting source.
+    delete(&store, Access::Team(u.id), &s3.slug, 11).await;
+    assert!(matches!(
+        store
+            .promote(u.id, &s3.slug, promotion("prod", None, 12))
+            .await,
+        Err(PromoteError::Deleting)
+    ));
 }
 
 pub async fn vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing<S: Store>(

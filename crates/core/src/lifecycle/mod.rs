@@ -14,6 +14,7 @@
 pub mod create;
 pub mod delete;
 pub mod deploy;
+pub mod promote;
 pub mod release;
 pub mod restart;
 pub mod status;
@@ -38,6 +39,7 @@ pub mod audit_kind {
     pub const DELETION_REQUESTED: &str = "stack.deletion_requested";
     pub const RESTART_REQUESTED: &str = "stack.restart_requested";
     pub const DELETED: &str = "stack.deleted";
+    pub const PROMOTED: &str = "stack.promoted";
 }
 
 /// What a store reads under the stack's lock before a lifecycle step: everything any step

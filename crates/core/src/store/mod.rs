@@ -18,6 +18,7 @@
 
 mod env;
 mod events;
+mod family;
 mod housekeeping;
 mod idempotency;
 mod jobs;
@@ -31,6 +32,7 @@ pub use env::{
     EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
 };
 pub use events::{AuditFilter, EventStore};
+pub use family::{FamilyMember, FamilyStore, PromoteAction, PromoteError, Promoted, Promotion};
 pub use housekeeping::Housekeeping;
 pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,
@@ -59,6 +61,7 @@ pub trait Store:
     + ResourceStore
     + KeyStore
     + VaultStore
+    + FamilyStore
 {
 }
 
@@ -72,6 +75,7 @@ impl<T> Store for T where
         + ResourceStore
         + KeyStore
         + VaultStore
+        + FamilyStore
 {
 }
 

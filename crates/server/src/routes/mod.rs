@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod env;
+pub mod family;
 pub mod ops;
 pub mod releases;
 pub mod resources;

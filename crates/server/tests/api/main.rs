@@ -8,6 +8,7 @@ mod support;
 mod artifacts;
 mod compat;
 mod env;
+mod family;
 mod hostile;
 mod limits;
 mod messages;

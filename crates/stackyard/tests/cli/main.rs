@@ -8,5 +8,6 @@ mod support;
 
 mod errors;
 mod local_runtime;
+mod promote;
 mod vault;
 mod walkthrough;

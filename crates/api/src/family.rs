@@ -1,0 +1,77 @@
+//! Env families and promotion (`/api/v1/stacks/:slug/family`, `…/promote`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One stack of a family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FamilyMember {
+    pub slug: String,
+    pub name: String,
+    pub env: String,
+    /// `building`, `deploying`, `healthy`, `failed` or `deleting`.
+    pub status: String,
+    pub tier: String,
+    /// The first exposed service's URL, once it has one.
+    pub url: Option<String>,
+    pub is_root: bool,
+    /// The root's slug, for a stack promoted from it.
+    pub parent_stack_id: Option<String>,
+    /// RFC 3339 time of its newest release.
+    pub last_deploy_at: Option<String>,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/stacks/:slug/family`: the root first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Family {
+    pub ok: bool,
+    pub slug: String,
+    pub family: Vec<FamilyMember>,
+    pub total: usize,
+}
+
+/// `POST /api/v1/stacks/:slug/promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The env the source is in; refused with 409 `env_mismatch` when it is not.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The target env (`[A-Za-z0-9_-]{1,64}`), not the source's.
+    #[schema(example = "staging")]
+    pub to: String,
+    /// A new target's name (default: the source's).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Copy the source env's vault keys that the target env lacks (never overwriting).
+    #[serde(default = "yes")]
+    pub copy_vault: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/v1/stacks/:slug/promote` 202 (`created`) or 200 (`updated_existing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Promoted {
+    pub ok: bool,
+    /// `created` or `updated_existing`.
+    pub action: String,
+    /// The target stack.
+    pub stack_id: String,
+    pub env: String,
+    /// The family's root.
+    pub parent_id: String,
+    /// The source stack.
+    pub source: String,
+    /// The source's release that was promoted.
+    pub source_release: i64,
+    /// The target's new release.
+    pub release: i64,
+    /// Always `building`.
+    pub status: String,
+    pub vault_keys_copied: usize,
+    pub note: String,
+}
