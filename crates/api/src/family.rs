@@ -47,6 +47,9 @@ pub struct PromoteRequest {
     /// Copy the source env's vault keys that the target env lacks (never overwriting).
     #[serde(default = "yes")]
     pub copy_vault: bool,
+    /// Runs the promote an approval allowed (once), for an env of `--approval-envs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -74,4 +77,50 @@ pub struct Promoted {
     pub status: String,
     pub vault_keys_copied: usize,
     pub note: String,
+}
+
+/// `POST /api/v1/stacks/:slug/promote` 202 for an env that needs an approval: nothing ran yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromotionPending {
+    pub ok: bool,
+    /// Always `pending_approval`.
+    pub status: String,
+    pub approval_id: String,
+    pub expires_at: String,
+    pub from: String,
+    pub to: String,
+    pub source: String,
+    pub agent_action: String,
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromotionItem {
+    pub id: String,
+    /// `pending`, `approved`, `rejected` or `executed`.
+    pub status: String,
+    pub source: String,
+    pub from: String,
+    pub to: String,
+    pub created_at: String,
+    pub expires_at: String,
+    /// Whether it is past its expiry without having run.
+    pub expired: bool,
+    /// The stack the executed promote produced.
+    pub target: Option<String>,
+}
+
+/// `POST /api/v1/promotions/:id/approve` and `/reject`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromotionDecided {
+    pub ok: bool,
+    pub promotion: PromotionItem,
+}
+
+/// `GET /api/v1/promotions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromotionList {
+    pub ok: bool,
+    pub items: Vec<PromotionItem>,
+    pub total: usize,
 }

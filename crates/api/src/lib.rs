@@ -27,7 +27,10 @@ pub use env::{
     RollbackRequest,
 };
 pub use error::ErrorEnvelope;
-pub use family::{Family, FamilyMember, PromoteRequest, Promoted};
+pub use family::{
+    Family, FamilyMember, PromoteRequest, Promoted, PromotionDecided, PromotionItem, PromotionList,
+    PromotionPending,
+};
 pub use ops::{ArtifactUsage, Health, Ready};
 pub use resources::{
     CreateResourceRequest, CreatedResource, DeletedResource, ResourceDetail, ResourceItem,

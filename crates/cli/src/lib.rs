@@ -45,6 +45,9 @@ pub enum Command {
     /// Promote a stack's live release to another env of its family (created on the first
     /// promote): the same artifacts and build, nothing uploaded.
     Promote(promote::PromoteArgs),
+    /// Promote approvals: list them, approve or reject one.
+    #[command(subcommand)]
+    Approvals(promote::ApprovalsAction),
     /// A stack's services, release and env version, and whether the latest env is live.
     Status {
         /// The stack id (`stk-…`).
@@ -99,6 +102,7 @@ async fn dispatch(global: &GlobalArgs, command: Command, out: &Out) -> Result<()
         Command::Deploy(args) => deploy::deploy(&api, out, args).await,
         Command::Redeploy(args) => deploy::redeploy(&api, out, args).await,
         Command::Promote(args) => promote::promote(&api, out, args).await,
+        Command::Approvals(action) => promote::approvals(&api, out, action).await,
         Command::Status { slug } => stacks::status(&api, out, &parse_slug(&slug)?).await,
         Command::Ls(args) => stacks::ls(&api, out, args).await,
         Command::Rm {

@@ -187,6 +187,20 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Envs a promote into needs an approval by another token of the team (`env,...`; empty:
+    /// none).
+    #[arg(
+        long,
+        env = "STACKYARD_APPROVAL_ENVS",
+        value_delimiter = ',',
+        default_value = "production"
+    )]
+    pub approval_envs: Vec<String>,
+
+    /// How long a promote approval may wait for its decision and execution.
+    #[arg(long, env = "STACKYARD_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub approval_ttl: Duration,
+
     /// Lifetime of anonymous stacks (`6h`, `90m`, …).
     #[arg(long, env = "STACKYARD_ANONYMOUS_TTL", default_value = "6h", value_parser = humantime::parse_duration)]
     pub anonymous_ttl: Duration,

@@ -193,6 +193,11 @@ pub(crate) static SQL: Sql = Sql {
     release_envs_of: "SELECT version, env_version, env::text FROM releases WHERE stack_id = $1 \
                       ORDER BY version",
     seal_release_env: "UPDATE releases SET env = $3::jsonb WHERE stack_id = $1 AND version = $2",
+    lock_promotion: concat!(
+        "SELECT ",
+        stackyard_store_sql::approval_cols!(),
+        " FROM promotions WHERE id = $1 AND team_id = $2 FOR UPDATE"
+    ),
     keyring_canary_shared: "SELECT canary FROM keyring WHERE id = 1 FOR SHARE",
 
     any_team: "SELECT id FROM teams LIMIT 1",

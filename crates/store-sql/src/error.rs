@@ -9,7 +9,8 @@
 
 use sqlx::error::DatabaseError;
 use stackyard_core::store::{
-    CreateStackError, EnvBatchError, PromoteError, ReleaseError, RestartError, StoreError,
+    ApprovalError, CreateStackError, EnvBatchError, PromoteError, ReleaseError, RestartError,
+    StoreError,
 };
 
 #[derive(Debug)]
@@ -62,6 +63,12 @@ impl From<Error> for ReleaseError {
 impl From<Error> for PromoteError {
     fn from(e: Error) -> Self {
         PromoteError::Store(e.into())
+    }
+}
+
+impl From<Error> for ApprovalError {
+    fn from(e: Error) -> Self {
+        ApprovalError::Promote(e.into())
     }
 }
 

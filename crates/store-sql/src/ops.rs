@@ -26,13 +26,13 @@ use stackyard_core::lifecycle::{
 };
 use stackyard_core::model::*;
 use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
+use stackyard_core::store::{Approval, ApprovalError, ApprovalStatus, WrappedKey, WrappedRow};
 use stackyard_core::store::{
     AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
     EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease,
     NewStack, NewToken, PromoteAction, PromoteError, Promoted, Promotion, ReleaseError,
     RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
 };
-use stackyard_core::store::{WrappedKey, WrappedRow};
 use stackyard_core::time::Millis;
 use stackyard_core::vault::{self, CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite};
 use std::collections::{BTreeMap, BTreeSet};
@@ -2712,9 +2712,230 @@ where
         p: Promotion,
         keyring: &Keyring,
     ) -> std::result::Result<Promoted, PromoteError> {
-        let cap = self.team_cap(&mut tx, team).await?;
+        let promoted = self
+            .promote_in(&mut tx, team, source_slug, p, keyring)
+            .await?;
+        // Two promotes racing to create one env's stack: the family index refuses the second.
+        Self::commit(tx).await.map_err(promote_unique)?;
+        Ok(promoted)
+    }
+
+    /// `FamilyStore::request_promotion`. Lock: the source's row (the checks), then the insert.
+    pub async fn request_promotion(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        source_slug: &StackSlug,
+        p: &Promotion,
+        mut a: Approval,
+    ) -> std::result::Result<Approval, PromoteError> {
         let Some(source) = self
             .lock_stack(&mut tx, StackRef::Slug(Access::Team(team), source_slug))
+            .await?
+        else {
+            return Err(PromoteError::NotFound);
+        };
+        lifecycle::promote::source_release(&source, p.from.as_deref())?;
+        a.from = source.stack.environment.clone();
+        a.status = ApprovalStatus::Pending;
+        sqlx::query(
+            "INSERT INTO promotions (id, team_id, source_slug, from_env, to_env, name, \
+             copy_vault, requested_by, status, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
+        )
+        .bind(a.id.as_str())
+        .bind(team.0)
+        .bind(source_slug.as_str())
+        .bind(a.from.as_str())
+        .bind(a.to.as_str())
+        .bind(a.name.as_deref())
+        .bind(i64::from(a.copy_vault))
+        .bind(a.requested_by)
+        .bind(a.created_at.0)
+        .bind(a.expires_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let data = serde_json::json!({
+            "approval_id": a.id, "from": a.from, "to": a.to,
+            "expires_at": a.expires_at.to_rfc3339(),
+        });
+        let plan = Plan {
+            audit: Some(AuditRecord {
+                at: p.ctx.now,
+                team_id: Some(team),
+                actor: p.ctx.actor.0.clone(),
+                kind: lifecycle::audit_kind::PROMOTION_REQUESTED,
+                stack_slug: Some(source.stack.slug.clone()),
+                request_id: p.ctx.request_id.clone(),
+                metadata: data.clone(),
+            }),
+            events: vec![NewEvent {
+                kind: "promotion.pending",
+                data,
+            }],
+            ..Plan::nothing(p.ctx.now)
+        };
+        self.commit_plan(tx, Some(&source.stack), &plan).await?;
+        Ok(a)
+    }
+
+    /// The team's approval `id`, locked (PostgreSQL: `FOR UPDATE`; SQLite: the writer).
+    async fn lock_approval(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        id: &str,
+    ) -> Result<Option<Approval>> {
+        let row: Option<ApprovalRow> = sqlx::query_as(self.sql.lock_promotion)
+            .bind(id)
+            .bind(team.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(ApprovalRow::decode).transpose()
+    }
+
+    /// `FamilyStore::decide_promotion`. Lock: the approval's row.
+    pub async fn decide_promotion(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        id: &str,
+        approve: bool,
+        by: i64,
+        ctx: AuditCtx,
+    ) -> std::result::Result<Approval, ApprovalError> {
+        let mut a = self
+            .lock_approval(&mut tx, team, id)
+            .await?
+            .ok_or(ApprovalError::NotFound)?;
+        match a.status {
+            ApprovalStatus::Pending => {}
+            ApprovalStatus::Executed => return Err(ApprovalError::AlreadyExecuted),
+            other => return Err(ApprovalError::WrongState(other.as_str())),
+        }
+        if ctx.now.0 >= a.expires_at.0 {
+            return Err(ApprovalError::Expired);
+        }
+        if by == a.requested_by {
+            return Err(ApprovalError::OwnRequest);
+        }
+        a.status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Rejected
+        };
+        a.decided_by = Some(by);
+        sqlx::query(
+            "UPDATE promotions SET status = $2, decided_by = $3, decided_at = $4 WHERE id = $1",
+        )
+        .bind(a.id.as_str())
+        .bind(a.status.as_str())
+        .bind(by)
+        .bind(ctx.now.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let audit = AuditRecord {
+            at: ctx.now,
+            team_id: Some(team),
+            actor: ctx.actor.0.clone(),
+            kind: if approve {
+                lifecycle::audit_kind::PROMOTION_APPROVED
+            } else {
+                lifecycle::audit_kind::PROMOTION_REJECTED
+            },
+            stack_slug: Some(a.source.clone()),
+            request_id: ctx.request_id.clone(),
+            metadata: serde_json::json!({ "approval_id": a.id, "from": a.from, "to": a.to }),
+        };
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await?;
+        Ok(a)
+    }
+
+    /// `FamilyStore::execute_promotion`. Locks: the approval's row, then the promote's.
+    pub async fn execute_promotion(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        source_slug: &StackSlug,
+        id: &str,
+        p: Promotion,
+        keyring: &Keyring,
+    ) -> std::result::Result<Promoted, ApprovalError> {
+        let a = self
+            .lock_approval(&mut tx, team, id)
+            .await?
+            .ok_or(ApprovalError::NotFound)?;
+        match a.status {
+            ApprovalStatus::Approved => {}
+            ApprovalStatus::Executed => return Err(ApprovalError::AlreadyExecuted),
+            ApprovalStatus::Rejected => return Err(ApprovalError::Rejected),
+            ApprovalStatus::Pending if p.ctx.now.0 >= a.expires_at.0 => {
+                return Err(ApprovalError::Expired);
+            }
+            ApprovalStatus::Pending => return Err(ApprovalError::WrongState("pending")),
+        }
+        if &a.source != source_slug || a.to != p.to {
+            return Err(ApprovalError::Mismatch);
+        }
+        // What was approved is what runs: its env check, name and vault copy.
+        let p = Promotion {
+            from: Some(a.from.clone()),
+            name: a.name.clone(),
+            copy_vault: a.copy_vault,
+            ..p
+        };
+        let promoted = self
+            .promote_in(&mut tx, team, source_slug, p, keyring)
+            .await?;
+        sqlx::query("UPDATE promotions SET status = 'executed', target_slug = $2 WHERE id = $1")
+            .bind(a.id.as_str())
+            .bind(promoted.stack.slug.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        Self::commit(tx)
+            .await
+            .map_err(promote_unique)
+            .map_err(PromoteError::from)?;
+        Ok(promoted)
+    }
+
+    /// `FamilyStore::list_promotions`.
+    pub async fn list_promotions(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        status: Option<ApprovalStatus>,
+    ) -> Result<Vec<Approval>> {
+        let rows: Vec<ApprovalRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            crate::approval_cols!(),
+            " FROM promotions WHERE team_id = $1 AND ($2 IS NULL OR status = $2) \
+             ORDER BY created_at DESC, id LIMIT 200"
+        ))
+        .bind(team.0)
+        .bind(status.map(|s| s.as_str()))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter().map(ApprovalRow::decode).collect()
+    }
+
+    /// [`Self::promote`] in the caller's transaction (an approval's execution adds its own
+    /// row to it).
+    async fn promote_in(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        team: TeamId,
+        source_slug: &StackSlug,
+        p: Promotion,
+        keyring: &Keyring,
+    ) -> std::result::Result<Promoted, PromoteError> {
+        let cap = self.team_cap(&mut **tx, team).await?;
+        let Some(source) = self
+            .lock_stack(&mut **tx, StackRef::Slug(Access::Team(team), source_slug))
             .await?
         else {
             return Err(PromoteError::NotFound);
@@ -2725,7 +2946,7 @@ where
             "SELECT COALESCE(parent_stack_id, id), manifest FROM stacks WHERE id = $1",
         )
         .bind(source.stack.id.0)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(Error::from)?;
         let target_id: Option<i64> = sqlx::query_scalar(
@@ -2733,12 +2954,12 @@ where
         )
         .bind(root)
         .bind(p.to.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(Error::from)?;
         let target = match target_id {
             Some(id) => Some(
-                self.lock_stack(&mut tx, StackRef::Id(StackId(id)))
+                self.lock_stack(&mut **tx, StackRef::Id(StackId(id)))
                     .await?
                     .ok_or_else(|| corrupt("a family's stack vanished under its lock"))?,
             ),
@@ -2752,7 +2973,7 @@ where
         }
         let root_slug: String = sqlx::query_scalar("SELECT slug FROM stacks WHERE id = $1")
             .bind(root)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(Error::from)?
             .unwrap_or_else(|| source.stack.slug.as_str().to_owned());
@@ -2766,7 +2987,7 @@ where
             let size: Option<i64> =
                 sqlx::query_scalar("SELECT size FROM artifacts WHERE digest = $1")
                     .bind(digest)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await
                     .map_err(Error::from)?;
             let size = size.ok_or_else(|| corrupt("a live release's artifact has no row"))?;
@@ -2786,7 +3007,7 @@ where
                 overwrite: false,
             };
             let out = self
-                .copy_vault_in(&mut tx, team, &copy, &p.ctx, keyring)
+                .copy_vault_in(&mut **tx, team, &copy, &p.ctx, keyring)
                 .await?;
             copied = out
                 .plan
@@ -2797,13 +3018,13 @@ where
         }
         // Source env < target env: the target keeps its own values.
         let source_env = self
-            .env_head(&mut tx, source.stack.id, false, keyring)
+            .env_head(&mut **tx, source.stack.id, false, keyring)
             .await?
             .map(|(h, _)| h)
             .ok_or(PromoteError::NotFound)?;
         let target_env = match &target {
             Some(t) => self
-                .env_head(&mut tx, t.stack.id, false, keyring)
+                .env_head(&mut **tx, t.stack.id, false, keyring)
                 .await?
                 .map(|(h, _)| h.env)
                 .unwrap_or_default(),
@@ -2813,7 +3034,7 @@ where
         merged.extend(target_env.to_map());
         let merged = EnvMap::from_map(merged);
         let refs = self
-            .vault_versions(&mut tx, Some(team), &p.to, &merged, &live.services)
+            .vault_versions(&mut **tx, Some(team), &p.to, &merged, &live.services)
             .await??;
 
         let (plan, outcome) = match &target {
@@ -2885,37 +3106,26 @@ where
             status: action.status(),
             ..i.record(&promoted)
         });
-        // A slug drawn twice, or another source of the family creating this env's stack at
-        // the same moment (PostgreSQL; SQLite's one writer serialises promotes).
-        let unique = |e: Error| {
-            if is_unique_violation(&e, "stacks_slug_key")
-                || is_unique_violation(&e, "stacks_family_env")
-            {
-                StoreError::Conflict("the family's stack of that env").into()
-            } else {
-                e
-            }
-        };
         let id = self
-            .write_plan(&mut tx, target.as_ref().map(|t| &t.stack), &plan)
+            .write_plan(&mut **tx, target.as_ref().map(|t| &t.stack), &plan)
             .await
-            .map_err(unique)?;
+            .map_err(promote_unique)?;
         promoted.stack.id = id;
         if action == PromoteAction::Created {
             sqlx::query("UPDATE stacks SET parent_stack_id = $2 WHERE id = $1")
                 .bind(id.0)
                 .bind(root)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(Error::from)?;
         }
         // The release's env is the overlay, sealed by the target's data key.
         let (head, codec) = self
-            .env_head(&mut tx, id, true, keyring)
+            .env_head(&mut **tx, id, true, keyring)
             .await?
             .ok_or_else(|| corrupt("the promote's target vanished"))?;
         let codec = match codec {
-            EnvCodec::Plain => self.seal_stack(&mut tx, id, &head, keyring).await?,
+            EnvCodec::Plain => self.seal_stack(&mut **tx, id, &head, keyring).await?,
             codec => codec,
         };
         let from_json = serde_json::json!({
@@ -2927,17 +3137,17 @@ where
             .bind(id.0)
             .bind(promoted.release.version)
             .bind(codec.seal_map(&merged, promoted.release.env_version))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(Error::from)?;
         sqlx::query("UPDATE releases SET promoted_from = $3 WHERE stack_id = $1 AND version = $2")
             .bind(id.0)
             .bind(promoted.release.version)
             .bind(from_json.to_string())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(Error::from)?;
-        self.record_vault_refs(&mut tx, id, &plan, &refs).await?;
+        self.record_vault_refs(&mut **tx, id, &plan, &refs).await?;
         let audit = AuditRecord {
             at: p.ctx.now,
             team_id: Some(team),
@@ -2955,10 +3165,18 @@ where
                 "vault_keys_copied": promoted.vault_keys_copied.len(),
             }),
         };
-        self.insert_audit(&mut tx, &audit).await?;
-        // Two promotes racing to create one env's stack: the family index refuses the second.
-        Self::commit(tx).await.map_err(unique)?;
+        self.insert_audit(&mut **tx, &audit).await?;
         Ok(promoted)
+    }
+}
+
+/// A slug drawn twice, or another source of the family creating this env's stack at the same
+/// moment (PostgreSQL; SQLite's one writer serialises promotes): a conflict, not an outage.
+fn promote_unique(e: Error) -> Error {
+    if is_unique_violation(&e, "stacks_slug_key") || is_unique_violation(&e, "stacks_family_env") {
+        StoreError::Conflict("the family's stack of that env").into()
+    } else {
+        e
     }
 }
 

@@ -557,3 +557,51 @@ impl FamilyRow {
         })
     }
 }
+
+/// The columns `ApprovalRow` reads, in its order.
+#[macro_export]
+macro_rules! approval_cols {
+    () => {
+        "id, team_id, source_slug, from_env, to_env, name, copy_vault, requested_by, status, \
+         created_at, expires_at, decided_by, target_slug"
+    };
+}
+
+/// A `promotions` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub team_id: i64,
+    pub source_slug: String,
+    pub from_env: String,
+    pub to_env: String,
+    pub name: Option<String>,
+    pub copy_vault: i64,
+    pub requested_by: i64,
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_by: Option<i64>,
+    pub target_slug: Option<String>,
+}
+
+impl ApprovalRow {
+    pub fn decode(self) -> Result<stackyard_core::store::Approval> {
+        use stackyard_core::store::ApprovalStatus;
+        Ok(stackyard_core::store::Approval {
+            id: self.id,
+            team: TeamId(self.team_id),
+            source: slug(&self.source_slug)?,
+            from: self.from_env,
+            to: self.to_env,
+            name: self.name,
+            copy_vault: self.copy_vault != 0,
+            requested_by: self.requested_by,
+            status: parsed(ApprovalStatus::parse(&self.status), "approval status")?,
+            created_at: Millis(self.created_at),
+            expires_at: Millis(self.expires_at),
+            decided_by: self.decided_by,
+            target: self.target_slug.as_deref().map(slug).transpose()?,
+        })
+    }
+}

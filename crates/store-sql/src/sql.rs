@@ -136,6 +136,8 @@ pub struct Sql {
     /// No parameters → the master key's canary, read under a shared lock of the keyring row,
     /// so a rotation moving the canary waits for (or is seen by) a data key wrapped meanwhile.
     pub keyring_canary_shared: &'static str,
+    /// `$1` approval id, `$2` team → its row, locked for the transaction.
+    pub lock_promotion: &'static str,
 
     // ---- teams and tokens ----
     /// No parameters → any team's id.

@@ -183,6 +183,11 @@ pub(crate) static SQL: Sql = Sql {
                       ORDER BY version",
     seal_release_env: "UPDATE releases SET env = $3 WHERE stack_id = $1 AND version = $2",
     // The one writer holds the database: nothing can move the canary meanwhile.
+    lock_promotion: concat!(
+        "SELECT ",
+        stackyard_store_sql::approval_cols!(),
+        " FROM promotions WHERE id = $1 AND team_id = $2"
+    ),
     keyring_canary_shared: "SELECT canary FROM keyring WHERE id = 1",
 
     any_team: "SELECT id FROM teams LIMIT 1",

@@ -40,6 +40,9 @@ pub mod audit_kind {
     pub const RESTART_REQUESTED: &str = "stack.restart_requested";
     pub const DELETED: &str = "stack.deleted";
     pub const PROMOTED: &str = "stack.promoted";
+    pub const PROMOTION_REQUESTED: &str = "promotion.requested";
+    pub const PROMOTION_APPROVED: &str = "promotion.approved";
+    pub const PROMOTION_REJECTED: &str = "promotion.rejected";
 }
 
 /// What a store reads under the stack's lock before a lifecycle step: everything any step

@@ -103,6 +103,87 @@ pub enum PromoteError {
     Store(#[from] StoreError),
 }
 
+/// A promote waiting for (or past) its approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// `apr_<128-bit hex>`.
+    pub id: String,
+    pub team: TeamId,
+    pub source: StackSlug,
+    pub from: String,
+    pub to: String,
+    pub name: Option<String>,
+    pub copy_vault: bool,
+    /// The token that asked for the promote.
+    pub requested_by: i64,
+    pub status: ApprovalStatus,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub decided_by: Option<i64>,
+    /// The target the executed promote produced.
+    pub target: Option<StackSlug>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Rejected,
+    Executed,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+            ApprovalStatus::Executed => "executed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ApprovalStatus::Pending,
+            ApprovalStatus::Approved,
+            ApprovalStatus::Rejected,
+            ApprovalStatus::Executed,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// Why an approval cannot be decided or executed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no such approval")]
+    NotFound,
+    #[error("the approval expired")]
+    Expired,
+    #[error("the approval was already executed")]
+    AlreadyExecuted,
+    #[error("the approval was rejected")]
+    Rejected,
+    /// Deciding: it was decided already. Executing: it is not approved yet.
+    #[error("the approval is {0}")]
+    WrongState(&'static str),
+    /// The requester's own token cannot decide its request.
+    #[error("the requesting token cannot decide its own request")]
+    OwnRequest,
+    /// Executing it for another source or env than it was asked for.
+    #[error("the approval is for another promote")]
+    Mismatch,
+    #[error(transparent)]
+    Promote(#[from] PromoteError),
+}
+
+impl From<StoreError> for ApprovalError {
+    fn from(e: StoreError) -> Self {
+        ApprovalError::Promote(PromoteError::Store(e))
+    }
+}
+
 pub trait FamilyStore: Clone + Send + Sync + 'static {
     /// The family of the team's stack `slug`, root first (then by creation), or `None` when
     /// the team has no such stack.
@@ -126,4 +207,45 @@ pub trait FamilyStore: Clone + Send + Sync + 'static {
         source: &StackSlug,
         promotion: Promotion,
     ) -> impl Future<Output = Result<Promoted, PromoteError>> + Send;
+
+    /// Records a promote that needs an approval (`pending`, expiring at `expires_at`), after
+    /// the checks a promote makes on the source under its lock (so a request that could never
+    /// run is refused now). Audit `promotion.requested` and event `promotion.pending` on the
+    /// source, both with the approval id.
+    fn request_promotion(
+        &self,
+        team: TeamId,
+        source: &StackSlug,
+        promotion: &Promotion,
+        approval: Approval,
+    ) -> impl Future<Output = Result<Approval, PromoteError>> + Send;
+
+    /// Approves (`approve`) or rejects the team's pending approval `id` as token `by`, under
+    /// the approval's row lock: `Expired` past its expiry, `WrongState` once decided,
+    /// `OwnRequest` for the requesting token. Audit `promotion.approved` / `.rejected`.
+    fn decide_promotion(
+        &self,
+        team: TeamId,
+        id: &str,
+        approve: bool,
+        by: i64,
+        ctx: AuditCtx,
+    ) -> impl Future<Output = Result<Approval, ApprovalError>> + Send;
+
+    /// Runs the promote an approved approval allows, once: in one transaction with the
+    /// approval's row lock, which becomes `executed` (a second run: `AlreadyExecuted`).
+    fn execute_promotion(
+        &self,
+        team: TeamId,
+        source: &StackSlug,
+        approval: &str,
+        promotion: Promotion,
+    ) -> impl Future<Output = Result<Promoted, ApprovalError>> + Send;
+
+    /// The team's approvals (of one status, or all), newest first, at most 200.
+    fn list_promotions(
+        &self,
+        team: TeamId,
+        status: Option<ApprovalStatus>,
+    ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
 }

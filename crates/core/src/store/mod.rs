@@ -32,7 +32,10 @@ pub use env::{
     EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
 };
 pub use events::{AuditFilter, EventStore};
-pub use family::{FamilyMember, FamilyStore, PromoteAction, PromoteError, Promoted, Promotion};
+pub use family::{
+    Approval, ApprovalError, ApprovalStatus, FamilyMember, FamilyStore, PromoteAction,
+    PromoteError, Promoted, Promotion,
+};
 pub use housekeeping::Housekeeping;
 pub use idempotency::{
     IDEMPOTENCY_TTL, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, Idempotent,

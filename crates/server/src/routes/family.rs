@@ -6,17 +6,26 @@ use crate::auth::{Caller, TeamCaller, audit_ctx};
 use crate::bodies::json_response;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::parse_slug;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use stackyard_api::{Family, FamilyMember, PromoteRequest};
-use stackyard_core::ids::{EnvironmentName, StackName, StackSlug, sha256_hex};
-use stackyard_core::store::{Idempotent, PromoteError, Promoted, Promotion, Store, StoreError};
+use stackyard_api::{
+    Family, FamilyMember, PromoteRequest, PromotionDecided, PromotionItem, PromotionList,
+    PromotionPending,
+};
+use stackyard_core::ids::{EnvironmentName, StackName, StackSlug, random_hex, sha256_hex};
+use stackyard_core::model::{Principal, TeamId};
+use stackyard_core::store::{
+    Approval, ApprovalError, ApprovalStatus, Idempotent, PromoteError, Promoted, Promotion, Store,
+    StoreError,
+};
 
 #[utoipa::path(get, path = "/api/v1/stacks/{slug}/family", tag = "stacks",
     description = "The stack's env family: its root and the stacks promoted from it, one per env, root first. Auth required.",
@@ -73,12 +82,14 @@ pub async fn family<S: Store>(
     params(("slug" = String, Path, description = "The source stack's id (`stk-…`)"),
         ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
     request_body(content = PromoteRequest, content_type = "application/json"),
-    responses((status = 202, description = "`created`: a new stack for `to`, its deploy job queued", body = stackyard_api::Promoted),
+    responses((status = 202, description = "`created`: a new stack for `to`, its deploy job queued; or, for an env of `--approval-envs` without `approval_id`, `pending_approval` (`PromotionPending`)", body = stackyard_api::Promoted),
         (status = 200, description = "`updated_existing`: a new release on the family's stack for `to`", body = stackyard_api::Promoted),
         (status = 400, description = "`invalid_env`: `from` or `to` is not an env name; `invalid_target`: `to` is the source's env; `invalid_name`: `name` is not valid; `vault_ref_failed`: a `vault://` reference has no value in `to`"),
         (status = 402, description = "`deployment_limit_reached`: the team has its maximum of stacks"),
         (status = 404, description = "`not_found`: no stack with that id for this team"),
-        (status = 409, description = "`env_mismatch`: the source is not in `from`; `stack_deleting`: the source or the target is being deleted; `promote_conflict`: another promote created the target at the same moment"),
+        (status = 403, description = "`forbidden`: (with `approval_id`) not used by its team"),
+        (status = 409, description = "`env_mismatch`: the source is not in `from`; `stack_deleting`: the source or the target is being deleted; `promote_conflict`: another promote created the target at the same moment; `approval_already_executed`, `approval_rejected`, `approval_not_pending`: the `approval_id` cannot run (again)"),
+        (status = 410, description = "`approval_expired`: the `approval_id` expired"),
         (status = 412, description = "`no_live_release`: the source has no live release; `no_services`: its live release has no services"),
         (status = 503, description = "`promote_failed`: the store is unavailable")))]
 pub async fn promote<S: Store>(
@@ -115,6 +126,7 @@ pub async fn promote<S: Store>(
         let identity = json!({
             "route": format!("POST /api/v1/stacks/{source}/promote"),
             "from": from, "to": to, "name": name, "copy_vault": body.copy_vault,
+            "approval_id": body.approval_id,
         });
         sha256_hex(identity.to_string().as_bytes())
     };
@@ -131,6 +143,8 @@ pub async fn promote<S: Store>(
         Start::Reserved(r) => Some(r),
         Start::None => None,
     };
+    let needs_approval = state.config.approval_envs.contains(&to);
+    let token = caller_token(&caller);
     let promotion = Promotion {
         from,
         to,
@@ -145,12 +159,28 @@ pub async fn promote<S: Store>(
             })
         }),
     };
-    let result = state.store.promote(team, &source, promotion).await;
+    let result = match (needs_approval, body.approval_id) {
+        (true, None) => {
+            // Nothing to replay: each request is its own approval.
+            idempotency::abandon(&state.store, reservation.as_ref()).await;
+            return request_approval(&state, team, token, &source, promotion).await;
+        }
+        (_, Some(id)) => state
+            .store
+            .execute_promotion(team, &source, &id, promotion)
+            .await
+            .map_err(approval_error),
+        (false, None) => state
+            .store
+            .promote(team, &source, promotion)
+            .await
+            .map_err(promote_error),
+    };
     let promoted = match result {
         Ok(p) => p,
         Err(e) => {
             idempotency::abandon(&state.store, reservation.as_ref()).await;
-            return Err(promote_error(e));
+            return Err(e);
         }
     };
     state.jobs_ready.notify_one();
@@ -226,4 +256,230 @@ fn promote_error(e: PromoteError) -> ApiError {
         .with_action("Promote again: it now updates that stack."),
         PromoteError::Store(e) => ApiError::store("promote_failed", &e),
     }
+}
+
+fn caller_token(caller: &Caller) -> i64 {
+    match caller {
+        Caller::Team(p) => p.token.id,
+        Caller::Anonymous { .. } => 0,
+    }
+}
+
+/// 202 `pending_approval`: the request is recorded, nothing runs until another token of the
+/// team approves it and a promote names it.
+async fn request_approval<S: Store>(
+    state: &AppState<S>,
+    team: TeamId,
+    token: i64,
+    source: &StackSlug,
+    promotion: Promotion,
+) -> ApiResult<Response> {
+    let now = promotion.ctx.now;
+    let approval = Approval {
+        id: format!("apr_{}", random_hex(16)),
+        team,
+        source: source.clone(),
+        from: String::new(),
+        to: promotion.to.clone(),
+        name: promotion.name.clone(),
+        copy_vault: promotion.copy_vault,
+        requested_by: token,
+        status: ApprovalStatus::Pending,
+        created_at: now,
+        expires_at: now.saturating_add_ms(
+            i64::try_from(state.config.approval_ttl.as_millis()).unwrap_or(i64::MAX),
+        ),
+        decided_by: None,
+        target: None,
+    };
+    let a = state
+        .store
+        .request_promotion(team, source, &promotion, approval)
+        .await
+        .map_err(promote_error)?;
+    let body = PromotionPending {
+        ok: true,
+        status: "pending_approval".into(),
+        approval_id: a.id.clone(),
+        expires_at: a.expires_at.to_rfc3339(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        source: a.source.to_string(),
+        agent_action: format!(
+            "Promoting to `{}` needs an approval: another token of the team sends POST /api/v1/promotions/{}/approve, then send this promote again with \"approval_id\": \"{}\" before {}.",
+            a.to,
+            a.id,
+            a.id,
+            a.expires_at.to_rfc3339()
+        ),
+    };
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        stackyard_api::to_json_string(&body, 512),
+    ))
+}
+
+fn approval_error(e: ApprovalError) -> ApiError {
+    match e {
+        ApprovalError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No promote approval with that id for this team.",
+        )
+        .with_action("List them with GET /api/v1/promotions."),
+        ApprovalError::Expired => ApiError::new(
+            StatusCode::GONE,
+            "approval_expired",
+            "The approval expired before it ran.",
+        )
+        .with_action("Send the promote again for a new approval."),
+        ApprovalError::AlreadyExecuted => ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_already_executed",
+            "This approval already ran its promote; an approval runs once.",
+        )
+        .with_action("Send the promote again for a new approval to promote again."),
+        ApprovalError::Rejected => ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_rejected",
+            "This approval was rejected.",
+        ),
+        ApprovalError::WrongState(state) => ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_not_pending",
+            format!("This approval is {state}."),
+        )
+        .with_action("A pending approval is approved or rejected once; an approved one is run by a promote naming it."),
+        ApprovalError::OwnRequest => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "The token that asked for this promote cannot decide it.",
+        )
+        .with_action("Approve it with another token of the team (POST /api/v1/tokens creates one)."),
+        ApprovalError::Mismatch => ApiError::bad_request(
+            "approval_mismatch",
+            "This approval is for another source stack or target env.",
+        ),
+        ApprovalError::Promote(e) => promote_error(e),
+    }
+}
+
+fn item(a: &Approval) -> PromotionItem {
+    let expired = matches!(a.status, ApprovalStatus::Pending | ApprovalStatus::Approved)
+        && crate::now().0 >= a.expires_at.0;
+    PromotionItem {
+        id: a.id.clone(),
+        status: a.status.as_str().to_owned(),
+        source: a.source.to_string(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        created_at: a.created_at.to_rfc3339(),
+        expires_at: a.expires_at.to_rfc3339(),
+        expired,
+        target: a.target.as_ref().map(|t| t.to_string()),
+    }
+}
+
+async fn decide<S: Store>(
+    state: &AppState<S>,
+    p: Principal,
+    rid: &RequestId,
+    id: &str,
+    approve: bool,
+) -> ApiResult<Json<PromotionDecided>> {
+    let (team, token) = (p.team.id, p.token.id);
+    let ctx = audit_ctx(&Caller::Team(p), rid);
+    let a = state
+        .store
+        .decide_promotion(team, id, approve, token, ctx)
+        .await
+        .map_err(approval_error)?;
+    Ok(Json(PromotionDecided {
+        ok: true,
+        promotion: item(&a),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/promotions/{id}/approve", tag = "stacks",
+    description = "Approves a pending promote. A token of the same team other than the one that asked. The promote then runs once, when a promote names the approval (`approval_id`). Auth required.",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The approval id (`apr_…`)")),
+    responses((status = 200, description = "Approved", body = PromotionDecided),
+        (status = 403, description = "`forbidden`: the token that asked cannot decide"),
+        (status = 404, description = "`not_found`: no approval with that id for this team"),
+        (status = 409, description = "`approval_not_pending`: decided already; `approval_already_executed`: it ran"),
+        (status = 410, description = "`approval_expired`: past its expiry"),
+        (status = 503, description = "`promote_failed`: the store is unavailable")))]
+pub async fn approve<S: Store>(
+    State(state): State<AppState<S>>,
+    TeamCaller(p): TeamCaller,
+    rid: RequestId,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PromotionDecided>> {
+    decide(&state, p, &rid, &id, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/promotions/{id}/reject", tag = "stacks",
+    description = "Rejects a pending promote. A token of the same team other than the one that asked. Auth required.",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The approval id (`apr_…`)")),
+    responses((status = 200, description = "Rejected", body = PromotionDecided),
+        (status = 403, description = "`forbidden`: the token that asked cannot decide"),
+        (status = 404, description = "`not_found`: no approval with that id for this team"),
+        (status = 409, description = "`approval_not_pending`: decided already; `approval_already_executed`: it ran"),
+        (status = 410, description = "`approval_expired`: past its expiry"),
+        (status = 503, description = "`promote_failed`: the store is unavailable")))]
+pub async fn reject<S: Store>(
+    State(state): State<AppState<S>>,
+    TeamCaller(p): TeamCaller,
+    rid: RequestId,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PromotionDecided>> {
+    decide(&state, p, &rid, &id, false).await
+}
+
+/// `?status=`: one state only.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct PromotionQuery {
+    /// `pending`, `approved`, `rejected` or `executed`.
+    pub status: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/promotions", tag = "stacks",
+    description = "The team's promote approvals, newest first (at most 200). Auth required.",
+    security(("bearer" = [])),
+    params(PromotionQuery),
+    responses((status = 200, description = "The approvals", body = PromotionList),
+        (status = 400, description = "`invalid_status`: not one of the states"),
+        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
+pub async fn list<S: Store>(
+    State(state): State<AppState<S>>,
+    TeamCaller(p): TeamCaller,
+    QueryParams(q): QueryParams<PromotionQuery>,
+) -> ApiResult<Json<PromotionList>> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            ApprovalStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_status",
+                    "`status` is one of pending, approved, rejected, executed.",
+                )
+            })
+        })
+        .transpose()?;
+    let items: Vec<PromotionItem> = state
+        .store
+        .list_promotions(p.team.id, status)
+        .await
+        .map_err(|e| ApiError::store("fetch_failed", &e))?
+        .iter()
+        .map(item)
+        .collect();
+    Ok(Json(PromotionList {
+        ok: true,
+        total: items.len(),
+        items,
+    }))
 }

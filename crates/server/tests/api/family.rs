@@ -109,7 +109,7 @@ async fn concurrent_promotes_of_one_source_make_one_target(backend: Backend) {
         let (app, src, barrier) = (app.clone(), src.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            promote(&app, &src, json!({ "to": "production" })).await
+            promote(&app, &src, json!({ "to": "qa" })).await
         }));
     }
     let mut created = Vec::new();
@@ -128,7 +128,7 @@ async fn concurrent_promotes_of_one_source_make_one_target(backend: Backend) {
     }
     assert_eq!(created.len(), 1, "exactly one promote creates the target");
     assert_eq!(targets.len(), 1, "never two targets: {targets:?}");
-    assert_eq!(app.count("stacks", "environment = 'production'").await, 1);
+    assert_eq!(app.count("stacks", "environment = 'qa'").await, 1);
 }
 
 async fn promote_refusals_answer_their_codes_and_write_nothing(backend: Backend) {
@@ -197,7 +197,129 @@ async fn promote_refusals_answer_their_codes_and_write_nothing(backend: Backend)
     assert_eq!(app.count("stacks", "").await, before);
 }
 
+/// A second token of the admin's team.
+async fn second_token(app: &TestApp) -> String {
+    let (code, b) = call(
+        app.post("/api/v1/tokens", Some(&app.admin_token))
+            .json(&json!({ "name": "approver" })),
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    let token = b["token"].as_str().unwrap().to_owned();
+    stackyard_testkit::leaks::register(&token);
+    token
+}
+
+async fn decide(app: &TestApp, id: &str, verb: &str, token: &str) -> (u16, Value) {
+    call(app.post(&format!("/api/v1/promotions/{id}/{verb}"), Some(token))).await
+}
+
+async fn a_promote_to_production_waits_for_another_token_and_runs_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let src = live_stack(&app, "gated").await;
+    let (code, pending) = promote(&app, &src, json!({ "to": "production" })).await;
+    assert_eq!(code, 202, "{pending}");
+    assert_eq!(pending["status"], "pending_approval");
+    assert_eq!(
+        (&pending["from"], &pending["to"]),
+        (&json!("development"), &json!("production"))
+    );
+    let id = pending["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.count("stacks", "environment = 'production'").await,
+        0,
+        "nothing ran yet"
+    );
+    let (_, audit) = call(app.get(
+        "/api/v1/audit?kind=promotion.requested",
+        Some(&app.admin_token),
+    ))
+    .await;
+    assert!(audit.to_string().contains(&id), "{audit}");
+
+    let (code, list) =
+        call(app.get("/api/v1/promotions?status=pending", Some(&app.admin_token))).await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["items"][0]["id"], id);
+    // Executing before the approval, deciding with the asking token, or from another team.
+    let run = json!({ "to": "production", "approval_id": id });
+    let (code, b) = promote(&app, &src, run.clone()).await;
+    assert_eq!(
+        (code, b["error"].as_str()),
+        (409, Some("approval_not_pending")),
+        "{b}"
+    );
+    let (code, b) = decide(&app, &id, "approve", &app.admin_token).await;
+    assert_eq!((code, b["error"].as_str()), (403, Some("forbidden")), "{b}");
+    let other = app.create_team("other", None).await;
+    let (code, b) = decide(&app, &id, "approve", &other).await;
+    assert_eq!((code, b["error"].as_str()), (404, Some("not_found")), "{b}");
+
+    let approver = second_token(&app).await;
+    let (code, b) = decide(&app, &id, "approve", &approver).await;
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["promotion"]["status"], "approved");
+    let (code, b) = decide(&app, &id, "reject", &approver).await;
+    assert_eq!(
+        (code, b["error"].as_str()),
+        (409, Some("approval_not_pending")),
+        "{b}"
+    );
+
+    // Three runs of the approval at once: it executes once.
+    let app = std::sync::Arc::new(app);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let (app, src, run, barrier) = (app.clone(), src.clone(), run.clone(), barrier.clone());
+        runs.push(tokio::spawn(async move {
+            barrier.wait().await;
+            promote(&app, &src, run).await
+        }));
+    }
+    let mut done = Vec::new();
+    for r in runs {
+        let (code, b) = r.await.unwrap();
+        match code {
+            202 => done.push(b),
+            409 => assert_eq!(b["error"], "approval_already_executed", "{b}"),
+            _ => panic!("{code} {b}"),
+        }
+    }
+    assert_eq!(done.len(), 1, "an approval runs once");
+    let done = done.remove(0);
+    assert_eq!(done["action"], "created");
+    assert_eq!(app.count("stacks", "environment = 'production'").await, 1);
+    let (_, list) = call(app.get("/api/v1/promotions", Some(&app.admin_token))).await;
+    assert_eq!(list["items"][0]["status"], "executed");
+    assert_eq!(list["items"][0]["target"], done["stack_id"]);
+}
+
+async fn an_expired_approval_answers_410(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, &["--approval-ttl", "1s"]).await else {
+        return;
+    };
+    let src = live_stack(&app, "late").await;
+    let (code, pending) = promote(&app, &src, json!({ "to": "production" })).await;
+    assert_eq!(code, 202, "{pending}");
+    let id = pending["approval_id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let approver = second_token(&app).await;
+    let (code, b) = decide(&app, id, "approve", &approver).await;
+    assert_eq!(
+        (code, b["error"].as_str()),
+        (410, Some("approval_expired")),
+        "{b}"
+    );
+    let (_, list) = call(app.get("/api/v1/promotions", Some(&app.admin_token))).await;
+    assert_eq!(list["items"][0]["expired"], true);
+}
+
 both_backends!(
+    a_promote_to_production_waits_for_another_token_and_runs_once,
+    an_expired_approval_answers_410,
     promote_creates_then_updates_the_family_stack_and_writes_no_artifact,
     concurrent_promotes_of_one_source_make_one_target,
     promote_refusals_answer_their_codes_and_write_nothing,

@@ -223,6 +223,7 @@ async fn slug_routes(app: &TestApp, slug: &str) -> Vec<Route> {
             let body = json.then(|| match method.as_str() {
                 "patch" => json!({"env": {"GREETING": "x"}}),
                 _ if path.ends_with("/rollback") => json!({"version": 1}),
+                _ if path.ends_with("/promote") => json!({"to": "staging"}),
                 _ => json!({}),
             });
             routes.push((method.to_uppercase(), path.clone(), body));
