@@ -11,6 +11,7 @@
 //! type, so the server renders by converting and clients read by deserializing the same types.
 
 pub mod audit;
+pub mod domains;
 pub mod env;
 pub mod error;
 pub mod family;
@@ -22,6 +23,10 @@ pub mod tokens;
 pub mod vault;
 
 pub use audit::{AuditItem, AuditPage};
+pub use domains::{
+    AddDomainRequest, DnsRecord, DomainAnswer, DomainItem, DomainList, DomainRemoved,
+    DomainVerification,
+};
 pub use env::{
     EnvChanged, EnvPatchRequest, EnvRead, EnvVars, EnvVersion, EnvVersionPage, EnvWriteResponse,
     RollbackRequest,

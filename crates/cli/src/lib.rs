@@ -12,6 +12,7 @@ pub mod api;
 pub mod args;
 pub mod config;
 pub mod deploy;
+pub mod domains;
 pub mod dotenv;
 pub mod env;
 pub mod error;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Promote a stack's live release to another env of its family (created on the first
     /// promote): the same artifacts and build, nothing uploaded.
     Promote(promote::PromoteArgs),
+    /// A stack's custom domains: add (prints the DNS records to create), ls, verify, rm.
+    #[command(subcommand)]
+    Domains(domains::DomainsAction),
     /// Promote approvals: list them, approve or reject one.
     #[command(subcommand)]
     Approvals(promote::ApprovalsAction),
@@ -103,6 +107,7 @@ async fn dispatch(global: &GlobalArgs, command: Command, out: &Out) -> Result<()
         Command::Redeploy(args) => deploy::redeploy(&api, out, args).await,
         Command::Promote(args) => promote::promote(&api, out, args).await,
         Command::Approvals(action) => promote::approvals(&api, out, action).await,
+        Command::Domains(action) => domains::run(&api, out, action).await,
         Command::Status { slug } => stacks::status(&api, out, &parse_slug(&slug)?).await,
         Command::Ls(args) => stacks::ls(&api, out, args).await,
         Command::Rm {

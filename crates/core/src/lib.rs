@@ -6,6 +6,7 @@
 
 pub mod crypto;
 pub mod dockerfile;
+pub mod domain;
 pub mod env;
 pub mod envlog;
 pub mod ids;

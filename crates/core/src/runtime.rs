@@ -144,6 +144,13 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = sink;
     }
 
+    /// Routes custom domains: each `(hostname, service_url)` sends `hostname` where the
+    /// service URL's host goes, replacing the previous set. Runtimes whose routing is not
+    /// theirs (or that have none) ignore it.
+    fn set_domain_routes(&self, routes: Vec<(String, String)>) {
+        let _ = routes;
+    }
+
     /// The isolation layers confining every service (`GET /readyz`); empty when services run
     /// unconfined or elsewhere.
     fn sandbox_layers(&self) -> Vec<String> {

@@ -26,6 +26,9 @@ pub(crate) struct Upstream {
 #[derive(Clone, Default)]
 pub struct RouteTable {
     inner: Arc<RwLock<HashMap<String, Arc<Upstream>>>>,
+    /// Custom domains: a hostname → the routed host it stands for (resolved at each lookup,
+    /// so a redeploy that moves the service moves the domain with it).
+    aliases: Arc<RwLock<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -68,13 +71,31 @@ impl RouteTable {
         self.len() == 0
     }
 
-    /// The upstream for an already normalised host.
+    /// The upstream for an already normalised host, directly or through a custom domain.
     pub(crate) fn upstream(&self, host: &str) -> Option<Arc<Upstream>> {
-        self.inner
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        let map = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(u) = map.get(host) {
+            return Some(u.clone());
+        }
+        let aliases = self.aliases.read().unwrap_or_else(PoisonError::into_inner);
+        aliases
             .get(host)
+            .and_then(|target| map.get(target))
             .cloned()
+    }
+
+    /// Replaces every custom domain: `(hostname, routed host)` pairs.
+    pub fn set_aliases(&self, aliases: Vec<(String, String)>) {
+        let fresh: HashMap<String, String> = aliases
+            .into_iter()
+            .filter_map(|(from, to)| {
+                Some((
+                    normalize_host(&from)?.into_owned(),
+                    normalize_host(&to)?.into_owned(),
+                ))
+            })
+            .collect();
+        *self.aliases.write().unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 
     /// Removes `remove` and inserts `add` under one write lock; returns every upstream that is
@@ -155,6 +176,24 @@ mod tests {
         assert_eq!(n(""), None);
         assert_eq!(n(":80"), None);
         assert!(matches!(normalize_host("lower"), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn a_custom_domain_follows_the_host_it_stands_for() {
+        let t = RouteTable::new();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        t.insert("web-stk.localhost", a);
+        t.set_aliases(vec![("App.Example.com".into(), "web-stk.localhost".into())]);
+        assert_eq!(t.lookup("app.example.com:443"), Some(a));
+        t.insert("web-stk.localhost", b);
+        assert_eq!(
+            t.lookup("app.example.com"),
+            Some(b),
+            "a redeploy moves it along"
+        );
+        t.set_aliases(Vec::new());
+        assert_eq!(t.lookup("app.example.com"), None);
     }
 
     #[test]

@@ -142,6 +142,14 @@ impl Runtime for LocalRuntime {
         self.shared.cfg.sandbox.layers().names()
     }
 
+    fn set_domain_routes(&self, routes: Vec<(String, String)>) {
+        let aliases = routes
+            .into_iter()
+            .filter_map(|(host, url)| Some((host, url_host(&url)?)))
+            .collect();
+        self.shared.routes.set_aliases(aliases);
+    }
+
     fn deploy<'a>(
         &'a self,
         plan: &'a DeployPlan,
@@ -1118,6 +1126,15 @@ fn remove_children_except(dir: &Path, keep: &[String]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host of a service URL (`http://web-stk-….localhost:8080` → `web-stk-….localhost`).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split(':').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -187,6 +187,19 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKYARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// The nameserver (`ip:port`) custom domains' TXT records are looked up at; default: the
+    /// system's resolvers.
+    #[arg(long, env = "STACKYARD_DNS_RESOLVER")]
+    pub dns_resolver: Option<SocketAddr>,
+
+    /// Most custom domains a team may hold.
+    #[arg(long, env = "STACKYARD_MAX_DOMAINS", default_value_t = 20)]
+    pub max_domains: i64,
+
+    /// The name custom domains point at (their CNAME record): this server's public hostname.
+    #[arg(long, env = "STACKYARD_PUBLIC_HOSTNAME", default_value = "localhost")]
+    pub public_hostname: String,
+
     /// Envs a promote into needs an approval by another token of the team (`env,...`; empty:
     /// none).
     #[arg(

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod authcache;
 pub mod bodies;
 pub mod config;
+pub mod dns;
+pub mod domains;
 pub mod envqueue;
 pub mod error;
 pub mod extract;

@@ -4,10 +4,12 @@
 //! swept. Expired anonymous resources are dropped and half-done resource steps reconciled.
 
 use crate::artifacts::Artifacts;
+use crate::dns::Dns;
 use crate::now;
 use crate::resources::{Provisioner, stale_provisioning_cutoff};
 use stackyard_core::model::{Access, Actor, AuditCtx};
-use stackyard_core::store::{Housekeeping, ResourceStore, StackStore};
+use stackyard_core::runtime::Runtime;
+use stackyard_core::store::{DomainStore, Housekeeping, ResourceStore, StackStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -22,11 +24,12 @@ pub fn expiry_tick(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
-pub async fn run<S: StackStore + ResourceStore + Housekeeping>(
+pub async fn run<S: StackStore + ResourceStore + Housekeeping + DomainStore>(
     store: S,
     provisioner: Arc<Provisioner>,
     ttl: Duration,
     jobs_ready: Arc<Notify>,
+    domains: (Dns, Arc<dyn Runtime>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tick = expiry_tick(ttl);
@@ -46,6 +49,10 @@ pub async fn run<S: StackStore + ResourceStore + Housekeeping>(
         }
         crate::resources::reconcile(&store, &provisioner, stale_provisioning_cutoff(), reapply)
             .await;
+        // Custom domains: the daily re-check, then the routes (another server sharing the
+        // store may have verified or removed one).
+        crate::domains::recheck_due(&store, &domains.0, now()).await;
+        crate::domains::sync_routes(&store, domains.1.as_ref()).await;
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             let at = now();

@@ -9,7 +9,7 @@ use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
 use crate::routes::{
-    audit, env, family, ops, releases, resources, restart, stacks, streams, tokens, vault,
+    audit, domains, env, family, ops, releases, resources, restart, stacks, streams, tokens, vault,
 };
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -43,6 +43,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         family::approve::<S> as __path_approve,
         family::reject::<S> as __path_reject,
         family::list::<S> as __path_list,
+        domains::add::<S> as __path_add,
+        domains::list::<S> as __path_list,
+        domains::verify::<S> as __path_verify,
+        domains::remove::<S> as __path_remove,
         restart::restart::<S> as __path_restart,
         streams::logs::<S> as __path_logs,
         streams::events::<S> as __path_events,

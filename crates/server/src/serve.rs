@@ -246,11 +246,13 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         crate::maintenance::sweep_every(args.artifact_grace),
         shutdown_rx.clone(),
     )));
+    crate::domains::sync_routes(&store, runtime.as_ref()).await;
     tasks.push(tokio::spawn(crate::maintenance::run(
         store,
         provisioner,
         args.anonymous_ttl,
         jobs_ready,
+        (crate::dns::Dns::new(args.dns_resolver), runtime.clone()),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::http::serve(

@@ -50,6 +50,8 @@ pub struct Shared<S: Store> {
     /// the ones a teardown left unused).
     pub artifacts: Arc<Artifacts>,
     pub stack_ids: StackIdCache,
+    /// Look-ups of custom domains' TXT records (`--dns-resolver`).
+    pub dns: crate::dns::Dns,
     /// Notified (every waiter) when this process's workers finish a teardown, so the `DELETE`
     /// requests waiting for theirs look again at once.
     pub teardowns_done: Arc<Notify>,
@@ -107,6 +109,7 @@ impl<S: Store> AppState<S> {
         artifacts: Arc<Artifacts>,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
+        let dns = crate::dns::Dns::new(config.dns_resolver);
         let auth_cache = AuthCache::new(!store.is_shared());
         // The process has one metrics recorder; every state renders the same one.
         let metrics = crate::telemetry::metrics_handle();
@@ -119,6 +122,7 @@ impl<S: Store> AppState<S> {
                 env_queue,
                 auth_cache,
                 stack_ids: StackIdCache::default(),
+                dns,
                 teardowns_done: Arc::new(Notify::new()),
                 runtime,
                 rate_limiter,

@@ -9,8 +9,8 @@
 
 use sqlx::error::DatabaseError;
 use stackyard_core::store::{
-    ApprovalError, CreateStackError, EnvBatchError, PromoteError, ReleaseError, RestartError,
-    StoreError,
+    ApprovalError, CreateStackError, DomainError, EnvBatchError, PromoteError, ReleaseError,
+    RestartError, StoreError,
 };
 
 #[derive(Debug)]
@@ -69,6 +69,12 @@ impl From<Error> for PromoteError {
 impl From<Error> for ApprovalError {
     fn from(e: Error) -> Self {
         ApprovalError::Promote(e.into())
+    }
+}
+
+impl From<Error> for DomainError {
+    fn from(e: Error) -> Self {
+        DomainError::Store(e.into())
     }
 }
 

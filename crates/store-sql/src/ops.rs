@@ -13,6 +13,7 @@ use crate::seal::EnvCodec;
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 use stackyard_core::crypto::{DataKey, KeyOwner, Keyring, ValueAd};
+use stackyard_core::domain::{Domain, DomainStatus};
 use stackyard_core::env::EnvMap;
 use stackyard_core::envlog::{self, BatchPlan, ChangeValues};
 use stackyard_core::ids::ResourceToken;
@@ -26,7 +27,10 @@ use stackyard_core::lifecycle::{
 };
 use stackyard_core::model::*;
 use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
-use stackyard_core::store::{Approval, ApprovalError, ApprovalStatus, WrappedKey, WrappedRow};
+use stackyard_core::store::{
+    Approval, ApprovalError, ApprovalStatus, DomainError, DomainRoute, NewDomain, WrappedKey,
+    WrappedRow,
+};
 use stackyard_core::store::{
     AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
     EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease,
@@ -2471,209 +2475,9 @@ where
         }
         Ok(Ok(out))
     }
-}
 
-/// A value as the vault stores it: sealed, with its keyed digest and plaintext length.
-#[derive(Debug, Clone)]
-pub struct SealedValue {
-    pub sealed: Vec<u8>,
-    pub digest: Vec<u8>,
-    pub length: i64,
-}
+    // ---- env families and promotion (`FamilyStore`), custom domains (`DomainStore`) ----
 
-/// The name a vault value is sealed and digested under: `<env>/<key>`.
-fn vault_name(env: &str, key: &str) -> String {
-    format!("{env}/{key}")
-}
-
-/// Seals one vault value: the only place a vault plaintext becomes bytes for the database.
-/// Bound to the team's vault, `<env>/<key>` and the version, so a sealed value moved to
-/// another row does not open.
-pub fn seal_vault_value(
-    dk: &DataKey,
-    team: TeamId,
-    env: &str,
-    key: &str,
-    version: i64,
-    plaintext: &[u8],
-) -> SealedValue {
-    let name = vault_name(env, key);
-    let ad = ValueAd {
-        owner: KeyOwner::team_vault(team),
-        name: &name,
-        version,
-    };
-    SealedValue {
-        sealed: dk.seal(ad, plaintext),
-        digest: dk.digest(&name, plaintext).0.to_vec(),
-        length: i64::try_from(plaintext.len()).unwrap_or(i64::MAX),
-    }
-}
-
-/// Opens what [`seal_vault_value`] sealed for the same team, env, key and version.
-pub fn open_vault_value(
-    dk: &DataKey,
-    team: TeamId,
-    env: &str,
-    key: &str,
-    version: i64,
-    sealed: &[u8],
-) -> Result<String> {
-    let name = vault_name(env, key);
-    let ad = ValueAd {
-        owner: KeyOwner::team_vault(team),
-        name: &name,
-        version,
-    };
-    let plain = dk
-        .open(ad, sealed)
-        .map_err(|_| corrupt("a vault value did not open"))?;
-    String::from_utf8(plain).map_err(|_| corrupt("a vault value is not UTF-8"))
-}
-
-/// The vault statements, valid on both dialects (the tables are identical but for the byte
-/// columns' type name).
-mod vault_sql {
-    /// `$1` team, `$2` env, `$3` key → the key's next version. The upsert takes the head row's
-    /// lock until commit: writers of one key queue here.
-    pub const BUMP_HEAD: &str = "INSERT INTO vault_heads (team_id, env, key, version) \
-         VALUES ($1, $2, $3, 1) ON CONFLICT (team_id, env, key) \
-         DO UPDATE SET version = vault_heads.version + 1 RETURNING version";
-    /// `$1` team, `$2` env, `$3` key: takes the head row's lock without changing it.
-    pub const LOCK_HEAD: &str = "UPDATE vault_heads SET version = version \
-         WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
-    pub const INSERT_VALUE: &str = "INSERT INTO vault_values \
-         (team_id, env, key, version, sealed, digest, length, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-    /// `$1` team, `$2` env, `$3` key, `$4` version or NULL (the newest) → `(version, sealed)`.
-    pub const GET_VALUE: &str = "SELECT version, sealed FROM vault_values \
-         WHERE team_id = $1 AND env = $2 AND key = $3 AND ($4 IS NULL OR version = $4) \
-         ORDER BY version DESC LIMIT 1";
-    /// `$1` team, `$2` env, `$3` key, `$4` version → that version, if it exists.
-    pub const GET_VERSION: &str = "SELECT version FROM vault_values \
-         WHERE team_id = $1 AND env = $2 AND key = $3 AND version = $4";
-    /// `$1` team, `$2` env, `$3` key → the newest version, if any.
-    pub const NEWEST_VERSION: &str = "SELECT MAX(version) FROM vault_values \
-         WHERE team_id = $1 AND env = $2 AND key = $3";
-    pub const LIST_KEYS: &str = "SELECT DISTINCT key FROM vault_values \
-         WHERE team_id = $1 AND env = $2 ORDER BY key";
-    pub const DELETE_KEY: &str =
-        "DELETE FROM vault_values WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
-    /// `$1` stack, `$2` release, `$3` env, `$4` key, `$5` version.
-    pub const INSERT_REF: &str = "INSERT INTO release_vault_refs \
-         (stack_id, release, env, key, version) VALUES ($1, $2, $3, $4, $5)";
-    /// `$1` stack, `$2` release → `(team_id, env, key, version)` of each recorded reference.
-    pub const REFS_OF_RELEASE: &str = "SELECT s.team_id, r.env, r.key, r.version \
-         FROM release_vault_refs r JOIN stacks s ON s.id = r.stack_id \
-         WHERE r.stack_id = $1 AND r.release = $2 ORDER BY r.key";
-}
-
-/// The `(created_at, token)` a `list_resources` page starts below (newest first). A cursor we
-/// cannot read starts from the newest resource rather than failing the request.
-fn parse_resource_cursor(cursor: Option<&str>) -> (i64, String) {
-    cursor
-        .and_then(|c| c.split_once(':'))
-        .and_then(|(at, token)| Some((at.parse().ok()?, token.to_owned())))
-        // `~` sorts after every hex digit and `-`, so the first page starts above every token.
-        .unwrap_or((i64::MAX, "~".to_owned()))
-}
-
-/// The resource statements, valid on both dialects: the `resources` table has the same
-/// columns and types in both schemas, and `IS` compares NULL with NULL in both.
-mod resource_sql {
-    macro_rules! cols {
-        () => {
-            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at, \
-             stack_id, stack_env, data_key"
-        };
-    }
-    /// `cols!` and the owning stack's slug (NULL for a caller's resource, or once the stack
-    /// row is gone).
-    macro_rules! select_cols {
-        () => {
-            concat!(
-                cols!(),
-                ", (SELECT slug FROM stacks WHERE stacks.id = resources.stack_id) AS stack_slug"
-            )
-        };
-    }
-    pub const INSERT: &str = concat!(
-        "INSERT INTO resources (",
-        cols!(),
-        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $13, $14, $6)"
-    );
-    /// `$1` team: its resources not being deleted, stack-owned ones excluded.
-    pub const COUNT_TEAM: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1 \
-         AND status <> 'deleting' AND stack_id IS NULL";
-    /// `$1` stack, `$2` env name.
-    pub const GET_BY_STACK: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        " FROM resources WHERE stack_id = $1 AND stack_env = $2"
-    );
-    /// `$1` stack.
-    pub const LIST_BY_STACK: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        " FROM resources WHERE stack_id = $1 ORDER BY created_at, token"
-    );
-    pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
-    /// `$1` token, `$2` team or NULL for any.
-    pub const GET: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        " FROM resources WHERE token = $1 AND ($2 IS NULL OR team_id = $2)"
-    );
-    pub const LIST: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        ", (SELECT COUNT(*) FROM resources WHERE team_id = $1) AS total FROM resources \
-         WHERE team_id = $1 AND (created_at, token) < ($2, $3) \
-         ORDER BY created_at DESC, token DESC LIMIT $4"
-    );
-    /// `$1` token, `$2` new status, `$3` the status it must have.
-    pub const SET_STATUS_FROM: &str =
-        "UPDATE resources SET status = $2 WHERE token = $1 AND status = $3 RETURNING token";
-    /// `$1` token, `$2` new status (a no-op, no row, when it already has it).
-    pub const SET_STATUS: &str =
-        "UPDATE resources SET status = $2 WHERE token = $1 AND status <> $2 RETURNING token";
-    pub const DELETE: &str = "DELETE FROM resources WHERE token = $1";
-    pub const TO_RECONCILE: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        " FROM resources WHERE status = 'deleting' \
-         OR (status = 'provisioning' AND created_at < $1) OR (status = 'ready' AND $2) \
-         ORDER BY created_at"
-    );
-    pub const EXPIRED: &str = concat!(
-        "SELECT ",
-        select_cols!(),
-        " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
-         AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
-    );
-}
-
-/// Env families and promotion (`FamilyStore`).
-impl<DB> Ops<DB>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> &'r str: ColumnIndex<DB::Row>,
-    usize: ColumnIndex<DB::Row>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> i32: Decode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<Vec<u8>>: Decode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-{
     /// `FamilyStore::family`: read without locks.
     pub async fn family(
         &self,
@@ -3168,6 +2972,391 @@ where
         self.insert_audit(&mut **tx, &audit).await?;
         Ok(promoted)
     }
+
+    /// `DomainStore::add_domain`. Locks: the team's row (the cap), then the stack's.
+    pub async fn add_domain(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        slug: &StackSlug,
+        new: NewDomain,
+    ) -> std::result::Result<Domain, DomainError> {
+        if let Some(max) = new.max_per_team {
+            sqlx::query_scalar::<_, Option<i64>>(self.sql.lock_team_cap)
+                .bind(team.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE team_id = $1")
+                .bind(team.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+            if count >= max {
+                return Err(DomainError::LimitReached { max });
+            }
+        }
+        let Some(locked) = self
+            .lock_stack(&mut tx, StackRef::Slug(Access::Team(team), slug))
+            .await?
+        else {
+            return Err(DomainError::NotFound);
+        };
+        if locked.stack.status == StackStatus::Deleting {
+            return Err(DomainError::Deleting);
+        }
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM domains WHERE hostname = $1")
+                .bind(new.hostname.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+        if taken.is_some() {
+            return Err(DomainError::HostnameTaken);
+        }
+        let domain = Domain {
+            id: new.id,
+            team,
+            stack: locked.stack.id,
+            stack_slug: slug.clone(),
+            hostname: new.hostname,
+            token: new.token,
+            status: DomainStatus::PendingVerification,
+            created_at: new.ctx.now,
+            verified_at: None,
+            last_check_at: None,
+            last_check_err: None,
+            missing_since: None,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO domains (id, team_id, stack_id, hostname, token, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(domain.id.as_str())
+        .bind(team.0)
+        .bind(domain.stack.0)
+        .bind(domain.hostname.as_str())
+        .bind(domain.token.as_str())
+        .bind(domain.status.as_str())
+        .bind(domain.created_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from);
+        match inserted {
+            Err(e) if is_unique_violation(&e, "domains_hostname_key") => {
+                return Err(DomainError::HostnameTaken);
+            }
+            other => other?,
+        };
+        let audit = domain_audit(&domain, lifecycle::audit_kind::DOMAIN_ADDED, &new.ctx);
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await.map_err(|e| {
+            if is_unique_violation(&e, "domains_hostname_key") {
+                DomainError::HostnameTaken
+            } else {
+                DomainError::Store(e.into())
+            }
+        })?;
+        Ok(domain)
+    }
+
+    /// `DomainStore::list_domains`.
+    pub async fn list_domains(
+        &self,
+        conn: &mut DB::Connection,
+        team: TeamId,
+        slug: &StackSlug,
+    ) -> Result<Option<Vec<Domain>>> {
+        let stack: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM stacks WHERE slug = $1 AND team_id = $2")
+                .bind(slug.as_str())
+                .bind(team.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(stack) = stack else { return Ok(None) };
+        let rows: Vec<DomainRow> = sqlx::query_as(domain_sql::BY_STACK)
+            .bind(stack)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter()
+            .map(DomainRow::decode)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// `DomainStore::save_domain_check`: one statement on the domain's row.
+    pub async fn save_domain_check(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        d: &Domain,
+    ) -> Result<bool> {
+        let done: Option<String> = sqlx::query_scalar(
+            "UPDATE domains SET status = $2, verified_at = $3, last_check_at = $4, \
+             last_check_err = $5, missing_since = $6 WHERE id = $1 RETURNING id",
+        )
+        .bind(d.id.as_str())
+        .bind(d.status.as_str())
+        .bind(d.verified_at.map(|t| t.0))
+        .bind(d.last_check_at.map(|t| t.0))
+        .bind(d.last_check_err.as_deref())
+        .bind(d.missing_since.map(|t| t.0))
+        .fetch_optional(&mut *tx)
+        .await?;
+        Self::commit(tx).await?;
+        Ok(done.is_some())
+    }
+
+    /// `DomainStore::remove_domain`.
+    pub async fn remove_domain(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        team: TeamId,
+        slug: &StackSlug,
+        id: &str,
+        ctx: AuditCtx,
+    ) -> Result<bool> {
+        let row: Option<DomainRow> = sqlx::query_as(domain_sql::BY_ID)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(d) = row.map(DomainRow::decode).transpose()? else {
+            return Ok(false);
+        };
+        if d.team != team || &d.stack_slug != slug {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM domains WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let audit = domain_audit(&d, lifecycle::audit_kind::DOMAIN_REMOVED, &ctx);
+        self.insert_audit(&mut tx, &audit).await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// `DomainStore::domains_to_recheck`.
+    pub async fn domains_to_recheck(
+        &self,
+        conn: &mut DB::Connection,
+        before: Millis,
+        limit: i64,
+    ) -> Result<Vec<Domain>> {
+        let rows: Vec<DomainRow> = sqlx::query_as(domain_sql::TO_RECHECK)
+            .bind(before.0)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter().map(DomainRow::decode).collect()
+    }
+
+    /// `DomainStore::domain_route_target`.
+    pub async fn domain_route_target(
+        &self,
+        conn: &mut DB::Connection,
+        d: &Domain,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(domain_sql::TARGET)
+            .bind(d.stack.0)
+            .fetch_optional(&mut *conn)
+            .await?)
+    }
+
+    /// `DomainStore::domain_routes`.
+    pub async fn domain_routes(&self, conn: &mut DB::Connection) -> Result<Vec<DomainRoute>> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(domain_sql::ROUTES)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(hostname, url)| {
+                url.map(|service_url| DomainRoute {
+                    hostname,
+                    service_url,
+                })
+            })
+            .collect())
+    }
+}
+
+/// A value as the vault stores it: sealed, with its keyed digest and plaintext length.
+#[derive(Debug, Clone)]
+pub struct SealedValue {
+    pub sealed: Vec<u8>,
+    pub digest: Vec<u8>,
+    pub length: i64,
+}
+
+/// The name a vault value is sealed and digested under: `<env>/<key>`.
+fn vault_name(env: &str, key: &str) -> String {
+    format!("{env}/{key}")
+}
+
+/// Seals one vault value: the only place a vault plaintext becomes bytes for the database.
+/// Bound to the team's vault, `<env>/<key>` and the version, so a sealed value moved to
+/// another row does not open.
+pub fn seal_vault_value(
+    dk: &DataKey,
+    team: TeamId,
+    env: &str,
+    key: &str,
+    version: i64,
+    plaintext: &[u8],
+) -> SealedValue {
+    let name = vault_name(env, key);
+    let ad = ValueAd {
+        owner: KeyOwner::team_vault(team),
+        name: &name,
+        version,
+    };
+    SealedValue {
+        sealed: dk.seal(ad, plaintext),
+        digest: dk.digest(&name, plaintext).0.to_vec(),
+        length: i64::try_from(plaintext.len()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Opens what [`seal_vault_value`] sealed for the same team, env, key and version.
+pub fn open_vault_value(
+    dk: &DataKey,
+    team: TeamId,
+    env: &str,
+    key: &str,
+    version: i64,
+    sealed: &[u8],
+) -> Result<String> {
+    let name = vault_name(env, key);
+    let ad = ValueAd {
+        owner: KeyOwner::team_vault(team),
+        name: &name,
+        version,
+    };
+    let plain = dk
+        .open(ad, sealed)
+        .map_err(|_| corrupt("a vault value did not open"))?;
+    String::from_utf8(plain).map_err(|_| corrupt("a vault value is not UTF-8"))
+}
+
+/// The vault statements, valid on both dialects (the tables are identical but for the byte
+/// columns' type name).
+mod vault_sql {
+    /// `$1` team, `$2` env, `$3` key → the key's next version. The upsert takes the head row's
+    /// lock until commit: writers of one key queue here.
+    pub const BUMP_HEAD: &str = "INSERT INTO vault_heads (team_id, env, key, version) \
+         VALUES ($1, $2, $3, 1) ON CONFLICT (team_id, env, key) \
+         DO UPDATE SET version = vault_heads.version + 1 RETURNING version";
+    /// `$1` team, `$2` env, `$3` key: takes the head row's lock without changing it.
+    pub const LOCK_HEAD: &str = "UPDATE vault_heads SET version = version \
+         WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
+    pub const INSERT_VALUE: &str = "INSERT INTO vault_values \
+         (team_id, env, key, version, sealed, digest, length, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    /// `$1` team, `$2` env, `$3` key, `$4` version or NULL (the newest) → `(version, sealed)`.
+    pub const GET_VALUE: &str = "SELECT version, sealed FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3 AND ($4 IS NULL OR version = $4) \
+         ORDER BY version DESC LIMIT 1";
+    /// `$1` team, `$2` env, `$3` key, `$4` version → that version, if it exists.
+    pub const GET_VERSION: &str = "SELECT version FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3 AND version = $4";
+    /// `$1` team, `$2` env, `$3` key → the newest version, if any.
+    pub const NEWEST_VERSION: &str = "SELECT MAX(version) FROM vault_values \
+         WHERE team_id = $1 AND env = $2 AND key = $3";
+    pub const LIST_KEYS: &str = "SELECT DISTINCT key FROM vault_values \
+         WHERE team_id = $1 AND env = $2 ORDER BY key";
+    pub const DELETE_KEY: &str =
+        "DELETE FROM vault_values WHERE team_id = $1 AND env = $2 AND key = $3 RETURNING version";
+    /// `$1` stack, `$2` release, `$3` env, `$4` key, `$5` version.
+    pub const INSERT_REF: &str = "INSERT INTO release_vault_refs \
+         (stack_id, release, env, key, version) VALUES ($1, $2, $3, $4, $5)";
+    /// `$1` stack, `$2` release → `(team_id, env, key, version)` of each recorded reference.
+    pub const REFS_OF_RELEASE: &str = "SELECT s.team_id, r.env, r.key, r.version \
+         FROM release_vault_refs r JOIN stacks s ON s.id = r.stack_id \
+         WHERE r.stack_id = $1 AND r.release = $2 ORDER BY r.key";
+}
+
+/// The `(created_at, token)` a `list_resources` page starts below (newest first). A cursor we
+/// cannot read starts from the newest resource rather than failing the request.
+fn parse_resource_cursor(cursor: Option<&str>) -> (i64, String) {
+    cursor
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(at, token)| Some((at.parse().ok()?, token.to_owned())))
+        // `~` sorts after every hex digit and `-`, so the first page starts above every token.
+        .unwrap_or((i64::MAX, "~".to_owned()))
+}
+
+/// The resource statements, valid on both dialects: the `resources` table has the same
+/// columns and types in both schemas, and `IS` compares NULL with NULL in both.
+mod resource_sql {
+    macro_rules! cols {
+        () => {
+            "token, id, kind, name, team_id, tier, status, connection_url, created_at, expires_at, \
+             stack_id, stack_env, data_key"
+        };
+    }
+    /// `cols!` and the owning stack's slug (NULL for a caller's resource, or once the stack
+    /// row is gone).
+    macro_rules! select_cols {
+        () => {
+            concat!(
+                cols!(),
+                ", (SELECT slug FROM stacks WHERE stacks.id = resources.stack_id) AS stack_slug"
+            )
+        };
+    }
+    pub const INSERT: &str = concat!(
+        "INSERT INTO resources (",
+        cols!(),
+        ", fingerprint) VALUES ($1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $13, $14, $6)"
+    );
+    /// `$1` team: its resources not being deleted, stack-owned ones excluded.
+    pub const COUNT_TEAM: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1 \
+         AND status <> 'deleting' AND stack_id IS NULL";
+    /// `$1` stack, `$2` env name.
+    pub const GET_BY_STACK: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE stack_id = $1 AND stack_env = $2"
+    );
+    /// `$1` stack.
+    pub const LIST_BY_STACK: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE stack_id = $1 ORDER BY created_at, token"
+    );
+    pub const COUNT_ALL: &str = "SELECT COUNT(*) FROM resources WHERE team_id = $1";
+    /// `$1` token, `$2` team or NULL for any.
+    pub const GET: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE token = $1 AND ($2 IS NULL OR team_id = $2)"
+    );
+    pub const LIST: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        ", (SELECT COUNT(*) FROM resources WHERE team_id = $1) AS total FROM resources \
+         WHERE team_id = $1 AND (created_at, token) < ($2, $3) \
+         ORDER BY created_at DESC, token DESC LIMIT $4"
+    );
+    /// `$1` token, `$2` new status, `$3` the status it must have.
+    pub const SET_STATUS_FROM: &str =
+        "UPDATE resources SET status = $2 WHERE token = $1 AND status = $3 RETURNING token";
+    /// `$1` token, `$2` new status (a no-op, no row, when it already has it).
+    pub const SET_STATUS: &str =
+        "UPDATE resources SET status = $2 WHERE token = $1 AND status <> $2 RETURNING token";
+    pub const DELETE: &str = "DELETE FROM resources WHERE token = $1";
+    pub const TO_RECONCILE: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE status = 'deleting' \
+         OR (status = 'provisioning' AND created_at < $1) OR (status = 'ready' AND $2) \
+         ORDER BY created_at"
+    );
+    pub const EXPIRED: &str = concat!(
+        "SELECT ",
+        select_cols!(),
+        " FROM resources WHERE status = 'ready' AND expires_at IS NOT NULL \
+         AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+    );
 }
 
 /// A slug drawn twice, or another source of the family creating this env's stack at the same
@@ -3191,4 +3380,48 @@ mod family_sql {
          (SELECT MAX(r.created_at) FROM releases r WHERE r.stack_id = s.id) AS last_deploy_at \
          FROM stacks s WHERE COALESCE(s.parent_stack_id, s.id) = $1 AND s.team_id = $2 \
          ORDER BY is_root DESC, s.created_at, s.id";
+}
+
+/// Custom domains (`DomainStore`): the same statements on both stores.
+mod domain_sql {
+    pub const BY_STACK: &str = concat!(
+        "SELECT ",
+        crate::domain_cols!(),
+        " FROM domains d JOIN stacks s ON s.id = d.stack_id \
+         WHERE d.stack_id = $1 ORDER BY d.created_at, d.id"
+    );
+    pub const BY_ID: &str = concat!(
+        "SELECT ",
+        crate::domain_cols!(),
+        " FROM domains d JOIN stacks s ON s.id = d.stack_id WHERE d.id = $1"
+    );
+    pub const TO_RECHECK: &str = concat!(
+        "SELECT ",
+        crate::domain_cols!(),
+        " FROM domains d JOIN stacks s ON s.id = d.stack_id \
+         WHERE d.status IN ('verified', 'routed', 'certificate_ready') \
+         AND (d.last_check_at IS NULL OR d.last_check_at < $1) \
+         ORDER BY d.last_check_at LIMIT $2"
+    );
+    /// `$1` stack → the URL of its first exposed service that has one.
+    pub const TARGET: &str = "SELECT url FROM services WHERE stack_id = $1 AND expose IS TRUE \
+         AND url IS NOT NULL ORDER BY position LIMIT 1";
+    pub const ROUTES: &str = "SELECT d.hostname, \
+         (SELECT v.url FROM services v WHERE v.stack_id = d.stack_id AND v.expose IS TRUE \
+            AND v.url IS NOT NULL ORDER BY v.position LIMIT 1) AS url \
+         FROM domains d JOIN stacks s ON s.id = d.stack_id \
+         WHERE d.status IN ('verified', 'routed', 'certificate_ready') AND s.status <> 'deleting'";
+}
+
+/// A domain's audit row: its hostname and id (never the token: it is public, but irrelevant).
+fn domain_audit(d: &Domain, kind: &'static str, ctx: &AuditCtx) -> AuditRecord {
+    AuditRecord {
+        at: ctx.now,
+        team_id: Some(d.team),
+        actor: ctx.actor.0.clone(),
+        kind,
+        stack_slug: Some(d.stack_slug.clone()),
+        request_id: ctx.request_id.clone(),
+        metadata: serde_json::json!({ "domain_id": d.id, "hostname": d.hostname }),
+    }
 }

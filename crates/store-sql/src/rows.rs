@@ -605,3 +605,49 @@ impl ApprovalRow {
         })
     }
 }
+
+/// The columns `DomainRow` reads (the stack's slug joined), in its order.
+#[macro_export]
+macro_rules! domain_cols {
+    () => {
+        "d.id, d.team_id, d.stack_id, s.slug AS stack_slug, d.hostname, d.token, d.status, \
+         d.created_at, d.verified_at, d.last_check_at, d.last_check_err, d.missing_since"
+    };
+}
+
+/// A `domains` row with its stack's slug.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DomainRow {
+    pub id: String,
+    pub team_id: i64,
+    pub stack_id: i64,
+    pub stack_slug: String,
+    pub hostname: String,
+    pub token: String,
+    pub status: String,
+    pub created_at: i64,
+    pub verified_at: Option<i64>,
+    pub last_check_at: Option<i64>,
+    pub last_check_err: Option<String>,
+    pub missing_since: Option<i64>,
+}
+
+impl DomainRow {
+    pub fn decode(self) -> Result<stackyard_core::domain::Domain> {
+        use stackyard_core::domain::{Domain, DomainStatus};
+        Ok(Domain {
+            id: self.id,
+            team: TeamId(self.team_id),
+            stack: StackId(self.stack_id),
+            stack_slug: slug(&self.stack_slug)?,
+            hostname: self.hostname,
+            token: self.token,
+            status: parsed(DomainStatus::parse(&self.status), "domain status")?,
+            created_at: Millis(self.created_at),
+            verified_at: self.verified_at.map(Millis),
+            last_check_at: self.last_check_at.map(Millis),
+            last_check_err: self.last_check_err,
+            missing_since: self.missing_since.map(Millis),
+        })
+    }
+}

@@ -23,6 +23,7 @@
 
 mod backup;
 mod cache;
+mod domains;
 mod env;
 mod events;
 mod family;

@@ -115,6 +115,7 @@ macro_rules! store_suite {
             an_env_rollback_takes_the_vault_versions_its_target_was_released_with,
             promote_creates_the_family_stack_then_updates_it_with_the_source_live_release,
             promote_refusals_write_nothing,
+            domains_are_unique_across_teams_capped_per_team_checked_routed_and_removed,
             vault_writes_get_increasing_versions_and_each_version_reads_back_audited,
             vault_delete_removes_every_version_and_versions_are_never_reused,
             vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing,
@@ -5288,6 +5289,125 @@ pub async fn promote_refusals_write_nothing<S: Store>(store: S) {
             .await,
         Err(PromoteError::Deleting)
     ));
+}
+
+fn new_domain(host: &str, max: Option<i64>, now: i64) -> NewDomain {
+    NewDomain {
+        id: format!("dom_{host}"),
+        hostname: host.to_owned(),
+        token: format!("stackyard-verify-{host}"),
+        max_per_team: max,
+        ctx: ctx(now),
+    }
+}
+
+pub async fn domains_are_unique_across_teams_capped_per_team_checked_routed_and_removed<
+    S: Store,
+>(
+    store: S,
+) {
+    use stackyard_core::domain::{CheckResult, DomainStatus, after_check};
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 1).await;
+    let d = store
+        .add_domain(t.id, &s.slug, new_domain("app.example.com", Some(2), 2))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DomainStatus::PendingVerification);
+    let other = team(&store, "other", None).await;
+    let theirs = stack(&store, Some(other.id), 3).await;
+    assert_eq!(
+        store
+            .add_domain(
+                other.id,
+                &theirs.slug,
+                new_domain("app.example.com", None, 4)
+            )
+            .await
+            .unwrap_err(),
+        DomainError::HostnameTaken
+    );
+    // Another team's token does not see the stack.
+    assert_eq!(
+        store
+            .add_domain(other.id, &s.slug, new_domain("b.example.com", None, 4))
+            .await
+            .unwrap_err(),
+        DomainError::NotFound
+    );
+    store
+        .add_domain(t.id, &s.slug, new_domain("b.example.com", Some(2), 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .add_domain(t.id, &s.slug, new_domain("c.example.com", Some(2), 6))
+            .await
+            .unwrap_err(),
+        DomainError::LimitReached { max: 2 }
+    );
+    assert!(store.domain_routes().await.unwrap().is_empty());
+
+    // Verified once the stack has an exposed service with a URL: routed there.
+    assert_eq!(store.domain_route_target(&d).await.unwrap(), None);
+    deploy_now(&store, &s, 7).await;
+    let target = store.domain_route_target(&d).await.unwrap();
+    assert_eq!(target.as_deref(), Some(API_URL));
+    let d = after_check(d, CheckResult::Found, target.is_some(), at(8));
+    assert!(store.save_domain_check(&d).await.unwrap());
+    let listed = store.list_domains(t.id, &s.slug).await.unwrap().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[0].status, listed[0].verified_at),
+        (DomainStatus::Routed, Some(at(8)))
+    );
+    let routes = store.domain_routes().await.unwrap();
+    assert_eq!(
+        routes,
+        [DomainRoute {
+            hostname: "app.example.com".into(),
+            service_url: API_URL.into()
+        }]
+    );
+    // Due for a re-check a day later, not before.
+    assert!(
+        store
+            .domains_to_recheck(at(8), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.domains_to_recheck(at(9), 10).await.unwrap().len(), 1);
+
+    assert!(
+        !store
+            .remove_domain(other.id, &s.slug, &d.id, ctx(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remove_domain(t.id, &s.slug, &d.id, ctx(10))
+            .await
+            .unwrap()
+    );
+    assert!(store.domain_routes().await.unwrap().is_empty());
+    assert!(
+        store
+            .list_domains(other.id, &s.slug)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The hostname is free again.
+    store
+        .add_domain(
+            other.id,
+            &theirs.slug,
+            new_domain("app.example.com", None, 11),
+        )
+        .await
+        .unwrap();
 }
 
 pub async fn vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing<S: Store>(

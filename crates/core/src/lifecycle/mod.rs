@@ -43,6 +43,8 @@ pub mod audit_kind {
     pub const PROMOTION_REQUESTED: &str = "promotion.requested";
     pub const PROMOTION_APPROVED: &str = "promotion.approved";
     pub const PROMOTION_REJECTED: &str = "promotion.rejected";
+    pub const DOMAIN_ADDED: &str = "domain.added";
+    pub const DOMAIN_REMOVED: &str = "domain.removed";
 }
 
 /// What a store reads under the stack's lock before a lifecycle step: everything any step

@@ -16,6 +16,7 @@
 //! - Every read or write of a stack is filtered by `Access`; a stack the caller may not see is
 //!   reported exactly like one that does not exist.
 
+mod domains;
 mod env;
 mod events;
 mod family;
@@ -28,6 +29,7 @@ mod stacks;
 mod teams;
 mod vault;
 
+pub use domains::{DomainError, DomainRoute, DomainStore, NewDomain};
 pub use env::{
     EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
 };
@@ -65,6 +67,7 @@ pub trait Store:
     + KeyStore
     + VaultStore
     + FamilyStore
+    + DomainStore
 {
 }
 
@@ -79,6 +82,7 @@ impl<T> Store for T where
         + KeyStore
         + VaultStore
         + FamilyStore
+        + DomainStore
 {
 }
 

@@ -2,6 +2,7 @@
 //! render the result.
 
 pub mod audit;
+pub mod domains;
 pub mod env;
 pub mod family;
 pub mod ops;

@@ -209,7 +209,8 @@ async fn slug_routes(app: &TestApp, slug: &str) -> Vec<Route> {
             .replace("{slug}", slug)
             .replace("{svc}", "web")
             .replace("{service}", "web")
-            .replace("{version}", "1");
+            .replace("{version}", "1")
+            .replace("{id}", "dom_000000000000000000000000");
         assert!(
             !path.contains('{'),
             "a parameter this test does not fill: {template}"
@@ -224,6 +225,7 @@ async fn slug_routes(app: &TestApp, slug: &str) -> Vec<Route> {
                 "patch" => json!({"env": {"GREETING": "x"}}),
                 _ if path.ends_with("/rollback") => json!({"version": 1}),
                 _ if path.ends_with("/promote") => json!({"to": "staging"}),
+                _ if path.ends_with("/domains") => json!({"hostname": "app.example.com"}),
                 _ => json!({}),
             });
             routes.push((method.to_uppercase(), path.clone(), body));

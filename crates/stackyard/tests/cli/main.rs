@@ -6,6 +6,7 @@
 
 mod support;
 
+mod domains;
 mod errors;
 mod local_runtime;
 mod promote;

@@ -10,6 +10,7 @@ mod artifacts;
 mod backup;
 mod build;
 mod crash;
+mod domains;
 mod logs;
 mod masterkey;
 mod needs;

@@ -41,7 +41,7 @@ pub(crate) fn form_of(dir: &Path, services: &[(&str, &Path)], name: &str) -> For
     form
 }
 
-fn two_service_form(name: &str) -> Form {
+pub(crate) fn two_service_form(name: &str) -> Form {
     let ex = examples().join("two-service");
     form_of(
         &ex,

@@ -1,0 +1,17 @@
+-- Custom domains (environments.md): a stack's hostname, unique across every team, with the
+-- TXT value that proves ownership and the state of its last check. Removed with the stack.
+CREATE TABLE domains (
+    id              TEXT PRIMARY KEY,
+    team_id         BIGINT NOT NULL REFERENCES teams(id),
+    stack_id        BIGINT NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+    hostname        TEXT NOT NULL UNIQUE,
+    token           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    verified_at     BIGINT,
+    last_check_at   BIGINT,
+    last_check_err  TEXT,
+    missing_since   BIGINT
+);
+CREATE INDEX domains_stack ON domains(stack_id, created_at);
+CREATE INDEX domains_team ON domains(team_id);
