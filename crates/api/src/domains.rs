@@ -8,7 +8,11 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct AddDomainRequest {
     /// The bare hostname (`app.example.com`): no scheme, port, path or wildcard.
-    #[schema(example = "app.example.com")]
+    #[schema(
+        example = "app.example.com",
+        max_length = 253,
+        pattern = "^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]$"
+    )]
     pub hostname: String,
 }
 

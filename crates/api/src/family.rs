@@ -37,12 +37,14 @@ pub struct Family {
 pub struct PromoteRequest {
     /// The env the source is in; refused with 409 `env_mismatch` when it is not.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub from: Option<String>,
     /// The target env (`[A-Za-z0-9_-]{1,64}`), not the source's.
-    #[schema(example = "staging")]
+    #[schema(example = "staging", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub to: String,
     /// A new target's name (default: the source's).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}$")]
     pub name: Option<String>,
     /// Copy the source env's vault keys that the target env lacks (never overwriting).
     #[serde(default = "yes")]

@@ -57,10 +57,13 @@ pub struct VaultKeys {
 /// `POST /api/v1/vault/copy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VaultCopyRequest {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub from: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub to: String,
     /// Only these keys; absent: every key of `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<VaultKeyName>>)]
     pub keys: Option<Vec<String>>,
     /// Plan only, write nothing.
     #[serde(default)]
@@ -92,3 +95,8 @@ pub struct VaultCopied {
     /// Keys in the plan.
     pub total_keys: usize,
 }
+
+/// A vault key: 1-256 of `A-Za-z0-9_.-` (the OpenAPI schema of a key in a body).
+#[derive(ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9_.-]{1,256}$")]
+pub struct VaultKeyName(pub String);

@@ -2539,7 +2539,7 @@ where
         else {
             return Err(PromoteError::NotFound);
         };
-        lifecycle::promote::source_release(&source, p.from.as_deref())?;
+        lifecycle::promote::source_release(&source, p.from.as_deref(), &p.to)?;
         a.from = source.stack.environment.clone();
         a.status = ApprovalStatus::Pending;
         sqlx::query(
@@ -2744,7 +2744,7 @@ where
         else {
             return Err(PromoteError::NotFound);
         };
-        let live = lifecycle::promote::source_release(&source, p.from.as_deref())?.clone();
+        let live = lifecycle::promote::source_release(&source, p.from.as_deref(), &p.to)?.clone();
         let from = source.stack.environment.clone();
         let (root, manifest): (i64, String) = sqlx::query_as(
             "SELECT COALESCE(parent_stack_id, id), manifest FROM stacks WHERE id = $1",

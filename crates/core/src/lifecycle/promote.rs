@@ -10,9 +10,15 @@ use crate::store::PromoteError;
 pub fn source_release<'a>(
     source: &'a Locked,
     from: Option<&str>,
+    to: &str,
 ) -> Result<&'a Release, PromoteError> {
     if source.stack.status == StackStatus::Deleting {
         return Err(PromoteError::Deleting);
+    }
+    // Without `from`, the target env may be the source's own: the family's stack for it is
+    // the source itself.
+    if to == source.stack.environment {
+        return Err(PromoteError::InvalidTarget);
     }
     if let Some(from) = from
         && from != source.stack.environment
@@ -48,9 +54,9 @@ mod tests {
                 release(2, Pending, &["web", "api"]),
             ],
         );
-        assert_eq!(source_release(&l, None).unwrap().info.version, 1);
+        assert_eq!(source_release(&l, None, "staging").unwrap().info.version, 1);
         assert_eq!(
-            source_release(&l, Some("development"))
+            source_release(&l, Some("development"), "staging")
                 .unwrap()
                 .info
                 .version,
@@ -67,7 +73,7 @@ mod tests {
             vec![release(1, Live, &["web"])],
         );
         assert_eq!(
-            source_release(&l, Some("staging")).unwrap_err(),
+            source_release(&l, Some("staging"), "prod").unwrap_err(),
             PromoteError::EnvMismatch {
                 actual: "development".into()
             }
@@ -79,7 +85,7 @@ mod tests {
             vec![release(1, Live, &["web"])],
         );
         assert_eq!(
-            source_release(&deleting, None).unwrap_err(),
+            source_release(&deleting, None, "prod").unwrap_err(),
             PromoteError::Deleting
         );
         let pending = locked(
@@ -89,12 +95,12 @@ mod tests {
             vec![release(1, Pending, &["web"])],
         );
         assert_eq!(
-            source_release(&pending, None).unwrap_err(),
+            source_release(&pending, None, "prod").unwrap_err(),
             PromoteError::NoLiveRelease
         );
         let empty = locked(StackStatus::Healthy, 1, vec![], vec![release(1, Live, &[])]);
         assert_eq!(
-            source_release(&empty, None).unwrap_err(),
+            source_release(&empty, None, "prod").unwrap_err(),
             PromoteError::NoServices
         );
     }

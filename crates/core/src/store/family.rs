@@ -89,6 +89,9 @@ pub enum PromoteError {
     /// The source, or the family's stack for the target env, is being deleted.
     #[error("the stack is being deleted")]
     Deleting,
+    /// The target env is the source's own.
+    #[error("the target env is the source's")]
+    InvalidTarget,
     #[error("the source stack's env is {actual}")]
     EnvMismatch { actual: String },
     #[error("the source stack has no live release")]

@@ -218,6 +218,7 @@ fn invalid_target() -> ApiError {
 fn promote_error(e: PromoteError) -> ApiError {
     match e {
         PromoteError::NotFound => ApiError::not_found(),
+        PromoteError::InvalidTarget => invalid_target(),
         PromoteError::Deleting => ApiError::new(
             StatusCode::CONFLICT,
             "stack_deleting",
