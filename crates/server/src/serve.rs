@@ -252,7 +252,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         provisioner,
         args.anonymous_ttl,
         jobs_ready,
-        (crate::dns::Dns::new(args.dns_resolver), runtime.clone()),
+        (state.dns.clone(), runtime.clone()),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::http::serve(

@@ -120,7 +120,7 @@ pub async fn promote<S: Store>(
                 .map_err(|e| ApiError::bad_request("invalid_name", e.0))
         })
         .transpose()?;
-    let team = p.team.id;
+    let (team, token) = (p.team.id, p.token.id);
     let caller = Caller::Team(p);
     let hash = || {
         let identity = json!({
@@ -144,7 +144,6 @@ pub async fn promote<S: Store>(
         Start::None => None,
     };
     let needs_approval = state.config.approval_envs.contains(&to);
-    let token = caller_token(&caller);
     let promotion = Promotion {
         from,
         to,
@@ -256,13 +255,6 @@ fn promote_error(e: PromoteError) -> ApiError {
         )
         .with_action("Promote again: it now updates that stack."),
         PromoteError::Store(e) => ApiError::store("promote_failed", &e),
-    }
-}
-
-fn caller_token(caller: &Caller) -> i64 {
-    match caller {
-        Caller::Team(p) => p.token.id,
-        Caller::Anonymous { .. } => 0,
     }
 }
 

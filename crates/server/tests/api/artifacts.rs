@@ -6,7 +6,7 @@ use reqwest::multipart::{Form, Part};
 use std::time::Duration;
 
 /// The `.tar.gz` files in the data directory's `artifacts/`.
-fn artifact_files(app: &TestApp) -> usize {
+pub(crate) fn artifact_files(app: &TestApp) -> usize {
     match std::fs::read_dir(app.data_dir.path().join("artifacts")) {
         Ok(entries) => entries
             .flatten()

@@ -3,16 +3,10 @@
 //! written to artifact storage; concurrent promotes of one source make one target; the
 //! refusals answer their codes and write nothing.
 
+use crate::artifacts::artifact_files;
 use crate::support::*;
 use serde_json::{Value, json};
 use stackyard_testkit::both_backends;
-
-/// The `.tar.gz` files in the data directory's `artifacts/`.
-fn artifact_files(app: &TestApp) -> usize {
-    std::fs::read_dir(app.data_dir.path().join("artifacts"))
-        .map(|d| d.flatten().count())
-        .unwrap_or(0)
-}
 
 /// A stack whose first release is live.
 async fn live_stack(app: &TestApp, name: &str) -> String {
