@@ -46,6 +46,11 @@ pub struct DomainItem {
     pub last_check_at: Option<String>,
     /// Why the last check did not find the record.
     pub last_check_err: Option<String>,
+    /// When the domain's certificate expires (it is renewed with a third of its lifetime
+    /// left); none before the first is issued.
+    pub certificate_expires_at: Option<String>,
+    /// Why the last certificate order failed (`failed`: the CA refused it).
+    pub certificate_error: Option<String>,
 }
 
 /// `POST /api/v1/stacks/:slug/domains` 201 and `POST …/verify` 200.

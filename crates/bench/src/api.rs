@@ -42,6 +42,7 @@ async fn run_on(args: &ApiBenchArgs, url: &str) -> anyhow::Result<Value> {
     let server = stackyard_server::start(serve).await?;
     let base = format!("http://{}", server.addr);
     let token = super::admin_token(&data_dir)?;
+    stackyard_cli::tls::install_provider();
     let client = reqwest::Client::new();
     let slug = super::env::create_stack(&client, &base, &token, "polled").await?;
     let vars =

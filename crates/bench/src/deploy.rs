@@ -147,6 +147,7 @@ async fn run_on(
     example: &Example,
     servers: &[(stackyard_server::RunningServer, PathBuf)],
 ) -> anyhow::Result<(Vec<Vec<DeployRun>>, Vec<AppStartRun>)> {
+    stackyard_cli::tls::install_provider();
     let client = reqwest::Client::builder().no_proxy().build()?;
     let mut targets = Vec::new();
     for (server, data_dir) in servers {

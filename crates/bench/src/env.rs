@@ -75,6 +75,7 @@ async fn run_on(args: &EnvBenchArgs, url: &str) -> anyhow::Result<Value> {
     let server = stackyard_server::start(serve).await?;
     let base = format!("http://{}", server.addr);
     let token = super::admin_token(&data_dir)?;
+    stackyard_cli::tls::install_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.writers * 2)
         .build()?;

@@ -6,13 +6,14 @@
 //!
 //! Retry rule: only requests that are safe to repeat are retried — `GET`, `DELETE`, and writes
 //! that carry an `Idempotency-Key` (the server replays the first answer to a repeat). They are
-//! retried on 429 and 503, waiting the server's `Retry-After`, and on connection failures, at
-//! most [`MAX_RETRIES`] times. A `Retry-After` longer than [`MAX_RETRY_WAIT`] (a daily rate
+//! retried on 429 and 503, waiting the server's `Retry-After`, and on connection failures (not
+//! TLS refusals: an untrusted certificate stays untrusted), at most [`MAX_RETRIES`] times. A `Retry-After` longer than [`MAX_RETRY_WAIT`] (a daily rate
 //! limit, say) is reported instead of slept through.
 
 use crate::config::{Settings, Token};
 use crate::error::{CliError, Exit, Result};
 use crate::output::Out;
+use crate::tls;
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -174,13 +175,20 @@ pub struct Api {
 }
 
 impl Api {
+    /// The client for `settings`: an https:// server's certificate must chain to the system's
+    /// roots or to one of `--cacert`'s (read here, so a bad file fails before any request).
     pub fn new(settings: &Settings, out: &Out) -> Result<Api> {
-        let http = reqwest::Client::builder()
+        tls::install_provider();
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("stackyard-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             // Event streams get a keep-alive comment every 15 s; a minute of silence means the
             // connection is dead, and followers reconnect.
-            .read_timeout(Duration::from_secs(60))
+            .read_timeout(Duration::from_secs(60));
+        if let Some(path) = &settings.cacert {
+            builder = builder.tls_certs_merge(tls::read_cacert(path)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::other(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Api {
@@ -305,6 +313,18 @@ impl Api {
     }
 
     pub fn transport_error(&self, e: &reqwest::Error) -> CliError {
+        if let Some(why) = tls::untrusted_certificate(e) {
+            // Not a fault to retry later (exit 1, not 5): the client's trust settings or the
+            // server's certificate must change.
+            return CliError::other(format!(
+                "the server's TLS certificate is not trusted ({why}); pass --cacert FILE with the CA that signed it"
+            ))
+            .with_code("untrusted_certificate")
+            .with_hint(format!(
+                "STACKYARD_CACERT=FILE works too; if that CA is already given, check which certificate {} serves",
+                self.base
+            ));
+        }
         CliError::new(
             Exit::Server,
             format!(
@@ -354,9 +374,12 @@ fn no_token_hint(e: CliError) -> CliError {
 }
 
 /// A connection that failed before or while the request was sent: safe to repeat for
-/// retryable requests (the server dedupes writes by their key).
+/// retryable requests (the server dedupes writes by their key). A TLS refusal (an untrusted
+/// certificate, a server that does not speak TLS) would only fail the same way again.
 fn transport_retryable(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+        && tls::tls_error(e).is_none()
+        && tls::untrusted_certificate(e).is_none()
 }
 
 /// The root cause of an error, which is what a person can act on ("tcp connect error:

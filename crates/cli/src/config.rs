@@ -4,7 +4,8 @@
 //!
 //! Precedence, highest first: `--url` / `--token`, `STACKYARD_URL` / `STACKYARD_TOKEN`, the
 //! config file `$XDG_CONFIG_HOME/stackyard/config.toml` (else `~/.config/stackyard/config.toml`),
-//! and for the URL the default `http://127.0.0.1:8700`.
+//! and for the URL the default `http://127.0.0.1:8700`. `--cacert` / `STACKYARD_CACERT` (extra
+//! CA certificates for an `https://` server) come from the flag or the environment only.
 //!
 //! The file holds two string keys, so it is read and written by the small TOML subset below
 //! (`key = "basic"` or `key = 'literal'` strings, comments, blank lines; other keys and tables
@@ -22,11 +23,13 @@ use std::path::{Path, PathBuf};
 pub const EXIT_CODES_HELP: &str = "\
 Client commands read the server URL and token from --url/--token, else STACKYARD_URL/STACKYARD_TOKEN,
 else the file written by `stackyard login` ($XDG_CONFIG_HOME/stackyard/config.toml); the default URL
-is http://127.0.0.1:8700.
+is http://127.0.0.1:8700. An https:// server is checked against the system's CA certificates plus
+those of --cacert FILE / STACKYARD_CACERT.
 
 Exit codes of client commands:
   0  success (deploy/redeploy: the release is live and every service healthy)
-  1  other errors: invalid request (400), unauthorized (401), unreadable local files
+  1  other errors: invalid request (400), unauthorized (401), unreadable local files, a server
+     TLS certificate that is not trusted
   2  usage: bad arguments or flags
   3  not found (404): no such stack, service or env version
   4  conflict or precondition (409, 412, 422): e.g. --if-version no longer matches
@@ -49,6 +52,10 @@ pub struct GlobalArgs {
     /// `stackyard login` reading stdin: a token on the command line shows in the process list.
     #[arg(long, global = true, value_name = "TOKEN", value_parser = parse_token_arg)]
     pub token: Option<Token>,
+    /// PEM CA certificates an https:// server's certificate may chain to, besides the system's
+    /// [default: STACKYARD_CACERT].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// The server a client talks to when nothing else says.
@@ -95,6 +102,8 @@ pub struct FileConfig {
 pub struct Settings {
     pub url: String,
     pub token: Option<Token>,
+    /// `--cacert`: extra CA certificates (PEM) for an https:// server.
+    pub cacert: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/stackyard/config.toml`, else `$HOME/.config/stackyard/config.toml`.
@@ -122,6 +131,14 @@ pub fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `--cacert`, else `STACKYARD_CACERT`.
+pub fn cacert(global: &GlobalArgs) -> Option<PathBuf> {
+    global
+        .cacert
+        .clone()
+        .or_else(|| env_nonempty("STACKYARD_CACERT").map(PathBuf::from))
+}
+
 /// Resolves URL and token by the precedence above. A missing config file is not an error; an
 /// unreadable or malformed one is (silently ignoring it would send requests anonymously).
 pub fn resolve(global: &GlobalArgs, out: &Out) -> Result<Settings> {
@@ -147,31 +164,23 @@ pub fn resolve(global: &GlobalArgs, out: &Out) -> Result<Settings> {
     Ok(Settings {
         url: normalize_url(&url)?,
         token: from_flags_and_env.1.or(file.token),
+        cacert: cacert(global),
     })
 }
 
-/// Checks a server URL and drops trailing slashes. This build speaks plain HTTP only (no TLS
-/// stack is compiled in), so `https://` is refused here with a clear message rather than
-/// failing obscurely at connect time.
+/// Checks a server URL (`http://` or `https://`) and drops trailing slashes.
 pub fn normalize_url(raw: &str) -> Result<String> {
     let trimmed = raw.trim().trim_end_matches('/');
     let bad = || {
         CliError::usage(format!(
-            "the server URL {:?} is not an http:// URL",
+            "the server URL {:?} is not an http:// or https:// URL",
             clean(trimmed)
         ))
         .with_hint(format!("use a URL like {DEFAULT_URL}"))
     };
     let parsed = reqwest::Url::parse(trimmed).map_err(|_| bad())?;
-    match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(CliError::usage(
-                "this build of the client speaks plain HTTP only; https:// URLs are not supported yet",
-            )
-            .with_hint("reach the server over http:// (for example through an SSH tunnel)"));
-        }
-        _ => return Err(bad()),
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad());
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad());
@@ -430,8 +439,10 @@ mod tests {
         );
         assert!(normalize_url("ftp://x").is_err());
         assert!(normalize_url("not a url").is_err());
-        let e = normalize_url("https://example.com").unwrap_err();
-        assert!(e.message.contains("plain HTTP"));
+        assert_eq!(
+            normalize_url("https://example.com/").unwrap(),
+            "https://example.com"
+        );
     }
 
     #[cfg(unix)]

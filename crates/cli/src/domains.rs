@@ -74,17 +74,25 @@ pub async fn run(api: &Api, out: &Out, action: DomainsAction) -> Result<()> {
                 .items
                 .iter()
                 .map(|d| {
+                    // A certificate's expiry, else why the last order failed.
+                    let certificate = d
+                        .certificate_expires_at
+                        .as_deref()
+                        .map(|t| format!("until {t}"))
+                        .or_else(|| d.certificate_error.clone())
+                        .unwrap_or_default();
                     vec![
                         Cell::plain(d.id.as_str()),
                         Cell::plain(d.hostname.as_str()),
                         Cell::status(d.status.as_str()),
                         Cell::plain(d.last_check_err.as_deref().unwrap_or("")),
+                        Cell::plain(certificate),
                     ]
                 })
                 .collect();
             out.println(&table(
                 out,
-                &["ID", "HOSTNAME", "STATUS", "LAST CHECK"],
+                &["ID", "HOSTNAME", "STATUS", "LAST CHECK", "CERTIFICATE"],
                 &rows,
             ));
             Ok(())

@@ -3,7 +3,8 @@
 //! hands them to [`run`], which returns the process exit code (see [`error::Exit`]).
 //!
 //! Modules: `config` (flags, environment and config file: the settings), `login` (login,
-//! whoami), `api` (HTTP, errors, retries, SSE; bodies are `stackyard-api` types), `args`
+//! whoami), `api` (HTTP, errors, retries, SSE; bodies are `stackyard-api` types), `tls` (the
+//! crypto provider, `--cacert`, untrusted certificates), `args`
 //! (argument checks), `pack` (tarballs), `deploy` (deploy, redeploy), `follow` (event streams
 //! and progress), `stacks` (status, ls, rm, restart), `env` and `dotenv` (environment variables), `vault`,
 //! `logs`, `output` (text, JSON, colour).
@@ -23,6 +24,7 @@ pub mod output;
 pub mod pack;
 pub mod promote;
 pub mod stacks;
+pub mod tls;
 pub mod vault;
 
 use crate::args::parse_slug;

@@ -75,6 +75,7 @@ pub async fn login(global: &GlobalArgs, out: &Out) -> Result<()> {
         &Settings {
             url: url.clone(),
             token: Some(token.clone()),
+            cacert: config::cacert(global),
         },
         out,
     )?;

@@ -311,12 +311,26 @@ impl KeyOwner {
     /// the owner id is the first 64 bits of their SHA-256, and the value's associated data
     /// names the resource too.
     pub fn resource(id: &str) -> Self {
+        Self::named("resource", id)
+    }
+
+    /// A custom domain's certificate key (by the domain's id), same scheme as a resource.
+    pub fn certificate(domain_id: &str) -> Self {
+        Self::named("certificate", domain_id)
+    }
+
+    /// The ACME account key of a directory (by its URL).
+    pub fn acme_account(directory: &str) -> Self {
+        Self::named("acme-account", directory)
+    }
+
+    fn named(kind: &'static str, name: &str) -> Self {
         use sha2::Digest;
-        let d = Sha256::digest(id.as_bytes());
+        let d = Sha256::digest(name.as_bytes());
         let mut b = [0u8; 8];
         b.copy_from_slice(&d[..8]);
         Self {
-            kind: "resource",
+            kind,
             id: i64::from_be_bytes(b),
         }
     }

@@ -12,6 +12,15 @@ pub const VERIFY_PREFIX: &str = "stackyard-verify-";
 pub const RECHECK_EVERY_MS: i64 = 24 * 3600 * 1000;
 /// A routed domain whose record has been gone this long loses its route.
 pub const MISSING_GRACE_MS: i64 = 3 * 24 * 3600 * 1000;
+/// A certificate order claimed this long ago is the claimer's: another server leaves it
+/// alone, and a failed one is tried again after it.
+pub const CERT_ORDER_LEASE_MS: i64 = 10 * 60 * 1000;
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: a third of its
+/// lifetime before it expires (Let's Encrypt's 90 days: 30 days before).
+pub fn renew_at(not_before: Millis, not_after: Millis) -> Millis {
+    Millis(not_after.0 - (not_after.0 - not_before.0).max(0) / 3)
+}
 
 /// A custom hostname, validated: lower-case ASCII (IDNA), at least two labels, no scheme,
 /// path, port, wildcard or space, not an IP address, not `localhost` nor under the base domain.
@@ -114,10 +123,15 @@ impl DomainStatus {
         .find(|d| d.as_str() == s)
     }
 
+    /// Verified and routed; `Failed` (the CA refused its certificate) still routes plain
+    /// HTTP: the ownership proof stands.
     pub fn is_verified(self) -> bool {
         matches!(
             self,
-            DomainStatus::Verified | DomainStatus::Routed | DomainStatus::CertificateReady
+            DomainStatus::Verified
+                | DomainStatus::Routed
+                | DomainStatus::CertificateReady
+                | DomainStatus::Failed
         )
     }
 }
@@ -140,6 +154,10 @@ pub struct Domain {
     pub last_check_err: Option<String>,
     /// Since when a verified domain's record has been missing.
     pub missing_since: Option<Millis>,
+    /// Why the last certificate order failed.
+    pub cert_error: Option<String>,
+    /// When the domain's certificate expires, once it has one.
+    pub cert_not_after: Option<Millis>,
 }
 
 /// What one look-up of the TXT record found.
@@ -163,7 +181,11 @@ pub fn after_check(mut d: Domain, result: CheckResult, routable: bool, now: Mill
             if !d.status.is_verified() {
                 d.verified_at = Some(now);
             }
-            d.status = if routable {
+            // A certified domain stays so; a refused one (`Failed`) is routed again, which
+            // lets the next certificate pass order anew.
+            d.status = if d.status == DomainStatus::CertificateReady {
+                DomainStatus::CertificateReady
+            } else if routable {
                 DomainStatus::Routed
             } else {
                 DomainStatus::Verified
@@ -233,7 +255,34 @@ mod tests {
             last_check_at: None,
             last_check_err: None,
             missing_since: None,
+            cert_error: None,
+            cert_not_after: None,
         }
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_with_a_third_of_its_lifetime_left() {
+        let day = 24 * 3600 * 1000;
+        assert_eq!(renew_at(Millis(0), Millis(90 * day)), Millis(60 * day));
+        assert_eq!(renew_at(Millis(5), Millis(5)), Millis(5));
+    }
+
+    #[test]
+    fn a_certified_domain_stays_certified_and_a_refused_one_is_routed_again() {
+        let d = after_check(
+            domain(DomainStatus::CertificateReady),
+            CheckResult::Found,
+            true,
+            Millis(1),
+        );
+        assert_eq!(d.status, DomainStatus::CertificateReady);
+        let d = after_check(
+            domain(DomainStatus::Failed),
+            CheckResult::Found,
+            true,
+            Millis(1),
+        );
+        assert_eq!(d.status, DomainStatus::Routed);
     }
 
     #[test]

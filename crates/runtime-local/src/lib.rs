@@ -25,7 +25,7 @@ pub mod sandbox;
 mod supervisor;
 mod unpack;
 
-pub use router::run_router;
+pub use router::{run_router, run_tls_router};
 pub use routes::RouteTable;
 pub use runtime::LocalRuntime;
 

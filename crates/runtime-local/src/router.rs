@@ -7,6 +7,8 @@
 //! the client connection's own task (see `serve_connection`). Upgrades (websockets) are passed
 //! through as raw byte pipes once both sides have switched.
 //! `X-Forwarded-For/-Host/-Proto` are set and hop-by-hop headers removed both ways.
+//! The same proxy serves plain HTTP ([`run_router`], which also answers ACME HTTP-01
+//! challenges before routing) and HTTPS ([`run_tls_router`]).
 
 use crate::lock;
 use crate::routes::{RouteTable, Upstream, normalize_host};
@@ -29,8 +31,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// How long a client gets to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +44,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle upstream connections one client connection keeps.
 const MAX_IDLE_PER_LINK: usize = 4;
+/// Where an ACME CA fetches an HTTP-01 challenge's answer (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 /// The longest host echoed back in an error page.
 const MAX_HOST_SHOWN: usize = 253;
 
@@ -65,10 +71,32 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Serves the router on `listener` until `shutdown` turns true (or its sender is dropped),
-/// then stops accepting and gives open connections a few seconds to finish.
+/// then stops accepting and gives open connections a few seconds to finish. Plain HTTP: it
+/// also answers ACME HTTP-01 challenges set in the route table.
 pub async fn run_router(
     listener: TcpListener,
     routes: RouteTable,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_loop(listener, routes, None, shutdown).await;
+}
+
+/// The router over TLS: the same proxy behind a handshake with `tls` (its certificate
+/// resolver picks the certificate by SNI; swapping what it resolves to changes the
+/// certificate for new connections while open ones keep theirs).
+pub async fn run_tls_router(
+    listener: TcpListener,
+    routes: RouteTable,
+    tls: TlsAcceptor,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_loop(listener, routes, Some(tls), shutdown).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    routes: RouteTable,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut http = server_http1::Builder::new();
@@ -91,15 +119,29 @@ pub async fn run_router(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (http, routes, shutdown, open) = (
+        let (http, routes, shutdown, open, tls) = (
             http.clone(),
             routes.clone(),
             shutdown.clone(),
             open_tx.clone(),
+            tls.clone(),
         );
         tokio::spawn(async move {
             let _open = open;
-            serve_connection(stream, peer, routes, http, shutdown).await;
+            match tls {
+                None => serve_connection(stream, peer, routes, http, shutdown, false).await,
+                // The handshake runs on the connection's own task, bounded like a request
+                // head, so a slow client never holds up the accept loop.
+                Some(tls) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, routes, http, shutdown, true).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
     drop(listener);
@@ -125,16 +167,20 @@ type Driven = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// write it upstream, read the answer, write it back) wakes one task on one thread instead of
 /// hopping between a server task, a pool and a client connection task. They stay open for the
 /// client's next request and close with the client connection.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
     routes: RouteTable,
     http: server_http1::Builder,
     mut shutdown: watch::Receiver<bool>,
-) {
+    https: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (drive, mut driven) = mpsc::unbounded_channel::<Driven>();
     let link = Arc::new(Link {
         routes,
+        https,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         idle: Mutex::new(Vec::new()),
         drive,
@@ -202,6 +248,9 @@ fn drive_upstreams(
 /// upstream it has talked to; HTTP/1 sends one request at a time).
 struct Link {
     routes: RouteTable,
+    /// Served over TLS: `X-Forwarded-Proto: https`, and no ACME challenges (HTTP-01 is
+    /// plain HTTP by definition).
+    https: bool,
     /// The client's IP as a header value, made once per connection rather than per request.
     peer_ip: Option<HeaderValue>,
     /// Only this connection's task touches it, so the lock is never contended.
@@ -211,6 +260,12 @@ struct Link {
 
 impl Link {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.https
+            && let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)
+            && let Some(answer) = self.routes.challenge(token)
+        {
+            return page(StatusCode::OK, answer);
+        }
         let routed = {
             let raw = req
                 .headers()
@@ -247,6 +302,7 @@ impl Link {
             &mut parts.headers,
             self.peer_ip.as_ref(),
             original_host.as_ref(),
+            self.https,
         );
         if original_host.is_none()
             && let Some(value) = parts
@@ -418,6 +474,7 @@ fn set_forwarded(
     headers: &mut HeaderMap,
     peer_ip: Option<&HeaderValue>,
     host: Option<&HeaderValue>,
+    https: bool,
 ) {
     if let Some(ip) = peer_ip {
         let previous: Vec<&str> = headers
@@ -443,7 +500,8 @@ fn set_forwarded(
             headers.remove(X_FORWARDED_HOST);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
 fn not_found(host: &str) -> Response<ProxyBody> {
@@ -579,12 +637,12 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, peer, Some(&host));
+        set_forwarded(&mut h, peer, Some(&host), false);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
         assert_eq!(h["x-forwarded-host"], "web-stk.localhost:8080");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, peer, None);
+        set_forwarded(&mut h, peer, None, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert!(!h.contains_key("x-forwarded-host"));
     }

@@ -29,6 +29,9 @@ pub struct RouteTable {
     /// Custom domains: a hostname → the routed host it stands for (resolved at each lookup,
     /// so a redeploy that moves the service moves the domain with it).
     aliases: Arc<RwLock<HashMap<String, String>>>,
+    /// ACME HTTP-01 challenges in flight: token → key authorization, answered by the plain
+    /// router at `/.well-known/acme-challenge/<token>` for any host.
+    challenges: Arc<RwLock<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -96,6 +99,29 @@ impl RouteTable {
             })
             .collect();
         *self.aliases.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+    }
+
+    /// Answers `/.well-known/acme-challenge/<token>` with `key_authorization` until removed.
+    pub fn set_challenge(&self, token: &str, key_authorization: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.to_owned(), key_authorization.to_owned());
+    }
+
+    pub fn remove_challenge(&self, token: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token);
+    }
+
+    pub(crate) fn challenge(&self, token: &str) -> Option<String> {
+        self.challenges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
     }
 
     /// Removes `remove` and inserts `add` under one write lock; returns every upstream that is

@@ -146,6 +146,41 @@ pub struct ServeArgs {
     )]
     pub router_listen: SocketAddr,
 
+    /// Serve HTTPS for every verified custom domain here (SNI), with certificates from ACME
+    /// (local runtime); the plain router answers the HTTP-01 challenges. Port 0 picks one.
+    #[arg(long, env = "STACKYARD_ROUTER_TLS_LISTEN")]
+    pub router_tls_listen: Option<SocketAddr>,
+
+    /// The ACME directory custom domains' certificates come from.
+    #[arg(
+        long,
+        env = "STACKYARD_ACME_DIRECTORY",
+        default_value = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    )]
+    pub acme_directory: String,
+
+    /// Contact address of the ACME account (expiry notices).
+    #[arg(long, env = "STACKYARD_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// PEM roots the ACME directory's own HTTPS is checked against, instead of the system's
+    /// (a private CA).
+    #[arg(long, env = "STACKYARD_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// How often certificates are looked at: the missing and the due (a third of their
+    /// lifetime left) ordered, the set served reloaded.
+    #[arg(long, env = "STACKYARD_ACME_EVERY", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    pub acme_every: Duration,
+
+    /// Serve the API over HTTPS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, env = "STACKYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "STACKYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Host suffix of service URLs served by the router.
     #[arg(long, env = "STACKYARD_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,

@@ -1,11 +1,13 @@
 //! Stackyard's server: the axum API, the envelope middleware, auth, durable job workers and
 //! the wiring that picks a store and a runtime at start-up.
 
+pub mod acme;
 pub mod admin;
 pub mod artifacts;
 pub mod auth;
 pub mod authcache;
 pub mod bodies;
+pub mod certs;
 pub mod config;
 pub mod dns;
 pub mod domains;

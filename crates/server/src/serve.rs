@@ -1,6 +1,7 @@
 //! Start-up: pick the store from the database URL, bootstrap the first team, start the job
 //! workers and the HTTP listener. `start` returns once the server is ready.
 
+use crate::acme::Acme;
 use crate::artifacts::Artifacts;
 use crate::config::{RuntimeKind, SandboxArg, ServeArgs, StoreArgs, redact_url};
 use crate::jobs::{StoreSupervision, Workers, deploy_plan, resolve_grants, with_vault_values};
@@ -14,7 +15,7 @@ use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
 use stackyard_core::{ApiToken, Millis};
 use stackyard_runtime_local::sandbox::{Sandbox, SandboxMode, SandboxSettings};
-use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router};
+use stackyard_runtime_local::{LocalConfig, LocalRuntime, run_router, run_tls_router};
 use stackyard_store_postgres::PgStore;
 use stackyard_store_sqlite::SqliteStore;
 use std::future::Future;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// Something to do with whichever store the URL selects; lets `main` stay generic over the
 /// backend without `dyn` (the choice is made once, here).
@@ -153,6 +155,11 @@ impl WithStore for Start {
 }
 
 async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<RunningServer> {
+    // A bad `--tls-cert`/`--tls-key` stops the start before anything is written.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::load_server_config(cert, key)?),
+        _ => None,
+    };
     std::fs::create_dir_all(&args.store.data_dir).with_context(|| {
         format!(
             "creating the data directory {}",
@@ -175,7 +182,17 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let runtime = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
+    let (runtime, acme) = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
+    if let Some(acme) = &acme {
+        // Before the TLS listener's first handshake matters: what is stored is served.
+        acme.reload(&store).await;
+        tasks.push(tokio::spawn(crate::acme::run(
+            store.clone(),
+            acme.clone(),
+            args.acme_every,
+            shutdown_rx.clone(),
+        )));
+    }
     runtime.set_supervision(Arc::new(StoreSupervision {
         store: store.clone(),
     }));
@@ -209,6 +226,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         rate_limiter,
         provisioner.clone(),
         artifacts.clone(),
+        acme,
     );
     let listener = TcpListener::bind(args.listen)
         .await
@@ -255,13 +273,15 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         (state.dns.clone(), runtime.clone()),
         shutdown_rx.clone(),
     )));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tasks.push(tokio::spawn(crate::http::serve(
         listener,
+        tls,
         router(state),
         shutdown_rx,
         args.shutdown_timeout.min(Duration::from_secs(10)),
     )));
-    tracing::info!(store = backend, "api listening on http://{addr}");
+    tracing::info!(store = backend, "api listening on {scheme}://{addr}");
     Ok(RunningServer {
         addr,
         shutdown: shutdown_tx,
@@ -270,16 +290,23 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
 }
 
 /// The runtime `--runtime` names, with whatever it serves besides: the local runtime's router
-/// is bound first (service URLs carry its port) and served until shutdown.
+/// is bound first (service URLs carry its port) and served until shutdown, and with
+/// `--router-tls-listen` its HTTPS listener and the ACME client whose certificates it serves.
 async fn make_runtime(
     args: &ServeArgs,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<Arc<dyn Runtime>> {
+) -> anyhow::Result<(Arc<dyn Runtime>, Option<Arc<Acme>>)> {
     Ok(match args.runtime {
-        RuntimeKind::Noop => Arc::new(NoopRuntime {
-            step: args.noop_step,
-        }),
+        RuntimeKind::Noop => {
+            if args.router_tls_listen.is_some() {
+                bail!("--router-tls-listen needs the local runtime's router (--runtime local)");
+            }
+            let noop = NoopRuntime {
+                step: args.noop_step,
+            };
+            (Arc::new(noop), None)
+        }
         RuntimeKind::Local => {
             let listener = TcpListener::bind(args.router_listen)
                 .await
@@ -300,7 +327,31 @@ async fn make_runtime(
                 shutdown.clone(),
             )));
             tracing::info!("router listening on http://{addr}");
-            Arc::new(runtime)
+            let acme = match args.router_tls_listen {
+                Some(tls_addr) => {
+                    let acme = Arc::new(Acme::new(
+                        args.acme_directory.clone(),
+                        args.acme_email.clone(),
+                        args.acme_ca_file.clone(),
+                        runtime.routes(),
+                    ));
+                    let listener = TcpListener::bind(tls_addr)
+                        .await
+                        .with_context(|| format!("binding the router's TLS address {tls_addr}"))?;
+                    let tls_addr = listener.local_addr()?;
+                    let tls = TlsAcceptor::from(acme.certs.server_config()?);
+                    tasks.push(tokio::spawn(run_tls_router(
+                        listener,
+                        runtime.routes(),
+                        tls,
+                        shutdown.clone(),
+                    )));
+                    tracing::info!(directory = %args.acme_directory, "router listening on https://{tls_addr} for verified custom domains");
+                    Some(acme)
+                }
+                None => None,
+            };
+            (Arc::new(runtime), acme)
         }
     })
 }

@@ -52,6 +52,8 @@ pub struct Shared<S: Store> {
     pub stack_ids: StackIdCache,
     /// Look-ups of custom domains' TXT records (`--dns-resolver`).
     pub dns: crate::dns::Dns,
+    /// Certificates for custom domains (`--router-tls-listen`); none without it.
+    pub acme: Option<Arc<crate::acme::Acme>>,
     /// Notified (every waiter) when this process's workers finish a teardown, so the `DELETE`
     /// requests waiting for theirs look again at once.
     pub teardowns_done: Arc<Notify>,
@@ -99,6 +101,8 @@ impl<S: Store> std::ops::Deref for AppState<S> {
 }
 
 impl<S: Store> AppState<S> {
+    // One argument per service the handlers share with the workers and maintenance tasks.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: S,
         config: ServeArgs,
@@ -107,6 +111,7 @@ impl<S: Store> AppState<S> {
         rate_limiter: RateLimiter,
         provisioner: Arc<Provisioner>,
         artifacts: Arc<Artifacts>,
+        acme: Option<Arc<crate::acme::Acme>>,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
         let dns = crate::dns::Dns::new(config.dns_resolver);
@@ -123,6 +128,7 @@ impl<S: Store> AppState<S> {
                 auth_cache,
                 stack_ids: StackIdCache::default(),
                 dns,
+                acme,
                 teardowns_done: Arc::new(Notify::new()),
                 runtime,
                 rate_limiter,

@@ -85,12 +85,17 @@ fn main() -> ExitCode {
         eprintln!("{}", sandbox::exec_from_args(args.collect()));
         return ExitCode::from(126);
     }
+    // Before any HTTPS client or listener exists: reqwest is built without a provider of its own.
+    stackyard_cli::tls::install_provider();
     let cli = Cli::parse();
     // A benchmark's output is its report, and a client's output is for its user: keep the
     // server's logging quiet for both unless STACKYARD_LOG asks.
+    // The client reports an untrusted certificate itself; the verifier's own log line of it
+    // would say the same thing twice.
     let default_level = match cli.command {
         Command::Serve(_) | Command::Admin(_) => "info",
-        Command::Bench(_) | Command::Client(_) => "error",
+        Command::Bench(_) => "error",
+        Command::Client(_) => "error,rustls_platform_verifier=off",
     };
     stackyard_server::telemetry::init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

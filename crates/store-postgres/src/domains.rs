@@ -7,7 +7,9 @@ use sqlx::pool::PoolConnection;
 use stackyard_core::domain::Domain;
 use stackyard_core::ids::StackSlug;
 use stackyard_core::model::{AuditCtx, TeamId};
-use stackyard_core::store::{DomainError, DomainRoute, DomainStore, NewDomain, StoreError};
+use stackyard_core::store::{
+    DomainCertificate, DomainError, DomainRoute, DomainStore, NewCertificate, NewDomain, StoreError,
+};
 use stackyard_core::time::Millis;
 
 impl DomainStore for Store_ {
@@ -68,5 +70,70 @@ impl DomainStore for Store_ {
     async fn domain_routes(&self) -> Result<Vec<DomainRoute>, StoreError> {
         let read = |mut c: PoolConnection<Postgres>| async move { OPS.domain_routes(&mut c).await };
         Ok(self.read(read).await?)
+    }
+
+    async fn certificates_due(&self, now: Millis, limit: i64) -> Result<Vec<Domain>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.certificates_due(&mut c, now, limit).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn claim_certificate_order(&self, id: &str, now: Millis) -> Result<bool, StoreError> {
+        Ok(OPS
+            .claim_certificate_order(self.begin().await?, id, now)
+            .await?)
+    }
+
+    async fn save_certificate(
+        &self,
+        id: &str,
+        cert: NewCertificate,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .save_certificate(self.begin().await?, keyring, id, cert, now)
+            .await?)
+    }
+
+    async fn save_certificate_failure(
+        &self,
+        id: &str,
+        error: &str,
+        refused: bool,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(OPS
+            .save_certificate_failure(self.begin().await?, id, error, refused, now)
+            .await?)
+    }
+
+    async fn certificates(&self) -> Result<Vec<DomainCertificate>, StoreError> {
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.certificates(&mut c, keyring).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        let keyring = self.keys.get()?;
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.acme_account(&mut c, keyring, directory).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn save_acme_account(
+        &self,
+        directory: &str,
+        credentials: &str,
+        now: Millis,
+    ) -> Result<String, StoreError> {
+        let keyring = self.keys.get()?;
+        Ok(OPS
+            .save_acme_account(self.begin().await?, keyring, directory, credentials, now)
+            .await?)
     }
 }

@@ -28,8 +28,8 @@ use stackyard_core::lifecycle::{
 use stackyard_core::model::*;
 use stackyard_core::resource::{self, NewResource, Resource, ResourceStatus};
 use stackyard_core::store::{
-    Approval, ApprovalError, ApprovalStatus, DomainError, DomainRoute, NewDomain, WrappedKey,
-    WrappedRow,
+    Approval, ApprovalError, ApprovalStatus, DomainCertificate, DomainError, DomainRoute,
+    NewCertificate, NewDomain, WrappedKey, WrappedRow,
 };
 use stackyard_core::store::{
     AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
@@ -1678,7 +1678,30 @@ where
                 row: WrappedRow::Resource(token),
                 wrapped,
             });
-        Ok(stacks.chain(resources).chain(teams).collect())
+        let certs: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT domain_id, data_key FROM certificates")
+                .fetch_all(&mut *conn)
+                .await?;
+        let certs = certs.into_iter().map(|(id, wrapped)| WrappedKey {
+            owner: KeyOwner::certificate(&id),
+            row: WrappedRow::Certificate(id),
+            wrapped,
+        });
+        let accounts: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT directory, data_key FROM acme_accounts")
+                .fetch_all(&mut *conn)
+                .await?;
+        let accounts = accounts.into_iter().map(|(dir, wrapped)| WrappedKey {
+            owner: KeyOwner::acme_account(&dir),
+            row: WrappedRow::AcmeAccount(dir),
+            wrapped,
+        });
+        Ok(stacks
+            .chain(resources)
+            .chain(teams)
+            .chain(certs)
+            .chain(accounts)
+            .collect())
     }
 
     /// Replaces one wrapped key if it is still `key.wrapped` (one compare-and-set statement).
@@ -1703,6 +1726,16 @@ where
                  RETURNING data_key",
             )
             .bind(token.clone()),
+            WrappedRow::Certificate(id) => sqlx::query_scalar(
+                "UPDATE certificates SET data_key = $2 WHERE domain_id = $1 AND data_key = $3 \
+                 RETURNING data_key",
+            )
+            .bind(id.clone()),
+            WrappedRow::AcmeAccount(dir) => sqlx::query_scalar(
+                "UPDATE acme_accounts SET data_key = $2 WHERE directory = $1 AND data_key = $3 \
+                 RETURNING data_key",
+            )
+            .bind(dir.clone()),
         };
         let done: Option<Vec<u8>> = q
             .bind(new.to_vec())
@@ -3027,6 +3060,8 @@ where
             last_check_at: None,
             last_check_err: None,
             missing_since: None,
+            cert_error: None,
+            cert_not_after: None,
         };
         let inserted = sqlx::query(
             "INSERT INTO domains (id, team_id, stack_id, hostname, token, status, created_at) \
@@ -3102,6 +3137,13 @@ where
         .bind(d.missing_since.map(|t| t.0))
         .fetch_optional(&mut *tx)
         .await?;
+        if !d.status.is_verified() {
+            // Ownership lapsed: its certificate is no longer this team's to serve.
+            sqlx::query("DELETE FROM certificates WHERE domain_id = $1")
+                .bind(d.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         Self::commit(tx).await?;
         Ok(done.is_some())
     }
@@ -3177,7 +3219,241 @@ where
             })
             .collect())
     }
+
+    /// `DomainStore::certificates_due`.
+    pub async fn certificates_due(
+        &self,
+        conn: &mut DB::Connection,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<Domain>> {
+        let rows: Vec<DomainRow> = sqlx::query_as(domain_sql::CERTS_DUE)
+            .bind(now.0)
+            .bind(now.0 - stackyard_core::domain::CERT_ORDER_LEASE_MS)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter().map(DomainRow::decode).collect()
+    }
+
+    /// `DomainStore::claim_certificate_order`: one compare-and-set statement.
+    pub async fn claim_certificate_order(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        id: &str,
+        now: Millis,
+    ) -> Result<bool> {
+        let done: Option<String> = sqlx::query_scalar(domain_sql::CLAIM_ORDER)
+            .bind(id)
+            .bind(now.0)
+            .bind(now.0 - stackyard_core::domain::CERT_ORDER_LEASE_MS)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Self::commit(tx).await?;
+        Ok(done.is_some())
+    }
+
+    /// `DomainStore::save_certificate`. The domain's row is updated first, so it is locked
+    /// (PostgreSQL) while the certificate row is written, and a removal waits or wins.
+    pub async fn save_certificate(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        keyring: &Keyring,
+        id: &str,
+        cert: NewCertificate,
+        now: Millis,
+    ) -> Result<bool> {
+        let marked: Option<String> = sqlx::query_scalar(domain_sql::MARK_CERTIFIED)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if marked.is_none() {
+            return Ok(false);
+        }
+        let renewal = sqlx::query_scalar::<_, String>(
+            "SELECT domain_id FROM certificates WHERE domain_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        let (sealed, wrapped) = crate::seal::seal_owned(
+            keyring,
+            KeyOwner::certificate(id),
+            &format!("{CERT_KEY_NAME}/{id}"),
+            cert.key_pem.as_bytes(),
+        );
+        sqlx::query(domain_sql::UPSERT_CERT)
+            .bind(id)
+            .bind(cert.chain_pem.as_str())
+            .bind(sealed)
+            .bind(wrapped)
+            .bind(cert.not_before.0)
+            .bind(cert.not_after.0)
+            .bind(stackyard_core::domain::renew_at(cert.not_before, cert.not_after).0)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        let extra = serde_json::json!({ "renewal": renewal, "not_after": cert.not_after.0 });
+        self.audit_certificate(
+            &mut tx,
+            id,
+            lifecycle::audit_kind::DOMAIN_CERTIFICATE_ISSUED,
+            now,
+            extra,
+        )
+        .await?;
+        Self::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// The system's audit row of a certificate event of domain `id`, with `extra` metadata.
+    async fn audit_certificate(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        id: &str,
+        kind: &'static str,
+        now: Millis,
+        extra: serde_json::Value,
+    ) -> Result<()> {
+        let row: Option<DomainRow> = sqlx::query_as(domain_sql::BY_ID)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(d) = row.map(DomainRow::decode).transpose()? else {
+            return Ok(());
+        };
+        let ctx = AuditCtx {
+            actor: Actor::system(),
+            request_id: None,
+            now,
+        };
+        let mut audit = domain_audit(&d, kind, &ctx);
+        if let (Some(m), serde_json::Value::Object(extra)) = (audit.metadata.as_object_mut(), extra)
+        {
+            m.extend(extra);
+        }
+        self.insert_audit(tx, &audit).await
+    }
+
+    /// `DomainStore::save_certificate_failure`.
+    pub async fn save_certificate_failure(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        id: &str,
+        error: &str,
+        refused: bool,
+        now: Millis,
+    ) -> Result<bool> {
+        let status: Option<String> = sqlx::query_scalar(domain_sql::FAILURE)
+            .bind(id)
+            .bind(error)
+            .bind(refused)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if refused && status.as_deref() == Some(DomainStatus::Failed.as_str()) {
+            let extra = serde_json::json!({ "error": error });
+            self.audit_certificate(
+                &mut tx,
+                id,
+                lifecycle::audit_kind::DOMAIN_CERTIFICATE_REFUSED,
+                now,
+                extra,
+            )
+            .await?;
+        }
+        Self::commit(tx).await?;
+        Ok(status.is_some())
+    }
+
+    /// `DomainStore::certificates`.
+    pub async fn certificates(
+        &self,
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<Vec<DomainCertificate>> {
+        let rows: Vec<CertificateRow> = sqlx::query_as(domain_sql::SERVED)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let key = crate::seal::open_owned(
+                    keyring,
+                    KeyOwner::certificate(&r.id),
+                    &format!("{CERT_KEY_NAME}/{}", r.id),
+                    &r.key_sealed,
+                    &r.data_key,
+                )?;
+                Ok(DomainCertificate {
+                    hostname: r.hostname,
+                    chain_pem: r.chain_pem,
+                    key_pem: String::from_utf8(key)
+                        .map_err(|_| corrupt("a certificate key is not PEM text"))?,
+                    not_after: Millis(r.not_after),
+                })
+            })
+            .collect()
+    }
+
+    /// `DomainStore::acme_account`.
+    pub async fn acme_account(
+        &self,
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        directory: &str,
+    ) -> Result<Option<String>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT credentials, data_key FROM acme_accounts WHERE directory = $1")
+                .bind(directory)
+                .fetch_optional(&mut *conn)
+                .await?;
+        row.map(|(sealed, wrapped)| {
+            let plain = crate::seal::open_owned(
+                keyring,
+                KeyOwner::acme_account(directory),
+                ACME_ACCOUNT_NAME,
+                &sealed,
+                &wrapped,
+            )?;
+            String::from_utf8(plain).map_err(|_| corrupt("ACME credentials are not text"))
+        })
+        .transpose()
+    }
+
+    /// `DomainStore::save_acme_account`: insert unless present, then read what is stored.
+    pub async fn save_acme_account(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        keyring: &Keyring,
+        directory: &str,
+        credentials: &str,
+        now: Millis,
+    ) -> Result<String> {
+        let (sealed, wrapped) = crate::seal::seal_owned(
+            keyring,
+            KeyOwner::acme_account(directory),
+            ACME_ACCOUNT_NAME,
+            credentials.as_bytes(),
+        );
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory, credentials, data_key, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (directory) DO NOTHING",
+        )
+        .bind(directory)
+        .bind(sealed)
+        .bind(wrapped)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        let stored = self.acme_account(&mut *tx, keyring, directory).await?;
+        Self::commit(tx).await?;
+        stored.ok_or_else(|| corrupt("the ACME account row vanished"))
+    }
 }
+
+/// Names a certificate's key is sealed under (with the domain id) and an ACME account's.
+const CERT_KEY_NAME: &str = "certificate_key";
+const ACME_ACCOUNT_NAME: &str = "acme_account";
 
 /// A value as the vault stores it: sealed, with its keyed digest and plaintext length.
 #[derive(Debug, Clone)]
@@ -3387,19 +3663,20 @@ mod domain_sql {
     pub const BY_STACK: &str = concat!(
         "SELECT ",
         crate::domain_cols!(),
-        " FROM domains d JOIN stacks s ON s.id = d.stack_id \
-         WHERE d.stack_id = $1 ORDER BY d.created_at, d.id"
+        crate::domain_from!(),
+        " WHERE d.stack_id = $1 ORDER BY d.created_at, d.id"
     );
     pub const BY_ID: &str = concat!(
         "SELECT ",
         crate::domain_cols!(),
-        " FROM domains d JOIN stacks s ON s.id = d.stack_id WHERE d.id = $1"
+        crate::domain_from!(),
+        " WHERE d.id = $1"
     );
     pub const TO_RECHECK: &str = concat!(
         "SELECT ",
         crate::domain_cols!(),
-        " FROM domains d JOIN stacks s ON s.id = d.stack_id \
-         WHERE d.status IN ('verified', 'routed', 'certificate_ready') \
+        crate::domain_from!(),
+        " WHERE d.status IN ('verified', 'routed', 'certificate_ready', 'failed') \
          AND (d.last_check_at IS NULL OR d.last_check_at < $1) \
          ORDER BY d.last_check_at LIMIT $2"
     );
@@ -3410,7 +3687,37 @@ mod domain_sql {
          (SELECT v.url FROM services v WHERE v.stack_id = d.stack_id AND v.expose IS TRUE \
             AND v.url IS NOT NULL ORDER BY v.position LIMIT 1) AS url \
          FROM domains d JOIN stacks s ON s.id = d.stack_id \
-         WHERE d.status IN ('verified', 'routed', 'certificate_ready') AND s.status <> 'deleting'";
+         WHERE d.status IN ('verified', 'routed', 'certificate_ready', 'failed') \
+         AND s.status <> 'deleting'";
+    /// `$1` now, `$2` claims before this are stale, `$3` limit.
+    pub const CERTS_DUE: &str = concat!(
+        "SELECT ",
+        crate::domain_cols!(),
+        crate::domain_from!(),
+        " WHERE d.status IN ('verified', 'routed', 'certificate_ready') \
+         AND s.status <> 'deleting' AND (c.domain_id IS NULL OR c.renew_at <= $1) \
+         AND (d.cert_attempt_at IS NULL OR d.cert_attempt_at < $2) \
+         ORDER BY d.created_at LIMIT $3"
+    );
+    pub const CLAIM_ORDER: &str = "UPDATE domains SET cert_attempt_at = $2 WHERE id = $1 \
+         AND status IN ('verified', 'routed', 'certificate_ready') \
+         AND (cert_attempt_at IS NULL OR cert_attempt_at < $3) RETURNING id";
+    pub const MARK_CERTIFIED: &str = "UPDATE domains SET status = 'certificate_ready', \
+         cert_error = NULL, cert_attempt_at = NULL WHERE id = $1 \
+         AND status IN ('verified', 'routed', 'certificate_ready') RETURNING id";
+    pub const UPSERT_CERT: &str = "INSERT INTO certificates (domain_id, chain_pem, key_sealed, \
+         data_key, not_before, not_after, renew_at, issued_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (domain_id) DO UPDATE SET \
+         chain_pem = excluded.chain_pem, key_sealed = excluded.key_sealed, \
+         data_key = excluded.data_key, not_before = excluded.not_before, \
+         not_after = excluded.not_after, renew_at = excluded.renew_at, \
+         issued_at = excluded.issued_at";
+    pub const FAILURE: &str = "UPDATE domains SET cert_error = $2, \
+         status = CASE WHEN $3 AND status IN ('verified', 'routed', 'certificate_ready') \
+         THEN 'failed' ELSE status END WHERE id = $1 RETURNING status";
+    pub const SERVED: &str = "SELECT d.id, d.hostname, c.chain_pem, c.key_sealed, c.data_key, \
+         c.not_after FROM certificates c JOIN domains d ON d.id = c.domain_id \
+         WHERE d.status IN ('verified', 'routed', 'certificate_ready', 'failed')";
 }
 
 /// A domain's audit row: its hostname and id (never the token: it is public, but irrelevant).

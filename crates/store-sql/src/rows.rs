@@ -611,7 +611,17 @@ impl ApprovalRow {
 macro_rules! domain_cols {
     () => {
         "d.id, d.team_id, d.stack_id, s.slug AS stack_slug, d.hostname, d.token, d.status, \
-         d.created_at, d.verified_at, d.last_check_at, d.last_check_err, d.missing_since"
+         d.created_at, d.verified_at, d.last_check_at, d.last_check_err, d.missing_since, \
+         d.cert_error, c.not_after AS cert_not_after"
+    };
+}
+
+/// What every `domain_cols!` select reads from: the domain, its stack, its certificate.
+#[macro_export]
+macro_rules! domain_from {
+    () => {
+        " FROM domains d JOIN stacks s ON s.id = d.stack_id \
+         LEFT JOIN certificates c ON c.domain_id = d.id"
     };
 }
 
@@ -630,6 +640,8 @@ pub struct DomainRow {
     pub last_check_at: Option<i64>,
     pub last_check_err: Option<String>,
     pub missing_since: Option<i64>,
+    pub cert_error: Option<String>,
+    pub cert_not_after: Option<i64>,
 }
 
 impl DomainRow {
@@ -648,6 +660,19 @@ impl DomainRow {
             last_check_at: self.last_check_at.map(Millis),
             last_check_err: self.last_check_err,
             missing_since: self.missing_since.map(Millis),
+            cert_error: self.cert_error,
+            cert_not_after: self.cert_not_after.map(Millis),
         })
     }
+}
+
+/// A served certificate: its domain, the chain, the sealed key and its wrapped data key.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CertificateRow {
+    pub id: String,
+    pub hostname: String,
+    pub chain_pem: String,
+    pub key_sealed: Vec<u8>,
+    pub data_key: Vec<u8>,
+    pub not_after: i64,
 }

@@ -125,14 +125,9 @@ const URL_NAME: &str = "connection_url";
 
 /// `(sealed URL as base64, wrapped data key)` for a new resource row.
 pub fn seal_resource_url(keyring: &Keyring, id: &str, url: &str) -> (String, Vec<u8>) {
-    let owner = KeyOwner::resource(id);
-    let (key, wrapped) = keyring.new_data_key(owner);
-    let ad = ValueAd {
-        owner,
-        name: &format!("{URL_NAME}/{id}"),
-        version: 0,
-    };
-    (B64.encode(key.seal(ad, url.as_bytes())), wrapped)
+    let name = format!("{URL_NAME}/{id}");
+    let (sealed, wrapped) = seal_owned(keyring, KeyOwner::resource(id), &name, url.as_bytes());
+    (B64.encode(sealed), wrapped)
 }
 
 /// A stored connection URL opened (`wrapped` `None`: a row from before encryption at rest).
@@ -145,18 +140,46 @@ pub fn open_resource_url(
     let Some(wrapped) = wrapped else {
         return Ok(stored);
     };
-    let owner = KeyOwner::resource(id);
+    let sealed = B64.decode(stored).map_err(|_| undecryptable())?;
+    let name = format!("{URL_NAME}/{id}");
+    let plain = open_owned(keyring, KeyOwner::resource(id), &name, &sealed, wrapped)?;
+    String::from_utf8(plain).map_err(|_| undecryptable())
+}
+
+/// `(sealed value, wrapped data key)`: one secret of a row that owns its data key (a
+/// resource's URL, a certificate's key, an ACME account), bound to `owner` and `name`.
+pub fn seal_owned(
+    keyring: &Keyring,
+    owner: KeyOwner,
+    name: &str,
+    plaintext: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let (key, wrapped) = keyring.new_data_key(owner);
+    let ad = ValueAd {
+        owner,
+        name,
+        version: 0,
+    };
+    (key.seal(ad, plaintext), wrapped)
+}
+
+/// A value `seal_owned` sealed, opened; any mismatch is `Corrupt`, never the plaintext.
+pub fn open_owned(
+    keyring: &Keyring,
+    owner: KeyOwner,
+    name: &str,
+    sealed: &[u8],
+    wrapped: &[u8],
+) -> Result<Vec<u8>> {
     let key = keyring
         .unwrap(owner, wrapped)
         .map_err(|_| undecryptable())?;
     let ad = ValueAd {
         owner,
-        name: &format!("{URL_NAME}/{id}"),
+        name,
         version: 0,
     };
-    let sealed = B64.decode(stored).map_err(|_| undecryptable())?;
-    let plain = key.open(ad, &sealed).map_err(|_| undecryptable())?;
-    String::from_utf8(plain).map_err(|_| undecryptable())
+    key.open(ad, sealed).map_err(|_| undecryptable())
 }
 
 /// The keyring a store seals with, installed once after start-up has proved the master key

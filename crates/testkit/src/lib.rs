@@ -13,6 +13,7 @@
 //! - `leaks`: no secret in any test server's output, checked when each server stops.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
 //! - [`free_port`]: a port nothing listens on, for a server to bind or a test to find closed.
+//! - [`http_client`], [`http_client_builder`]: reqwest for tests, with rustls' provider installed.
 
 pub mod db;
 pub mod leaks;
@@ -36,6 +37,49 @@ pub fn under_ci() -> bool {
 pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files
+/// in `dir`: `ca.pem` (what a client trusts), `cert.pem` and `key.pem` (what a server serves).
+pub fn write_test_certs(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "stackyard test CA");
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("a server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .and_then(|p| p.signed_by(&key, &issuer))
+        .expect("the server certificate");
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("cert.pem", cert.pem()),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("writing a test certificate");
+    }
+}
+
+/// A reqwest client for tests. Every test builds its clients here: reqwest is compiled with
+/// `rustls-no-provider` and panics when built before a process default provider exists.
+pub fn http_client() -> reqwest::Client {
+    install_tls_provider();
+    reqwest::Client::new()
+}
+
+/// [`http_client`]'s builder, for tests that set timeouts, redirects or proxies.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_tls_provider();
+    reqwest::Client::builder()
+}
+
+/// rustls on *ring* as the process default (idempotent), as the `stackyard` binary installs it.
+fn install_tls_provider() {
+    #[allow(deprecated)] // *ring*, the workspace's one provider (docs/decisions.md)
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The admin token a server wrote into `data_dir` on its first start.

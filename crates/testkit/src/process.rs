@@ -1,5 +1,5 @@
 //! A `stackyard serve` child process for process-level tests: started on port 0, found by the
-//! `api listening on http://ADDR` (and `router listening on …`) lines it prints, its stderr
+//! `api listening on http(s)://ADDR` (and `router listening on http://…`) lines it prints, its stderr
 //! drained for its whole life, and stopped on drop with SIGTERM (so it stops the services it
 //! runs) — SIGKILL only if it does not exit in time — and its whole output then checked for
 //! leaked secrets (`leaks`).
@@ -16,7 +16,7 @@ pub struct ServerProcess {
     log: Arc<Mutex<Vec<String>>>,
     /// The thread that reads them (done once the server's stderr closes).
     reader: Option<std::thread::JoinHandle<()>>,
-    /// `http://ADDR` of the API.
+    /// `http://ADDR` of the API (`https://ADDR` when started with `--tls-cert`).
     pub base: String,
     /// `http://ADDR` of the router, when the server runs the local runtime.
     pub router: Option<String>,
@@ -77,9 +77,10 @@ impl ServerProcess {
                 kept.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(line.clone());
-                for (what, marker) in [
-                    ("api", "api listening on http://"),
-                    ("router", "router listening on http://"),
+                for (what, marker, scheme) in [
+                    ("api", "api listening on http://", "http"),
+                    ("api", "api listening on https://", "https"),
+                    ("router", "router listening on http://", "http"),
                 ] {
                     if let Some(i) = line.find(marker) {
                         // Ends at a space, or at the quote closing a JSON log line's message.
@@ -87,7 +88,7 @@ impl ServerProcess {
                             .chars()
                             .take_while(|c| !c.is_whitespace() && *c != '"')
                             .collect();
-                        let _ = tx.send((what, addr));
+                        let _ = tx.send((what, format!("{scheme}://{addr}")));
                     }
                 }
             }
@@ -98,8 +99,8 @@ impl ServerProcess {
                 .recv_timeout(Duration::from_secs(60))
                 .expect("the server printed its addresses");
             match what {
-                "api" => base = Some(format!("http://{addr}")),
-                _ => router = Some(format!("http://{addr}")),
+                "api" => base = Some(addr),
+                _ => router = Some(addr),
             }
         }
         ServerProcess {

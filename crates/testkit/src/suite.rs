@@ -116,6 +116,7 @@ macro_rules! store_suite {
             promote_creates_the_family_stack_then_updates_it_with_the_source_live_release,
             promote_refusals_write_nothing,
             domains_are_unique_across_teams_capped_per_team_checked_routed_and_removed,
+            certificates_are_claimed_once_sealed_renewed_when_due_and_gone_with_their_domain,
             vault_writes_get_increasing_versions_and_each_version_reads_back_audited,
             vault_delete_removes_every_version_and_versions_are_never_reused,
             vault_copy_copies_skips_overwrites_and_reports_missing_and_a_dry_run_writes_nothing,
@@ -5408,6 +5409,141 @@ pub async fn domains_are_unique_across_teams_capped_per_team_checked_routed_and_
         )
         .await
         .unwrap();
+}
+
+pub async fn certificates_are_claimed_once_sealed_renewed_when_due_and_gone_with_their_domain<
+    S: Store,
+>(
+    store: S,
+) {
+    use stackyard_core::domain::{CERT_ORDER_LEASE_MS, CheckResult, DomainStatus, after_check};
+    const DAY: i64 = 24 * 3600 * 1000;
+    let t = team(&store, "acme", None).await;
+    let s = stack(&store, Some(t.id), 1).await;
+    deploy_now(&store, &s, 2).await;
+    let d = store
+        .add_domain(t.id, &s.slug, new_domain("tls.example.com", None, 3))
+        .await
+        .unwrap();
+    let now = at(4);
+    // Not verified: nothing to order.
+    assert!(store.certificates_due(now, 10).await.unwrap().is_empty());
+    let d = after_check(d, CheckResult::Found, true, now);
+    assert!(store.save_domain_check(&d).await.unwrap());
+    let due = store.certificates_due(now, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| &d.id).collect::<Vec<_>>(), [&d.id]);
+
+    // Servers racing for the order: one claim wins.
+    let barrier = Arc::new(Barrier::new(4));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, barrier, id) = (store.clone(), barrier.clone(), d.id.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.claim_certificate_order(&id, now).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    // Claimed: not due within the lease; a failure keeps the domain routed and says why.
+    assert!(store.certificates_due(now, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .save_certificate_failure(&d.id, "the CA is unreachable", false, now)
+            .await
+            .unwrap()
+    );
+    let listed = store.list_domains(t.id, &s.slug).await.unwrap().unwrap();
+    assert_eq!(
+        (listed[0].status, listed[0].cert_error.as_deref()),
+        (DomainStatus::Routed, Some("the CA is unreachable"))
+    );
+    let later = Millis(now.0 + CERT_ORDER_LEASE_MS + 1);
+    assert_eq!(store.certificates_due(later, 10).await.unwrap().len(), 1);
+    assert!(store.claim_certificate_order(&d.id, later).await.unwrap());
+
+    // Stored: `certificate_ready`, served with its key opened, sealed under its own data key.
+    let cert = NewCertificate {
+        chain_pem: "CHAIN".into(),
+        key_pem: "KEY-SENTINEL".into(),
+        not_before: later,
+        not_after: Millis(later.0 + 90 * DAY),
+    };
+    assert!(store.save_certificate(&d.id, cert, later).await.unwrap());
+    let listed = store.list_domains(t.id, &s.slug).await.unwrap().unwrap();
+    assert_eq!(
+        (listed[0].status, listed[0].cert_error.as_deref()),
+        (DomainStatus::CertificateReady, None)
+    );
+    assert_eq!(listed[0].cert_not_after, Some(Millis(later.0 + 90 * DAY)));
+    let served = store.certificates().await.unwrap();
+    assert_eq!(
+        served
+            .iter()
+            .map(|c| (c.hostname.as_str(), c.key_pem.as_str()))
+            .collect::<Vec<_>>(),
+        [("tls.example.com", "KEY-SENTINEL")]
+    );
+    let keys = store.wrapped_keys().await.unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k.row == WrappedRow::Certificate(d.id.clone()))
+    );
+    // The daily check keeps it certified; renewal is due with a third of its life left.
+    let checked = after_check(listed[0].clone(), CheckResult::Found, true, later);
+    assert_eq!(checked.status, DomainStatus::CertificateReady);
+    let renew = Millis(later.0 + 60 * DAY);
+    assert!(
+        store
+            .certificates_due(Millis(renew.0 - 1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.certificates_due(renew, 10).await.unwrap().len(), 1);
+
+    // One ACME account per directory: the first stored is the one every server uses.
+    let dir = "https://ca.example/dir";
+    assert_eq!(store.acme_account(dir).await.unwrap(), None);
+    assert_eq!(
+        store.save_acme_account(dir, "first", now).await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store.save_acme_account(dir, "second", now).await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store.acme_account(dir).await.unwrap().as_deref(),
+        Some("first")
+    );
+    let keys = store.wrapped_keys().await.unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k.row == WrappedRow::AcmeAccount(dir.into()))
+    );
+
+    // Refused by the CA: `failed`, still routed over plain HTTP.
+    assert!(
+        store
+            .save_certificate_failure(&d.id, "rejectedIdentifier", true, renew)
+            .await
+            .unwrap()
+    );
+    let listed = store.list_domains(t.id, &s.slug).await.unwrap().unwrap();
+    assert_eq!(listed[0].status, DomainStatus::Failed);
+    assert_eq!(store.domain_routes().await.unwrap().len(), 1);
+    // Removed: its certificate goes with it.
+    assert!(
+        store
+            .remove_domain(t.id, &s.slug, &d.id, ctx(20))
+            .await
+            .unwrap()
+    );
+    assert!(store.certificates().await.unwrap().is_empty());
 }
 
 pub async fn vault_refs_missing_or_anonymous_refuse_the_release_and_write_nothing<S: Store>(

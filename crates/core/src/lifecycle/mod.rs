@@ -45,6 +45,8 @@ pub mod audit_kind {
     pub const PROMOTION_REJECTED: &str = "promotion.rejected";
     pub const DOMAIN_ADDED: &str = "domain.added";
     pub const DOMAIN_REMOVED: &str = "domain.removed";
+    pub const DOMAIN_CERTIFICATE_ISSUED: &str = "domain.certificate_issued";
+    pub const DOMAIN_CERTIFICATE_REFUSED: &str = "domain.certificate_refused";
 }
 
 /// What a store reads under the stack's lock before a lifecycle step: everything any step

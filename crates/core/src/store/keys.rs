@@ -61,6 +61,10 @@ pub enum WrappedRow {
     Stack(i64),
     Resource(String),
     TeamVault(i64),
+    /// A custom domain's certificate (its id).
+    Certificate(String),
+    /// The ACME account of a directory (its URL).
+    AcmeAccount(String),
 }
 
 /// What the start-up sealing pass did.

@@ -29,7 +29,9 @@ mod stacks;
 mod teams;
 mod vault;
 
-pub use domains::{DomainError, DomainRoute, DomainStore, NewDomain};
+pub use domains::{
+    DomainCertificate, DomainError, DomainRoute, DomainStore, NewCertificate, NewDomain,
+};
 pub use env::{
     EnvBatchError, EnvOp, EnvStore, EnvWrite, EnvWriteError, EnvWriteResult, batch_deadline,
 };

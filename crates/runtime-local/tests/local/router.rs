@@ -170,7 +170,7 @@ async fn router() -> Router {
     let routes = RouteTable::new();
     let (tx, rx) = watch::channel(false);
     tokio::spawn(run_router(listener, routes.clone(), rx));
-    let http = reqwest::Client::builder()
+    let http = stackyard_testkit::http_client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
@@ -208,6 +208,33 @@ async fn unknown_hosts_get_404_and_dead_upstreams_502() {
     let resp = r.get("down.test", "/").send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("down.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_challenges_are_answered_for_any_host_until_removed() {
+    let r = router().await;
+    r.routes.set_challenge("tok3n", "tok3n.thumbprint");
+    let resp = r
+        .get("shop.example.com", "/.well-known/acme-challenge/tok3n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tok3n.thumbprint");
+    // Another token is not ours: routed like any request (here: no such host).
+    let resp = r
+        .get("shop.example.com", "/.well-known/acme-challenge/other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    r.routes.remove_challenge("tok3n");
+    let resp = r
+        .get("shop.example.com", "/.well-known/acme-challenge/tok3n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,7 @@ impl Harness {
         let rt = LocalRuntime::new(cfg.clone());
         let (shutdown, rx) = watch::channel(false);
         let router_task = Some(tokio::spawn(run_router(listener, rt.routes(), rx)));
-        let http = reqwest::Client::builder()
+        let http = stackyard_testkit::http_client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
             .build()

@@ -40,6 +40,8 @@ fn item<S: Store>(state: &AppState<S>, d: &Domain) -> DomainItem {
         certificate_ready: d.status == DomainStatus::CertificateReady,
         last_check_at: d.last_check_at.map(|t| t.to_rfc3339()),
         last_check_err: d.last_check_err.clone(),
+        certificate_expires_at: d.cert_not_after.map(|t| t.to_rfc3339()),
+        certificate_error: d.cert_error.clone(),
     }
 }
 
@@ -177,6 +179,15 @@ pub async fn verify<S: Store>(
         .await
         .map_err(|e| ApiError::store("domain_failed", &e))?;
     crate::domains::sync_routes(&state.store, state.runtime.as_ref()).await;
+    // Verified: its certificate is ordered now rather than at the next maintenance pass
+    // (the answer does not wait for the CA; `certificate_ready` turns true when it is in).
+    if let Some(acme) = state.acme.clone()
+        && d.status.is_verified()
+        && d.cert_not_after.is_none()
+    {
+        let (store, d) = (state.store.clone(), d.clone());
+        tokio::spawn(async move { acme.issue(&store, d, crate::now()).await });
+    }
     Ok(Json(DomainAnswer {
         ok: true,
         domain: item(&state, &d),
@@ -209,6 +220,9 @@ pub async fn remove<S: Store>(
         return Err(domain_not_found());
     }
     crate::domains::sync_routes(&state.store, state.runtime.as_ref()).await;
+    if let Some(acme) = &state.acme {
+        acme.reload(&state.store).await;
+    }
     Ok(Json(DomainRemoved {
         ok: true,
         id,

@@ -114,7 +114,7 @@ impl TestApp {
         let admin_token = stackyard_testkit::admin_token(data_dir.path());
         let app = TestApp {
             base: format!("http://{}", server.addr),
-            client: reqwest::Client::new(),
+            client: stackyard_testkit::http_client(),
             admin_token,
             db_url,
             backend,

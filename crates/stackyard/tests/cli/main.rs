@@ -10,5 +10,6 @@ mod domains;
 mod errors;
 mod local_runtime;
 mod promote;
+mod tls;
 mod vault;
 mod walkthrough;

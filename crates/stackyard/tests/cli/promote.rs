@@ -63,7 +63,7 @@ fn a_gated_promote_prints_its_approval_and_runs_after_another_token_approves() {
     assert_ne!(own.code, 0);
     assert!(own.stderr.contains("forbidden"), "{own:?}");
     let token = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let res = reqwest::Client::new()
+        let res = stackyard_testkit::http_client()
             .post(format!("{}/api/v1/tokens", server.base))
             .bearer_auth(&admin)
             .json(&serde_json::json!({ "name": "approver" }))

@@ -160,6 +160,12 @@ impl Client {
         c
     }
 
+    /// This client with one more environment variable set.
+    pub fn with(mut self, key: &str, value: &str) -> Client {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     pub fn config_file(&self) -> PathBuf {
         self.config_home
             .path()
@@ -172,6 +178,7 @@ impl Client {
         cmd.args(args)
             .env_remove("STACKYARD_URL")
             .env_remove("STACKYARD_TOKEN")
+            .env_remove("STACKYARD_CACERT")
             .env_remove("STACKYARD_LOG")
             .env_remove("NO_COLOR")
             .env("XDG_CONFIG_HOME", self.config_home.path())

@@ -54,7 +54,7 @@ async fn create_team_prints_only_the_new_token_on_stdout() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let (code, who) = json_of(
         client
             .get(server.url("/api/v1/whoami"))

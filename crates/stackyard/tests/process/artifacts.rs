@@ -43,7 +43,7 @@ async fn a_server_killed_between_the_artifact_write_and_the_commit_leaves_no_orp
         &[("STACKYARD_TEST_HANG_AFTER_ARTIFACT_WRITE", "1")],
     );
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let held = {
         let (client, token, url) = (client.clone(), token.clone(), server.url("/stacks/new"));
         tokio::spawn(async move {

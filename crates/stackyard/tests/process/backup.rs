@@ -154,7 +154,7 @@ async fn a_backup_taken_under_env_patch_load_restores_to_a_consistent_state() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&db.url, data.path(), &[]);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let slug = create_stack(&client, &server, &token, "busy").await;
     let url = server.url(&format!("/stacks/{slug}/env"));
 

@@ -141,7 +141,7 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_fo
 #[tokio::test]
 async fn a_dockerfile_is_built_in_the_sandbox_and_cached_across_env_only_redeploys() {
     let (_db, _data, server) = local_server(&[]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path();
@@ -297,7 +297,7 @@ fn node_app(dir: &Path, dockerfile: &str) {
 #[tokio::test]
 async fn npm_installs_a_file_package_a_failing_step_keeps_the_old_release_and_release_runs_once() {
     let (_db, _data, server) = local_server(&[]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("v1");

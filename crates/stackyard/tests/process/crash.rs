@@ -12,7 +12,7 @@ async fn sigkill_during_a_claimed_teardown_then_restart_finishes_it(backend: Bac
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     // Slow noop steps keep the teardown claimed long enough to kill the server mid-job.
     let mut server = Server::start(
         &db.url,
@@ -83,7 +83,7 @@ async fn sigkill_under_64_writers_loses_no_acknowledged_patch(backend: Backend) 
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let mut server = Server::start(&db.url, data.path(), &[]);
     let token = server.admin_token();
     let slug = create_stack(&client, &server, &token, "env").await;

@@ -17,14 +17,16 @@ const HOST: &str = "app.example.com";
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// A private `pebble-challtestsrv`: its DNS listener and management API, stopped by its pid.
-struct Challtestsrv {
+/// Every name resolves to 127.0.0.1 (and to no IPv6 address: the servers here listen on
+/// IPv4 loopback).
+pub(crate) struct Challtestsrv {
     child: Child,
-    dns: SocketAddr,
+    pub(crate) dns: SocketAddr,
     mgmt: String,
 }
 
 impl Challtestsrv {
-    fn start() -> Option<Challtestsrv> {
+    pub(crate) fn start() -> Option<Challtestsrv> {
         let (dns, mgmt) = (
             stackyard_testkit::free_port().unwrap(),
             stackyard_testkit::free_port().unwrap(),
@@ -33,6 +35,7 @@ impl Challtestsrv {
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
             .args(["-management", &format!("127.0.0.1:{mgmt}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv6", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -60,7 +63,18 @@ impl Challtestsrv {
     }
 
     async fn txt(&self, client: &reqwest::Client, verb: &str, value: Option<&str>) {
-        let mut body = json!({ "host": format!("_stackyard.{HOST}.") });
+        self.txt_for(client, verb, HOST, value).await;
+    }
+
+    /// `set-txt` (with a value) or `clear-txt` of `_stackyard.<host>`.
+    pub(crate) async fn txt_for(
+        &self,
+        client: &reqwest::Client,
+        verb: &str,
+        host: &str,
+        value: Option<&str>,
+    ) {
+        let mut body = json!({ "host": format!("_stackyard.{host}.") });
         if let Some(v) = value {
             body["value"] = json!(v);
         }
@@ -122,7 +136,7 @@ async fn a_domain_verifies_through_dns_routes_to_the_stack_and_loses_its_route_a
     ])
     .await;
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let slug = create(&client, &server, Some(&token), two_service_form("domains")).await;
     wait_healthy(&client, &server, Some(&token), &slug).await;
     let domains = server.url(&format!("/api/v1/stacks/{slug}/domains"));

@@ -11,7 +11,11 @@ async fn log_of(env: &[(&str, &str)]) -> Vec<String> {
     let db = Db::fresh(Backend::Sqlite).await.expect("sqlite");
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_env(BIN, &db.url, data.path(), &[], env);
-    let res = reqwest::get(server.url("/no-such-route")).await.unwrap();
+    let res = stackyard_testkit::http_client()
+        .get(server.url("/no-such-route"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     let lines = server.log_lines();
     assert!(

@@ -20,4 +20,5 @@ mod runtime;
 mod sandbox;
 mod shared_queue;
 mod supervisor;
+mod tls;
 mod upgrade;

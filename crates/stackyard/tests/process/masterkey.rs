@@ -51,7 +51,7 @@ fn write_key(path: &Path, byte: u8) -> String {
 }
 
 async fn whoami(server: &Server) -> u16 {
-    reqwest::Client::new()
+    stackyard_testkit::http_client()
         .get(server.url("/api/v1/whoami"))
         .bearer_auth(server.admin_token())
         .send()
@@ -148,7 +148,7 @@ async fn rotation_under_concurrent_env_writes_loses_no_acknowledged_value(backen
     let old = std::fs::read_to_string(&key_file).unwrap();
     stackyard_testkit::leaks::register(old.trim());
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let mut slugs = Vec::new();
     for i in 0..4 {
         slugs.push(create_stack(&client, &server, &token, &format!("rot{i}")).await);
@@ -229,7 +229,7 @@ async fn rotate_data_keys_gives_every_stack_a_new_key_while_the_server_serves(ba
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&db.url, data.path(), &[]);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let mut slugs = Vec::new();
     for i in 0..3 {
         let slug = create_stack(&client, &server, &token, &format!("dk{i}")).await;

@@ -90,7 +90,7 @@ async fn a_stack_needing_a_token_and_its_own_database_sees_and_reaches_both_and_
         &redis,
     ])
     .await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let (code, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(code, 200, "{ready}");
     if !landlock_tcp_or_skip(&ready) {
@@ -231,7 +231,7 @@ async fn a_crash_between_a_stack_resources_row_and_its_ddl_is_reconciled_and_the
         &[("STACKYARD_TEST_CRASH_AFTER_STACK_RESOURCE_ROW", "1")],
     );
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let form = reqwest::multipart::Form::new()
         .text("manifest", "services:\n  app:\n    needs: [postgres]\n")
         .text("name", "crash")

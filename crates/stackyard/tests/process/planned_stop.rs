@@ -75,7 +75,7 @@ async fn sigterm_mid_deploy_exits_zero_leaves_no_process_and_the_restart_resumes
     ];
     let mut server = Server::start(&db.url, data.path(), &args);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
 
     let running = create(
         &client,

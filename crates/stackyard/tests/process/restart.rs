@@ -58,7 +58,7 @@ fn service<'a>(body: &'a Value, name: &str) -> &'a Value {
 #[tokio::test]
 async fn restarting_a_whole_stack_gives_each_service_a_new_process_on_the_same_url() {
     let (_db, data, server) = local_server(&[]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     let slug = deployed(
@@ -127,7 +127,7 @@ async fn restarting_a_whole_stack_gives_each_service_a_new_process_on_the_same_u
 #[tokio::test]
 async fn restarting_one_service_leaves_the_other_process_alone() {
     let (_db, data, server) = local_server(&[]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     let slug = deployed(
@@ -175,7 +175,7 @@ async fn restarting_one_service_leaves_the_other_process_alone() {
 #[tokio::test]
 async fn a_restart_brings_back_a_service_left_failed_by_a_crash_loop() {
     let (_db, data, server) = local_server(&["--restart-backoff", "100ms"]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     // `flaky` dies at once while a `crash` file sits in its directory.

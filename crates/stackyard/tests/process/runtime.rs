@@ -276,7 +276,7 @@ async fn two_service_example_runs_redeploys_rolls_logs_and_tears_down() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&db.url, data.path(), &LOCAL);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
 
     // Deploy: both healthy, web reaches api through service://api with api's env.
     let slug = create(&client, &server, Some(&token), two_service_form("demo")).await;
@@ -469,7 +469,7 @@ async fn fifty_stacks_created_and_deleted_concurrently_leave_no_process_or_file(
     let app = tempfile::tempdir().unwrap();
     let server = Arc::new(Server::start(&db.url, data.path(), &LOCAL));
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (client, server, token, form) = (
@@ -514,7 +514,7 @@ async fn a_killed_server_restarts_its_stacks_and_stops_the_orphans() {
     ];
     let mut server = Server::start(&db.url, data.path(), &args);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let mut stacks = Vec::new();
     for _ in 0..3 {
         let slug = create(&client, &server, Some(&token), tiny_app(app.path())).await;
@@ -563,7 +563,7 @@ async fn anonymous_stacks_expire_healthy_or_failed() {
         data.path(),
         &["--runtime", "local", "--anonymous-ttl", "5s"],
     );
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let healthy = create(&client, &server, None, tiny_app(app.path())).await;
     let crash = examples().join("crash");
     let failed = create(
@@ -627,7 +627,7 @@ async fn delete_answers_200_when_the_teardown_finishes_in_time_and_202_when_a_pr
         &["--runtime", "local", "--delete-wait", "2s"],
     );
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let apps = tempfile::tempdir().unwrap();
     let quick = create(
         &client,

@@ -66,7 +66,7 @@ async fn hostile_beside_a_victim(extra: &[&str]) {
     flags.extend(extra);
     let server = Server::start(&db_url, data.path(), &flags);
     let own_user = !extra.is_empty();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let (code, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(code, 200, "{ready}");
     if !sandbox_layers_or_skip(ready["sandbox"].as_array().unwrap()) {
@@ -213,7 +213,7 @@ async fn hostile_beside_a_victim(extra: &[&str]) {
 #[tokio::test]
 async fn a_service_over_its_memory_limit_is_killed_and_the_reason_says_memory_limit() {
     let (_db, _data, server) = local_server(&["--service-memory", "128MiB"]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let (_, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     if !sandbox_layers_or_skip(ready["sandbox"].as_array().unwrap()) {
         return;
@@ -283,7 +283,7 @@ for i in range(0, len(b), 4096):
 async fn a_live_service_over_its_memory_limit_is_reported_crashed_for_its_memory_and_restarted() {
     let (_db, _data, server) =
         local_server(&["--service-memory", "128MiB", "--restart-backoff", "100ms"]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let (_, ready) = json_of(client.get(server.url("/readyz")).send().await.unwrap()).await;
     if !sandbox_layers_or_skip(ready["sandbox"].as_array().unwrap()) {
         return;

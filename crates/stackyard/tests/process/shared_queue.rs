@@ -23,7 +23,7 @@ async fn two_servers_on_one_postgres_run_each_job_exactly_once() {
         &[&flags[..], &["--master-key-file", &key]].concat(),
     );
     let token = a.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let servers = [&a, &b];
 
     let mut slugs = Vec::new();

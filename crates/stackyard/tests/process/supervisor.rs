@@ -96,7 +96,7 @@ fn position(
 #[tokio::test]
 async fn a_killed_service_is_restarted_and_a_crash_loop_degrades_only_its_stack() {
     let (_db, data, server) = local_server(&["--restart-backoff", "100ms"]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     services_app(
@@ -233,7 +233,7 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever(
 async fn a_service_whose_health_path_keeps_failing_is_restarted() {
     let (_db, data, server) =
         local_server(&["--restart-backoff", "100ms", "--health-interval", "200ms"]).await;
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let token = server.admin_token();
     let apps = tempfile::tempdir().unwrap();
     let dir = apps.path();

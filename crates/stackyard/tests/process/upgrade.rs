@@ -182,7 +182,7 @@ async fn fixtures_of_the_released_schema_migrate_and_serve_the_same_history(back
             .unwrap();
     let server = Server::start(&db.url, data.path(), &[]);
     let token = server.admin_token();
-    let client = reqwest::Client::new();
+    let client = stackyard_testkit::http_client();
     let served = observe(&client, &server, &token).await;
     for part in ["stacks", "by_stack", "audit"] {
         assert_eq!(
@@ -347,7 +347,7 @@ async fn regenerate_upgrade_fixtures() {
         let work = tempfile::tempdir().unwrap();
         let mut server = Server::start(&db.url, work.path(), &[]);
         let token = server.admin_token();
-        let client = reqwest::Client::new();
+        let client = stackyard_testkit::http_client();
         populate(&client, &server, &token).await;
 
         let out = fixture_dir(backend);
