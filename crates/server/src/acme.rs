@@ -102,13 +102,13 @@ impl Acme {
         }
     }
 
-    /// One maintenance pass: orders what is missing or due at `now`, then reloads (another
-    /// server may have renewed or removed one).
+    /// One maintenance pass: orders what is missing or due at `now`, then reloads once (also
+    /// when nothing was ordered here: another server may have renewed or removed one).
     pub async fn pass<S: DomainStore>(&self, store: &S, now: Millis) {
         match store.certificates_due(now, ORDERS_PER_PASS).await {
             Ok(due) => {
                 for d in due {
-                    self.issue(store, d, now).await;
+                    self.claim_and_order(store, d, now).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not list the certificates due"),
@@ -119,6 +119,15 @@ impl Acme {
     /// Orders a certificate for `d` if this server wins its claim, stores it (or why not) and
     /// serves it. Returns whether a certificate was stored.
     pub async fn issue<S: DomainStore>(&self, store: &S, d: Domain, now: Millis) -> bool {
+        let stored = self.claim_and_order(store, d, now).await;
+        if stored {
+            self.reload(store).await;
+        }
+        stored
+    }
+
+    /// [`Acme::issue`] without the reload: claim, order, store the certificate or the failure.
+    async fn claim_and_order<S: DomainStore>(&self, store: &S, d: Domain, now: Millis) -> bool {
         match store.claim_certificate_order(&d.id, now).await {
             Ok(true) => {}
             Ok(false) => return false,
@@ -127,23 +136,8 @@ impl Acme {
                 return false;
             }
         }
-        let renewal = d.cert_not_after.is_some();
-        let stored = match self.order(store, &d.hostname).await {
-            Ok(cert) => {
-                let not_after = cert.not_after;
-                match store.save_certificate(&d.id, cert, now).await {
-                    Ok(saved) => {
-                        if saved {
-                            tracing::info!(domain = %d.hostname, renewal, not_after = %not_after.to_rfc3339(), "certificate issued");
-                        }
-                        saved
-                    }
-                    Err(e) => {
-                        tracing::warn!(domain = %d.hostname, error = %e, "could not store a certificate");
-                        false
-                    }
-                }
-            }
+        let cert = match self.order(store, &d.hostname).await {
+            Ok(cert) => cert,
             Err(e) => {
                 let refused = matches!(e, OrderError::Refused(_));
                 tracing::warn!(domain = %d.hostname, error = %e, "no certificate");
@@ -153,13 +147,23 @@ impl Acme {
                 {
                     tracing::warn!(domain = %d.hostname, error = %e, "could not record a certificate failure");
                 }
-                false
+                return false;
             }
         };
-        if stored {
-            self.reload(store).await;
+        let not_after = cert.not_after.to_rfc3339();
+        match store.save_certificate(&d.id, cert, now).await {
+            Ok(saved) => {
+                if saved {
+                    let renewal = d.cert_not_after.is_some();
+                    tracing::info!(domain = %d.hostname, renewal, %not_after, "certificate issued");
+                }
+                saved
+            }
+            Err(e) => {
+                tracing::warn!(domain = %d.hostname, error = %e, "could not store a certificate");
+                false
+            }
         }
-        stored
     }
 
     /// The account for the directory: the stored one, or a new one registered and stored

@@ -66,20 +66,14 @@ pub fn write_test_certs(dir: &std::path::Path) {
 /// A reqwest client for tests. Every test builds its clients here: reqwest is compiled with
 /// `rustls-no-provider` and panics when built before a process default provider exists.
 pub fn http_client() -> reqwest::Client {
-    install_tls_provider();
+    stackyard_cli::tls::install_provider();
     reqwest::Client::new()
 }
 
 /// [`http_client`]'s builder, for tests that set timeouts, redirects or proxies.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
-    install_tls_provider();
+    stackyard_cli::tls::install_provider();
     reqwest::Client::builder()
-}
-
-/// rustls on *ring* as the process default (idempotent), as the `stackyard` binary installs it.
-fn install_tls_provider() {
-    #[allow(deprecated)] // *ring*, the workspace's one provider (docs/decisions.md)
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The admin token a server wrote into `data_dir` on its first start.

@@ -10,7 +10,7 @@ use crate::support::*;
 use serde_json::json;
 use stackyard_core::time::Millis;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const HOST: &str = "app.example.com";
@@ -20,7 +20,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Every name resolves to 127.0.0.1 (and to no IPv6 address: the servers here listen on
 /// IPv4 loopback).
 pub(crate) struct Challtestsrv {
-    child: Child,
+    _process: Helper,
     pub(crate) dns: SocketAddr,
     mgmt: String,
 }
@@ -31,32 +31,13 @@ impl Challtestsrv {
             stackyard_testkit::free_port().unwrap(),
             stackyard_testkit::free_port().unwrap(),
         );
-        let child = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+        let mut cmd = Command::new("pebble-challtestsrv");
+        cmd.args(["-dns01", &format!("127.0.0.1:{dns}")])
             .args(["-management", &format!("127.0.0.1:{mgmt}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv6", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if !stackyard_testkit::under_ci() => {
-                eprintln!("skipping: no pebble-challtestsrv (apt-get install pebble): {e}");
-                return None;
-            }
-            Err(e) => panic!("pebble-challtestsrv is needed under CI (.ci/run installs it): {e}"),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "challtestsrv did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .args(["-defaultIPv6", ""]);
         Some(Challtestsrv {
-            child,
+            _process: start_helper(cmd, mgmt)?,
             dns: format!("127.0.0.1:{dns}").parse().unwrap(),
             mgmt: format!("http://127.0.0.1:{mgmt}"),
         })
@@ -85,13 +66,6 @@ impl Challtestsrv {
             .await
             .unwrap();
         assert!(res.status().is_success(), "{verb}: {}", res.status());
-    }
-}
-
-impl Drop for Challtestsrv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -216,3 +216,39 @@ pub fn run_record(data: &Path, slug: &str, service: &str) -> (i64, i64) {
     let rec: Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
     (rec["pgid"].as_i64().unwrap(), rec["port"].as_i64().unwrap())
 }
+
+/// A program a test starts beside the server (a CA, a DNS server), killed by its pid when
+/// dropped.
+pub struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` (its output discarded) and waits up to 10 s for it to listen on `port`. A
+/// program missing from the machine skips the test (`None`, said on stderr) except under CI,
+/// where it fails it: `.ci/run` installs what the tests run (Debian's `pebble` package).
+pub fn start_helper(mut cmd: std::process::Command, port: u16) -> Option<Helper> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let helper = match child {
+        Ok(c) => Helper(c),
+        Err(e) if !stackyard_testkit::under_ci() => {
+            eprintln!("skipping: no {name} (apt-get install pebble): {e}");
+            return None;
+        }
+        Err(e) => panic!("{name} is needed under CI (.ci/run installs it): {e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(helper)
+}

@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +29,7 @@ const HOST: &str = "secure.example.com";
 
 /// A private pebble, stopped by its pid.
 struct Pebble {
-    child: Child,
+    _process: Helper,
     mgmt: String,
 }
 
@@ -49,41 +49,18 @@ impl Pebble {
             "externalAccountBindingRequired": false,
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let child = Command::new("pebble")
-            .arg("-config")
+        let mut cmd = Command::new("pebble");
+        cmd.arg("-config")
             .arg(dir.join("pebble.json"))
             .args(["-dnsserver", dns])
             // No random validation delays, no rejected nonces: the test's time is the CA's.
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if !stackyard_testkit::under_ci() => {
-                eprintln!("skipping: no pebble (apt-get install pebble): {e}");
-                return None;
-            }
-            Err(e) => panic!("pebble is needed under CI (.ci/run installs it): {e}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "pebble did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .env("PEBBLE_AUTHZREUSE", "0");
         Some(Pebble {
-            child,
+            _process: start_helper(cmd, port)?,
             mgmt: format!("https://127.0.0.1:{mgmt}"),
         })
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
