@@ -33,11 +33,33 @@ pub struct TokenInfo {
     pub created_at: Millis,
 }
 
-/// An authenticated caller: the team and the token it presented.
+/// An authenticated caller: the team and the token it presented, directly or through a
+/// dashboard session opened with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub team: Team,
     pub token: TokenInfo,
+    pub via: Via,
+}
+
+/// How a principal's token reached the server; decides the actor of what it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// `Authorization: Bearer …`: audited as `token:<id>`.
+    #[default]
+    Token,
+    /// A dashboard session: audited as `dashboard` (dashboard.md), whichever token opened it.
+    Dashboard,
+}
+
+impl Principal {
+    /// Who this principal's changes are recorded as.
+    pub fn actor(&self) -> Actor {
+        match self.via {
+            Via::Token => Actor::token(self.token.id),
+            Via::Dashboard => Actor::dashboard(),
+        }
+    }
 }
 
 /// Which stacks a caller may see: a team sees its own, an anonymous caller sees only anonymous
@@ -48,7 +70,8 @@ pub enum Access {
     Team(TeamId),
 }
 
-/// Who did something, as recorded in audit rows: `token:<id>`, `anonymous`, `system`, `admin`.
+/// Who did something, as recorded in audit rows: `token:<id>`, `dashboard`, `anonymous`,
+/// `system`, `admin`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Actor(pub String);
@@ -59,6 +82,9 @@ impl Actor {
     }
     pub fn anonymous() -> Self {
         Actor("anonymous".into())
+    }
+    pub fn dashboard() -> Self {
+        Actor("dashboard".into())
     }
     pub fn system() -> Self {
         Actor("system".into())

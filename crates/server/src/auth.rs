@@ -37,7 +37,7 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         match self {
             Caller::Anonymous { .. } => Actor::anonymous(),
-            Caller::Team(p) => Actor::token(p.token.id),
+            Caller::Team(p) => p.actor(),
         }
     }
 
@@ -83,6 +83,19 @@ pub struct Ownership {
 /// A caller that presented a valid token.
 #[derive(Debug, Clone)]
 pub struct TeamCaller(pub Principal);
+
+/// The principal of a dashboard session, put on the requests the dashboard hands to the API
+/// router in-process (`ui::api`). Only extensions carry it, and no client can set those, so it
+/// needs no further check; it takes the place of the bearer token.
+#[derive(Debug, Clone)]
+pub struct SessionPrincipal(pub Principal);
+
+fn session(parts: &Parts) -> Option<Principal> {
+    parts
+        .extensions
+        .get::<SessionPrincipal>()
+        .map(|s| s.0.clone())
+}
 
 /// The client's network, the unit of anonymous rate limits: IPv4 /24, IPv6 /64.
 pub fn fingerprint(addr: Option<IpAddr>) -> String {
@@ -199,6 +212,9 @@ impl<S: Store> FromRequestParts<AppState<S>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
+        if let Some(p) = session(parts) {
+            return Ok(Caller::Team(p));
+        }
         match bearer(parts)? {
             Some(token) => Ok(Caller::Team(principal(state, parts, &token).await?)),
             None => {
@@ -225,6 +241,9 @@ impl<S: Store> FromRequestParts<AppState<S>> for TeamCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState<S>) -> Result<Self, ApiError> {
+        if let Some(p) = session(parts) {
+            return Ok(TeamCaller(p));
+        }
         match bearer(parts)? {
             Some(token) => Ok(TeamCaller(principal(state, parts, &token).await?)),
             None => Err(ApiError::unauthorized("This route requires an API token.")),

@@ -30,6 +30,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod ui;
 
 pub use config::{RuntimeKind, ServeArgs, StoreArgs};
 pub use router::router;

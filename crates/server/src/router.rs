@@ -76,7 +76,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         ops::openapi as __path_openapi,
     };
     let document = OpenApiJson(serde_json::to_vec(&doc.build()).unwrap_or_default().into());
-    router
+    let api = router
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
@@ -87,7 +87,16 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
             middleware::panic_response,
         ))
         .layer(axum::middleware::from_fn(middleware::envelope))
-        .with_state(state)
+        .with_state(state.clone());
+    // The dashboard answers HTML under `/ui` with its own layers; it reaches the API only
+    // through `api` itself, in-process. Everything else is the API's.
+    Router::new()
+        .route(
+            "/ui/",
+            axum::routing::get(|| async { axum::response::Redirect::to("/ui/stacks") }),
+        )
+        .nest("/ui", crate::ui::router(state, api.clone()))
+        .fallback_service(api)
 }
 
 /// A router and the document of its routes, built together.

@@ -101,13 +101,16 @@ impl Housekeeping for PgStore {
 
     async fn prune(&self, now: Millis, events_before: Millis) -> Result<u64, StoreError> {
         // Locks: only the rows deleted, none of which a live request still uses (events past
-        // their age, expired records, past days' counters). One statement, one commit.
+        // their age, expired records and sessions, past days' counters). One statement, one
+        // commit.
         let mut tx = self.begin().await?;
         let removed: i64 = sqlx::query_scalar(
             "WITH ev AS (DELETE FROM stack_events WHERE at < $1 RETURNING 1), \
              idem AS (DELETE FROM idempotency_keys WHERE expires_at <= $2 RETURNING 1), \
+             ses AS (DELETE FROM dashboard_sessions WHERE expires_at <= $2 RETURNING 1), \
              rc AS (DELETE FROM rate_counters WHERE day < $3 RETURNING 1) \
-             SELECT (SELECT COUNT(*) FROM ev) + (SELECT COUNT(*) FROM idem) + (SELECT COUNT(*) FROM rc)",
+             SELECT (SELECT COUNT(*) FROM ev) + (SELECT COUNT(*) FROM idem) \
+               + (SELECT COUNT(*) FROM ses) + (SELECT COUNT(*) FROM rc)",
         )
         .bind(events_before.0)
         .bind(now.0)

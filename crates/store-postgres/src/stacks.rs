@@ -9,8 +9,8 @@ use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
-    StoreError,
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackFilter,
+    StackStore, StoreError,
 };
 use stackyard_core::time::Millis;
 
@@ -33,11 +33,12 @@ impl StackStore for PgStore {
     async fn list_stacks(
         &self,
         team: TeamId,
+        filter: &StackFilter,
         limit: i64,
         cursor: Option<&str>,
     ) -> std::result::Result<Page<Stack>, StoreError> {
         let read = |mut c: PoolConnection<Postgres>| async move {
-            OPS.list_stacks(&mut c, team, limit, cursor).await
+            OPS.list_stacks(&mut c, team, filter, limit, cursor).await
         };
         Ok(self.read(read).await?)
     }

@@ -1,5 +1,7 @@
-//! `TeamStore` on PostgreSQL: teams, tokens, authentication. Each write takes only the rows it
-//! inserts or updates (a team name's or token digest's unique index, one token row).
+//! `TeamStore` on PostgreSQL: teams, tokens, dashboard sessions, authentication. Each write
+//! takes only the rows it inserts, updates or deletes (a team name's or token digest's unique
+//! index, one token row, one session row; a session's insert also key-share locks its token row,
+//! which a revocation's update does not wait for).
 
 use crate::PgStore;
 use crate::sql::OPS;
@@ -64,5 +66,33 @@ impl TeamStore for PgStore {
         Ok(OPS
             .revoke_token(self.begin().await?, team, token_id, ctx)
             .await?)
+    }
+
+    async fn create_session(
+        &self,
+        session: &TokenDigest,
+        token_id: i64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        let tx = self.begin().await?;
+        Ok(OPS
+            .create_session(tx, session, token_id, now, expires_at)
+            .await?)
+    }
+
+    async fn session_principal(
+        &self,
+        session: &TokenDigest,
+        now: Millis,
+    ) -> Result<Option<Principal>, StoreError> {
+        let read = |mut c: PoolConnection<Postgres>| async move {
+            OPS.session_principal(&mut c, session, now).await
+        };
+        Ok(self.read(read).await?)
+    }
+
+    async fn delete_session(&self, session: &TokenDigest) -> Result<bool, StoreError> {
+        Ok(OPS.delete_session(self.begin().await?, session).await?)
     }
 }

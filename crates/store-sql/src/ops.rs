@@ -35,7 +35,8 @@ use stackyard_core::store::{
     AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
     EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease,
     NewStack, NewToken, PromoteAction, PromoteError, Promoted, Promotion, ReleaseError,
-    RestartError, RestartQueued, StoreError, parse_id_cursor, parse_stack_cursor, stack_cursor,
+    RestartError, RestartQueued, StackFilter, StoreError, parse_id_cursor, parse_stack_cursor,
+    stack_cursor,
 };
 use stackyard_core::time::Millis;
 use stackyard_core::vault::{self, CopyOutcome, VaultCopy, VaultRefError, VaultValue, VaultWrite};
@@ -1056,6 +1057,54 @@ where
         Ok(row.map(Principal::from))
     }
 
+    /// `TeamStore::create_session`: one insert, in the transaction the store opened for it.
+    pub async fn create_session(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        session: &TokenDigest,
+        token_id: i64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<()> {
+        sqlx::query(self.sql.insert_session)
+            .bind(session.0.as_str())
+            .bind(token_id)
+            .bind(now.0)
+            .bind(expires_at.0)
+            .execute(&mut *tx)
+            .await?;
+        Self::commit(tx).await
+    }
+
+    /// `TeamStore::session_principal`.
+    pub async fn session_principal(
+        &self,
+        conn: &mut DB::Connection,
+        session: &TokenDigest,
+        now: Millis,
+    ) -> Result<Option<Principal>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(self.sql.session_principal)
+            .bind(session.0.as_str())
+            .bind(now.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row.map(Principal::from))
+    }
+
+    /// `TeamStore::delete_session`.
+    pub async fn delete_session(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        session: &TokenDigest,
+    ) -> Result<bool> {
+        let deleted: Option<String> = sqlx::query_scalar(self.sql.delete_session)
+            .bind(session.0.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        Self::commit(tx).await?;
+        Ok(deleted.is_some())
+    }
+
     /// `TeamStore::list_tokens`.
     pub async fn list_tokens(
         &self,
@@ -1104,19 +1153,27 @@ where
         &self,
         conn: &mut DB::Connection,
         team: TeamId,
+        filter: &StackFilter,
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Stack>> {
         let limit = limit.max(1);
         let (before_at, before_id) = parse_stack_cursor(cursor);
+        let status = filter.status.map(|s| s.as_str());
+        let env = filter.env.as_deref();
         let rows: Vec<Counted<StackRow>> = sqlx::query_as(self.sql.list_stacks)
             .bind(team.0)
             .bind(before_at)
             .bind(before_id)
             .bind(limit.saturating_add(1))
+            .bind(status)
+            .bind(env)
             .fetch_all(&mut *conn)
             .await?;
-        let count = sqlx::query_scalar(self.sql.count_all_team_stacks).bind(team.0);
+        let count = sqlx::query_scalar(self.sql.count_all_team_stacks)
+            .bind(team.0)
+            .bind(status)
+            .bind(env);
         let total = self.total(conn, &rows, count).await?;
         let items = decode(rows.into_iter().map(|r| r.row).collect())?;
         Ok(Page::from_overfetch(items, limit, total, stack_cursor))

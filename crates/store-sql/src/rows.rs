@@ -299,6 +299,7 @@ impl From<PrincipalRow> for Principal {
         Principal {
             team: r.team.into(),
             token: r.token.into(),
+            via: Via::Token,
         }
     }
 }

@@ -93,10 +93,12 @@ pub struct Sql {
     pub running_stacks: &'static str,
     /// `$1` stack id → `ReleaseRow`s, newest first.
     pub list_releases: &'static str,
-    /// `$1` team id, `$2` before created_at, `$3` before id, `$4` limit → `StackRow`s newest
-    /// first, each with the team's stack count as `total`.
+    /// `$1` team id, `$2` before created_at, `$3` before id, `$4` limit, `$5` status or NULL,
+    /// `$6` environment or NULL → matching `StackRow`s newest first, each with the number of
+    /// matches as `total`.
     pub list_stacks: &'static str,
-    /// `$1` team id → how many stacks it holds (all of them: the listing's `total`).
+    /// `$1` team id, `$2` status or NULL, `$3` environment or NULL → how many of its stacks
+    /// match (the listing's `total` when its page is empty).
     pub count_all_team_stacks: &'static str,
     /// `$1` now, `$2` limit → slugs of anonymous stacks expired and not `deleting`.
     pub expired_stacks: &'static str,
@@ -154,6 +156,13 @@ pub struct Sql {
     pub list_tokens: &'static str,
     /// `$1` token id, `$2` team id, `$3` now → its id if it was live.
     pub revoke_token: &'static str,
+    /// `$1` session digest, `$2` token id, `$3` created_at, `$4` expires_at.
+    pub insert_session: &'static str,
+    /// `$1` session digest, `$2` now → a `PrincipalRow` of an unexpired session whose token is
+    /// live.
+    pub session_principal: &'static str,
+    /// `$1` session digest → that digest if its row existed.
+    pub delete_session: &'static str,
 
     // ---- artifact retention ----
     /// `$1` stack id → the digests its releases use, each once, in digest order.

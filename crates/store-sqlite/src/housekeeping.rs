@@ -104,6 +104,10 @@ impl Housekeeping for SqliteStore {
         for (sql, bound) in [
             ("DELETE FROM stack_events WHERE at < $1", events_before.0),
             ("DELETE FROM idempotency_keys WHERE expires_at <= $1", now.0),
+            (
+                "DELETE FROM dashboard_sessions WHERE expires_at <= $1",
+                now.0,
+            ),
             ("DELETE FROM rate_counters WHERE day < $1", now.utc_day()),
         ] {
             removed += sqlx::query(sql)

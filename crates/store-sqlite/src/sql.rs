@@ -143,11 +143,15 @@ pub(crate) static SQL: Sql = Sql {
     list_stacks: concat!(
         "SELECT ",
         stack_cols!(),
-        ", (SELECT COUNT(*) FROM stacks WHERE team_id = $1) AS total FROM stacks \
+        ", (SELECT COUNT(*) FROM stacks WHERE team_id = $1 \
+            AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR environment = $6)) AS total \
+         FROM stacks \
          WHERE team_id = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+           AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR environment = $6) \
          ORDER BY created_at DESC, id DESC LIMIT $4"
     ),
-    count_all_team_stacks: "SELECT COUNT(*) FROM stacks WHERE team_id = $1",
+    count_all_team_stacks: "SELECT COUNT(*) FROM stacks WHERE team_id = $1 \
+                            AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR environment = $3)",
     expired_stacks: "SELECT slug FROM stacks \
                      WHERE team_id IS NULL AND expires_at <= $1 AND status <> 'deleting' \
                      ORDER BY expires_at, id LIMIT $2",
@@ -204,6 +208,14 @@ pub(crate) static SQL: Sql = Sql {
                   FROM tokens WHERE team_id = $1 AND revoked_at IS NULL ORDER BY id",
     revoke_token: "UPDATE tokens SET revoked_at = $3 \
                    WHERE id = $1 AND team_id = $2 AND revoked_at IS NULL RETURNING id",
+    insert_session: "INSERT INTO dashboard_sessions (digest, token_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+    session_principal: "SELECT t.id, t.name, t.tier, t.max_stacks, t.created_at, k.id AS token_id, \
+                          k.team_id, k.name AS token_name, k.created_at AS token_created_at \
+                        FROM dashboard_sessions s JOIN tokens k ON k.id = s.token_id \
+                          JOIN teams t ON t.id = k.team_id \
+                        WHERE s.digest = $1 AND s.expires_at > $2 AND k.revoked_at IS NULL",
+    delete_session: "DELETE FROM dashboard_sessions WHERE digest = $1 RETURNING digest",
 
     artifacts_of_stack: "SELECT DISTINCT digest FROM release_artifacts WHERE stack_id = $1 \
                          ORDER BY digest",

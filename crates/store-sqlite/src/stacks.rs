@@ -8,8 +8,8 @@ use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::*;
 use stackyard_core::store::{
-    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
-    StoreError,
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackFilter,
+    StackStore, StoreError,
 };
 use stackyard_core::time::Millis;
 
@@ -40,11 +40,12 @@ impl StackStore for SqliteStore {
     async fn list_stacks(
         &self,
         team: TeamId,
+        filter: &StackFilter,
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Stack>, StoreError> {
         Ok(OPS
-            .list_stacks(&mut *self.reader().await?, team, limit, cursor)
+            .list_stacks(&mut *self.reader().await?, team, filter, limit, cursor)
             .await?)
     }
 

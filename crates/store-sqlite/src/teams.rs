@@ -1,4 +1,4 @@
-//! `TeamStore` on SQLite: teams, tokens, authentication. Writes run under `BEGIN IMMEDIATE`.
+//! `TeamStore` on SQLite: teams, tokens, dashboard sessions, authentication. Writes run under `BEGIN IMMEDIATE`.
 
 use crate::SqliteStore;
 use crate::sql::OPS;
@@ -57,5 +57,32 @@ impl TeamStore for SqliteStore {
         Ok(OPS
             .revoke_token(self.write_tx().await?, team, token_id, ctx)
             .await?)
+    }
+
+    async fn create_session(
+        &self,
+        session: &TokenDigest,
+        token_id: i64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError> {
+        let tx = self.write_tx().await?;
+        Ok(OPS
+            .create_session(tx, session, token_id, now, expires_at)
+            .await?)
+    }
+
+    async fn session_principal(
+        &self,
+        session: &TokenDigest,
+        now: Millis,
+    ) -> Result<Option<Principal>, StoreError> {
+        Ok(OPS
+            .session_principal(&mut *self.reader().await?, session, now)
+            .await?)
+    }
+
+    async fn delete_session(&self, session: &TokenDigest) -> Result<bool, StoreError> {
+        Ok(OPS.delete_session(self.write_tx().await?, session).await?)
     }
 }

@@ -20,7 +20,8 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 use serde_json::{Value, json};
 use stackyard_core::env::{EnvError, EnvMap, EnvPatch, MAX_ENV_BYTES};
 use stackyard_core::ids::{
-    ApiToken, ResourceName, ResourceToken, ServiceName, StackSlug, TeamName,
+    ApiToken, ResourceName, ResourceToken, ServiceName, StackSlug, TeamName, TokenDigest,
+    random_hex, sha256_hex,
 };
 use stackyard_core::lifecycle::status::Supervised;
 use stackyard_core::model::*;
@@ -48,10 +49,11 @@ macro_rules! store_suite {
             create_team_rejects_a_taken_name,
             authenticate_rejects_unknown_and_revoked_tokens,
             tokens_are_listed_per_team_only,
+            dashboard_sessions_authenticate_until_expiry_sign_out_or_token_revocation,
             create_stack_writes_stack_services_release_job_and_audit_atomically,
             create_stack_enforces_max_stacks_under_concurrent_creates,
             stacks_are_visible_only_to_their_team_or_to_anonymous_callers,
-            list_stacks_pages_newest_first_with_cursor_and_total,
+            list_stacks_pages_newest_first_with_cursor_total_and_filters,
             request_deletion_supersedes_queued_jobs_and_queues_one_teardown,
             claim_job_runs_one_job_per_stack_at_a_time,
             claim_job_reclaims_an_expired_lease,
@@ -662,6 +664,89 @@ pub async fn authenticate_rejects_unknown_and_revoked_tokens<S: Store>(store: S)
     );
 }
 
+pub async fn dashboard_sessions_authenticate_until_expiry_sign_out_or_token_revocation<S: Store>(
+    store: S,
+) {
+    async fn live<S: Store>(store: &S, session: &TokenDigest, now: i64) -> bool {
+        store
+            .session_principal(session, at(now))
+            .await
+            .unwrap()
+            .is_some()
+    }
+    // As the server mints them: the cookie holds a random id, the store only its digest.
+    let session = || TokenDigest(sha256_hex(random_hex(32).as_bytes()));
+    const LATER: i64 = 1_000_000;
+    let a = team(&store, "alpha", None).await;
+    let info = store
+        .create_token(a.id, new_token("browser").1, ctx(10))
+        .await
+        .unwrap();
+
+    let s1 = session();
+    store
+        .create_session(&s1, info.id, at(100), at(1_000))
+        .await
+        .unwrap();
+    let p = store
+        .session_principal(&s1, at(999))
+        .await
+        .unwrap()
+        .expect("a live session authenticates");
+    assert_eq!(p.team, a);
+    assert_eq!(p.token, info);
+    assert!(
+        !live(&store, &s1, 1_000).await,
+        "a session ends at its expires_at"
+    );
+    assert!(!live(&store, &session(), 100).await, "unknown session");
+
+    let revoked = store
+        .create_token(a.id, new_token("revoked").1, ctx(20))
+        .await
+        .unwrap();
+    let s2 = session();
+    store
+        .create_session(&s2, revoked.id, at(200), at(LATER))
+        .await
+        .unwrap();
+    assert!(live(&store, &s2, 200).await);
+    assert!(
+        store
+            .revoke_token(a.id, revoked.id, ctx(300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !live(&store, &s2, 301).await,
+        "revoking the token ends its sessions at once"
+    );
+
+    let s3 = session();
+    store
+        .create_session(&s3, info.id, at(400), at(LATER))
+        .await
+        .unwrap();
+    assert!(live(&store, &s3, 400).await);
+    assert!(store.delete_session(&s3).await.unwrap());
+    assert!(!store.delete_session(&s3).await.unwrap(), "already gone");
+    assert!(!live(&store, &s3, 401).await, "sign-out ends the session");
+
+    let s4 = session();
+    store
+        .create_session(&s4, info.id, at(500), at(LATER))
+        .await
+        .unwrap();
+    // Only s1 has expired (s2 stays until it expires too); nothing else here is prunable.
+    assert_eq!(store.prune(at(2_000), at(0)).await.unwrap(), 1);
+    assert!(!live(&store, &s1, 999).await, "the expired row is gone");
+    assert_eq!(
+        store.session_principal(&s4, at(2_000)).await.unwrap(),
+        Some(p),
+        "a live session stays"
+    );
+}
+
 pub async fn tokens_are_listed_per_team_only<S: Store>(store: S) {
     let a = team(&store, "alpha", None).await;
     let b = team(&store, "beta", None).await;
@@ -835,7 +920,11 @@ pub async fn create_stack_enforces_max_stacks_under_concurrent_creates<S: Store>
     assert_eq!((ok, limited), (5, 15));
     assert_eq!(store.count_stacks(t.id).await.unwrap(), 5);
     assert_eq!(
-        store.list_stacks(t.id, 50, None).await.unwrap().total,
+        store
+            .list_stacks(t.id, &StackFilter::default(), 50, None)
+            .await
+            .unwrap()
+            .total,
         5,
         "refused creates wrote nothing"
     );
@@ -848,7 +937,7 @@ pub async fn create_stack_enforces_max_stacks_under_concurrent_creates<S: Store>
 
     // Stacks being deleted do not count against the cap.
     let victim = store
-        .list_stacks(t.id, 1, None)
+        .list_stacks(t.id, &StackFilter::default(), 1, None)
         .await
         .unwrap()
         .items
@@ -912,7 +1001,14 @@ pub async fn stacks_are_visible_only_to_their_team_or_to_anonymous_callers<S: St
         StackStatus::Building
     );
 
-    assert_eq!(store.list_stacks(b.id, 10, None).await.unwrap().total, 0);
+    assert_eq!(
+        store
+            .list_stacks(b.id, &StackFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
     assert_eq!(store.count_stacks(b.id).await.unwrap(), 0);
     let a_audit = audit_all(&store, a.id, None, None).await;
     assert!(
@@ -929,7 +1025,7 @@ pub async fn stacks_are_visible_only_to_their_team_or_to_anonymous_callers<S: St
     );
 }
 
-pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(store: S) {
+pub async fn list_stacks_pages_newest_first_with_cursor_total_and_filters<S: Store>(store: S) {
     let t = team(&store, "acme", None).await;
     let other = team(&store, "other", None).await;
     let mut made = Vec::new();
@@ -944,7 +1040,10 @@ pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(stor
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = store.list_stacks(t.id, 3, cursor.as_deref()).await.unwrap();
+        let page = store
+            .list_stacks(t.id, &StackFilter::default(), 3, cursor.as_deref())
+            .await
+            .unwrap();
         assert_eq!(page.total, 7);
         assert!(page.items.len() <= 3);
         assert!(page.items.iter().all(|s| s.team_id == Some(t.id)));
@@ -961,9 +1060,12 @@ pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(stor
         "newest first by (created_at, id), each stack once"
     );
 
-    let first = store.list_stacks(t.id, 3, None).await.unwrap();
+    let first = store
+        .list_stacks(t.id, &StackFilter::default(), 3, None)
+        .await
+        .unwrap();
     let garbage = store
-        .list_stacks(t.id, 3, Some("not-a-cursor"))
+        .list_stacks(t.id, &StackFilter::default(), 3, Some("not-a-cursor"))
         .await
         .unwrap();
     assert_eq!(
@@ -973,9 +1075,47 @@ pub async fn list_stacks_pages_newest_first_with_cursor_and_total<S: Store>(stor
 
     // Deleting stacks are still listed (with their status).
     delete(&store, Access::Team(t.id), &made[0].slug, 60).await;
-    let page = store.list_stacks(t.id, 1, None).await.unwrap();
+    let page = store
+        .list_stacks(t.id, &StackFilter::default(), 1, None)
+        .await
+        .unwrap();
     assert_eq!(page.total, 7);
     assert_eq!(page.items[0].status, StackStatus::Deleting);
+
+    // Filters narrow the page and its total alike, and page with the same cursor.
+    let only = |status: Option<StackStatus>, env: Option<&str>| StackFilter {
+        status,
+        env: env.map(str::to_owned),
+    };
+    let deleting = store
+        .list_stacks(t.id, &only(Some(StackStatus::Deleting), None), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(deleting.total, 1);
+    assert_eq!(deleting.items.len(), 1);
+    assert_eq!(deleting.items[0].id, made[0].id);
+    let env = made[1].environment.clone();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let filter = only(Some(made[1].status), Some(&env));
+        let page = store
+            .list_stacks(t.id, &filter, 2, cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(page.total, 6, "every stack but the deleting one");
+        seen.extend(page.items.iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(c) if !page.items.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, expected[1..].to_vec());
+    let none = store
+        .list_stacks(t.id, &only(None, Some("no-such-env")), 10, None)
+        .await
+        .unwrap();
+    assert_eq!((none.total, none.items.len()), (0, 0));
 }
 
 pub async fn request_deletion_supersedes_queued_jobs_and_queues_one_teardown<S: Store>(store: S) {
@@ -1491,7 +1631,14 @@ pub async fn finish_teardown_removes_the_stack_but_keeps_its_audit<S: Store>(sto
             .unwrap()
             .is_none()
     );
-    assert_eq!(store.list_stacks(t.id, 10, None).await.unwrap().total, 0);
+    assert_eq!(
+        store
+            .list_stacks(t.id, &StackFilter::default(), 10, None)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
     assert!(
         store.finish_teardown(&job, at(6)).await.unwrap().is_none(),
         "the job is done"

@@ -47,9 +47,9 @@ pub trait Housekeeping: Clone + Send + Sync + 'static {
     /// the grace period a create has to commit in).
     fn sweep_artifacts(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
 
-    /// In one transaction: deletes events with `at < events_before`, idempotency records with
-    /// `expires_at <= now` and rate counters of UTC days before `now`'s. Returns the number of
-    /// rows removed.
+    /// In one transaction: deletes events with `at < events_before`, idempotency records and
+    /// dashboard sessions with `expires_at <= now`, and rate counters of UTC days before
+    /// `now`'s. Returns the number of rows removed.
     fn prune(
         &self,
         now: Millis,

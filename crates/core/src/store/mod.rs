@@ -48,7 +48,8 @@ pub use jobs::{DeployResult, JobStore};
 pub use keys::{KeyStore, SealReport, WrappedKey, WrappedRow};
 pub use resources::{CreateResourceError, ResourceStore};
 pub use stacks::{
-    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackStore,
+    CreateStackError, NewRelease, NewStack, ReleaseError, RestartError, RestartQueued, StackFilter,
+    StackStore,
 };
 pub use teams::{NewToken, TeamStore};
 pub use vault::VaultStore;

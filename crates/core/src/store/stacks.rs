@@ -12,6 +12,14 @@ use crate::model::{
 use crate::time::Millis;
 use std::future::Future;
 
+/// Which of a team's stacks a listing shows; `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackFilter {
+    pub status: Option<StackStatus>,
+    /// The deployment environment label (`development`, …), compared exactly.
+    pub env: Option<String>,
+}
+
 /// Everything `create_stack` writes, validated before it is called.
 #[derive(Debug, Clone)]
 pub struct NewStack {
@@ -113,10 +121,12 @@ pub trait StackStore: Clone + Send + Sync + 'static {
         slug: &StackSlug,
     ) -> impl Future<Output = Result<Option<StackDetail>, StoreError>> + Send;
 
-    /// A team's stacks, newest first; `cursor` is the previous page's `next_cursor`.
+    /// A team's stacks matching `filter`, newest first; `cursor` is the previous page's
+    /// `next_cursor` (of the same filter); the page's `total` counts every match.
     fn list_stacks(
         &self,
         team: TeamId,
+        filter: &StackFilter,
         limit: i64,
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page<Stack>, StoreError>> + Send;

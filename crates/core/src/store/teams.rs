@@ -1,4 +1,4 @@
-//! Teams, their API tokens, and authentication.
+//! Teams, their API tokens, dashboard sessions, and authentication.
 
 use super::StoreError;
 use crate::ids::{TeamName, TokenDigest};
@@ -59,5 +59,31 @@ pub trait TeamStore: Clone + Send + Sync + 'static {
         team: TeamId,
         token_id: i64,
         ctx: AuditCtx,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Opens a dashboard session for a token, expiring at `expires_at`. `session` is the
+    /// digest of a random session id: like a token, the clear id never reaches the store, so
+    /// a read of the database cannot be replayed as a cookie. One row, no audit.
+    fn create_session(
+        &self,
+        session: &TokenDigest,
+        token_id: i64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The team and token behind a live session; `None` if unknown, expired
+    /// (`expires_at <= now`) or its token revoked (a revocation ends the token's sessions at
+    /// once, as it would for a bearer of the token).
+    fn session_principal(
+        &self,
+        session: &TokenDigest,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<Principal>, StoreError>> + Send;
+
+    /// Ends a session (sign-out); false if there was none with that digest.
+    fn delete_session(
+        &self,
+        session: &TokenDigest,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -7,7 +7,7 @@ use crate::extract::QueryParams;
 use crate::idempotency::{self, Start};
 use crate::middleware::RequestId;
 use crate::routes::upload::{self, Code, Form};
-use crate::routes::{PageQuery, load_stack, page_limit, parse_slug};
+use crate::routes::{load_stack, page_limit, parse_slug};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
@@ -22,7 +22,7 @@ use stackyard_api::{
 };
 use stackyard_core::ids::sha256_hex;
 use stackyard_core::model::{Access, StackStatus};
-use stackyard_core::store::{CreateStackError, Idempotent, NewStack, Store};
+use stackyard_core::store::{CreateStackError, Idempotent, NewStack, StackFilter, Store};
 use stackyard_core::{EnvironmentName, Millis, StackName, StackSlug};
 use std::time::{Duration, Instant};
 use utoipa::IntoParams;
@@ -262,20 +262,44 @@ pub async fn get_v1<S: Store>(
     get_detail(&state, Access::Team(p.team.id), &slug).await
 }
 
-#[utoipa::path(get, path = "/api/v1/stacks", tag = "stacks", description = "The team's stacks, newest first. Auth required.",
+#[derive(Debug, Default, Deserialize)]
+pub struct StackListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+    env: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks", tag = "stacks", description = "The team's stacks, newest first, optionally only those with a status or env. Auth required.",
     security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, description = "Page size, clamped to 1-200; default 50"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
-    responses((status = 200, description = "A page of stacks", body = StackList),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (with the same filters)"),
+        ("status" = Option<stackyard_api::schema::StackStatus>, Query, description = "Only stacks with this status"),
+        ("env" = Option<String>, Query, description = "Only stacks of this deployment environment")),
+    responses((status = 200, description = "A page of stacks; `total` counts every match", body = StackList),
+        (status = 400, description = "`invalid_query`: a query parameter has the wrong type, or `status` is not a stack status"),
         (status = 503, description = "`fetch_failed`: the store is unavailable")))]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     TeamCaller(p): TeamCaller,
-    QueryParams(q): QueryParams<PageQuery>,
+    QueryParams(q): QueryParams<StackListQuery>,
 ) -> ApiResult<Json<StackList>> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(StackStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`status` must be one of building, deploying, healthy, degraded, failed, deleting.",
+            )
+        })?),
+    };
+    let filter = StackFilter {
+        status,
+        env: q.env.filter(|e| !e.is_empty()),
+    };
     let page = state
         .store
-        .list_stacks(p.team.id, page_limit(q.limit), q.cursor.as_deref())
+        .list_stacks(p.team.id, &filter, page_limit(q.limit), q.cursor.as_deref())
         .await
         .map_err(|e| ApiError::store("fetch_failed", &e))?;
     Ok(Json(StackList {

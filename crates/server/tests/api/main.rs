@@ -18,5 +18,6 @@ mod restart;
 mod sealed;
 mod stacks;
 mod tokens;
+mod ui;
 mod vault;
 mod wire;

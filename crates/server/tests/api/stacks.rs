@@ -435,7 +435,7 @@ async fn idempotency_key_replays_and_rejects_reuse(backend: Backend) {
     assert_eq!(ok.status(), 202);
 }
 
-async fn list_pages_newest_first(backend: Backend) {
+async fn list_pages_newest_first_and_filters_by_status_and_env(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
@@ -464,6 +464,17 @@ async fn list_pages_newest_first(backend: Backend) {
     assert_eq!(ids(&p2), [slugs[2].clone(), slugs[1].clone()]);
     let (code, b) = call(app.get("/api/v1/stacks?limit=abc", Some(&t))).await;
     assert_eq!(assert_envelope(code, &b), "invalid_query");
+
+    let (_, b) = app
+        .create_stack(Some(&t), two_service_form("staged").text("env", "staging"))
+        .await;
+    let staged = b["stack_id"].as_str().unwrap().to_owned();
+    let (_, f) = call(app.get("/api/v1/stacks?env=staging", Some(&t))).await;
+    assert_eq!((f["total"].as_i64(), ids(&f)), (Some(1), vec![staged]));
+    let (_, f) = call(app.get("/api/v1/stacks?status=deleting&env=", Some(&t))).await;
+    assert_eq!((f["total"].as_i64(), ids(&f).len()), (Some(0), 0));
+    let (code, b) = call(app.get("/api/v1/stacks?status=sleeping", Some(&t))).await;
+    assert_eq!(assert_envelope(code, &b), "invalid_query");
 }
 
 both_backends!(
@@ -473,5 +484,5 @@ both_backends!(
     create_rejects_each_invalid_form_with_its_code_and_writes_nothing,
     concurrent_creates_respect_the_team_cap_exactly,
     idempotency_key_replays_and_rejects_reuse,
-    list_pages_newest_first,
+    list_pages_newest_first_and_filters_by_status_and_env,
 );
