@@ -6,8 +6,10 @@
 use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
 use crate::lifecycle::status::Supervised;
+use crate::manifest::resolve_service_refs;
 use crate::model::{NewEvent, ReleaseService, ServiceStatus, StackId};
 use crate::time::Millis;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -55,6 +57,30 @@ impl std::fmt::Debug for GrantedResource {
 }
 
 impl DeployPlan {
+    /// The environment a runtime gives `svc`, later entries winning (`env.md`, "Applying"):
+    /// the platform variables (`PORT` = `port`, where it listens), the URLs of the resources
+    /// `needs:` granted it, the manifest's `env:` with `service://x` resolved by `address_of`
+    /// (each runtime's address of `x`), the stack env map. Both runtimes use this one order.
+    pub fn service_env(
+        &self,
+        svc: &ReleaseService,
+        port: u16,
+        address_of: impl Fn(&str) -> Option<String>,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("PORT".to_owned(), port.to_string());
+        env.insert("STACKYARD_STACK".to_owned(), self.slug.to_string());
+        env.insert("STACKYARD_SERVICE".to_owned(), svc.name.to_string());
+        env.insert("STACKYARD_RELEASE".to_owned(), self.release.to_string());
+        env.extend(
+            self.granted_to(&svc.name)
+                .map(|g| (g.env.clone(), g.url.clone())),
+        );
+        env.extend(resolve_service_refs(&svc.env, address_of));
+        env.extend(self.env.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+        env
+    }
+
     /// The granted resources of `service`, in the manifest's order.
     pub fn granted_to<'a>(
         &'a self,
@@ -86,8 +112,30 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// New log lines as they arrive; ends when the service's logs are gone (teardown).
+/// New log lines as they arrive; ends when the service's logs are gone (teardown). A stream,
+/// not a channel, so that a cluster runtime can merge the streams of a service's pods and
+/// re-attach when a pod is replaced behind this one type. A follower that reads slowly must not
+/// hold the service up: a runtime drops lines for it rather than wait.
 pub type LogFollow = Pin<Box<dyn futures_core::Stream<Item = LogLine> + Send>>;
+
+/// A service's logs as [`Runtime::logs`] hands them out.
+#[derive(Default)]
+pub struct Logs {
+    /// The last lines, oldest first.
+    pub backlog: Vec<LogLine>,
+    /// With `follow`, the lines printed after `backlog` (none missed, none repeated, except
+    /// those a lagging follower skips); `None` without `follow`.
+    pub follow: Option<LogFollow>,
+}
+
+impl std::fmt::Debug for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logs")
+            .field("backlog", &self.backlog)
+            .field("follow", &self.follow.is_some())
+            .finish()
+    }
+}
 
 /// Where a runtime reports service progress. Implementations must not fail the deploy: a
 /// report that cannot be recorded is logged and dropped by the sink.
@@ -185,16 +233,19 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// The last `backlog` log lines of a service and, with `follow`, the lines printed after
-    /// them. `None` when this runtime has no logs for that service.
-    fn logs(
-        &self,
-        slug: &StackSlug,
-        service: &ServiceName,
+    /// them. Async and fallible because a cluster runtime asks its API server for them:
+    /// `Err` when the runtime cannot reach the logs it has (the server answers 503);
+    /// `Ok(None)` when it has none for that service (not started here, or a runtime that keeps
+    /// none).
+    fn logs<'a>(
+        &'a self,
+        slug: &'a StackSlug,
+        service: &'a ServiceName,
         backlog: usize,
         follow: bool,
-    ) -> Option<(Vec<LogLine>, Option<LogFollow>)> {
+    ) -> BoxFuture<'a, Result<Option<Logs>, RuntimeError>> {
         let _ = (slug, service, backlog, follow);
-        None
+        Box::pin(async { Ok(None) })
     }
 
     /// Restarts `service` (or every service) of the running `release` of the stack in place,

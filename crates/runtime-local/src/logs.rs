@@ -10,7 +10,7 @@
 
 use crate::lock;
 use stackyard_core::Millis;
-use stackyard_core::runtime::{LogFollow, LogLine, LogStream};
+use stackyard_core::runtime::{LogFollow, LogLine, LogStream, Logs};
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -97,19 +97,16 @@ impl ServiceLogs {
     }
 
     /// The last `backlog` lines and, with `follow`, the lines after them.
-    pub(crate) fn snapshot(
-        &self,
-        backlog: usize,
-        follow: bool,
-    ) -> (Vec<LogLine>, Option<LogFollow>) {
+    pub(crate) fn snapshot(&self, backlog: usize, follow: bool) -> Logs {
         let inner = lock(&self.inner);
         let skip = inner.ring.len().saturating_sub(backlog);
-        let lines = inner.ring.iter().skip(skip).cloned().collect();
-        let stream = follow.then(|| match &inner.live {
-            Some(live) => follow_stream(live.followers.subscribe()),
-            None => ended(),
-        });
-        (lines, stream)
+        Logs {
+            backlog: inner.ring.iter().skip(skip).cloned().collect(),
+            follow: follow.then(|| match &inner.live {
+                Some(live) => follow_stream(live.followers.subscribe()),
+                None => ended(),
+            }),
+        }
     }
 
     /// Ends followers' streams, stops taking lines, and hands back the file writer so the
@@ -414,23 +411,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.log");
         let logs = ServiceLogs::open(path.clone(), vec![line(0)]);
-        let (backlog, follow) = logs.snapshot(10, true);
+        let Logs { backlog, follow } = logs.snapshot(10, true);
         assert_eq!(backlog, vec![line(0)]);
         let mut follow = follow.unwrap();
         for i in 1..=RING_LINES + 5 {
             logs.record(line(i)).await;
         }
         assert_eq!(follow.next().await, Some(line(1)));
-        let (backlog, _) = logs.snapshot(3, false);
         assert_eq!(
-            backlog,
+            logs.snapshot(3, false).backlog,
             vec![
                 line(RING_LINES + 3),
                 line(RING_LINES + 4),
                 line(RING_LINES + 5)
             ]
         );
-        assert_eq!(logs.snapshot(usize::MAX, false).0.len(), RING_LINES);
+        assert_eq!(logs.snapshot(usize::MAX, false).backlog.len(), RING_LINES);
 
         let writer = logs.close().unwrap();
         writer.await.unwrap();
@@ -438,8 +434,15 @@ mod tests {
         let rest: Vec<LogLine> = follow.collect().await;
         assert_eq!(rest.len(), RING_LINES + 4);
         logs.record(line(9999)).await;
-        assert_eq!(logs.snapshot(1, false).0, vec![line(RING_LINES + 5)]);
-        assert!(logs.snapshot(1, true).1.unwrap().next().await.is_none());
+        assert_eq!(logs.snapshot(1, false).backlog, vec![line(RING_LINES + 5)]);
+        assert!(
+            logs.snapshot(1, true)
+                .follow
+                .unwrap()
+                .next()
+                .await
+                .is_none()
+        );
 
         // The file has every recorded line (the seed came from it, so it is not rewritten).
         let tail = read_tail(&path, 2).unwrap();
@@ -456,7 +459,7 @@ mod tests {
     async fn a_lagging_follower_skips_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let logs = ServiceLogs::open(dir.path().join("a.log"), Vec::new());
-        let mut follow = logs.snapshot(0, true).1.unwrap();
+        let mut follow = logs.snapshot(0, true).follow.unwrap();
         for i in 0..FOLLOW_CAPACITY * 2 {
             logs.record(line(i)).await;
         }

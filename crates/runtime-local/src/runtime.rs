@@ -17,11 +17,9 @@ use crate::unpack::{UnpackError, unpack_artifact};
 use crate::{LocalConfig, lock, service_host, service_url};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use stackyard_core::manifest::resolve_service_refs;
 use stackyard_core::model::{ReleaseService, ServiceStatus};
 use stackyard_core::runtime::{
-    BoxFuture, DeployPlan, LogFollow, LogLine, Runtime, RuntimeError, StatusSink, SupervisionSink,
-    artifact_path,
+    BoxFuture, DeployPlan, Logs, Runtime, RuntimeError, StatusSink, SupervisionSink, artifact_path,
 };
 use stackyard_core::tarball::safe_relative_path;
 use stackyard_core::{ServiceName, StackSlug, TarballLimits};
@@ -180,28 +178,47 @@ impl Runtime for LocalRuntime {
         Box::pin(self.shared.restart(slug, release, service, sink))
     }
 
-    fn logs(
-        &self,
-        slug: &StackSlug,
-        service: &ServiceName,
+    /// Never `Err`: the logs are in this process or on its disk, and a file that cannot be
+    /// read is logged and answered with an empty backlog.
+    fn logs<'a>(
+        &'a self,
+        slug: &'a StackSlug,
+        service: &'a ServiceName,
         backlog: usize,
         follow: bool,
-    ) -> Option<(Vec<LogLine>, Option<LogFollow>)> {
-        let key = (slug.clone(), service.clone());
-        let live = lock(&self.shared.logs).get(&key).cloned();
-        if let Some(logs) = live {
-            return Some(logs.snapshot(backlog, follow));
-        }
-        // Not started by this instance (a stack that failed before a restart): what is on disk.
-        let path = self.shared.log_file(slug, service);
-        if !path.is_file() {
-            return None;
-        }
-        let lines = read_tail(&path, backlog.min(RING_LINES)).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, path = %path.display(), "cannot read a log file");
-            Vec::new()
-        });
-        Some((lines, follow.then(ended)))
+    ) -> BoxFuture<'a, Result<Option<Logs>, RuntimeError>> {
+        Box::pin(async move {
+            let key = (slug.clone(), service.clone());
+            let live = lock(&self.shared.logs).get(&key).cloned();
+            if let Some(logs) = live {
+                return Ok(Some(logs.snapshot(backlog, follow)));
+            }
+            // Not started by this instance (a stack that failed before a restart): what is on
+            // disk, read off the async workers since it can be megabytes.
+            let path = self.shared.log_file(slug, service);
+            let read = tokio::task::spawn_blocking(move || {
+                if !path.is_file() {
+                    return None;
+                }
+                let lines = read_tail(&path, backlog.min(RING_LINES)).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot read a log file");
+                    Vec::new()
+                });
+                Some(lines)
+            })
+            .await;
+            let lines = match read {
+                Ok(lines) => lines,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a log file did not finish");
+                    Some(Vec::new())
+                }
+            };
+            Ok(lines.map(|backlog| Logs {
+                backlog,
+                follow: follow.then(ended),
+            }))
+        })
     }
 }
 
@@ -999,10 +1016,9 @@ async fn drain(upstreams: Vec<Arc<Upstream>>, limit: Duration) {
     }
 }
 
-/// A service's environment, later entries winning (`env.md`, "Applying"): `inherited` (the
-/// server's `PATH` and `HOME`, the sandbox's variables, the image's `ENV`); the platform variables; the URLs of the resources `needs:` granted it; the
-/// manifest's `env:` with `service://x` resolved to this release's address of `x`; the stack
-/// env map.
+/// A service's environment: `inherited` (the server's `PATH` and `HOME`, the sandbox's
+/// variables, the image's `ENV`), then `DeployPlan::service_env` winning over it, with
+/// `service://x` resolved to this release's local address of `x`.
 fn service_env(
     plan: &DeployPlan,
     svc: &ReleaseService,
@@ -1011,18 +1027,9 @@ fn service_env(
     inherited: &[(String, String)],
 ) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = inherited.iter().cloned().collect();
-    env.insert("PORT".into(), port.to_string());
-    env.insert("STACKYARD_STACK".into(), plan.slug.to_string());
-    env.insert("STACKYARD_SERVICE".into(), svc.name.to_string());
-    env.insert("STACKYARD_RELEASE".into(), plan.release.to_string());
-    env.extend(
-        plan.granted_to(&svc.name)
-            .map(|g| (g.env.clone(), g.url.clone())),
-    );
-    env.extend(resolve_service_refs(&svc.env, |name| {
+    env.extend(plan.service_env(svc, port, |name| {
         ports.get(name).map(|p| format!("http://127.0.0.1:{p}"))
     }));
-    env.extend(plan.env.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
     env
 }
 

@@ -12,10 +12,13 @@
 //! - `process`: a `stackyard serve` child process, stopped cleanly on drop.
 //! - `leaks`: no secret in any test server's output, checked when each server stops.
 //! - `suite`: the store test suite, instantiated per backend with `store_suite!`.
+//! - `fakekube`: a stateful fake Kubernetes API server for the Kubernetes runtime, reached
+//!   through a real `kube::Client`.
 //! - [`free_port`]: a port nothing listens on, for a server to bind or a test to find closed.
 //! - [`http_client`], [`http_client_builder`]: reqwest for tests, with rustls' provider installed.
 
 pub mod db;
+pub mod fakekube;
 pub mod leaks;
 pub mod pg;
 pub mod process;

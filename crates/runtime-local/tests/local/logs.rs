@@ -1,6 +1,6 @@
 use crate::support::*;
 use futures_util::StreamExt;
-use stackyard_core::runtime::{LogStream, Runtime};
+use stackyard_core::runtime::{LogStream, Logs, Runtime};
 use stackyard_runtime_local::LocalRuntime;
 use std::time::Duration;
 
@@ -23,7 +23,14 @@ async fn logs_have_a_backlog_followers_and_a_file() {
     let url = sink.last("web").url.unwrap();
 
     // The backlog is the last N lines, oldest first, from both streams.
-    let (all, none) = h.rt.logs(&slug, &name("web"), 1000, false).unwrap();
+    let Logs {
+        backlog: all,
+        follow: none,
+    } =
+        h.rt.logs(&slug, &name("web"), 1000, false)
+            .await
+            .unwrap()
+            .unwrap();
     assert!(none.is_none());
     assert!(
         all.iter()
@@ -36,14 +43,23 @@ async fn logs_have_a_backlog_followers_and_a_file() {
         .collect();
     assert_eq!(boot.len(), 51);
     assert_eq!(boot[50], "boot line 49");
-    let (last, _) = h.rt.logs(&slug, &name("web"), 3, false).unwrap();
+    let last =
+        h.rt.logs(&slug, &name("web"), 3, false)
+            .await
+            .unwrap()
+            .unwrap()
+            .backlog;
     assert_eq!(last.len(), 3);
     assert_eq!(last.as_slice(), &all[all.len() - 3..]);
     assert!(last.windows(2).all(|w| w[0].at <= w[1].at));
 
     // A follower sees a new line within a second.
-    let (_, follow) = h.rt.logs(&slug, &name("web"), 0, true).unwrap();
-    let mut follow = follow.unwrap();
+    let logs =
+        h.rt.logs(&slug, &name("web"), 0, true)
+            .await
+            .unwrap()
+            .unwrap();
+    let mut follow = logs.follow.unwrap();
     assert_eq!(h.get(&url, "/hello-logs").await.unwrap().0, 404);
     let seen = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(line) = follow.next().await {
@@ -57,9 +73,16 @@ async fn logs_have_a_backlog_followers_and_a_file() {
     assert_eq!(seen, Ok(true), "the line reached the follower within 1 s");
 
     // Unknown services and stacks have no logs.
-    assert!(h.rt.logs(&slug, &name("nope"), 10, true).is_none());
+    assert!(
+        h.rt.logs(&slug, &name("nope"), 10, true)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         h.rt.logs(&crate::support::slug(), &name("web"), 10, true)
+            .await
+            .unwrap()
             .is_none()
     );
 
@@ -74,7 +97,14 @@ async fn logs_have_a_backlog_followers_and_a_file() {
     let file = read();
     assert!(file.contains(" stdout boot line 49\n") && file.contains(" stderr a line on stderr\n"));
     let fresh = LocalRuntime::new(h.cfg.clone());
-    let (tail, follow_fresh) = fresh.logs(&slug, &name("web"), 2, true).unwrap();
+    let Logs {
+        backlog: tail,
+        follow: follow_fresh,
+    } = fresh
+        .logs(&slug, &name("web"), 2, true)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(tail.len(), 2);
     assert_eq!(tail.last().unwrap().text, "GET /hello-logs");
     assert!(
@@ -89,5 +119,10 @@ async fn logs_have_a_backlog_followers_and_a_file() {
     })
     .await;
     assert!(ended.is_ok(), "the follower's stream ended");
-    assert!(h.rt.logs(&slug, &name("web"), 10, false).is_none());
+    assert!(
+        h.rt.logs(&slug, &name("web"), 10, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

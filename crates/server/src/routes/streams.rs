@@ -15,6 +15,7 @@ use serde::Deserialize;
 use stackyard_api::{SseEvent, StackEventData};
 use stackyard_core::ServiceName;
 use stackyard_core::model::{StackEvent, StackId};
+use stackyard_core::runtime::Logs;
 use stackyard_core::store::Store;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -54,7 +55,7 @@ pub struct LogsQuery {
     responses((status = 200, description = "Server-sent events, one `data:` per log line", content_type = "text/event-stream", body = SseEvent,
             headers(("Cache-Control" = String, description = "`no-cache`"), ("X-Accel-Buffering" = String, description = "`no`"))),
         (status = 404, description = "`not_found`: no stack with that id for this caller, or no service by that name"),
-        (status = 503, description = "`fetch_failed`: the store is unavailable")))]
+        (status = 503, description = "`fetch_failed`: the store is unavailable, or the runtime cannot reach the service's logs")))]
 pub async fn logs<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
@@ -75,9 +76,22 @@ pub async fn logs<S: Store>(
         return Err(no_service());
     }
     let follow = q.follow.unwrap_or(true);
-    let (backlog, live) = state
+    let Logs {
+        backlog,
+        follow: live,
+    } = state
         .runtime
         .logs(&detail.stack.slug, &svc, LOG_BACKLOG, follow)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "the runtime could not fetch a service's logs");
+            ApiError::unavailable(
+                "fetch_failed",
+                "The runtime cannot reach this service's logs right now.",
+                1,
+            )
+        })?
+        // No logs yet (still building, or a runtime that keeps none): an empty backlog.
         .unwrap_or_default();
     let line = |text: String| Ok(Event::default().data(text.replace('\r', "")));
     let backlog = stream::iter(backlog.into_iter().map(move |l| line(l.text)));
