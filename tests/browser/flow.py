@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import os
 import secrets
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -61,6 +63,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "two-service"
+# Chromium's TMPDIR for this run (its profile, its singleton socket), removed at the end.
+BROWSER_TMP = str(ROOT / "target" / "browser-tmp" / str(os.getpid()))
 WIDTH, HEIGHT = 1280, 900
 
 # Explicit timeouts (seconds).
@@ -104,7 +108,11 @@ class Flow:
             options.add_argument(arg)
         # The console (CSP violations, script errors) is printed on failure.
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+        # Chromium puts its profile and singleton socket under TMPDIR; a directory of our own,
+        # removed after the run, keeps them out of the machine's shared /tmp.
+        env = dict(os.environ, TMPDIR=BROWSER_TMP)
+        service = Service(executable_path=chromedriver, env=env)
+        driver = webdriver.Chrome(service=service, options=options)
         driver.set_window_size(WIDTH, HEIGHT)
         driver.set_page_load_timeout(PAGE * 2)
         return driver
@@ -412,10 +420,12 @@ def main() -> int:
     Path(args.screenshots).mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
+    Path(BROWSER_TMP).mkdir(parents=True, exist_ok=True)
     try:
         flow = Flow(args)
     except (OSError, WebDriverException) as e:
         print(f"flow: FAILED to start: {e}", file=sys.stderr)
+        shutil.rmtree(BROWSER_TMP, ignore_errors=True)
         return 1
     try:
         flow.run()
@@ -424,6 +434,7 @@ def main() -> int:
         return 1
     finally:
         flow.driver.quit()
+        shutil.rmtree(BROWSER_TMP, ignore_errors=True)
     print(f"flow: passed in {time.monotonic() - started:.1f} s; screenshots in {flow.shots}/", flush=True)
     return 0
 
