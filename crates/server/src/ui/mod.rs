@@ -285,3 +285,25 @@ impl IntoResponse for UiError {
 }
 
 pub type UiResult<T = Response> = Result<T, UiError>;
+
+/// Percent-encodes a path segment or query value (everything but unreserved characters):
+/// whatever a page puts into an API or dashboard URL.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An API time (`2026-12-06T01:48:24.123Z`) as the pages show it: `2026-12-06 01:48 UTC`.
+pub fn when(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(day), Some(time)) => format!("{day} {time} UTC"),
+        _ => rfc3339.to_owned(),
+    }
+}

@@ -77,10 +77,7 @@ impl<S: Store> FromRequestParts<UiState<S>> for Session {
 
 fn store_failure(e: &stackyard_core::store::StoreError) -> super::ApiFailure {
     let err = ApiError::store("fetch_failed", e);
-    super::ApiFailure {
-        status: err.status,
-        envelope: stackyard_api::ErrorEnvelope::new(err.code, &err.message, ""),
-    }
+    super::ApiFailure::refused(err.status, err.code, &err.message)
 }
 
 #[derive(Template)]

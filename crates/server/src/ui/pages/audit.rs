@@ -1,8 +1,8 @@
 //! The team's audit log (`/ui/audit`): the rows of `GET /api/v1/audit`, newest first, filtered
 //! by stack and kind and paged by the API's cursor.
 
-use super::stacks::{encode, when};
 use crate::ui::{ApiFailure, Layout, Nav, Session, UiResult, UiState, render_with};
+use crate::ui::{encode, when};
 use askama::Template;
 use axum::Router;
 use axum::extract::Query;

@@ -7,10 +7,10 @@
 //! Submitted values are never logged, and echoed back into a page only when the API would show
 //! them unmasked anyway (`is_secret`), and never on a conflict.
 
-use super::stacks::{encode, when};
 use crate::ui::{
     ApiFailure, Layout, Nav, Session, UiError, UiResult, UiState, render_with, see_other,
 };
+use crate::ui::{encode, when};
 use askama::Template;
 use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode, header};

@@ -3,7 +3,7 @@
 //! (`/ui/stacks/{slug}/logs/{svc}/stream`), which is the API's `GET /stacks/{slug}/logs/{svc}`
 //! answered as it comes (server-sent events, unbuffered).
 
-use super::stacks::encode;
+use crate::ui::encode;
 use crate::ui::{Layout, Nav, Session, UiError, UiResult, UiState, render};
 use askama::Template;
 use axum::Router;

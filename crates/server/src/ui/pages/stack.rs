@@ -5,9 +5,9 @@
 //! domain. Each form is one API call; success answers 303 back to the page with a notice, an
 //! API refusal (4xx) re-renders the page with the API's message.
 
-use super::stacks::{encode, when};
 use crate::ui::api::read;
 use crate::ui::{ApiFailure, Layout, Nav, Session, UiResult, UiState, render_with, see_other};
+use crate::ui::{encode, when};
 use askama::Template;
 use axum::body::Body;
 use axum::extract::{Path, Query};

@@ -3,7 +3,9 @@
 
 use crate::middleware::MAX_BODY_BYTES;
 use crate::ui::api::read;
-use crate::ui::{Layout, Nav, Session, UiError, UiResult, UiState, render, render_with, see_other};
+use crate::ui::{
+    Layout, Nav, Session, UiError, UiResult, UiState, encode, render, render_with, see_other, when,
+};
 use askama::Template;
 use axum::Router;
 use axum::body::Body;
@@ -16,6 +18,7 @@ use serde::Deserialize;
 use stackyard_api::{CreatedStack, StackDetail, StackList};
 use stackyard_core::ServiceName;
 use stackyard_core::ids::random_hex;
+use stackyard_core::model::ServiceStatus;
 use stackyard_core::store::Store;
 
 /// Rows per page: each row also reads its stack (services, live release), in-process.
@@ -115,7 +118,7 @@ async fn list(session: Session, Query(q): Query<ListQuery>) -> UiResult {
                 status: s.status.as_str(),
                 healthy: services
                     .iter()
-                    .filter(|v| v.status.as_str() == "healthy")
+                    .filter(|v| v.status == ServiceStatus::Healthy)
                     .count(),
                 services: services.len(),
                 live: d
@@ -246,25 +249,4 @@ fn part(body: &mut Vec<u8>, boundary: &str, name: &str, file: Option<&str>, byte
     }
     body.extend_from_slice(bytes);
     body.extend_from_slice(b"\r\n");
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// An API time (`2026-12-06T01:48:24.123Z`) as the pages show it: `2026-12-06 01:48 UTC`.
-pub fn when(rfc3339: &str) -> String {
-    match (rfc3339.get(..10), rfc3339.get(11..16)) {
-        (Some(day), Some(time)) => format!("{day} {time} UTC"),
-        _ => rfc3339.to_owned(),
-    }
 }

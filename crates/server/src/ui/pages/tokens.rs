@@ -2,8 +2,8 @@
 //! form that creates one (`POST /api/v1/tokens`, its secret shown in that answer only) and a
 //! revoke button per token (`DELETE /api/v1/tokens/{id}`).
 
-use super::stacks::{encode, when};
 use crate::ui::{ApiFailure, Layout, Nav, Session, UiResult, UiState, render_with, see_other};
+use crate::ui::{encode, when};
 use askama::Template;
 use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
