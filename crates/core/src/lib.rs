@@ -4,6 +4,7 @@
 //! Nothing here does I/O; every function is deterministic given its inputs (randomness comes
 //! from the OS through `getrandom` only when a caller asks for a new slug or token).
 
+pub mod artifact_url;
 pub mod crypto;
 pub mod dockerfile;
 pub mod domain;

@@ -440,8 +440,11 @@ impl NewEvent {
 
 /// The stack's `error` after a failed redeploy that left the live release serving.
 pub fn failed_release_message(release: i64, error: Option<&str>) -> String {
+    let prefix = format!("release v{release} failed");
     match error {
-        Some(e) => format!("release v{release} failed: {e}"),
+        // Runtimes word their own (`runtime::failure_report`): not said twice.
+        Some(e) if e.starts_with(&prefix) => e.to_owned(),
+        Some(e) => format!("{prefix}: {e}"),
         None => format!("release v{release} failed"),
     }
 }

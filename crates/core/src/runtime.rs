@@ -7,7 +7,7 @@ use crate::env::EnvMap;
 use crate::ids::{ServiceName, StackSlug};
 use crate::lifecycle::status::Supervised;
 use crate::manifest::resolve_service_refs;
-use crate::model::{NewEvent, ReleaseService, ServiceStatus, StackId};
+use crate::model::{NewEvent, ReleaseService, ServiceStatus, StackId, TeamId};
 use crate::time::Millis;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,6 +25,10 @@ pub struct DeployPlan {
     /// from it.
     pub stack_id: StackId,
     pub slug: StackSlug,
+    /// The owning team (`None`: anonymous) and the stack's tier: a cluster runtime labels and
+    /// sizes what it creates by them.
+    pub team: Option<TeamId>,
+    pub tier: String,
     pub release: i64,
     pub env_version: i64,
     pub services: Vec<ReleaseService>,
@@ -135,6 +139,51 @@ impl std::fmt::Debug for Logs {
             .field("follow", &self.follow.is_some())
             .finish()
     }
+}
+
+/// A service whose release could not become healthy, and why (safe to show the stack owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFailure {
+    pub service: ServiceName,
+    pub message: String,
+}
+
+/// How a runtime words a failed release, the same for every runtime: the message of each
+/// service of `plan` (its own failure, or that it was stopped because of the services that
+/// failed) and the summary the deploy returns. `serving` is the release that keeps serving.
+pub fn failure_report(
+    plan: &DeployPlan,
+    failures: &[ServiceFailure],
+    serving: Option<i64>,
+) -> (Vec<(ServiceName, String)>, String) {
+    let culprits: Vec<String> = failures
+        .iter()
+        .map(|f| format!("`{}`", f.service))
+        .collect();
+    let culprits = culprits.join(", ");
+    let messages = plan
+        .services
+        .iter()
+        .map(|svc| {
+            let message = match (failures.iter().find(|f| f.service == svc.name), serving) {
+                (Some(f), _) => f.message.clone(),
+                (None, Some(old)) => {
+                    format!("stopped because {culprits} failed; release v{old} keeps serving")
+                }
+                (None, None) => format!("stopped because {culprits} failed"),
+            };
+            (svc.name.clone(), message)
+        })
+        .collect();
+    let summary: Vec<String> = failures
+        .iter()
+        .map(|f| format!("`{}` {}", f.service, f.message))
+        .collect();
+    let mut summary = format!("release v{} failed: {}", plan.release, summary.join("\n\n"));
+    if let Some(old) = serving {
+        summary.push_str(&format!("\n\nRelease v{old} keeps serving."));
+    }
+    (messages, summary)
 }
 
 /// Where a runtime reports service progress. Implementations must not fail the deploy: a

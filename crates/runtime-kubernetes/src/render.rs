@@ -1,8 +1,11 @@
 //! What one release of a stack is in Kubernetes: the typed objects to apply (kubernetes.md,
 //! "Objects"), each service's environment, and which objects a new release leaves behind.
 //!
-//! Everything here is a function of its arguments: no clock, no I/O. The signed artifact URL
-//! is the one input that changes between calls, and it comes from the caller's closure.
+//! Everything here is a function of its arguments: no clock, no I/O. The signed artifact URLs,
+//! the one input that changes with time, are not in any pod template: each init container
+//! reads its URL from the namespace's `sy-artifacts` Secret under the artifact's digest, a
+//! Secret the runtime re-signs before the URLs expire. So re-applying a release changes no
+//! template (no pod rolls), and a pod rescheduled hours later still finds a valid URL.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
@@ -10,10 +13,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    HTTPGetAction, LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec, SeccompProfile, Secret,
-    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount,
+    EnvVarSource, HTTPGetAction, LimitRange, LimitRangeItem, LimitRangeSpec, Namespace,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceQuota, ResourceQuotaSpec,
+    SeccompProfile, Secret, SecretEnvSource, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, IPBlock, Ingress, IngressBackend, IngressRule,
@@ -52,6 +55,8 @@ pub const DEFAULT_POLICY: &str = "sy-default";
 pub const INGRESS_POLICY: &str = "sy-ingress";
 pub const QUOTA: &str = "sy-quota";
 pub const LIMITS: &str = "sy-limits";
+/// The Secret holding each artifact's current signed URL, keyed by digest.
+pub const ARTIFACTS_SECRET: &str = "sy-artifacts";
 /// The uid (and gid) every container runs as: not root, and no user any base image names.
 pub const RUN_AS: i64 = 10001;
 /// The init container that fetches and unpacks the artifact; rollout failures name it.
@@ -62,7 +67,8 @@ pub const SRV: &str = "/srv";
 const PORT_NAME: &str = "http";
 
 /// Cluster-wide rendering settings (the `--k8s-*` flags).
-pub struct RenderConfig<'a> {
+#[derive(Debug, Clone)]
+pub struct RenderConfig {
     /// Exposed services answer at `<svc>-<slug>.<base_domain>`.
     pub base_domain: String,
     /// `spec.ingressClassName` of every Ingress.
@@ -85,13 +91,9 @@ pub struct RenderConfig<'a> {
     /// Quotas and container defaults per stack tier; tiers not listed get `default_limits`.
     pub tiers: BTreeMap<String, TierLimits>,
     pub default_limits: TierLimits,
-    /// The signed URL of an artifact, from its digest. Called once per service and render;
-    /// the URL lands in the pod template, so one that differs between renders (a new
-    /// expiry) rolls the pods again on every apply.
-    pub artifact_url: &'a dyn Fn(&str) -> String,
 }
 
-impl RenderConfig<'_> {
+impl RenderConfig {
     /// The limits of `tier`.
     pub fn limits(&self, tier: &str) -> &TierLimits {
         self.tiers.get(tier).unwrap_or(&self.default_limits)
@@ -163,18 +165,17 @@ pub struct ServiceObjects {
     pub ingress: Option<Ingress>,
 }
 
-/// The objects of `plan` for a stack of `team` (`None`: anonymous) in `tier`. `domains` are
-/// the stack's verified custom domains as `(hostname, service)`; each adds a rule to the
-/// Ingress of its service, and is left out when that service is not exposed by this release.
+/// The objects of `plan`, labelled with its team and sized by its tier. `domains` are the
+/// stack's verified custom domains as `(hostname, service)`; each adds a rule to the Ingress
+/// of its service, and is left out when that service is not exposed by this release.
 pub fn render(
     plan: &DeployPlan,
-    team: Option<&str>,
-    tier: &str,
     domains: &[(String, ServiceName)],
-    cfg: &RenderConfig<'_>,
+    cfg: &RenderConfig,
 ) -> Rendered {
     let ns = namespace_name(&plan.slug);
-    let limits = cfg.limits(tier);
+    let limits = cfg.limits(&plan.tier);
+    let team = plan.team.map(|t| t.0.to_string());
     let address_of = |name: &str| {
         plan.services
             .iter()
@@ -185,7 +186,12 @@ pub fn render(
         .services
         .iter()
         .map(|svc| {
-            let env = plan.service_env(svc, svc.port, address_of);
+            let mut env = plan.service_env(svc, svc.port, address_of);
+            // A pod is reached on its own address, not loopback: a service that binds
+            // `$HOST` (as the examples do; the local runtime leaves it unset, for loopback)
+            // listens where the probes and the Service connect.
+            env.entry("HOST".to_owned())
+                .or_insert_with(|| "0.0.0.0".to_owned());
             let svc_domains: Vec<&str> = domains
                 .iter()
                 .filter(|(_, s)| s == &svc.name)
@@ -198,12 +204,12 @@ pub fn render(
                 service: service(&ns, &plan.slug, svc),
                 ingress: svc
                     .expose
-                    .then(|| ingress(&ns, &plan.slug, svc, &svc_domains, cfg)),
+                    .then(|| ingress(&plan.slug, &svc.name, svc.port, &svc_domains, cfg)),
             }
         })
         .collect();
     Rendered {
-        namespace: namespace(&ns, &plan.slug, team),
+        namespace: namespace(&ns, &plan.slug, team.as_deref()),
         default_policy: default_policy(&ns, &plan.slug, cfg),
         ingress_policy: ingress_policy(&ns, &plan.slug, cfg),
         quota: quota(&ns, &plan.slug, limits),
@@ -279,7 +285,7 @@ fn namespace(ns: &str, slug: &StackSlug, team: Option<&str>) -> Namespace {
     }
 }
 
-fn default_policy(ns: &str, slug: &StackSlug, cfg: &RenderConfig<'_>) -> NetworkPolicy {
+fn default_policy(ns: &str, slug: &StackSlug, cfg: &RenderConfig) -> NetworkPolicy {
     let same_namespace = || NetworkPolicyPeer {
         pod_selector: Some(LabelSelector::default()),
         ..NetworkPolicyPeer::default()
@@ -342,7 +348,7 @@ fn default_policy(ns: &str, slug: &StackSlug, cfg: &RenderConfig<'_>) -> Network
 
 /// Always rendered, even when no service is exposed (it then selects no pod), so a release
 /// that stops exposing services leaves nothing stale to delete.
-fn ingress_policy(ns: &str, slug: &StackSlug, cfg: &RenderConfig<'_>) -> NetworkPolicy {
+fn ingress_policy(ns: &str, slug: &StackSlug, cfg: &RenderConfig) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(INGRESS_POLICY, ns, stack_labels(slug)),
         spec: Some(NetworkPolicySpec {
@@ -421,6 +427,33 @@ fn secret(
     }
 }
 
+/// `sy-artifacts`: the signed URL of each artifact in `urls` (digest → URL), read by the init
+/// containers through `secretKeyRef`. Applied before the Deployments naming its keys.
+pub fn artifact_secret(slug: &StackSlug, urls: &BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: meta(ARTIFACTS_SECRET, &namespace_name(slug), stack_labels(slug)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            urls.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The artifact digest the init container of `deployment` fetches: the key of `sy-artifacts`
+/// it reads. What a running release still needs when the next one is applied.
+pub fn fetched_artifact(deployment: &Deployment) -> Option<String> {
+    let spec = deployment.spec.template.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == FETCH_CONTAINER)
+        .flat_map(|c| c.env.iter().flatten())
+        .find_map(|e| Some(e.value_from.as_ref()?.secret_key_ref.as_ref()?.key.clone()))
+}
+
 /// `<svc>-env`.
 pub fn env_secret_name(svc: &ServiceName) -> String {
     format!("{svc}-env")
@@ -431,7 +464,7 @@ fn deployment(
     plan: &DeployPlan,
     svc: &ReleaseService,
     env_sha: &str,
-    cfg: &RenderConfig<'_>,
+    cfg: &RenderConfig,
 ) -> Deployment {
     let slug = &plan.slug;
     let mut pod_labels = service_labels(slug, &svc.name);
@@ -466,8 +499,15 @@ fn deployment(
         ]),
         env: Some(vec![EnvVar {
             name: "ARTIFACT_URL".to_owned(),
-            value: Some((cfg.artifact_url)(&svc.artifact)),
-            value_from: None,
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: ARTIFACTS_SECRET.to_owned(),
+                    key: svc.artifact.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
         }]),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![srv_mount.clone(), tmp_mount.clone()]),
@@ -588,19 +628,21 @@ fn service(ns: &str, slug: &StackSlug, svc: &ReleaseService) -> Service {
     }
 }
 
-/// The service's own host first, then its custom domains in name order (a stable order, so
-/// re-applying the same domains changes nothing).
-fn ingress(
-    ns: &str,
+/// The Ingress of exposed service `name` listening on `port`: the service's own host first,
+/// then its custom domains in name order (a stable order, so re-applying the same domains
+/// changes nothing).
+pub fn ingress(
     slug: &StackSlug,
-    svc: &ReleaseService,
+    name: &ServiceName,
+    port: u16,
     domains: &[&str],
-    cfg: &RenderConfig<'_>,
+    cfg: &RenderConfig,
 ) -> Ingress {
+    let ns = namespace_name(slug);
     let mut custom: Vec<&str> = domains.to_vec();
     custom.sort_unstable();
     custom.dedup();
-    let hosts = std::iter::once(service_host(slug, &svc.name, &cfg.base_domain))
+    let hosts = std::iter::once(service_host(slug, name, &cfg.base_domain))
         .chain(custom.into_iter().map(str::to_owned));
     let rules = hosts
         .map(|host| IngressRule {
@@ -611,9 +653,9 @@ fn ingress(
                     path_type: "Prefix".to_owned(),
                     backend: IngressBackend {
                         service: Some(IngressServiceBackend {
-                            name: svc.name.to_string(),
+                            name: name.to_string(),
                             port: Some(ServiceBackendPort {
-                                number: Some(i32::from(svc.port)),
+                                number: Some(i32::from(port)),
                                 name: None,
                             }),
                         }),
@@ -624,7 +666,7 @@ fn ingress(
         })
         .collect();
     Ingress {
-        metadata: meta(svc.name.as_str(), ns, service_labels(slug, &svc.name)),
+        metadata: meta(name.as_str(), &ns, service_labels(slug, name)),
         spec: Some(IngressSpec {
             ingress_class_name: Some(cfg.ingress_class.clone()),
             rules: Some(rules),

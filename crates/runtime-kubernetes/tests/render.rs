@@ -11,7 +11,8 @@ use stackyard_core::needs::{Grant, GrantSource};
 use stackyard_core::resource::ResourceKind;
 use stackyard_core::runtime::{DeployPlan, GrantedResource};
 use stackyard_runtime_kubernetes::render::{
-    Compute, Endpoint, Peer, RenderConfig, Rendered, TierLimits, labels_selector, removed, render,
+    Compute, Endpoint, Peer, RenderConfig, Rendered, TierLimits, artifact_secret, labels_selector,
+    removed, render,
 };
 use std::collections::BTreeMap;
 
@@ -77,6 +78,8 @@ fn plan() -> DeployPlan {
     DeployPlan {
         stack_id: StackId(42),
         slug: StackSlug::parse(SLUG).unwrap(),
+        team: Some(stackyard_core::model::TeamId(7)),
+        tier: "team".into(),
         release: 3,
         env_version: 5,
         services: vec![web, api, worker],
@@ -97,6 +100,13 @@ fn artifact_url(digest: &str) -> String {
     format!(
         "http://stackyard.stackyard.svc:8700/internal/artifacts/{digest}?expires=1767225600&sig=0f1e2d"
     )
+}
+
+/// `plan` as an anonymous stack of `tier`.
+fn anonymous(mut plan: DeployPlan, tier: &str) -> DeployPlan {
+    plan.team = None;
+    plan.tier = tier.to_owned();
+    plan
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -128,7 +138,7 @@ fn limits(pods: u32, scale: u32) -> TierLimits {
     }
 }
 
-fn config(egress_cidrs: &[&str]) -> RenderConfig<'static> {
+fn config(egress_cidrs: &[&str]) -> RenderConfig {
     RenderConfig {
         base_domain: "apps.example.net".into(),
         ingress_class: "nginx".into(),
@@ -149,7 +159,6 @@ fn config(egress_cidrs: &[&str]) -> RenderConfig<'static> {
         deploy_timeout_secs: 60,
         tiers: BTreeMap::from([("team".to_owned(), limits(40, 4))]),
         default_limits: limits(10, 1),
-        artifact_url: &artifact_url,
     }
 }
 
@@ -160,8 +169,6 @@ fn domains() -> Vec<(String, ServiceName)> {
 fn rendered() -> Rendered {
     render(
         &plan(),
-        Some("acme"),
-        "team",
         &domains(),
         &config(&["203.0.113.0/24", "2001:db8::/32"]),
     )
@@ -184,6 +191,15 @@ fn objects(r: &Rendered) -> Vec<(String, serde_json::Value)> {
             values.push(serde_json::to_value(ingress).unwrap());
         }
     }
+    // Last, though applied before the Deployments: its place keeps the other snapshots' names.
+    let urls = plan()
+        .services
+        .iter()
+        .map(|s| (s.artifact.clone(), artifact_url(&s.artifact)))
+        .collect();
+    values.push(
+        serde_json::to_value(artifact_secret(&StackSlug::parse(SLUG).unwrap(), &urls)).unwrap(),
+    );
     values
         .into_iter()
         .enumerate()
@@ -217,6 +233,7 @@ fn every_object_of_a_three_service_stack_matches_its_snapshot() {
             "12-secret-worker-env",
             "13-service-worker",
             "14-deployment-worker",
+            "15-secret-sy-artifacts",
         ]
     );
     for (stem, value) in &objects {
@@ -251,7 +268,8 @@ fn env_values_appear_in_no_object_but_the_secrets() {
     let mut secrets = 0;
     for (stem, value) in &objects {
         let text = serde_json::to_string(value).unwrap();
-        if value["kind"] == "Secret" {
+        // The env Secrets; `sy-artifacts` holds URLs only and is checked like the rest.
+        if value["kind"] == "Secret" && stem.ends_with("-env") {
             secrets += 1;
             continue;
         }
@@ -311,7 +329,7 @@ fn a_changed_env_changes_the_pod_template_hash() {
         "API_KEY".to_owned(),
         "rotated".to_owned(),
     )]));
-    let after = render(&plan, Some("acme"), "team", &domains(), &config(&[]));
+    let after = render(&plan, &domains(), &config(&[]));
     let hash = |r: &Rendered| {
         r.services[0]
             .deployment
@@ -361,7 +379,7 @@ fn only_exposed_services_get_an_ingress_and_domains_of_others_are_dropped() {
         ("api.example.com".to_owned(), name("api")),
         ("gone.example.com".to_owned(), name("gone")),
     ];
-    let r = render(&plan(), None, "free", &domains, &config(&[]));
+    let r = render(&anonymous(plan(), "free"), &domains, &config(&[]));
     let ingresses: Vec<_> = r
         .services
         .iter()
@@ -390,7 +408,7 @@ fn only_exposed_services_get_an_ingress_and_domains_of_others_are_dropped() {
 
 #[test]
 fn no_egress_cidrs_opens_no_egress_beyond_the_namespace_dns_and_the_api() {
-    let r = render(&plan(), None, "free", &[], &config(&[]));
+    let r = render(&anonymous(plan(), "free"), &[], &config(&[]));
     let spec = r.default_policy.spec.as_ref().unwrap();
     let egress = spec.egress.as_ref().unwrap();
     assert_eq!(egress.len(), 3);
@@ -404,7 +422,7 @@ fn no_egress_cidrs_opens_no_egress_beyond_the_namespace_dns_and_the_api() {
 
 #[test]
 fn tiers_not_configured_get_the_default_limits() {
-    let r = render(&plan(), None, "anonymous", &[], &config(&[]));
+    let r = render(&anonymous(plan(), "anonymous"), &[], &config(&[]));
     let hard = r.quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["pods"].0, "10");
     assert_eq!(rendered().quota.spec.unwrap().hard.unwrap()["pods"].0, "40");
@@ -431,7 +449,7 @@ fn write_rendered_objects_for_schema_validation() {
     }
     let variants = [
         ("full", rendered()),
-        ("bare", render(&quiet, None, "anonymous", &[], &bare)),
+        ("bare", render(&anonymous(quiet, "anonymous"), &[], &bare)),
     ];
     for (variant, r) in variants {
         for (stem, value) in objects(&r) {

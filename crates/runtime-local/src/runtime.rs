@@ -19,7 +19,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use stackyard_core::model::{ReleaseService, ServiceStatus};
 use stackyard_core::runtime::{
-    BoxFuture, DeployPlan, Logs, Runtime, RuntimeError, StatusSink, SupervisionSink, artifact_path,
+    BoxFuture, DeployPlan, Logs, Runtime, RuntimeError, ServiceFailure, StatusSink,
+    SupervisionSink, artifact_path, failure_report,
 };
 use stackyard_core::tarball::safe_relative_path;
 use stackyard_core::{ServiceName, StackSlug, TarballLimits};
@@ -220,12 +221,6 @@ impl Runtime for LocalRuntime {
             }))
         })
     }
-}
-
-/// What one service of a failed release is reported with.
-struct Failure {
-    service: ServiceName,
-    message: String,
 }
 
 impl Shared {
@@ -643,7 +638,7 @@ impl Shared {
         procs: &[Arc<Proc>],
         plan: &DeployPlan,
         deadline: Instant,
-    ) -> Vec<Failure> {
+    ) -> Vec<ServiceFailure> {
         let timeout = self.cfg.deploy_timeout;
         let mut waits: FuturesUnordered<_> = procs
             .iter()
@@ -683,7 +678,7 @@ impl Shared {
         attempt: Attempt,
         plan: &DeployPlan,
         sink: &dyn StatusSink,
-        failures: Vec<Failure>,
+        failures: Vec<ServiceFailure>,
     ) -> Result<(), RuntimeError> {
         let slot = attempt.slot.clone();
         attempt.abort().await;
@@ -691,41 +686,18 @@ impl Shared {
             let st = lock(&slot.state);
             (st.current, st.hosts.clone())
         };
-        let culprits: Vec<String> = failures
-            .iter()
-            .map(|f| format!("`{}`", f.service))
-            .collect();
-        let culprits = culprits.join(", ");
-        for svc in &plan.services {
+        let (messages, summary) = failure_report(plan, &failures, serving);
+        for (svc, (name, message)) in plan.services.iter().zip(&messages) {
             // A service the previous release still serves keeps its URL.
             let url = routed
                 .contains(&self.host(&plan.slug, &svc.name))
                 .then(|| self.url(&plan.slug, svc))
                 .flatten();
-            let own = failures.iter().find(|f| f.service == svc.name);
-            let message = match (own, serving) {
-                (Some(f), _) => f.message.clone(),
-                (None, Some(old)) => {
-                    format!("stopped because {culprits} failed; release v{old} keeps serving")
-                }
-                (None, None) => format!("stopped because {culprits} failed"),
-            };
-            sink.service_status(
-                &svc.name,
-                ServiceStatus::Failed,
-                url.as_deref(),
-                Some(&message),
-            )
-            .await;
+            sink.service_status(name, ServiceStatus::Failed, url.as_deref(), Some(message))
+                .await;
         }
-        let summary: Vec<String> = failures
-            .iter()
-            .map(|f| format!("`{}` {}", f.service, f.message))
-            .collect();
-        let mut summary = format!("release v{} failed: {}", plan.release, summary.join("\n\n"));
-        if let Some(old) = serving {
-            summary.push_str(&format!("\n\nRelease v{old} keeps serving."));
-        }
+        let culprits: Vec<&str> = failures.iter().map(|f| f.service.as_str()).collect();
+        let culprits = culprits.join(",");
         tracing::info!(stack = %plan.slug, release = plan.release, services = %culprits, "release failed");
         Err(RuntimeError::Failed(summary))
     }
@@ -931,8 +903,8 @@ impl StatusSink for NoopSink {
     }
 }
 
-fn failure(svc: &ReleaseService, message: String) -> Failure {
-    Failure {
+fn failure(svc: &ReleaseService, message: String) -> ServiceFailure {
+    ServiceFailure {
         service: svc.name.clone(),
         message,
     }
@@ -1181,6 +1153,8 @@ mod tests {
         let plan = DeployPlan {
             stack_id: stackyard_core::model::StackId(1),
             slug: StackSlug::parse("stk-0123456789abcdef01234567").unwrap(),
+            team: None,
+            tier: "free".into(),
             release: 7,
             env_version: 3,
             services: vec![web.clone(), svc("api", &[])],

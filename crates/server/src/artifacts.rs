@@ -13,19 +13,36 @@
 //! uses it *and* it is older than the grace period, and a create that finds its file already
 //! there refreshes its modification time instead of rewriting it. A create commits within its
 //! lock timeout (seconds), far inside the grace period (minutes).
+//!
+//! **Shared** mode (a runtime whose pods fetch their code over HTTP from whichever API replica
+//! answers, `kubernetes.md`): an upload also stores each tarball as a blob in the database
+//! (`ArtifactStore`), after its file and before the release row, so every replica can serve
+//! it. A replica asked for a tarball it has no file of reads the blob and keeps it as a file.
+//! Blobs go under the same rules as files (unused, and untouched for the grace period); the
+//! removals run in every mode, so blobs left behind after a change of runtime go too.
+//!
+//! The file work is synchronous (a std mutex, the blocking pool) and the store is async: the
+//! async methods here do the file part on the blocking pool and the store part after it, so
+//! the mutex is never held across an await.
 
+use bytes::Bytes;
 use stackyard_api::ArtifactUsage;
+use stackyard_core::Millis;
+use stackyard_core::ids::sha256_hex;
 use stackyard_core::runtime::artifact_path;
-use std::collections::BTreeSet;
+use stackyard_core::store::{ArtifactStore, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// The artifact files of one data directory.
+/// The artifact files of one data directory, and in shared mode their blobs in the store.
 pub struct Artifacts {
     data_dir: PathBuf,
     grace: Duration,
+    /// Whether uploads also store their tarballs in the database (see the module doc).
+    shared: bool,
     /// Orders a save's "the file exists: refresh it and rely on it" against a removal's "old
     /// enough: remove it", so that a removal never takes a file a create has just decided to
     /// rely on; guards the usage totals too. A std mutex: held only around a stat and a rename
@@ -34,13 +51,144 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    /// The artifacts under `data_dir`; its usage is counted by the first `sweep`.
-    pub fn new(data_dir: &Path, grace: Duration) -> Self {
+    /// The artifacts under `data_dir`; its usage is counted by the first `sweep`. `shared`:
+    /// uploads store blobs too (see the module doc).
+    pub fn new(data_dir: &Path, grace: Duration, shared: bool) -> Self {
         Self {
             data_dir: data_dir.to_owned(),
             grace,
+            shared,
             usage: Mutex::new(ArtifactUsage::default()),
         }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Blobs last stored before this instant may be removed (if unused): the grace period,
+    /// as for files.
+    fn blob_cutoff(&self) -> Millis {
+        let grace = i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX);
+        crate::now().saturating_add_ms(grace.saturating_neg())
+    }
+
+    /// Stores an upload's tarballs, `(digest, bytes)` with digests the caller computed from
+    /// the bytes: every file (on the blocking pool), then in shared mode every blob. Call it
+    /// before the transaction that writes the rows naming them.
+    pub async fn save_upload<S: ArtifactStore>(
+        self: &Arc<Self>,
+        store: &S,
+        files: &BTreeMap<String, Bytes>,
+    ) -> Result<(), SaveError> {
+        let (this, to_write) = (self.clone(), files.clone());
+        tokio::task::spawn_blocking(move || {
+            to_write
+                .iter()
+                .try_for_each(|(digest, bytes)| this.save(digest, bytes))
+        })
+        .await
+        .map_err(|_| SaveError::Interrupted)?
+        .map_err(SaveError::File)?;
+        if self.shared {
+            for (digest, bytes) in files {
+                store
+                    .put_artifact_blob(digest, bytes, crate::now())
+                    .await
+                    .map_err(SaveError::Blob)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tarball of `digest` (a valid digest: the caller checked), from this data directory
+    /// or else from the store, whose blob is then kept as a file here. `None`: neither has it.
+    /// A blob whose bytes do not match its digest is reported and not served.
+    pub async fn open<S: ArtifactStore>(
+        self: &Arc<Self>,
+        store: &S,
+        digest: &str,
+    ) -> Result<Option<Artifact>, StoreError> {
+        let path = artifact_path(&self.data_dir, digest);
+        match tokio::fs::File::open(&path).await {
+            // Once open, a removal (unlink) cannot take the bytes from under the reader.
+            Ok(file) => match file.metadata().await {
+                Ok(meta) => {
+                    return Ok(Some(Artifact::File {
+                        file,
+                        len: meta.len(),
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "could not inspect an artifact")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "could not open an artifact")
+            }
+        }
+        let Some(bytes) = store.artifact_blob(digest).await? else {
+            return Ok(None);
+        };
+        let (this, digest) = (self.clone(), digest.to_owned());
+        let checked = tokio::task::spawn_blocking(move || {
+            if sha256_hex(&bytes) != digest {
+                tracing::error!(digest = %digest, "a stored artifact blob does not match its digest");
+                return None;
+            }
+            if let Err(e) = this.save(&digest, &bytes) {
+                // Served all the same; the next request reads the blob again.
+                tracing::warn!(error = %e, digest = %digest, "could not keep a fetched artifact as a file");
+            }
+            Some(bytes)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("the artifact check was interrupted".into()))?;
+        Ok(checked.map(|b| Artifact::Bytes(Bytes::from(b))))
+    }
+
+    /// Removes the files and the blobs of `digests`, which the store reported no release uses
+    /// any more, except those touched within the grace period. Returns how many files were
+    /// removed; failures are logged (the sweep tries again).
+    pub async fn remove_unused<S: ArtifactStore>(
+        self: &Arc<Self>,
+        store: &S,
+        digests: Vec<String>,
+    ) -> usize {
+        let digests: Vec<String> = digests.into_iter().filter(|d| is_digest(d)).collect();
+        let (this, to_remove) = (self.clone(), digests.clone());
+        let removed = tokio::task::spawn_blocking(move || this.remove_unused_files(&to_remove))
+            .await
+            .unwrap_or_default();
+        match store
+            .delete_artifact_blobs(&digests, self.blob_cutoff())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(blobs = n, "removed artifact blobs no release uses"),
+            Err(e) => tracing::warn!(error = %e, "could not remove unused artifact blobs"),
+        }
+        removed
+    }
+
+    /// The periodic sweep (`sweep_files`), then the blobs no release uses that were untouched
+    /// for the grace period. Returns how many files were removed.
+    pub async fn sweep<S: ArtifactStore>(
+        self: &Arc<Self>,
+        store: &S,
+        used: BTreeSet<String>,
+    ) -> usize {
+        let this = self.clone();
+        let removed = tokio::task::spawn_blocking(move || this.sweep_files(&used))
+            .await
+            .unwrap_or_default();
+        match store.sweep_artifact_blobs(self.blob_cutoff()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(blobs = n, "swept artifact blobs no release uses"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep artifact blobs"),
+        }
+        removed
     }
 
     fn dir(&self) -> PathBuf {
@@ -99,7 +247,7 @@ impl Artifacts {
     /// Removes the files of `digests`, which the store reported no release uses any more,
     /// except those younger than the grace period (a create may be about to commit them).
     /// Returns how many were removed; failures are logged (the sweep tries again).
-    pub fn remove_unused(&self, digests: &[String]) -> usize {
+    pub fn remove_unused_files(&self, digests: &[String]) -> usize {
         let mut usage = self.lock();
         digests
             .iter()
@@ -111,7 +259,7 @@ impl Artifacts {
     /// Removes every artifact file whose digest is not in `used` and every temporary file
     /// (a write a crash interrupted), if older than the grace period, and counts what is left.
     /// Returns how many files were removed.
-    pub fn sweep(&self, used: &BTreeSet<String>) -> usize {
+    pub fn sweep_files(&self, used: &BTreeSet<String>) -> usize {
         let mut usage = self.lock();
         let entries = match std::fs::read_dir(self.dir()) {
             Ok(e) => e,
@@ -187,9 +335,49 @@ impl Artifacts {
     }
 }
 
+/// How long a signed artifact URL stays valid (`kubernetes.md`: a 10-minute URL).
+pub const URL_TTL: Duration = Duration::from_secs(600);
+
+/// The signer of artifact URLs for a server whose proved master key is `master`.
+///
+/// It signs with `master`, the key the keyring starts with, and verifies with it and with
+/// every other key the key source holds now. Not with the keyring's later keys: a rotation
+/// while this server runs is followed by it only at its restart. Replicas sharing the
+/// database share the key, so each verifies the others' URLs; during a rotation done as the
+/// README says (the new key added to each key source, servers restarted, the old key dropped,
+/// servers restarted again), a replica restarted with both keys accepts the URLs of one not
+/// yet restarted, and once the old key is dropped every URL signed with it has long expired
+/// (`URL_TTL`). What can fail is a URL signed with the new key reaching a replica that has
+/// not restarted since the new key was added: refused until that replica restarts.
+pub fn url_signer(
+    master: &stackyard_core::crypto::MasterKey,
+    keys: &crate::config::KeyArgs,
+    data_dir: &Path,
+) -> stackyard_core::artifact_url::ArtifactSigner {
+    let known = crate::masterkey::load_all(keys, data_dir);
+    stackyard_core::artifact_url::ArtifactSigner::from_master(master, URL_TTL).accepting(&known)
+}
+
 /// A SHA-256 digest in hex: the only names the removals act on, whatever the store returns.
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A tarball to serve: an open file here, or the bytes of a blob another replica stored.
+pub enum Artifact {
+    File { file: tokio::fs::File, len: u64 },
+    Bytes(Bytes),
+}
+
+/// Why an upload's tarballs were not all stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("writing an artifact file: {0}")]
+    File(std::io::Error),
+    #[error("storing an artifact blob: {0}")]
+    Blob(StoreError),
+    #[error("the artifact write was interrupted")]
+    Interrupted,
 }
 
 /// Test-only fault injection, compiled into debug builds only: with
@@ -219,13 +407,17 @@ mod tests {
     #[test]
     fn unused_files_go_only_once_older_than_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Artifacts::new(dir.path(), Duration::from_secs(600));
+        let a = Artifacts::new(dir.path(), Duration::from_secs(600), false);
         a.save(A, b"one").unwrap();
         a.save(B, b"three").unwrap();
         assert_eq!(a.usage(), ArtifactUsage { count: 2, bytes: 8 });
-        assert_eq!(a.remove_unused(&[A.into(), B.into()]), 0, "both are fresh");
+        assert_eq!(
+            a.remove_unused_files(&[A.into(), B.into()]),
+            0,
+            "both are fresh"
+        );
         age(&artifact_path(dir.path(), A), Duration::from_secs(601));
-        assert_eq!(a.remove_unused(&[A.into(), B.into()]), 1);
+        assert_eq!(a.remove_unused_files(&[A.into(), B.into()]), 1);
         assert!(!artifact_path(dir.path(), A).exists());
         assert_eq!(a.usage(), ArtifactUsage { count: 1, bytes: 5 });
     }
@@ -233,19 +425,19 @@ mod tests {
     #[test]
     fn saving_an_existing_file_refreshes_it_so_a_removal_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Artifacts::new(dir.path(), Duration::from_secs(600));
+        let a = Artifacts::new(dir.path(), Duration::from_secs(600), false);
         a.save(A, b"one").unwrap();
         age(&artifact_path(dir.path(), A), Duration::from_secs(3600));
         // A create relying on the file it found: now fresh again.
         a.save(A, b"one").unwrap();
-        assert_eq!(a.remove_unused(&[A.into()]), 0);
+        assert_eq!(a.remove_unused_files(&[A.into()]), 0);
         assert_eq!(a.usage(), ArtifactUsage { count: 1, bytes: 3 });
     }
 
     #[test]
     fn sweep_keeps_used_and_fresh_files_and_recounts() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Artifacts::new(dir.path(), Duration::from_secs(600));
+        let a = Artifacts::new(dir.path(), Duration::from_secs(600), false);
         a.save(A, b"one").unwrap();
         a.save(B, b"three").unwrap();
         let tmp = dir.path().join("artifacts").join(format!(".{A}.0123.tmp"));
@@ -260,10 +452,10 @@ mod tests {
         ] {
             age(&p, Duration::from_secs(601));
         }
-        let fresh = Artifacts::new(dir.path(), Duration::from_secs(600));
+        let fresh = Artifacts::new(dir.path(), Duration::from_secs(600), false);
         let used = BTreeSet::from([B.to_owned()]);
         assert_eq!(
-            fresh.sweep(&used),
+            fresh.sweep_files(&used),
             2,
             "the unused artifact and the temporary file"
         );

@@ -24,6 +24,8 @@ pub enum RuntimeKind {
     Local,
     /// Move services through their statuses without running anything.
     Noop,
+    /// Run each stack as a namespace of a Kubernetes cluster (`--k8s-*`, kubernetes.md).
+    Kubernetes,
 }
 
 /// Where the server keeps its data and how it runs. Secrets (the database URL may carry a
@@ -129,6 +131,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 
     /// API address; port 0 picks a free port.
     #[arg(long, env = "STACKYARD_LISTEN", default_value = "127.0.0.1:8700")]
@@ -426,5 +431,134 @@ mod tests {
             )
             .contains("pw")
         );
+    }
+}
+
+/// The Kubernetes runtime's settings (`--runtime kubernetes`).
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file of the cluster; without it: `KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account, in that order.
+    #[arg(long, env = "STACKYARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// `spec.ingressClassName` of every exposed service's Ingress.
+    #[arg(long, env = "STACKYARD_K8S_INGRESS_CLASS", default_value = "nginx")]
+    pub k8s_ingress_class: String,
+
+    /// Namespace of the ingress controller: the only namespace whose pods may reach a stack's
+    /// exposed services.
+    #[arg(
+        long,
+        env = "STACKYARD_K8S_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
+    pub k8s_ingress_namespace: String,
+
+    /// Where services may connect outside their namespace besides DNS (`CIDR,...`); empty:
+    /// nowhere else.
+    #[arg(long, env = "STACKYARD_K8S_EGRESS_CIDRS", value_delimiter = ',')]
+    pub k8s_egress_cidrs: Vec<IpNet>,
+
+    /// Image of the init container that fetches and unpacks a service's tarball: it needs
+    /// `/bin/sh`, `wget` and `tar`.
+    #[arg(
+        long,
+        env = "STACKYARD_K8S_FETCH_IMAGE",
+        default_value = "busybox:1.37"
+    )]
+    pub k8s_fetch_image: String,
+
+    /// Image services run their start command in.
+    #[arg(
+        long,
+        env = "STACKYARD_K8S_BASE_IMAGE",
+        default_value = "debian:bookworm-slim"
+    )]
+    pub k8s_base_image: String,
+
+    /// This API as pods reach it: signed artifact URLs start with it.
+    #[arg(
+        long,
+        env = "STACKYARD_K8S_ARTIFACT_BASE_URL",
+        default_value = "http://stackyard.stackyard.svc:8700"
+    )]
+    pub k8s_artifact_base_url: String,
+
+    /// Namespace the API replicas run in (pods labelled `app.kubernetes.io/name=stackyard`):
+    /// init containers may reach them there, on the port of `--k8s-artifact-base-url`.
+    #[arg(long, env = "STACKYARD_K8S_API_NAMESPACE", default_value = "stackyard")]
+    pub k8s_api_namespace: String,
+
+    /// Scheme of exposed services' URLs, as the ingress controller serves them.
+    #[arg(long, env = "STACKYARD_K8S_URL_SCHEME", default_value = "https")]
+    pub k8s_url_scheme: String,
+
+    /// A stack tier's namespace quota: `tier=pods:N,cpu:Q,memory:Q` (repeatable); tiers not
+    /// named get `--k8s-default-quota`.
+    #[arg(long, env = "STACKYARD_K8S_TIER_QUOTA", value_delimiter = ';', value_parser = parse_tier_quota)]
+    pub k8s_tier_quota: Vec<(String, TierQuota)>,
+
+    /// The quota of tiers `--k8s-tier-quota` does not name.
+    #[arg(long, env = "STACKYARD_K8S_DEFAULT_QUOTA", default_value = "pods:10,cpu:2,memory:2Gi", value_parser = parse_quota)]
+    pub k8s_default_quota: TierQuota,
+
+    /// Time a stack's namespace gets to go (finalizers included) before teardown is retried.
+    #[arg(long, env = "STACKYARD_K8S_TEARDOWN_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub k8s_teardown_timeout: Duration,
+
+    /// How often rollouts, deletions and log followers look at the cluster.
+    #[arg(long, env = "STACKYARD_K8S_POLL", default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
+    pub k8s_poll: Duration,
+
+    /// How often every stack's artifact URLs are signed anew (they live 10 minutes).
+    #[arg(long, env = "STACKYARD_K8S_ARTIFACT_REFRESH", default_value = "4m", value_parser = humantime::parse_duration, hide = true)]
+    pub k8s_artifact_refresh: Duration,
+}
+
+/// What one stack of a tier may use in all: pods, CPU and memory (Kubernetes quantities).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierQuota {
+    pub pods: u32,
+    pub cpu: String,
+    pub memory: String,
+}
+
+fn parse_tier_quota(s: &str) -> Result<(String, TierQuota), String> {
+    let (tier, quota) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected tier=pods:N,cpu:Q,memory:Q"))?;
+    Ok((tier.trim().to_owned(), parse_quota(quota)?))
+}
+
+fn parse_quota(s: &str) -> Result<TierQuota, String> {
+    let (mut pods, mut cpu, mut memory) = (None, None, None);
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}`: expected key:value"))?;
+        let v = v.trim();
+        let quantity = |v: &str| {
+            let ok = !v.is_empty()
+                && v.starts_with(|c: char| c.is_ascii_digit())
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+            ok.then(|| v.to_owned())
+                .ok_or_else(|| format!("`{v}` is not a Kubernetes quantity"))
+        };
+        match k.trim() {
+            "pods" => {
+                pods = Some(
+                    v.parse()
+                        .map_err(|_| format!("pods: `{v}` is not a count"))?,
+                )
+            }
+            "cpu" => cpu = Some(quantity(v)?),
+            "memory" => memory = Some(quantity(v)?),
+            other => return Err(format!("unknown quota key `{other}` (pods, cpu, memory)")),
+        }
+    }
+    match (pods, cpu, memory) {
+        (Some(pods), Some(cpu), Some(memory)) => Ok(TierQuota { pods, cpu, memory }),
+        _ => Err(format!("`{s}`: pods, cpu and memory are all needed")),
     }
 }

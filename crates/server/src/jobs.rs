@@ -16,7 +16,9 @@ use stackyard_core::model::{Job, JobKind, NewEvent, Release, ServiceStatus, Stac
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, GrantedResource, Runtime, RuntimeError, StatusSink, SupervisionSink,
 };
-use stackyard_core::store::{DeployResult, JobStore, ResourceStore, StoreError, VaultStore};
+use stackyard_core::store::{
+    ArtifactStore, DeployResult, JobStore, ResourceStore, StoreError, VaultStore,
+};
 use stackyard_core::vault::VaultRefError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,7 @@ const MAX_DEPLOY_ATTEMPTS: i64 = 5;
 /// How often an idle worker looks for jobs queued by other servers.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Workers<S: JobStore + ResourceStore + VaultStore> {
+pub struct Workers<S: JobStore + ResourceStore + VaultStore + ArtifactStore> {
     pub store: S,
     pub runtime: Arc<dyn Runtime>,
     pub ready: Arc<Notify>,
@@ -45,7 +47,7 @@ pub struct Workers<S: JobStore + ResourceStore + VaultStore> {
     pub provisioner: Arc<Provisioner>,
 }
 
-impl<S: JobStore + ResourceStore + VaultStore> Workers<S> {
+impl<S: JobStore + ResourceStore + VaultStore + ArtifactStore> Workers<S> {
     /// Claims and runs jobs until `shutdown` turns true, then cancels the jobs still running
     /// and returns once they are dropped: their claims are left to their leases (another
     /// server, or this one after a restart, resumes them), and the caller may stop the runtime
@@ -106,9 +108,12 @@ impl<S: JobStore + ResourceStore + VaultStore> Workers<S> {
     async fn execute(self: &Arc<Self>, job: Job) {
         let span = tracing::info_span!("job", id = job.id, kind = %job.kind, stack = %job.slug);
         let lost = Arc::new(Notify::new());
-        let heartbeat = {
+        // Aborted when this future is dropped too (a planned stop aborts the running jobs):
+        // a heartbeat outliving its job would keep the claim alive, and no server could take
+        // the job over.
+        let _heartbeat = {
             let (this, job, lost) = (self.clone(), job.clone(), lost.clone());
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(this.lease / 3).await;
                     match this.store.renew_job_lease(&job, now(), this.lease).await {
@@ -123,13 +128,12 @@ impl<S: JobStore + ResourceStore + VaultStore> Workers<S> {
                         }
                     }
                 }
-            })
+            }))
         };
         tokio::select! {
             _ = self.run_job(&job).instrument(span) => {}
             _ = lost.notified() => tracing::warn!(job = job.id, "job claim lost; another worker owns it now"),
         }
-        heartbeat.abort();
     }
 
     async fn run_job(&self, job: &Job) {
@@ -288,11 +292,7 @@ impl<S: JobStore + ResourceStore + VaultStore> Workers<S> {
                 // deletion that still names it. Before the notification: a `DELETE` answered
                 // "gone" finds the stack's unused artifacts gone too.
                 if !unused.is_empty() {
-                    let artifacts = self.artifacts.clone();
-                    let removed =
-                        tokio::task::spawn_blocking(move || artifacts.remove_unused(&unused))
-                            .await
-                            .unwrap_or_default();
+                    let removed = self.artifacts.remove_unused(&self.store, unused).await;
                     tracing::info!(stack = %job.slug, removed, "removed artifacts no release uses");
                 }
                 self.torn_down.notify_waiters();
@@ -370,6 +370,8 @@ pub(crate) fn deploy_plan(
     DeployPlan {
         stack_id: stack.id,
         slug: stack.slug,
+        team: stack.team_id,
+        tier: stack.tier,
         release: release.info.version,
         env_version: release.info.env_version,
         services: release.services,
@@ -424,6 +426,15 @@ fn backoff_ms(attempts: i64) -> i64 {
     1000i64
         .saturating_mul(1 << attempts.clamp(0, 6))
         .min(60_000)
+}
+
+/// A task that stops when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Turns runtime progress into fenced status writes.

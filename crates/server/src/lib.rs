@@ -17,6 +17,7 @@ pub mod extract;
 pub mod http;
 pub mod idempotency;
 pub mod jobs;
+pub mod kubernetes;
 pub mod maintenance;
 pub mod masterkey;
 pub mod middleware;

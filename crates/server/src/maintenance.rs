@@ -9,7 +9,7 @@ use crate::now;
 use crate::resources::{Provisioner, stale_provisioning_cutoff};
 use stackyard_core::model::{Access, Actor, AuditCtx};
 use stackyard_core::runtime::Runtime;
-use stackyard_core::store::{DomainStore, Housekeeping, ResourceStore, StackStore};
+use stackyard_core::store::{ArtifactStore, DomainStore, Housekeeping, ResourceStore, StackStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -101,10 +101,10 @@ pub fn sweep_every(grace: Duration) -> Duration {
     grace.clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
-/// Sweeps the artifact files at start-up and then every `sweep_every(grace)`: the files no
-/// release uses that no teardown removed (a create that crashed between writing its files and
+/// Sweeps the artifact files and blobs at start-up and then every `sweep_every(grace)`: those
+/// no release uses that no teardown removed (a create that crashed between writing its files and
 /// committing, a teardown whose removal failed or came too soon after a create).
-pub async fn sweep_artifacts<S: Housekeeping>(
+pub async fn sweep_artifacts<S: Housekeeping + ArtifactStore>(
     store: S,
     artifacts: Arc<Artifacts>,
     every: Duration,
@@ -113,10 +113,7 @@ pub async fn sweep_artifacts<S: Housekeeping>(
     loop {
         match store.sweep_artifacts().await {
             Ok(used) => {
-                let artifacts = artifacts.clone();
-                let removed = tokio::task::spawn_blocking(move || artifacts.sweep(&used))
-                    .await
-                    .unwrap_or_default();
+                let removed = artifacts.sweep(&store, used).await;
                 if removed > 0 {
                     tracing::info!(removed, "swept artifact files no release uses");
                 }

@@ -1,7 +1,8 @@
 //! The one route list. Each entry registers a handler on the axum router under the methods and
 //! path its `#[utoipa::path]` declares and adds that operation to the OpenAPI document served at
-//! `/openapi.json`, so a route cannot be served undocumented, nor documented unserved. Then the
-//! fallbacks (404/405 envelopes) and the layers every request goes through.
+//! `/openapi.json`, so a route cannot be served undocumented, nor documented unserved (the one
+//! exception: `/internal/…`, Stackyard's own machinery, served but kept out of the public
+//! document). Then the fallbacks (404/405 envelopes) and the layers every request goes through.
 
 use crate::error::ApiError;
 use crate::middleware;
@@ -9,7 +10,8 @@ use crate::middleware::MAX_BODY_BYTES;
 use crate::openapi::Document;
 use crate::routes::ops::OpenApiJson;
 use crate::routes::{
-    audit, domains, env, family, ops, releases, resources, restart, stacks, streams, tokens, vault,
+    audit, domains, env, family, internal, ops, releases, resources, restart, stacks, streams,
+    tokens, vault,
 };
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -77,6 +79,12 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     };
     let document = OpenApiJson(serde_json::to_vec(&doc.build()).unwrap_or_default().into());
     let api = router
+        // Stackyard's own machinery, outside the route list so that the public document does
+        // not show it; the same layers (envelope, limits) as every route.
+        .route(
+            "/internal/artifacts/{digest}",
+            axum::routing::get(internal::artifact::<S>),
+        )
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)

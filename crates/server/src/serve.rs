@@ -11,6 +11,7 @@ use crate::resources::Provisioner;
 use crate::router::router;
 use crate::state::AppState;
 use anyhow::{Context, bail};
+use stackyard_core::artifact_url::ArtifactSigner;
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::{NewToken, Store, StoreOptions};
 use stackyard_core::{ApiToken, Millis};
@@ -168,6 +169,11 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     })?;
     // Before anything is written or served: a wrong master key must stop the start here.
     let master = crate::masterkey::unlock(&store, &args.keys, &args.store.data_dir).await?;
+    let artifact_signer = Arc::new(crate::artifacts::url_signer(
+        &master,
+        &args.keys,
+        &args.store.data_dir,
+    ));
     crate::masterkey::install(&store, master, &args.keys, &args.store.data_dir).await?;
     bootstrap(&store, &args.store.data_dir).await?;
     if !store.is_shared() {
@@ -182,7 +188,8 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let (runtime, acme) = make_runtime(&args, &shutdown_rx, &mut tasks).await?;
+    let (runtime, acme) =
+        make_runtime(&args, &store, &artifact_signer, &shutdown_rx, &mut tasks).await?;
     if let Some(acme) = &acme {
         // Before the TLS listener's first handshake matters: what is stored is served.
         acme.reload(&store).await;
@@ -216,7 +223,12 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
     // Notes the resource Redis's run id first, so the maintenance pass sees its next restart.
     provisioner.redis_restarted().await;
     crate::resources::reconcile(&store, &provisioner, cutoff, true).await;
-    let artifacts = Arc::new(Artifacts::new(&args.store.data_dir, args.artifact_grace));
+    let artifacts = Arc::new(Artifacts::new(
+        &args.store.data_dir,
+        args.artifact_grace,
+        // Pods fetch tarballs from any API replica: every replica must find every one.
+        args.runtime == RuntimeKind::Kubernetes,
+    ));
     let jobs_ready = Arc::new(Notify::new());
     let state = AppState::new(
         store.clone(),
@@ -227,6 +239,7 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
         provisioner.clone(),
         artifacts.clone(),
         acme,
+        Some(artifact_signer),
     );
     let listener = TcpListener::bind(args.listen)
         .await
@@ -292,8 +305,10 @@ async fn start_with<S: Store>(store: S, args: ServeArgs) -> anyhow::Result<Runni
 /// The runtime `--runtime` names, with whatever it serves besides: the local runtime's router
 /// is bound first (service URLs carry its port) and served until shutdown, and with
 /// `--router-tls-listen` its HTTPS listener and the ACME client whose certificates it serves.
-async fn make_runtime(
+async fn make_runtime<S: Store>(
     args: &ServeArgs,
+    store: &S,
+    signer: &Arc<ArtifactSigner>,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<(Arc<dyn Runtime>, Option<Arc<Acme>>)> {
@@ -306,6 +321,15 @@ async fn make_runtime(
                 step: args.noop_step,
             };
             (Arc::new(noop), None)
+        }
+        RuntimeKind::Kubernetes => {
+            if args.router_tls_listen.is_some() {
+                bail!(
+                    "--router-tls-listen needs the local runtime's router; on Kubernetes the ingress controller serves TLS"
+                );
+            }
+            let runtime = crate::kubernetes::runtime(args, store, signer.clone()).await?;
+            (Arc::new(runtime), None)
         }
         RuntimeKind::Local => {
             let listener = TcpListener::bind(args.router_listen)

@@ -10,6 +10,7 @@ use crate::ratelimit::RateLimiter;
 use crate::resources::Provisioner;
 use metrics_exporter_prometheus::PrometheusHandle;
 use stackyard_core::StackSlug;
+use stackyard_core::artifact_url::ArtifactSigner;
 use stackyard_core::model::{Access, StackId};
 use stackyard_core::runtime::Runtime;
 use stackyard_core::store::Store;
@@ -57,6 +58,9 @@ pub struct Shared<S: Store> {
     /// Notified (every waiter) when this process's workers finish a teardown, so the `DELETE`
     /// requests waiting for theirs look again at once.
     pub teardowns_done: Arc<Notify>,
+    /// Checks the signed URLs pods fetch their artifacts with (`GET /internal/artifacts/…`);
+    /// with none, that route answers 404.
+    pub artifact_signer: Option<Arc<ArtifactSigner>>,
 }
 
 /// slug → (who may see it, id). Both never change for a slug and slugs are never reused, so
@@ -112,6 +116,7 @@ impl<S: Store> AppState<S> {
         provisioner: Arc<Provisioner>,
         artifacts: Arc<Artifacts>,
         acme: Option<Arc<crate::acme::Acme>>,
+        artifact_signer: Option<Arc<ArtifactSigner>>,
     ) -> Self {
         let env_queue = EnvQueue::new(store.clone(), config.lock_timeout);
         let dns = crate::dns::Dns::new(config.dns_resolver);
@@ -134,6 +139,7 @@ impl<S: Store> AppState<S> {
                 rate_limiter,
                 provisioner,
                 artifacts,
+                artifact_signer,
             }),
         }
     }

@@ -24,6 +24,7 @@
 //! pruning (`housekeeping`), and `get_stack` in one statement (`stacks`). One module per
 //! storage trait.
 
+mod artifacts;
 mod domains;
 mod env;
 mod events;

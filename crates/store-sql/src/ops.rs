@@ -806,6 +806,94 @@ where
         Ok(used.into_iter().collect())
     }
 
+    /// `ArtifactStore::put_artifact_blob`. Touches an existing row first, so the bytes of a
+    /// tarball stored before are not sent again; the upsert covers a row that is absent, or
+    /// inserted meanwhile by another replica. Lock: the one blob row.
+    pub async fn put_artifact_blob(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        digest: &str,
+        bytes: &[u8],
+        now: Millis,
+    ) -> Result<()> {
+        let touched: Option<String> = sqlx::query_scalar(
+            "UPDATE artifact_blobs SET touched_at = $2 WHERE digest = $1 RETURNING digest",
+        )
+        .bind(digest)
+        .bind(now.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if touched.is_none() {
+            sqlx::query(
+                "INSERT INTO artifact_blobs (digest, bytes, created_at, touched_at) \
+                 VALUES ($1, $2, $3, $3) \
+                 ON CONFLICT (digest) DO UPDATE SET touched_at = excluded.touched_at",
+            )
+            .bind(digest)
+            .bind(bytes)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Self::commit(tx).await
+    }
+
+    /// `ArtifactStore::artifact_blob`.
+    pub async fn artifact_blob(
+        &self,
+        conn: &mut DB::Connection,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM artifact_blobs WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
+    /// `ArtifactStore::delete_artifact_blobs` (`digests: None`: every blob, the sweep). Each
+    /// delete re-checks the use in its own statement (a fresh snapshot per statement under
+    /// PostgreSQL's read committed): a release committed since the caller decided keeps its
+    /// blob; one still committing is protected by `touched_before`. Locks: the rows deleted.
+    pub async fn delete_artifact_blobs(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        digests: Option<&[String]>,
+        touched_before: Millis,
+    ) -> Result<u64> {
+        let mut deleted: Vec<String> = Vec::new();
+        match digests {
+            None => {
+                deleted = sqlx::query_scalar(
+                    "DELETE FROM artifact_blobs WHERE touched_at < $1 AND NOT EXISTS \
+                     (SELECT 1 FROM release_artifacts r WHERE r.digest = artifact_blobs.digest) \
+                     RETURNING digest",
+                )
+                .bind(touched_before.0)
+                .fetch_all(&mut *tx)
+                .await?;
+            }
+            Some(digests) => {
+                for digest in digests {
+                    let gone: Option<String> = sqlx::query_scalar(
+                        "DELETE FROM artifact_blobs WHERE digest = $1 AND touched_at < $2 \
+                         AND NOT EXISTS (SELECT 1 FROM release_artifacts r \
+                                         WHERE r.digest = artifact_blobs.digest) \
+                         RETURNING digest",
+                    )
+                    .bind(digest.as_str())
+                    .bind(touched_before.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    deleted.extend(gone);
+                }
+            }
+        }
+        Self::commit(tx).await?;
+        Ok(deleted.len() as u64)
+    }
+
     /// `JobStore::retry_job`. The stack is locked only when a deploy is given up, which ends
     /// the stack's operation. The trait gives no separate `now`: `run_after` stamps the rows
     /// (when giving up it is "now" by construction).

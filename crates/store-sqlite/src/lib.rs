@@ -21,6 +21,7 @@
 //! (`env`), job claims (`jobs`), idempotency reservations and pruning (`housekeeping`), and
 //! `get_stack` (`stacks`). One module per storage trait.
 
+mod artifacts;
 mod backup;
 mod cache;
 mod domains;

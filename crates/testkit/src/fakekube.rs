@@ -179,12 +179,16 @@ impl Kind {
 pub enum Fault {
     /// The new pods' containers wait in `ImagePullBackOff`.
     ImagePullBackOff,
-    /// The new pods' containers wait in `CrashLoopBackOff` after restarts.
+    /// The new pods' containers wait in `CrashLoopBackOff` after restarts; their log holds
+    /// [`CRASH_LOG_LINE`].
     CrashLoopBackOff,
     /// The new pods stay `ContainerCreating` and the Deployment reports
     /// `Progressing=False`, reason `ProgressDeadlineExceeded`.
     ProgressDeadlineExceeded,
 }
+
+/// The line every pod of a [`Fault::CrashLoopBackOff`] rollout has in its log.
+pub const CRASH_LOG_LINE: &str = "fatal: the service exited with status 1";
 
 /// One request the fake answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1898,6 +1902,16 @@ impl State {
             strip_nulls(&mut pod);
             self.initialise(Kind::Pod, namespace, &pod_name, &mut pod);
             pod["status"] = pod_status(&pod_name, &template["spec"], fault);
+            if fault == Some(Fault::CrashLoopBackOff) {
+                // What the crashed container printed before it exited.
+                self.logs
+                    .entry((namespace.to_owned(), pod_name.clone()))
+                    .or_default()
+                    .push(LogLine {
+                        timestamp: timestamp_nanos(),
+                        text: CRASH_LOG_LINE.to_owned(),
+                    });
+            }
             self.commit(Self::key(Kind::Pod, namespace, &pod_name), pod, "ADDED");
         }
         let new_ready = if fault.is_none() { want } else { 0 };

@@ -66,6 +66,7 @@ macro_rules! store_suite {
             finish_deploy_for_a_superseded_generation_only_closes_the_job,
             finish_teardown_removes_the_stack_but_keeps_its_audit,
             finish_teardown_reports_an_artifact_unused_only_once_its_last_release_is_gone,
+            artifact_blobs_are_stored_once_and_go_only_unused_and_untouched_since_the_cutoff,
             retry_job_requeues_until_run_after,
             retry_job_give_up_marks_a_current_deploy_failed,
             requeue_running_jobs_returns_claimed_jobs_to_the_queue,
@@ -1733,6 +1734,88 @@ pub async fn finish_teardown_reports_an_artifact_unused_only_once_its_last_relea
         "every artifact of every release of the last user, each once, in digest order"
     );
     assert!(store.sweep_artifacts().await.unwrap().is_empty());
+}
+
+pub async fn artifact_blobs_are_stored_once_and_go_only_unused_and_untouched_since_the_cutoff<
+    S: Store,
+>(
+    store: S,
+) {
+    let t = team(&store, "acme", None).await;
+    let digest = |c: char| c.to_string().repeat(64);
+    let (used, spare, raced) = (digest('a'), digest('b'), digest('e'));
+    let big: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    // Stored before the release that names it, as an upload does.
+    store.put_artifact_blob(&used, &big, at(0)).await.unwrap();
+    store
+        .put_artifact_blob(&spare, b"spare", at(0))
+        .await
+        .unwrap();
+    // A create relying on a stored blob: its bytes stay, its touch moves to 10.
+    store
+        .put_artifact_blob(&used, b"never stored", at(10))
+        .await
+        .unwrap();
+    assert_eq!(store.artifact_blob(&used).await.unwrap(), Some(big.clone()));
+    assert_eq!(store.artifact_blob(&digest('c')).await.unwrap(), None);
+    let mut own = new_stack(Some(t.id), 20);
+    own.services = services_on(&used);
+    own.artifacts = vec![(used.clone(), big.len() as i64)];
+    let s = store.create_stack(own).await.unwrap();
+
+    // Replicas storing one new digest at once: every one succeeds, one blob results.
+    let barrier = Arc::new(Barrier::new(4));
+    let puts: Vec<_> = (0..4)
+        .map(|i| {
+            let (store, barrier, raced) = (store.clone(), barrier.clone(), raced.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.put_artifact_blob(&raced, b"raced", at(i)).await
+            })
+        })
+        .collect();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store.artifact_blob(&raced).await.unwrap().as_deref(),
+        Some(&b"raced"[..])
+    );
+
+    // The cutoff is strict, and a blob a release uses stays however old.
+    assert_eq!(store.sweep_artifact_blobs(at(0)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .delete_artifact_blobs(std::slice::from_ref(&used), at(1_000))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.sweep_artifact_blobs(at(1_000)).await.unwrap(),
+        2,
+        "the spare and the raced blob; not the used one"
+    );
+    assert_eq!(store.artifact_blob(&spare).await.unwrap(), None);
+    assert_eq!(store.artifact_blob(&raced).await.unwrap(), None);
+
+    let unused = tear_down(&store, Access::Team(t.id), &s.slug, 30).await;
+    assert!(unused.contains(&used), "{unused:?}");
+    // Untouched since 10: a cutoff at 10 keeps it (the refresh counted), one after takes it.
+    assert_eq!(
+        store.delete_artifact_blobs(&unused, at(10)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.delete_artifact_blobs(&unused, at(11)).await.unwrap(),
+        1
+    );
+    assert_eq!(store.artifact_blob(&used).await.unwrap(), None);
+    assert_eq!(
+        store.delete_artifact_blobs(&unused, at(11)).await.unwrap(),
+        0
+    );
+    assert_eq!(store.delete_artifact_blobs(&[], at(11)).await.unwrap(), 0);
 }
 
 pub async fn retry_job_requeues_until_run_after<S: Store>(store: S) {

@@ -20,4 +20,4 @@ class Handler(BaseHTTPRequestHandler):
 
 
 print(f"api listening on {os.environ['PORT']}", flush=True)
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()

@@ -29,4 +29,4 @@ class Handler(BaseHTTPRequestHandler):
 
 
 print(f"web listening on {os.environ['PORT']}, api at {os.environ['API_URL']}", flush=True)
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()

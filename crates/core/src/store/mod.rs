@@ -16,6 +16,7 @@
 //! - Every read or write of a stack is filtered by `Access`; a stack the caller may not see is
 //!   reported exactly like one that does not exist.
 
+mod artifacts;
 mod domains;
 mod env;
 mod events;
@@ -29,6 +30,7 @@ mod stacks;
 mod teams;
 mod vault;
 
+pub use artifacts::ArtifactStore;
 pub use domains::{
     DomainCertificate, DomainError, DomainRoute, DomainStore, NewCertificate, NewDomain,
 };
@@ -71,6 +73,7 @@ pub trait Store:
     + VaultStore
     + FamilyStore
     + DomainStore
+    + ArtifactStore
 {
 }
 
@@ -86,6 +89,7 @@ impl<T> Store for T where
         + VaultStore
         + FamilyStore
         + DomainStore
+        + ArtifactStore
 {
 }
 

@@ -336,6 +336,8 @@ pub fn plan(
     DeployPlan {
         stack_id: StackId(1),
         slug: slug.clone(),
+        team: None,
+        tier: "free".into(),
         release,
         env_version: 0,
         services,

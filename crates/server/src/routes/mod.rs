@@ -5,6 +5,7 @@ pub mod audit;
 pub mod domains;
 pub mod env;
 pub mod family;
+pub mod internal;
 pub mod ops;
 pub mod releases;
 pub mod resources;

@@ -211,31 +211,28 @@ pub async fn validate_code_blocking(
         .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
 }
 
-/// Writes the artifacts to disk (before any row names them) and returns `(digest, size)`s.
+/// Stores the artifacts (files, and blobs when shared) before any row names them, and returns
+/// `(digest, size)`s.
 pub async fn save_artifacts<S: Store>(
     state: &AppState<S>,
     files: BTreeMap<String, Bytes>,
 ) -> ApiResult<Vec<(String, i64)>> {
-    let artifacts = state.artifacts.clone();
     let sizes: Vec<(String, i64)> = files
         .iter()
         .map(|(d, b)| (d.clone(), b.len() as i64))
         .collect();
-    tokio::task::spawn_blocking(move || {
-        files
-            .iter()
-            .try_for_each(|(digest, bytes)| artifacts.save(digest, bytes))
-    })
-    .await
-    .map_err(|_| ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR))?
-    .map_err(|e| {
-        tracing::error!(error = %e, "could not store an artifact");
-        ApiError::unavailable(
-            "provision_failed",
-            "The server could not store the service tarballs.",
-            5,
-        )
-    })?;
+    state
+        .artifacts
+        .save_upload(&state.store, &files)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not store an artifact");
+            ApiError::unavailable(
+                "provision_failed",
+                "The server could not store the service tarballs.",
+                5,
+            )
+        })?;
     #[cfg(debug_assertions)]
     crate::artifacts::test_hang_after_write().await;
     Ok(sizes)

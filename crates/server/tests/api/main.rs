@@ -10,6 +10,8 @@ mod compat;
 mod env;
 mod family;
 mod hostile;
+mod internal;
+mod kubernetes;
 mod limits;
 mod messages;
 mod needs;

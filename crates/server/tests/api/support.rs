@@ -20,7 +20,9 @@ pub struct TestApp {
     pub db_url: String,
     pub backend: Backend,
     pub data_dir: tempfile::TempDir,
-    _server: RunningServer,
+    server: Option<RunningServer>,
+    /// The command line the server was started with, for `restart`.
+    argv: Vec<String>,
     db: TestDb,
 }
 
@@ -92,13 +94,14 @@ impl TestApp {
         };
         let mut argv: Vec<String> = vec![
             "stackyard".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
             "--data-dir".into(),
             data_dir.path().display().to_string(),
             "--database-url".into(),
             server_url,
         ];
+        if !extra.contains(&"--listen") {
+            argv.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
         if !extra.contains(&"--runtime") {
             argv.extend(["--runtime".into(), "noop".into()]);
         }
@@ -109,7 +112,7 @@ impl TestApp {
             argv.extend(["--router-listen".into(), "127.0.0.1:0".into()]);
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
-        let args = Wrapper::parse_from(argv).serve;
+        let args = Wrapper::parse_from(argv.clone()).serve;
         let server = stackyard_server::start(args).await.expect("server starts");
         let admin_token = stackyard_testkit::admin_token(data_dir.path());
         let app = TestApp {
@@ -119,10 +122,25 @@ impl TestApp {
             db_url,
             backend,
             data_dir,
-            _server: server,
+            server: Some(server),
+            argv,
             db,
         };
         Some((app, proxy))
+    }
+
+    /// Stops the server (jobs in flight are cancelled, as by a planned stop) and starts it
+    /// again with the same command line, database and data directory, on a new port.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        let args = Wrapper::parse_from(self.argv.clone()).serve;
+        let server = stackyard_server::start(args)
+            .await
+            .expect("server restarts");
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
     }
 
     pub fn url(&self, path: &str) -> String {
