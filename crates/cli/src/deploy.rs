@@ -138,6 +138,10 @@ fn build_dir(dir: &Path, service: &str, build: Option<&str>) -> Result<PathBuf> 
 async fn pack_services(dir: &Path, m: &Manifest, out: &Out) -> Result<Vec<(String, Packed)>> {
     let mut packed = Vec::with_capacity(m.services.len());
     for s in &m.services {
+        // A service run from a prebuilt image sends no tarball.
+        if s.image.is_some() {
+            continue;
+        }
         let name = s.name.as_str().to_owned();
         let src = build_dir(dir, &name, s.build.as_deref())?;
         // As the manifest names it: DIR may be `.`, and `././web` helps nobody.

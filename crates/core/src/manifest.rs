@@ -57,11 +57,17 @@ pub struct ServiceSpec {
     pub port: u16,
     pub expose: bool,
     pub command: Option<String>,
+    /// A prebuilt image the service runs instead of a tarball (Stackyard extension; only
+    /// runtimes that run images accept it).
+    pub image: Option<String>,
     pub health: Option<String>,
     /// The resources the service is granted (`crate::needs`), in the manifest's order.
     pub needs: Vec<Need>,
     pub env: BTreeMap<String, String>,
 }
+
+/// The longest `image:` reference accepted (registry, path, tag and digest fit well inside).
+const MAX_IMAGE_LEN: usize = 255;
 
 /// Why a manifest was rejected. The message is one sentence naming the service, key or field
 /// (and line when known); it never contains an env value, since those may be secrets.
@@ -520,6 +526,7 @@ impl Validator<'_> {
             port: DEFAULT_PORT,
             expose: false,
             command: None,
+            image: None,
             health: None,
             needs: Vec::new(),
             env: BTreeMap::new(),
@@ -550,6 +557,20 @@ impl Validator<'_> {
             match key.as_str() {
                 "build" => spec.build = self.optional_text(svc, "build", v)?,
                 "command" => spec.command = self.optional_text(svc, "command", v)?,
+                "image" => {
+                    spec.image = self.optional_text(svc, "image", v)?;
+                    if let Some(image) = &spec.image {
+                        let ok = !image.is_empty()
+                            && image.len() <= MAX_IMAGE_LEN
+                            && !image.chars().any(|c| c.is_whitespace() || c.is_control());
+                        if !ok {
+                            return Err(invalid(format!(
+                                "`image` of service `{svc}` must be an image reference like `nginx:1.27` (no spaces, at most {MAX_IMAGE_LEN} characters){}",
+                                line_of(v)
+                            )));
+                        }
+                    }
+                }
                 "health" => {
                     spec.health = self.optional_text(svc, "health", v)?;
                     if let Some(h) = &spec.health {
@@ -1142,16 +1163,29 @@ services:
 
     #[test]
     fn unknown_keys_are_warnings_naming_key_and_service() {
-        let m = ok("version: 3\nservices:\n  api:\n    image: x\n    replicas: 2\nextra: {}\n");
+        let m = ok("version: 3\nservices:\n  api:\n    scale: x\n    replicas: 2\nextra: {}\n");
         assert_eq!(
             m.warnings,
             [
                 "unknown top-level key `version` was ignored",
                 "unknown top-level key `extra` was ignored",
-                "unknown key `image` in service `api` was ignored",
+                "unknown key `scale` in service `api` was ignored",
                 "unknown key `replicas` in service `api` was ignored",
             ]
         );
+    }
+
+    #[test]
+    fn image_names_a_prebuilt_image_and_must_be_a_reference() {
+        let m = ok("services:\n  web:\n    image: nginx:1.27\n    port: 80\n");
+        assert_eq!(m.services[0].image.as_deref(), Some("nginx:1.27"));
+        assert!(m.warnings.is_empty());
+        for bad in ["\"nginx latest\"", "\"\"", "[a]"] {
+            let err = Manifest::parse(&format!("services:\n  web:\n    image: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`image` of service `web`"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -233,8 +233,12 @@ pub struct ReleaseInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseService {
     pub name: ServiceName,
-    /// SHA-256 of the service's tarball, hex.
+    /// SHA-256 of the service's tarball, hex; empty for a service run from `image`.
     pub artifact: String,
+    /// The prebuilt image the service runs instead of a tarball (manifest `image:`); only
+    /// runtimes that run images accept it (`Runtime::needs_start_command` false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The resolved start command (manifest `command`, Procfile or Dockerfile); empty when the
     /// context has none and the runtime starts it with the image's own command
     /// (`Runtime::needs_start_command`).

@@ -205,6 +205,22 @@ pub trait StatusSink: Send + Sync {
     }
 }
 
+/// Records nothing: for a deploy with no job to report to (a runtime's recovery), whose
+/// statuses are already stored.
+pub struct UnreportedStatus;
+
+impl StatusSink for UnreportedStatus {
+    fn service_status<'a>(
+        &'a self,
+        _service: &'a ServiceName,
+        _status: ServiceStatus,
+        _url: Option<&'a str>,
+        _error: Option<&'a str>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// Where a runtime reports what it sees of a live release between operations: a service that
 /// crashed, is restarting, is healthy again, or failed after a crash loop. The server writes
 /// these fenced by the live release (`lifecycle::status::supervise`); a report about a release

@@ -329,6 +329,7 @@ mod tests {
         let mut services = vec![ReleaseService {
             name: crate::ids::ServiceName::parse("web").unwrap(),
             artifact: String::new(),
+            image: None,
             command: String::new(),
             workdir: String::new(),
             port: 1,

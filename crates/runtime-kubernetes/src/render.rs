@@ -530,13 +530,16 @@ fn deployment(
             ..readiness_timing()
         },
     };
+    // A service run from its own image fetches nothing and keeps the image's `/srv` and
+    // working directory; a tarball runs in the base image, unpacked into `/srv`.
+    let prebuilt = svc.image.is_some();
     let main = Container {
         name: svc.name.to_string(),
-        image: Some(cfg.base_image.clone()),
+        image: Some(svc.image.clone().unwrap_or_else(|| cfg.base_image.clone())),
         // No start command: the image's own runs (Runtime::needs_start_command).
         command: (!svc.command.is_empty())
             .then(|| vec!["/bin/sh".to_owned(), "-c".to_owned(), svc.command.clone()]),
-        working_dir: Some(working_dir(&svc.workdir)),
+        working_dir: (!prebuilt).then(|| working_dir(&svc.workdir)),
         env_from: Some(vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource {
                 name: env_secret_name(&svc.name),
@@ -552,8 +555,17 @@ fn deployment(
         }]),
         readiness_probe: Some(probe),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![srv_mount, tmp_mount]),
+        volume_mounts: Some(if prebuilt {
+            vec![tmp_mount]
+        } else {
+            vec![srv_mount, tmp_mount]
+        }),
         ..Container::default()
+    };
+    let (init_containers, volumes) = if prebuilt {
+        (None, vec![empty_dir("tmp")])
+    } else {
+        (Some(vec![fetch]), vec![empty_dir("srv"), empty_dir("tmp")])
     };
     Deployment {
         metadata: meta(svc.name.as_str(), ns, service_labels(slug, &svc.name)),
@@ -596,9 +608,9 @@ fn deployment(
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    init_containers: Some(vec![fetch]),
+                    init_containers,
                     containers: vec![main],
-                    volumes: Some(vec![empty_dir("srv"), empty_dir("tmp")]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },

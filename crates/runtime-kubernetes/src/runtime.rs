@@ -32,7 +32,7 @@ use stackyard_core::ids::{ServiceName, StackSlug};
 use stackyard_core::model::{ServiceStatus, TeamId};
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, LogLine, LogStream, Logs, Runtime, RuntimeError, ServiceFailure,
-    StatusSink, failure_report,
+    StatusSink, UnreportedStatus, failure_report,
 };
 use stackyard_core::time::Millis;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -305,7 +305,7 @@ impl Inner {
             .iter()
             .filter_map(fetched_artifact)
             .collect();
-        digests.extend(plan.services.iter().map(|s| s.artifact.clone()));
+        digests.extend(fetched(plan));
         self.apply_artifact_urls(&plan.slug, &digests).await?;
 
         let mut applied = Vec::with_capacity(rendered.services.len());
@@ -337,8 +337,8 @@ impl Inner {
             for gone in removed(&previous.services(), plan) {
                 self.delete_service(&ns, &gone).await?;
             }
-            let digests = plan.services.iter().map(|s| s.artifact.clone()).collect();
-            self.apply_artifact_urls(&plan.slug, &digests).await?;
+            self.apply_artifact_urls(&plan.slug, &fetched(plan).collect())
+                .await?;
             tracing::info!(stack = %plan.slug, release = plan.release, "release rolled out");
             return Ok(());
         }
@@ -672,22 +672,8 @@ impl Inner {
     /// artifact URLs.
     async fn recover(self: Arc<Self>, running: Vec<DeployPlan>) -> Result<(), RuntimeError> {
         self.clone().start_refreshing();
-        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-        let namespaces = self.kube.list(&self.namespaces(), &lp).await?;
         let mut present = BTreeSet::new();
-        for ns in namespaces {
-            let Some(slug) = ns
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(STACK_LABEL))
-                .and_then(|s| StackSlug::parse(s).ok())
-            else {
-                continue;
-            };
-            if ns.metadata.name.as_deref() != Some(namespace_name(&slug).as_str()) {
-                continue;
-            }
+        for (ns, slug) in self.stack_namespaces().await? {
             present.insert(slug.clone());
             if running.iter().any(|p| p.slug == slug) {
                 continue;
@@ -727,7 +713,7 @@ impl Inner {
             }
             let inner = self.clone();
             tokio::spawn(async move {
-                match inner.deploy(&plan, &QuietSink).await {
+                match inner.deploy(&plan, &UnreportedStatus).await {
                     Ok(()) => {
                         tracing::info!(stack = %plan.slug, "redeployed a running stack whose namespace was missing")
                     }
@@ -738,6 +724,26 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// The namespaces Stackyard made for stacks, each with its stack: those carrying our
+    /// managed-by label, a stack label, and the name that stack's namespace has.
+    async fn stack_namespaces(&self) -> Result<Vec<(Namespace, StackSlug)>, RuntimeError> {
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let namespaces = self.kube.list(&self.namespaces(), &lp).await?;
+        Ok(namespaces
+            .into_iter()
+            .filter_map(|ns| {
+                let slug = ns
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get(STACK_LABEL)
+                    .and_then(|s| StackSlug::parse(s).ok())?;
+                let named = ns.metadata.name.as_deref() == Some(namespace_name(&slug).as_str());
+                named.then_some((ns, slug))
+            })
+            .collect())
     }
 
     /// Re-signs every stack's artifact URLs every `artifact_refresh`, for as long as the
@@ -763,20 +769,10 @@ impl Inner {
     }
 
     async fn refresh_artifact_urls(&self) -> Result<(), RuntimeError> {
-        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-        for ns in self.kube.list(&self.namespaces(), &lp).await? {
+        for (ns, slug) in self.stack_namespaces().await? {
             if ns.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let Some(slug) = ns
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(STACK_LABEL))
-                .and_then(|s| StackSlug::parse(s).ok())
-            else {
-                continue;
-            };
             let Some(secret) = self
                 .kube
                 .get_opt(
@@ -1071,6 +1067,14 @@ async fn attach(
     }
 }
 
+/// The artifacts `plan`'s pods fetch: those of services not run from an image.
+fn fetched(plan: &DeployPlan) -> impl Iterator<Item = String> + '_ {
+    plan.services
+        .iter()
+        .filter(|s| s.image.is_none())
+        .map(|s| s.artifact.clone())
+}
+
 fn base64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -1121,21 +1125,6 @@ fn clean_meta(
         namespace: m.namespace.clone(),
         labels: m.labels.clone(),
         ..Default::default()
-    }
-}
-
-/// Reports nothing: a redeploy at recovery has no job to report to.
-struct QuietSink;
-
-impl StatusSink for QuietSink {
-    fn service_status<'a>(
-        &'a self,
-        _service: &'a ServiceName,
-        _status: ServiceStatus,
-        _url: Option<&'a str>,
-        _error: Option<&'a str>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
     }
 }
 

@@ -35,6 +35,7 @@ fn svc(
     ReleaseService {
         name: name(n),
         artifact: format!("{:0>64}", format!("{n}0")),
+        image: None,
         command: format!("./bin/{n} --port \"$PORT\""),
         workdir: String::new(),
         port,
@@ -344,6 +345,30 @@ fn a_changed_env_changes_the_pod_template_hash() {
             .clone()
     };
     assert_ne!(hash(&before), hash(&after));
+}
+
+#[test]
+fn a_service_run_from_its_image_fetches_nothing() {
+    let mut p = plan();
+    p.services[2].image = Some("nginx:1.27".into());
+    p.services[2].command.clear();
+    let r = render(&p, &[], &config(&[]));
+    let pod = r.services[2].deployment.spec.template.spec.clone().unwrap();
+    assert!(pod.init_containers.is_none());
+    let main = &pod.containers[0];
+    assert_eq!(main.image.as_deref(), Some("nginx:1.27"));
+    assert!(main.command.is_none(), "the image's own command");
+    assert!(main.working_dir.is_none(), "the image's own directory");
+    let mounts: Vec<&str> = main
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(mounts, ["/tmp"], "the image's /srv is left alone");
+    // The others still fetch theirs.
+    let web = r.services[0].deployment.spec.template.spec.clone().unwrap();
+    assert_eq!(web.init_containers.unwrap().len(), 1);
 }
 
 #[test]

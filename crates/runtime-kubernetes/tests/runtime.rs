@@ -31,6 +31,7 @@ fn svc(n: &str, expose: bool, artifact: char) -> ReleaseService {
     ReleaseService {
         name: name(n),
         artifact: artifact.to_string().repeat(64),
+        image: None,
         command: format!("./{n}"),
         workdir: String::new(),
         port: 8080,

@@ -20,7 +20,7 @@ use futures_util::stream::FuturesUnordered;
 use stackyard_core::model::{ReleaseService, ServiceStatus};
 use stackyard_core::runtime::{
     BoxFuture, DeployPlan, Logs, Runtime, RuntimeError, ServiceFailure, StatusSink,
-    SupervisionSink, artifact_path, failure_report,
+    SupervisionSink, UnreportedStatus, artifact_path, failure_report,
 };
 use stackyard_core::tarball::safe_relative_path;
 use stackyard_core::{ServiceName, StackSlug, TarballLimits};
@@ -820,7 +820,7 @@ impl Shared {
         let count = running.len();
         futures_util::stream::iter(running)
             .map(|plan| async move {
-                if let Err(e) = self.deploy(&plan, &NoopSink).await {
+                if let Err(e) = self.deploy(&plan, &UnreportedStatus).await {
                     tracing::warn!(stack = %plan.slug, release = plan.release, error = %e, "could not restart a stack");
                 }
             })
@@ -885,21 +885,6 @@ impl Drop for Attempt {
                 }
             }
         }
-    }
-}
-
-/// Reports nothing: recovery restarts stacks whose statuses are already stored.
-struct NoopSink;
-
-impl StatusSink for NoopSink {
-    fn service_status<'a>(
-        &'a self,
-        _service: &'a ServiceName,
-        _status: ServiceStatus,
-        _url: Option<&'a str>,
-        _error: Option<&'a str>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
     }
 }
 
@@ -1125,6 +1110,7 @@ mod tests {
         ReleaseService {
             name: ServiceName::parse(name).unwrap(),
             artifact: "0".repeat(64),
+            image: None,
             command: "true".into(),
             workdir: String::new(),
             port: 8080,

@@ -285,8 +285,12 @@ where
                         .bind(at)
                         .execute(&mut *conn)
                         .await?;
-                    let digests: BTreeSet<&str> =
-                        services.iter().map(|s| s.artifact.as_str()).collect();
+                    // A service run from an image has no artifact (an empty digest).
+                    let digests: BTreeSet<&str> = services
+                        .iter()
+                        .map(|s| s.artifact.as_str())
+                        .filter(|d| !d.is_empty())
+                        .collect();
                     for digest in digests {
                         sqlx::query(self.sql.insert_release_artifact)
                             .bind(id.0)
@@ -2964,6 +2968,7 @@ where
             .services
             .iter()
             .map(|s| s.artifact.as_str())
+            .filter(|d| !d.is_empty())
             .collect::<BTreeSet<_>>()
         {
             let size: Option<i64> =

@@ -259,6 +259,7 @@ async fn sqlite_teardown_keeps_job_and_audit_rows_but_drops_dependents() {
     new.services = vec![ReleaseService {
         name: stackyard_core::ids::ServiceName::parse("web").unwrap(),
         artifact: "ab".repeat(32),
+        image: None,
         command: "./web".into(),
         workdir: String::new(),
         port: 8080,

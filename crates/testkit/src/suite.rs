@@ -204,6 +204,7 @@ fn services() -> Vec<ReleaseService> {
     let svc = |name: &str, port: u16, expose: bool| ReleaseService {
         name: ServiceName::parse(name).unwrap(),
         artifact: format!("{:0>64}", name.len()),
+        image: None,
         command: format!("./run-{name}"),
         workdir: String::new(),
         port,

@@ -285,6 +285,7 @@ pub(crate) mod fixtures {
         ReleaseService {
             name: ServiceName::parse(name).unwrap(),
             artifact: format!("sha-{name}"),
+            image: None,
             command: "run".into(),
             workdir: String::new(),
             port: 8000,

@@ -310,6 +310,7 @@ pub fn service(
     ReleaseService {
         name: ServiceName::parse(name).unwrap(),
         artifact: artifact.to_owned(),
+        image: None,
         command: command.to_owned(),
         workdir: String::new(),
         port: 8080,

@@ -36,7 +36,7 @@ fn has_body(headers: &HeaderMap) -> bool {
         ("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and body returns the first response")),
     request_body(content = Option<RedeployForm>, content_type = "multipart/form-data", description = "Optional: without a body the current code is redeployed"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = Redeployed),
-        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid; `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`, `image_unsupported`: the form, manifest or a tarball is not valid (`image_unsupported`: a service names an `image:` and this runtime runs tarballs only); `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
         (status = 403, description = "`forbidden`: a `needs` token is another team's or another stack's own"),
         (status = 404, description = "`not_found`: no stack with that id for this team"),
         (status = 409, description = "`stack_deleting`: the stack is being deleted"),

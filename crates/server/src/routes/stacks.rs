@@ -79,7 +79,7 @@ async fn validate(mut form: Form, needs_start_command: bool) -> ApiResult<Valida
     params(("Idempotency-Key" = Option<String>, Header, description = "A replay with the same key and form returns the first response")),
     request_body(content = StackForm, content_type = "multipart/form-data"),
     responses((status = 202, description = "Accepted; the deploy job is queued", body = CreatedStack),
-        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`: the form, manifest or a tarball is not valid; `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
+        (status = 400, description = "`invalid_form`, `missing_manifest`, `invalid_manifest`, `missing_tarball`, `invalid_tarball`, `name_required`, `invalid_name`, `invalid_env`, `invalid_env_key`, `missing_start_command`, `invalid_dockerfile`, `image_unsupported`: the form, manifest or a tarball is not valid (`image_unsupported`: a service names an `image:` and this runtime runs tarballs only); `invalid_token`: a `needs` entry is not a resource token, `postgres`, `redis` or `{kind, as}`; `resource_not_found`: a `needs` token names no resource"),
         (status = 401, description = "`unauthorized`: this server accepts no anonymous stacks"),
         (status = 403, description = "`forbidden`: a `needs` token is another team's (or a team's, in an anonymous stack, or another stack's own)"),
         (status = 402, description = "`deployment_limit_reached`: the team has its maximum of stacks"),

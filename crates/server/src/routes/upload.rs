@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::http::StatusCode;
 use stackyard_core::dockerfile;
-use stackyard_core::manifest::Manifest;
+use stackyard_core::manifest::{Manifest, ServiceSpec};
 use stackyard_core::model::ReleaseService;
 use stackyard_core::needs::Need;
 use stackyard_core::store::Store;
@@ -134,8 +134,27 @@ pub fn validate_code(
     let manifest = Manifest::parse(&manifest_text)
         .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     let mut parts = Vec::with_capacity(manifest.services.len());
+    let mut images = Vec::new();
     for spec in &manifest.services {
         let svc = spec.name.as_str();
+        if let Some(image) = &spec.image {
+            // Runtimes that run start commands themselves run tarballs, never images.
+            if needs_start_command {
+                return Err(ApiError::bad_request(
+                    "image_unsupported",
+                    format!("Service `{svc}` names an `image`, but this server runs services from their tarballs (the local runtime)."),
+                )
+                .with_action(format!("Remove `image:` from service `{svc}` and send its tarball, or deploy to a server running `--runtime kubernetes`.")));
+            }
+            if files.remove(svc).is_some() {
+                return Err(invalid_form(format!(
+                    "Service `{svc}` runs the image `{}`: send no tarball part for it.",
+                    stackyard_core::ids::truncate_for_message(image)
+                )));
+            }
+            images.push(spec);
+            continue;
+        }
         let bytes = files.remove(svc).ok_or_else(|| {
             ApiError::bad_request("missing_tarball", format!("No tarball part named `{svc}` was sent for service `{svc}`."))
                 .with_action(format!("Add a form part named `{svc}` holding a gzipped tar of the service's build directory."))
@@ -177,20 +196,23 @@ pub fn validate_code(
                 ApiError::bad_request("invalid_dockerfile", format!("Service `{svc}`: {e}"))
             })?;
         }
-        services.push(ReleaseService {
-            name: spec.name.clone(),
-            artifact: info.digest.clone(),
-            command,
-            workdir,
-            port: spec.port,
-            expose: spec.expose,
-            health: spec.health.clone(),
-            env: spec.env.clone(),
-            needs: Vec::new(),
-        });
+        services.push(release_service(spec, info.digest.clone(), command, workdir));
         needs.push(spec.needs.clone());
         artifacts.insert(info.digest, bytes);
     }
+    // A service run from an image has no tarball: the image's own command starts it unless
+    // the manifest names one.
+    for spec in images {
+        let command = spec.command.clone().unwrap_or_default();
+        services.push(release_service(spec, String::new(), command, String::new()));
+        needs.push(spec.needs.clone());
+    }
+    // In the manifest's order, as every other list of a release's services.
+    let order =
+        |name: &stackyard_core::ServiceName| manifest.services.iter().position(|s| &s.name == name);
+    let mut paired: Vec<(ReleaseService, Vec<Need>)> = services.into_iter().zip(needs).collect();
+    paired.sort_by_key(|(svc, _)| order(&svc.name));
+    let (services, needs): (Vec<ReleaseService>, Vec<Vec<Need>>) = paired.into_iter().unzip();
     Ok(Code {
         manifest_text,
         warnings: manifest.warnings,
@@ -198,6 +220,28 @@ pub fn validate_code(
         needs,
         artifacts,
     })
+}
+
+/// The release entry of `spec`: its tarball's digest (empty for one run from its `image`),
+/// its resolved start command and working directory; grants are filled in later.
+fn release_service(
+    spec: &ServiceSpec,
+    artifact: String,
+    command: String,
+    workdir: String,
+) -> ReleaseService {
+    ReleaseService {
+        name: spec.name.clone(),
+        artifact,
+        image: spec.image.clone(),
+        command,
+        workdir,
+        port: spec.port,
+        expose: spec.expose,
+        health: spec.health.clone(),
+        env: spec.env.clone(),
+        needs: Vec::new(),
+    }
 }
 
 /// `validate_code` on the blocking pool.

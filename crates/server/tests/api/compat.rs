@@ -136,6 +136,38 @@ async fn the_local_runtime_refuses_a_dockerfile_it_cannot_build(backend: Backend
     assert_eq!(code, 202, "{body}");
 }
 
+/// A manifest `image:` is for runtimes that run images: the local runtime refuses it with
+/// `image_unsupported` before any row is written; one that runs images refuses a tarball
+/// sent for a service that names an image.
+async fn an_image_service_is_refused_where_images_do_not_run_and_takes_no_tarball(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn_with(backend, &["--runtime", "local"]).await else {
+        return;
+    };
+    let t = Some(app.admin_token.as_str());
+    let manifest = "services:\n  web:\n    image: nginx:1.27\n    port: 80\n";
+    let (code, body) = app.create_stack(t, one_service(manifest, &[])).await;
+    assert_error(code, &body, 400, "image_unsupported");
+    assert!(
+        body["message"].as_str().unwrap().contains("`web`"),
+        "{body}"
+    );
+    assert_eq!(app.count("stacks", "").await, 0);
+
+    let Some(noop) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let t = Some(noop.admin_token.as_str());
+    let web = tarball(&[("Procfile", "web: ./serve\n")]);
+    let (code, body) = noop
+        .create_stack(t, one_service(manifest, &[("web", web)]))
+        .await;
+    assert_error(code, &body, 400, "invalid_form");
+    let (code, body) = noop.create_stack(t, one_service(manifest, &[])).await;
+    assert_eq!(code, 202, "{body}");
+}
+
 /// Structure first: a two-service manifest with one tarball (itself unreadable) answers
 /// `missing_tarball` naming the missing service, before that tarball is judged.
 async fn a_missing_tarball_is_reported_before_any_tarball_is_judged(backend: Backend) {
@@ -189,5 +221,6 @@ both_backends!(
     the_local_runtime_refuses_a_context_without_a_start_command,
     the_local_runtime_refuses_a_dockerfile_it_cannot_build,
     a_missing_tarball_is_reported_before_any_tarball_is_judged,
+    an_image_service_is_refused_where_images_do_not_run_and_takes_no_tarball,
     an_anonymous_stacks_note_says_when_it_expires_and_how_to_keep_it,
 );

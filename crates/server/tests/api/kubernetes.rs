@@ -259,6 +259,59 @@ async fn a_failing_release_leaves_the_old_one_and_a_dropped_service_is_pruned(ba
     assert!(fake.get(Kind::Secret, &ns, "api-env").is_none());
 }
 
+/// A service that names an `image:` runs that image with no tarball and no fetch; its
+/// neighbour's artifact is the only URL in `sy-artifacts`.
+async fn an_image_service_runs_its_image_and_fetches_nothing(backend: Backend) {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(app) = spawn(backend, &fake, &dir, &[]).await else {
+        return;
+    };
+    let token = app.admin_token.clone();
+    let form = Form::new()
+        .text("name", "with an image")
+        .text(
+            "manifest",
+            "services:\n  proxy:\n    image: nginx:1.27\n    port: 80\n    expose: true\n  api:\n    port: 3000\n",
+        )
+        .part(
+            "api",
+            Part::bytes(tarball(&[("Procfile", "web: ./api\n")])).file_name("api.tar.gz"),
+        );
+    let (code, body) = app.create_stack(Some(&token), form).await;
+    assert_eq!(code, 202, "{body}");
+    let slug = body["stack_id"].as_str().unwrap().to_owned();
+    let (_, live) = app
+        .wait_for(&slug, Some(&token), |_, b| {
+            b["status"] == "healthy" && b["release"]["status"] == "live"
+        })
+        .await;
+    assert_eq!(live["services"][0]["name"], "proxy", "manifest order kept");
+    let ns = ns(&slug);
+    let proxy = fake.get(Kind::Deployment, &ns, "proxy").unwrap();
+    let pod = &proxy["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "nginx:1.27");
+    assert!(pod["initContainers"].is_null(), "{pod}");
+    let artifacts = fake.get(Kind::Secret, &ns, "sy-artifacts").unwrap();
+    assert_eq!(
+        artifacts["data"].as_object().unwrap().len(),
+        1,
+        "api's only"
+    );
+    // A redeploy without a body keeps running the image.
+    let (code, body) = call(app.post(&format!("/stacks/{slug}/redeploy"), Some(&token))).await;
+    assert_eq!(code, 202, "{body}");
+    app.wait_for(&slug, Some(&token), |_, b| {
+        b["release"]["version"] == 2 && b["release"]["status"] == "live"
+    })
+    .await;
+    let proxy = fake.get(Kind::Deployment, &ns, "proxy").unwrap();
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+}
+
 /// 429 and 500 answers are retried with backoff; an outage longer than the retries leaves
 /// the job queued for later, and the stack gets healthy once the cluster answers again.
 async fn cluster_errors_are_retried_and_never_leave_a_stack_stuck(backend: Backend) {
@@ -479,5 +532,6 @@ both_backends!(
     a_stack_runs_redeploys_and_goes_on_the_cluster,
     a_failing_release_leaves_the_old_one_and_a_dropped_service_is_pruned,
     cluster_errors_are_retried_and_never_leave_a_stack_stuck,
+    an_image_service_runs_its_image_and_fetches_nothing,
     a_restarted_server_finishes_the_deploy_and_reconciles_the_cluster,
 );

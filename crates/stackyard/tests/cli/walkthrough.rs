@@ -323,3 +323,37 @@ fn quiet_deploy_prints_only_the_stack_id_and_env_overrides_the_config_file() {
     assert_eq!(st["status"], "healthy");
     cli.run(&["rm", slug, "-q"]).ok();
 }
+
+/// A service that names a prebuilt `image:` is not packed: `deploy` sends the other
+/// services' tarballs only, and the server takes the stack (a runtime that runs images).
+#[test]
+fn deploy_packs_no_tarball_for_a_service_run_from_an_image() {
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("stack");
+    std::fs::create_dir_all(dir.join("api")).unwrap();
+    std::fs::write(dir.join("api/Procfile"), "web: ./api\n").unwrap();
+    std::fs::write(
+        dir.join("stackyard.yaml"),
+        "services:\n  proxy:\n    image: nginx:1.27\n    port: 80\n    expose: true\n  api:\n    build: ./api\n",
+    )
+    .unwrap();
+    let cli = Client::with_env(&server.base, &server.admin_token());
+    let run = cli.run(&[
+        "deploy",
+        dir.to_str().unwrap(),
+        "--name",
+        "imaged",
+        "--json",
+    ]);
+    run.ok();
+    let packed: Vec<Value> = run
+        .lines()
+        .into_iter()
+        .filter(|l| l["kind"] == "deploy.packed")
+        .collect();
+    assert_eq!(packed.len(), 1, "{run:?}");
+    assert_eq!(packed[0]["data"]["service"], "api", "{run:?}");
+    let last = run.lines().pop().unwrap();
+    assert_eq!(last["kind"], "deploy.result", "{run:?}");
+}
