@@ -53,6 +53,8 @@ pub type StackExists = Arc<
 
 /// Log lines of a failed service quoted in its failure reason.
 const FAILURE_LOG_LINES: i64 = 20;
+/// The longest namespace name (an RFC 1123 label), and so the longest `sy-<slug>`.
+const MAX_NAME: usize = 63;
 /// Lines buffered for a log follower before new ones are dropped for it.
 const FOLLOW_BUFFER: usize = 1024;
 
@@ -278,6 +280,15 @@ impl Inner {
 
     async fn deploy(&self, plan: &DeployPlan, sink: &dyn StatusSink) -> Result<(), RuntimeError> {
         let ns = namespace_name(&plan.slug);
+        // Generated stack ids fit with room to spare; a longer one cannot name a namespace
+        // (a DNS label) nor a label value.
+        if ns.len() > MAX_NAME {
+            return Err(RuntimeError::Failed(format!(
+                "the stack id is too long for a Kubernetes namespace ({} characters, at most {})",
+                ns.len(),
+                MAX_NAME
+            )));
+        }
         let rendered = render::render(plan, &self.domains_of(plan), &self.cfg.render);
         for svc in &plan.services {
             sink.service_status(&svc.name, ServiceStatus::Deploying, None, None)

@@ -645,3 +645,21 @@ async fn custom_domains_reach_the_ingress_whichever_replica_deployed_the_stack()
         .unwrap();
     assert_eq!(hosts(&fake), [own, "shop.example.com".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_stack_id_too_long_for_a_namespace_fails_and_creates_nothing() {
+    let (fake, runtime) = start().await;
+    let sink = Recorder::default();
+    let mut p = plan(1, vec![svc("web", true, 'a')], "x");
+    p.slug = StackSlug::parse(&format!("stk-{}", "a".repeat(60))).unwrap();
+    let err = runtime.deploy(&p, &sink).await.unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Failed(m) if m.contains("too long")),
+        "{err:?}"
+    );
+    assert!(
+        fake.namespaces()
+            .iter()
+            .all(|n| !n.starts_with("sy-stk-aaaa"))
+    );
+}

@@ -284,7 +284,8 @@ pub async fn list<S: Store>(
     TeamCaller(p): TeamCaller,
     QueryParams(q): QueryParams<StackListQuery>,
 ) -> ApiResult<Json<StackList>> {
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+    // An empty `status=` is no status either: the schema's enum has no empty value.
+    let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(StackStatus::parse(s).ok_or_else(|| {
             ApiError::bad_request(
