@@ -378,10 +378,41 @@ impl ValueAd<'_> {
     }
 }
 
+/// One env value as a sealed store keeps it (`{"c": …, "d": …, "n": …, "v": …}` in the stored
+/// JSON documents): the ciphertext, sealed with associated data = owner, key name and `v`; the
+/// keyed digest and the lengths, which let a write find a no-op and apply the 64 KiB rule
+/// without opening it. `v` is the env version the value was sealed at, so a value that stays
+/// the same keeps its ciphertext from one version to the next.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedValue {
+    /// `DataKey::seal` output, base64 (standard alphabet, no padding).
+    pub c: String,
+    /// `DataKey::digest(name, value)`, hex.
+    pub d: String,
+    /// The plaintext's length in bytes.
+    pub n: usize,
+    /// Bytes JSON escaping adds to the plaintext (the value counts `n + 2 + j` in the map's
+    /// compact JSON); omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub j: usize,
+    pub v: i64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// HMAC-SHA256 of a value under its owner's digest key: equal digests mean equal values (for
 /// the same key name), so a write that changes nothing is found without decrypting.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ValueDigest(pub [u8; 32]);
+
+impl ValueDigest {
+    /// The form `SealedValue::d` stores.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
 
 impl fmt::Debug for ValueDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,6 +1,7 @@
 //! Stack environment variables: parsing a PATCH body, the merge, the size rule and masking
 //! (`shared/spec/env.md`).
 
+use crate::crypto::{DataKey, SealedValue};
 use crate::ids::EnvKey;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -55,10 +56,60 @@ pub struct EnvMap {
 
 /// A value and whether it is shown masked, decided once when it is set: every response renders
 /// the whole map, and deciding per render cost more than writing the entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Entry {
+    /// The value in clear; [`MASK`] while `closed`.
     value: Arc<str>,
     secret: bool,
+    /// Length of the value as a JSON string literal: what the 64 KiB rule counts.
+    json_len: usize,
+    /// The value as a sealed store holds it, when it was read from one: written back unchanged
+    /// and compared through its digest, so an untouched value is neither opened nor re-sealed.
+    sealed: Option<Sealed>,
+    /// Not opened: only the digest and the length are known (a secret-looking key read by the
+    /// env write path, whose answers show it masked anyway).
+    closed: bool,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        let digest = |e: &Entry| {
+            e.closed
+                .then(|| e.sealed.as_ref().map(|s| s.at_rest.d.clone()))
+        };
+        self.value == other.value && self.secret == other.secret && digest(self) == digest(other)
+    }
+}
+impl Eq for Entry {}
+
+impl Entry {
+    fn clear(k: &str, value: Arc<str>, sealed: Option<Sealed>) -> Self {
+        Entry {
+            secret: is_secret(k, &value),
+            json_len: json_str_len(&value),
+            value,
+            sealed,
+            closed: false,
+        }
+    }
+
+    /// Whether this entry (under key `k`) holds `v`: compared in clear, or through the keyed
+    /// digest when the entry is closed.
+    fn holds(&self, k: &str, v: &str) -> bool {
+        match (&self.sealed, self.closed) {
+            (Some(s), true) => s.at_rest.d == s.key.digest(k, v.as_bytes()).to_hex(),
+            _ => *self.value == *v,
+        }
+    }
+}
+
+/// A value as a sealed store keeps it (`crypto::SealedValue`) and the data key it was sealed
+/// by: the key computes the digest a new value is compared with, and tells the store whether
+/// the stored form may be written back as it is (same key) or must be sealed again.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub at_rest: Arc<SealedValue>,
+    pub key: Arc<DataKey>,
 }
 
 /// Length of `s` as a JSON string literal, quotes included.
@@ -74,8 +125,14 @@ fn json_str_len(s: &str) -> usize {
     n
 }
 
-fn entry_len(k: &str, v: &str) -> usize {
-    json_str_len(k) + 1 + json_str_len(v)
+fn entry_len(k: &str, e: &Entry) -> usize {
+    json_str_len(k) + 1 + e.json_len
+}
+
+/// Bytes JSON string escaping adds to `s` (quotes not counted): what a sealed value records
+/// beside its plaintext length so the size rule needs no decryption.
+pub fn json_escape_extra(s: &str) -> usize {
+    json_str_len(s) - 2 - s.len()
 }
 
 impl EnvMap {
@@ -136,12 +193,16 @@ impl EnvMap {
     }
 
     fn insert(&mut self, k: Arc<str>, v: Arc<str>) {
-        let add = entry_len(&k, &v);
+        let e = Entry::clear(&k, v, None);
+        self.put(k, e);
+    }
+
+    fn put(&mut self, k: Arc<str>, e: Entry) {
+        let add = entry_len(&k, &e);
         let had = !self.vars.is_empty();
-        let secret = is_secret(&k, &v);
-        match self.vars.insert(k.clone(), Entry { value: v, secret }) {
+        match self.vars.insert(k.clone(), e) {
             Some(old) => {
-                self.encoded_len = self.encoded_len - entry_len(&k, &old.value) + add;
+                self.encoded_len = self.encoded_len - entry_len(&k, &old) + add;
             }
             None => {
                 self.encoded_len += add + usize::from(had);
@@ -152,25 +213,27 @@ impl EnvMap {
     fn remove(&mut self, k: &str) -> bool {
         match self.vars.remove(k) {
             Some(old) => {
-                self.encoded_len -= entry_len(k, &old.value) + usize::from(!self.vars.is_empty());
+                self.encoded_len -= entry_len(k, &old) + usize::from(!self.vars.is_empty());
                 true
             }
             None => false,
         }
     }
 
-    /// Applies `patch` as a merge. On `TooLarge` the map is left exactly as it was.
+    /// Applies `patch` as a merge. On `TooLarge` the map is left exactly as it was. A value
+    /// equal to the one stored is no change, found through the digest when the stored value is
+    /// closed; the size comes from the recorded lengths: nothing is opened.
     pub fn apply(&mut self, patch: &EnvPatch) -> Result<EnvChange, EnvError> {
         let mut change = EnvChange::default();
-        let mut undo: Vec<(Arc<str>, Option<Arc<str>>)> = Vec::new();
+        let mut undo: Vec<(Arc<str>, Option<Entry>)> = Vec::new();
         for (k, v) in &patch.entries {
             let key = k.as_str();
             match v {
                 Some(v) => {
                     // One lookup; an overwritten key keeps sharing the map's string.
                     let (shared, old) = match self.vars.get_key_value(key) {
-                        Some((_, e)) if *e.value == **v => continue,
-                        Some((k, e)) => (k.clone(), Some(e.value.clone())),
+                        Some((_, e)) if e.holds(key, v) => continue,
+                        Some((k, e)) => (k.clone(), Some(e.clone())),
                         None => (Arc::from(key), None),
                     };
                     undo.push((shared.clone(), old));
@@ -179,7 +242,7 @@ impl EnvMap {
                 }
                 None => {
                     if let Some((k, e)) = self.vars.get_key_value(key) {
-                        undo.push((k.clone(), Some(e.value.clone())));
+                        undo.push((k.clone(), Some(e.clone())));
                         self.remove(key);
                         change.deleted.push(key.to_owned());
                     }
@@ -190,7 +253,7 @@ impl EnvMap {
             let size = self.encoded_len;
             for (k, old) in undo.into_iter().rev() {
                 match old {
-                    Some(v) => self.insert(k, v),
+                    Some(e) => self.put(k, e),
                     None => {
                         self.remove(&k);
                     }
@@ -203,11 +266,47 @@ impl EnvMap {
         Ok(change)
     }
 
-    /// The patch that turns `self` into `target` (used by rollback).
+    /// Adds a stored entry opened to `value` (it keeps its sealed form, written back as is
+    /// while unchanged).
+    pub fn insert_opened(&mut self, k: String, value: String, sealed: Option<Sealed>) {
+        let e = Entry::clear(&k, value.into(), sealed);
+        self.put(k.into(), e);
+    }
+
+    /// Adds a stored entry without opening it. Only for keys that look secret
+    /// ([`key_looks_secret`]): the entry shows as [`MASK`] and compares by digest.
+    pub fn insert_closed(&mut self, k: String, sealed: Sealed) {
+        let a = &sealed.at_rest;
+        let e = Entry {
+            value: Arc::from(MASK),
+            secret: true,
+            json_len: a.n + 2 + a.j,
+            sealed: Some(sealed),
+            closed: true,
+        };
+        self.put(k.into(), e);
+    }
+
+    /// Whether every value is in clear. A map with closed values reads them as [`MASK`]: only
+    /// the env write path holds one, and everything it hands out is masked.
+    pub fn is_open(&self) -> bool {
+        self.vars.values().all(|e| !e.closed)
+    }
+
+    /// Each entry with the sealed form it was read with, if any (the store writes those back
+    /// unchanged when the key is the same) and its value (`None` when closed).
+    pub fn stored_iter(&self) -> impl Iterator<Item = (&str, Option<&str>, Option<&Sealed>)> {
+        self.vars.iter().map(|(k, e)| {
+            let v = (!e.closed).then_some(&*e.value);
+            (&**k, v, e.sealed.as_ref())
+        })
+    }
+
+    /// The patch that turns `self` into `target` (used by rollback; `target` must be open).
     pub fn diff_to(&self, target: &EnvMap) -> EnvPatch {
         let mut entries = Vec::new();
         for (k, v) in target.iter() {
-            if self.get(k) != Some(v) {
+            if !self.vars.get(k).is_some_and(|e| e.holds(k, v)) {
                 entries.push((EnvKey::trusted(k), Some(v.to_owned())));
             }
         }
@@ -254,7 +353,7 @@ pub fn is_secret(key: &str, value: &str) -> bool {
 /// One pass over the key, case-insensitive, without allocating: this runs for every entry of
 /// every map a response shows, so it matters (a naive `to_uppercase` + `contains` per pattern
 /// cost more than serialising the entry).
-fn key_looks_secret(k: &[u8]) -> bool {
+pub fn key_looks_secret(k: &[u8]) -> bool {
     let at = |i: usize, needle: &[u8]| {
         k.len() - i >= needle.len() && k[i..i + needle.len()].eq_ignore_ascii_case(needle)
     };
@@ -583,6 +682,87 @@ mod tests {
             }
         );
         assert_eq!(m, before);
+    }
+
+    /// A value read without opening it: its ciphertext is junk on purpose, so any attempt to
+    /// use it would show; only the digest and the lengths are real.
+    fn closed(key: &Arc<DataKey>, k: &str, v: &str) -> Sealed {
+        Sealed {
+            at_rest: Arc::new(SealedValue {
+                c: "not a ciphertext".into(),
+                d: key.digest(k, v.as_bytes()).to_hex(),
+                n: v.len(),
+                j: json_escape_extra(v),
+                v: 1,
+            }),
+            key: key.clone(),
+        }
+    }
+
+    #[test]
+    fn closed_values_are_compared_by_digest_and_measured_by_length() {
+        let key = Arc::new(DataKey::generate());
+        let secret = "s\"cr\u{1}t\n€";
+        let mut m = EnvMap::new();
+        m.insert_closed("API_SECRET".into(), closed(&key, "API_SECRET", secret));
+        m.insert_opened("A".into(), "1".into(), None);
+        let clear = EnvMap::from_map(BTreeMap::from([
+            ("API_SECRET".to_owned(), secret.to_owned()),
+            ("A".to_owned(), "1".to_owned()),
+        ]));
+        assert_eq!(m.encoded_len(), clear.to_json().len());
+        assert!(!m.is_open());
+        assert_eq!(m.masked(), clear.masked(), "a closed value shows masked");
+
+        let same = EnvPatch::from_entries(vec![(
+            EnvKey::parse("API_SECRET").unwrap(),
+            Some(secret.to_owned()),
+        )])
+        .unwrap();
+        assert!(
+            m.apply(&same).unwrap().is_empty(),
+            "the same value is no change"
+        );
+        assert!(!m.is_open(), "and it stays closed, its stored form kept");
+
+        // Too large: the closed value is left exactly as it was.
+        let room = MAX_ENV_BYTES - clear.encoded_len();
+        let over = EnvPatch::from_entries(vec![
+            (EnvKey::parse("API_SECRET").unwrap(), Some("x".into())),
+            (EnvKey::parse("B").unwrap(), Some("v".repeat(room + 40))),
+        ])
+        .unwrap();
+        let before = m.clone();
+        assert!(matches!(m.apply(&over), Err(EnvError::TooLarge { .. })));
+        assert_eq!(m, before);
+        assert!(
+            m.stored_iter()
+                .any(|(k, v, s)| k == "API_SECRET" && v.is_none() && s.is_some())
+        );
+
+        let other = EnvPatch::from_entries(vec![(
+            EnvKey::parse("API_SECRET").unwrap(),
+            Some("other".to_owned()),
+        )])
+        .unwrap();
+        assert_eq!(m.apply(&other).unwrap().set, ["API_SECRET"]);
+        assert!(m.is_open());
+        assert_eq!(m.get("API_SECRET"), Some("other"));
+        assert_eq!(m.encoded_len(), m.to_json().len());
+    }
+
+    #[test]
+    fn a_digest_under_another_key_name_or_data_key_is_a_change() {
+        let key = Arc::new(DataKey::generate());
+        let mut m = EnvMap::new();
+        // Recorded under another name: equal plaintexts must not compare equal.
+        m.insert_closed("API_SECRET".into(), closed(&key, "OTHER_SECRET", "v"));
+        let same = EnvPatch::from_entries(vec![(
+            EnvKey::parse("API_SECRET").unwrap(),
+            Some("v".to_owned()),
+        )])
+        .unwrap();
+        assert_eq!(m.apply(&same).unwrap().set, ["API_SECRET"]);
     }
 
     #[test]

@@ -329,6 +329,9 @@ impl<T> Page<T> {
 pub struct EnvOutcome {
     pub version: i64,
     pub changed: EnvChange,
+    /// The map after the write. A write's outcome may hold secret-looking values closed
+    /// (`EnvMap::is_open` false; they read as `***`): the write path compares and measures
+    /// them without opening them, and answers show them masked anyway. Reads return it open.
     pub env: EnvMap,
     pub updated_at: Millis,
 }

@@ -68,8 +68,8 @@ impl RecordArrays {
             a.actors.push(r.actor.clone());
             a.set_keys.push(to_json(&r.change.set)?);
             a.deleted_keys.push(to_json(&r.change.deleted)?);
-            a.changes.push(batch.sealed_changes(r));
-            a.snapshots.push(batch.sealed_snapshot(r));
+            a.changes.push(batch.sealed_changes(r)?);
+            a.snapshots.push(batch.sealed_snapshot(r)?);
             a.kinds.push(r.audit_kind);
             a.request_ids.push(r.request_id.clone());
             a.metadata.push(r.audit_metadata.to_string());
@@ -147,7 +147,7 @@ impl EnvBatchWriter<Postgres> for Batch {
             .bind(&rows.metadata)
             .bind(batch.team_id.map(|t| t.0))
             .bind(batch.slug.as_str())
-            .bind(batch.sealed_map())
+            .bind(batch.sealed_map()?)
             .bind(plan.version)
             .bind(now.0)
             .bind(now.saturating_add_ms(millis(IDEMPOTENCY_TTL)).0)

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result, corrupt, is_unique_violation, to_json};
 use crate::rows::*;
-use crate::seal::EnvCodec;
+use crate::seal::{EnvCodec, Opening};
 use crate::sql::Sql;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 use stackyard_core::crypto::{DataKey, KeyOwner, Keyring, ValueAd};
@@ -32,9 +32,9 @@ use stackyard_core::store::{
     NewCertificate, NewDomain, WrappedKey, WrappedRow,
 };
 use stackyard_core::store::{
-    AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvWrite,
-    EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent, NewRelease,
-    NewStack, NewToken, PromoteAction, PromoteError, Promoted, Promotion, ReleaseError,
+    AuditFilter, CreateResourceError, CreateStackError, DeployResult, EnvBatchError, EnvOp,
+    EnvWrite, EnvWriteResult, FamilyMember, IDEMPOTENCY_TTL, IdempotencyRecord, Idempotent,
+    NewRelease, NewStack, NewToken, PromoteAction, PromoteError, Promoted, Promotion, ReleaseError,
     RestartError, RestartQueued, StackFilter, StoreError, parse_id_cursor, parse_stack_cursor,
     stack_cursor,
 };
@@ -58,20 +58,21 @@ pub struct EnvBatch {
 
 impl EnvBatch {
     /// The map after the batch, as stored.
-    pub fn sealed_map(&self) -> String {
+    pub fn sealed_map(&self) -> Result<String> {
         self.codec.seal_map(&self.plan.map, self.plan.version)
     }
 
     /// A version record's change, as stored.
-    pub fn sealed_changes(&self, r: &envlog::VersionRecord) -> String {
+    pub fn sealed_changes(&self, r: &envlog::VersionRecord) -> Result<String> {
         self.codec.seal_changes(&r.values, r.version)
     }
 
     /// A version record's snapshot, as stored.
-    pub fn sealed_snapshot(&self, r: &envlog::VersionRecord) -> Option<String> {
+    pub fn sealed_snapshot(&self, r: &envlog::VersionRecord) -> Result<Option<String>> {
         r.snapshot
             .as_ref()
             .map(|m| self.codec.seal_map(m, r.version))
+            .transpose()
     }
 }
 
@@ -1391,13 +1392,26 @@ where
         }))
     }
 
-    /// The stack row as the env path sees it, locked (`lock`) or not.
+    /// The stack row as the env path sees it, locked (`lock`) or not, every value opened.
     pub async fn env_head(
         &self,
         conn: &mut DB::Connection,
         stack: StackId,
         lock: bool,
         keyring: &Keyring,
+    ) -> Result<Option<(EnvHead, EnvCodec)>> {
+        self.env_head_opening(conn, stack, lock, keyring, Opening::All)
+            .await
+    }
+
+    /// [`Self::env_head`], opening the map's values as `opening` says.
+    async fn env_head_opening(
+        &self,
+        conn: &mut DB::Connection,
+        stack: StackId,
+        lock: bool,
+        keyring: &Keyring,
+        opening: Opening,
     ) -> Result<Option<(EnvHead, EnvCodec)>> {
         let sql = if lock {
             self.sql.lock_env_head
@@ -1408,7 +1422,7 @@ where
             .bind(stack.0)
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(|r| r.decode(keyring, stack)).transpose()
+        row.map(|r| r.decode(keyring, stack, opening)).transpose()
     }
 
     /// `EnvStore::get_env` with `reveal`: the values are handed out only if the audit row
@@ -1451,7 +1465,7 @@ where
             let Some((snap_version, snapshot)) = snap else {
                 continue;
             };
-            let base = codec.open_map(&snapshot, snap_version)?;
+            let base = codec.open_map(&snapshot, snap_version, Opening::All)?;
             let rows: Vec<String> = sqlx::query_scalar(self.sql.env_changes_between)
                 .bind(stack.0)
                 .bind(snap_version)
@@ -1481,7 +1495,21 @@ where
         now: Millis,
         keyring: &Keyring,
     ) -> Result<std::result::Result<EnvBatch, EnvBatchError>> {
-        let (head, codec) = match self.env_head(conn, stack, lock, keyring).await? {
+        // Values whose key looks secret stay closed (the planner compares and measures them
+        // through digest and length, the answers mask them) unless a rollback needs the
+        // whole map in clear to diff against.
+        let opening = if writes
+            .iter()
+            .any(|w| matches!(w.op, EnvOp::Rollback { .. }))
+        {
+            Opening::All
+        } else {
+            Opening::Shown
+        };
+        let head = self
+            .env_head_opening(conn, stack, lock, keyring, opening)
+            .await?;
+        let (head, codec) = match head {
             None => return Ok(Err(EnvBatchError::NotFound)),
             Some((h, _)) if h.deleting => return Ok(Err(EnvBatchError::Deleting)),
             Some(h) => h,
@@ -1619,15 +1647,20 @@ where
         self.follow_canary(conn, keyring).await?;
         let owner = KeyOwner::stack(stack);
         let (key, wrapped) = keyring.new_data_key(owner);
-        let sealed = EnvCodec::Sealed { owner, key };
+        let sealed = EnvCodec::Sealed {
+            owner,
+            key: std::sync::Arc::new(key),
+        };
         let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(self.sql.env_rows_of)
             .bind(stack.0)
             .fetch_all(&mut *conn)
             .await?;
         for (version, changes, snapshot) in rows {
-            let changes = sealed.seal_changes(&plain.open_changes(&changes, version)?, version);
+            let changes = sealed.seal_changes(&plain.open_changes(&changes, version)?, version)?;
             let snapshot = match snapshot {
-                Some(s) => Some(sealed.seal_map(&plain.open_map(&s, version)?, version)),
+                Some(s) => {
+                    Some(sealed.seal_map(&plain.open_map(&s, version, Opening::All)?, version)?)
+                }
                 None => None,
             };
             sqlx::query(self.sql.seal_env_row)
@@ -1643,7 +1676,10 @@ where
             .fetch_all(&mut *conn)
             .await?;
         for (version, env_version, env) in releases {
-            let env = sealed.seal_map(&plain.open_map(&env, env_version)?, env_version);
+            let env = sealed.seal_map(
+                &plain.open_map(&env, env_version, Opening::All)?,
+                env_version,
+            )?;
             sqlx::query(self.sql.seal_release_env)
                 .bind(stack.0)
                 .bind(version)
@@ -1653,7 +1689,7 @@ where
         }
         sqlx::query(self.sql.seal_stack_head)
             .bind(stack.0)
-            .bind(sealed.seal_map(&head.env, head.version))
+            .bind(sealed.seal_map(&head.env, head.version)?)
             .bind(wrapped)
             .execute(&mut *conn)
             .await?;
@@ -3123,7 +3159,7 @@ where
         sqlx::query(self.sql.seal_release_env)
             .bind(id.0)
             .bind(promoted.release.version)
-            .bind(codec.seal_map(&merged, promoted.release.env_version))
+            .bind(codec.seal_map(&merged, promoted.release.env_version)?)
             .execute(&mut **tx)
             .await
             .map_err(Error::from)?;

@@ -5,7 +5,7 @@
 //! selected next to its stack.
 
 use crate::error::{Error, Result, corrupt, from_json, parsed};
-use crate::seal::EnvCodec;
+use crate::seal::{EnvCodec, Opening};
 use stackyard_core::crypto::Keyring;
 use stackyard_core::env::EnvMap;
 use stackyard_core::ids::{ServiceName, StackSlug};
@@ -200,7 +200,7 @@ impl DeployRow {
         let stack: Stack = self.stack.try_into()?;
         let release: Release = self.release.try_into()?;
         let codec = EnvCodec::of_stack(keyring, stack.id, self.data_key.as_deref())?;
-        let env = codec.open_map(&self.r_env, release.info.env_version)?;
+        let env = codec.open_map(&self.r_env, release.info.env_version, Opening::All)?;
         Ok((stack, release, env))
     }
 }
@@ -399,11 +399,16 @@ pub struct EnvHead {
 
 impl EnvHeadRow {
     /// The head with its map opened, and the codec the stack's documents are stored with.
-    pub fn decode(self, keyring: &Keyring, stack: StackId) -> Result<(EnvHead, EnvCodec)> {
+    pub fn decode(
+        self,
+        keyring: &Keyring,
+        stack: StackId,
+        opening: Opening,
+    ) -> Result<(EnvHead, EnvCodec)> {
         let r = self;
         let codec = EnvCodec::of_stack(keyring, stack, r.data_key.as_deref())?;
         let head = EnvHead {
-            env: codec.open_map(&r.env, r.env_version)?,
+            env: codec.open_map(&r.env, r.env_version, opening)?,
             version: r.env_version,
             updated_at: Millis(r.env_updated_at),
             team_id: r.team_id.map(TeamId),

@@ -1,32 +1,67 @@
 //! Encryption at rest of what the SQL stores keep: env documents (a stack's current map, its
 //! history's changes and snapshots, each release's copy) and resource connection URLs.
 //!
-//! A sealed env document has the shape of a plain one (`{"KEY": "…"}`, `null` for a deleted
-//! key in a change), each value replaced by the base64 of `DataKey::seal` with associated data
-//! = the stack, the key name and the env version the document belongs to. So the SQL that
-//! copies a map (a release records `stacks.env` as it is) needs no change, a ciphertext moved
-//! to another stack, key or version does not open, and the stack's `data_key` column says
-//! which form a stack's documents are in: `NULL` until the stack is sealed (a stack created
-//! empty, or one from before encryption at rest, sealed by `Ops::seal_stack`).
+//! A sealed env document has the shape of a plain one (`{"KEY": …}`, `null` for a deleted key
+//! in a change), each value replaced by a `crypto::SealedValue` object: the ciphertext of
+//! `DataKey::seal` with associated data = the stack, the key name and the version the value
+//! was sealed at, its keyed digest and its lengths. So the SQL that copies a map (a release
+//! records `stacks.env` as it is) needs no change, a ciphertext moved to another stack or key
+//! does not open, and a write compares and measures values without opening them: an
+//! unchanged value is written back as it was read. The stack's `data_key` column says which
+//! form a stack's documents are in: `NULL` until the stack is sealed (a stack created empty,
+//! or one from before encryption at rest, sealed by `Ops::seal_stack`). Documents sealed before
+//! digests were stored hold the base64 ciphertext as a plain string, bound to the document's
+//! version; they still open, and each is rewritten in the new form by the stack's next write.
 
 use crate::error::{Error, Result, corrupt, from_json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
-use stackyard_core::crypto::{DataKey, KeyOwner, Keyring, ValueAd};
-use stackyard_core::env::EnvMap;
+use serde::Deserialize;
+use stackyard_core::crypto::{DataKey, KeyOwner, Keyring, SealedValue, ValueAd};
+use stackyard_core::env::{EnvMap, Sealed, json_escape_extra, key_looks_secret};
 use stackyard_core::envlog::ChangeValues;
 use stackyard_core::model::StackId;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How one stack's env documents are stored: plain (not sealed yet) or sealed by its data key.
 #[derive(Debug)]
 pub enum EnvCodec {
     Plain,
-    Sealed { owner: KeyOwner, key: DataKey },
+    Sealed { owner: KeyOwner, key: Arc<DataKey> },
+}
+
+/// Which values of a stored map a read opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Every value (reads that hand values out, rollbacks, re-sealing).
+    All,
+    /// Only values whose key does not look secret: the env write path, whose answers show
+    /// the others masked and which compares and measures them through digest and length.
+    Shown,
+}
+
+/// One value of a stored document: a `SealedValue`, or a string (a plain document's value, or
+/// the ciphertext of a document sealed before digests were stored).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredValue {
+    Text(String),
+    Sealed(SealedValue),
 }
 
 fn undecryptable() -> Error {
     corrupt("a stored secret did not decrypt (wrong master key, or the row was tampered with)")
+}
+
+/// One value of a document being written: a plain document's string, or a sealed value (one
+/// read from storage is borrowed and written back unchanged).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum StoredOut<'a> {
+    Text(&'a str),
+    Sealed(Cow<'a, SealedValue>),
 }
 
 impl EnvCodec {
@@ -39,81 +74,136 @@ impl EnvCodec {
         let key = keyring
             .unwrap(owner, wrapped)
             .map_err(|_| undecryptable())?;
-        Ok(EnvCodec::Sealed { owner, key })
+        Ok(EnvCodec::Sealed {
+            owner,
+            key: Arc::new(key),
+        })
     }
 
-    fn seal(&self, name: &str, version: i64, value: &str) -> String {
+    fn seal<'a>(&self, name: &str, version: i64, value: &'a str) -> StoredOut<'a> {
         match self {
-            EnvCodec::Plain => value.to_owned(),
+            EnvCodec::Plain => StoredOut::Text(value),
             EnvCodec::Sealed { owner, key } => {
                 let ad = ValueAd {
                     owner: *owner,
                     name,
                     version,
                 };
-                B64.encode(key.seal(ad, value.as_bytes()))
+                StoredOut::Sealed(Cow::Owned(SealedValue {
+                    c: B64.encode(key.seal(ad, value.as_bytes())),
+                    d: key.digest(name, value.as_bytes()).to_hex(),
+                    n: value.len(),
+                    j: json_escape_extra(value),
+                    v: version,
+                }))
             }
         }
     }
 
-    fn open(&self, name: &str, version: i64, stored: String) -> Result<String> {
-        match self {
-            EnvCodec::Plain => Ok(stored),
-            EnvCodec::Sealed { owner, key } => {
-                let ad = ValueAd {
-                    owner: *owner,
-                    name,
-                    version,
+    /// Opens ciphertext `sealed` of key `name` bound to `version`.
+    fn open_bytes(&self, name: &str, version: i64, sealed: &str) -> Result<String> {
+        let EnvCodec::Sealed { owner, key } = self else {
+            return Err(undecryptable());
+        };
+        let ad = ValueAd {
+            owner: *owner,
+            name,
+            version,
+        };
+        let sealed = B64.decode(sealed).map_err(|_| undecryptable())?;
+        let plain = key.open(ad, &sealed).map_err(|_| undecryptable())?;
+        String::from_utf8(plain).map_err(|_| undecryptable())
+    }
+
+    /// A stored value of key `name` in a document of version `version`, opened, with the
+    /// sealed form it keeps while unchanged.
+    fn open(
+        &self,
+        name: &str,
+        version: i64,
+        stored: StoredValue,
+    ) -> Result<(String, Option<Sealed>)> {
+        match (self, stored) {
+            (EnvCodec::Plain, StoredValue::Text(v)) => Ok((v, None)),
+            // A legacy value: sealed with the document's version, rewritten by the next write.
+            (EnvCodec::Sealed { .. }, StoredValue::Text(legacy)) => {
+                Ok((self.open_bytes(name, version, &legacy)?, None))
+            }
+            (EnvCodec::Sealed { key, .. }, StoredValue::Sealed(at_rest)) => {
+                let plain = self.open_bytes(name, at_rest.v, &at_rest.c)?;
+                let sealed = Sealed {
+                    at_rest: Arc::new(at_rest),
+                    key: key.clone(),
                 };
-                let sealed = B64.decode(stored).map_err(|_| undecryptable())?;
-                let plain = key.open(ad, &sealed).map_err(|_| undecryptable())?;
-                String::from_utf8(plain).map_err(|_| undecryptable())
+                Ok((plain, Some(sealed)))
             }
+            (EnvCodec::Plain, StoredValue::Sealed(_)) => Err(undecryptable()),
         }
     }
 
-    /// A map as stored for env version `version`, as JSON text.
-    pub fn seal_map(&self, map: &EnvMap, version: i64) -> String {
-        match self {
-            EnvCodec::Plain => map.to_json(),
-            EnvCodec::Sealed { .. } => {
-                let sealed: BTreeMap<&str, String> = map
-                    .iter()
-                    .map(|(k, v)| (k, self.seal(k, version, v)))
-                    .collect();
-                serde_json::to_string(&sealed).unwrap_or_else(|_| "{}".to_owned())
-            }
+    /// A map as stored for env version `version`, as JSON text. Values read from this stack's
+    /// storage by this codec are written back as they were; the others are sealed now.
+    pub fn seal_map(&self, map: &EnvMap, version: i64) -> Result<String> {
+        let mut out: BTreeMap<&str, StoredOut<'_>> = BTreeMap::new();
+        for (k, value, sealed) in map.stored_iter() {
+            let kept = match (self, sealed) {
+                (EnvCodec::Sealed { key, .. }, Some(s)) if Arc::ptr_eq(key, &s.key) => {
+                    Some(StoredOut::Sealed(Cow::Borrowed(&*s.at_rest)))
+                }
+                _ => None,
+            };
+            let stored = match (kept, value) {
+                (Some(kept), _) => kept,
+                (None, Some(v)) => self.seal(k, version, v),
+                // Closed values only come from this codec's own reads.
+                (None, None) => return Err(corrupt("a closed env value reached another data key")),
+            };
+            out.insert(k, stored);
         }
+        serde_json::to_string(&out).map_err(|_| corrupt("an env map did not encode"))
     }
 
-    /// A stored map of env version `version` (JSON text), opened.
-    pub fn open_map(&self, text: &str, version: i64) -> Result<EnvMap> {
-        let stored: BTreeMap<String, String> = from_json(text, "env map")?;
-        let mut out = BTreeMap::new();
+    /// A stored map of env version `version` (JSON text), opened as `opening` says.
+    pub fn open_map(&self, text: &str, version: i64, opening: Opening) -> Result<EnvMap> {
+        let stored: BTreeMap<String, StoredValue> = from_json(text, "env map")?;
+        let mut out = EnvMap::new();
         for (k, v) in stored {
-            let v = self.open(&k, version, v)?;
-            out.insert(k, v);
+            match (self, v) {
+                (EnvCodec::Sealed { key, .. }, StoredValue::Sealed(at_rest))
+                    if opening == Opening::Shown && key_looks_secret(k.as_bytes()) =>
+                {
+                    let sealed = Sealed {
+                        at_rest: Arc::new(at_rest),
+                        key: key.clone(),
+                    };
+                    out.insert_closed(k, sealed);
+                }
+                (_, v) => {
+                    let (v, sealed) = self.open(&k, version, v)?;
+                    out.insert_opened(k, v, sealed);
+                }
+            }
         }
-        Ok(EnvMap::from_map(out))
+        Ok(out)
     }
 
     /// A version's change as stored (JSON text).
-    pub fn seal_changes(&self, changes: &ChangeValues, version: i64) -> String {
-        let sealed: BTreeMap<&str, Option<String>> = changes
+    pub fn seal_changes(&self, changes: &ChangeValues, version: i64) -> Result<String> {
+        let sealed: BTreeMap<&str, Option<StoredOut<'_>>> = changes
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_deref().map(|v| self.seal(k, version, v))))
             .collect();
-        serde_json::to_string(&sealed).unwrap_or_else(|_| "{}".to_owned())
+        serde_json::to_string(&sealed).map_err(|_| corrupt("an env change did not encode"))
     }
 
     /// A stored change of version `version`, opened.
     pub fn open_changes(&self, text: &str, version: i64) -> Result<ChangeValues> {
-        let stored: ChangeValues = from_json(text, "env change")?;
+        let stored: BTreeMap<String, Option<StoredValue>> = from_json(text, "env change")?;
         stored
             .into_iter()
             .map(|(k, v)| {
                 let v = v.map(|v| self.open(&k, version, v)).transpose()?;
-                Ok((k, v))
+                Ok((k, v.map(|(v, _)| v)))
             })
             .collect()
     }
@@ -199,5 +289,98 @@ impl KeySlot {
                 "no master key is installed in this store (start-up did not unlock it)".into(),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use stackyard_core::crypto::MasterKey;
+
+    fn codec(keyring: &Keyring, stack: i64) -> EnvCodec {
+        let (_, wrapped) = keyring.new_data_key(KeyOwner::stack(StackId(stack)));
+        EnvCodec::of_stack(keyring, StackId(stack), Some(&wrapped)).unwrap()
+    }
+
+    fn entries(text: &str) -> BTreeMap<String, serde_json::Value> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> EnvMap {
+        EnvMap::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_unchanged_value_is_written_back_as_read_and_secret_keys_stay_closed() {
+        let keyring = Keyring::new(MasterKey::generate());
+        let codec = codec(&keyring, 7);
+        let stored = codec
+            .seal_map(&map(&[("API_SECRET", "s3"), ("A", "1")]), 4)
+            .unwrap();
+        let first = entries(&stored);
+        assert_eq!(first["API_SECRET"]["v"], 4);
+        assert_eq!(first["API_SECRET"]["n"], 2);
+        assert!(!stored.contains("s3"));
+
+        let read = codec.open_map(&stored, 4, Opening::Shown).unwrap();
+        assert!(!read.is_open(), "the secret-looking key is not opened");
+        assert_eq!(read.get("A"), Some("1"));
+        // Written back at a later version: the same ciphertexts, bound to version 4.
+        let again = codec.seal_map(&read, 9).unwrap();
+        assert_eq!(entries(&again), first);
+        let all = codec.open_map(&again, 9, Opening::All).unwrap();
+        assert_eq!(all, map(&[("API_SECRET", "s3"), ("A", "1")]));
+    }
+
+    #[test]
+    fn another_data_key_seals_again_and_a_closed_value_cannot_move() {
+        let keyring = Keyring::new(MasterKey::generate());
+        let (a, b) = (codec(&keyring, 7), codec(&keyring, 7));
+        let stored = a.seal_map(&map(&[("API_SECRET", "s3")]), 1).unwrap();
+        let opened = a.open_map(&stored, 1, Opening::All).unwrap();
+        let moved = b.seal_map(&opened, 2).unwrap();
+        assert_ne!(
+            entries(&moved)["API_SECRET"]["c"],
+            entries(&stored)["API_SECRET"]["c"]
+        );
+        assert_eq!(b.open_map(&moved, 2, Opening::All).unwrap(), opened);
+        assert!(a.open_map(&moved, 2, Opening::All).is_err());
+        let closed = a.open_map(&stored, 1, Opening::Shown).unwrap();
+        assert!(b.seal_map(&closed, 2).is_err());
+    }
+
+    #[test]
+    fn a_document_sealed_before_digests_opens_and_is_rewritten_in_the_new_form() {
+        let keyring = Keyring::new(MasterKey::generate());
+        let codec = codec(&keyring, 3);
+        let EnvCodec::Sealed { owner, key } = &codec else {
+            unreachable!()
+        };
+        // The earlier form: the base64 ciphertext as a string, bound to the document's version.
+        let ad = ValueAd {
+            owner: *owner,
+            name: "API_SECRET",
+            version: 5,
+        };
+        let legacy = serde_json::json!({ "API_SECRET": B64.encode(key.seal(ad, b"old")) });
+        let legacy = legacy.to_string();
+        let read = codec.open_map(&legacy, 5, Opening::Shown).unwrap();
+        assert!(read.is_open(), "a legacy value has no digest: it is opened");
+        assert_eq!(read.get("API_SECRET"), Some("old"));
+        assert!(
+            codec.open_map(&legacy, 6, Opening::All).is_err(),
+            "bound to its version"
+        );
+        let rewritten = entries(&codec.seal_map(&read, 6).unwrap());
+        assert_eq!(rewritten["API_SECRET"]["v"], 6);
+        // A change document of the earlier form has the same shape.
+        let changes = codec.open_changes(&legacy, 5).unwrap();
+        assert_eq!(changes["API_SECRET"].as_deref(), Some("old"));
     }
 }

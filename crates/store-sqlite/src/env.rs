@@ -36,16 +36,16 @@ struct VersionRow<'a> {
 }
 
 impl<'a> VersionRow<'a> {
-    fn new(batch: &EnvBatch, r: &'a VersionRecord) -> Self {
-        VersionRow {
+    fn new(batch: &EnvBatch, r: &'a VersionRecord) -> Result<Self> {
+        Ok(VersionRow {
             version: r.version,
             created_at: r.created_at.0,
             actor: &r.actor,
             set: &r.change.set,
             deleted: &r.change.deleted,
-            changes: batch.sealed_changes(r),
-            snapshot: batch.sealed_snapshot(r),
-        }
+            changes: batch.sealed_changes(r)?,
+            snapshot: batch.sealed_snapshot(r)?,
+        })
     }
 }
 
@@ -132,7 +132,7 @@ async fn write_versions(
         .records
         .iter()
         .map(|r| VersionRow::new(batch, r))
-        .collect();
+        .collect::<Result<_>>()?;
     let audits: Vec<AuditJson<'_>> = plan.records.iter().map(AuditJson::from).collect();
     let events: Vec<EventJson> = plan.records.iter().map(EventJson::from).collect();
     // `->>` yields SQL NULL for a JSON null and the JSON text for arrays and objects.
@@ -171,7 +171,7 @@ async fn write_versions(
         "UPDATE stacks SET env = $2, env_version = $3, env_updated_at = $4, updated_at = $4 WHERE id = $1",
     )
     .bind(stack.0)
-    .bind(batch.sealed_map())
+    .bind(batch.sealed_map()?)
     .bind(plan.version)
     .bind(now.0)
     .execute(&mut *conn)

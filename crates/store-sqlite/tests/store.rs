@@ -397,11 +397,16 @@ async fn sqlite_env_batch_rows_are_stored_in_version_order() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    // Sealed: the key name in clear, the value as base64 ciphertext.
-    let changes: std::collections::BTreeMap<String, String> =
+    // Sealed: the key name in clear, the value as ciphertext with its digest and lengths.
+    let changes: std::collections::BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&changes).unwrap();
     assert_eq!(changes.keys().collect::<Vec<_>>(), ["K0"]);
-    assert_ne!(changes["K0"], "v");
+    assert_eq!(
+        (changes["K0"]["n"].as_u64(), changes["K0"]["v"].as_i64()),
+        (Some(1), Some(1)),
+        "{changes:?}"
+    );
+    assert!(changes["K0"]["c"].is_string() && changes["K0"]["d"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -412,7 +417,7 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
     new.artifacts = vec![("ab".repeat(32), 10)];
     let s = store.create_stack(new).await.unwrap();
     store
-        .apply_env_writes(s.id, &[set("K", "v")])
+        .apply_env_writes(s.id, &[set("K", "k-value")])
         .await
         .unwrap();
     let text = |sql: &'static str| {
@@ -449,7 +454,7 @@ async fn sqlite_create_release_replaces_the_manifest_records_artifacts_and_copie
     let copied = text("SELECT env FROM releases WHERE stack_id = $1 AND version = 2").await;
     assert_eq!(copied, text("SELECT env FROM stacks WHERE id = $1").await);
     assert!(
-        copied.contains(r#""K""#) && !copied.contains(r#""v""#),
+        copied.contains(r#""K""#) && !copied.contains("k-value"),
         "{copied}"
     );
     assert_eq!(

@@ -1,7 +1,8 @@
 //! Encryption at rest, seen from outside: after a run that puts a sentinel into a stack's env
 //! (several versions and a rollback), the team vault and a resource's URL (its create's answer
 //! kept for replays included), neither the SQLite files nor a `pg_dump` of the database hold
-//! it; a sealed map moved onto another stack's row does not open there.
+//! it; a sealed map moved onto another stack's row does not open there; the write path
+//! compares and measures secret values without opening them.
 
 use crate::resources::{PgAdmin, spawn};
 use crate::support::*;
@@ -173,7 +174,109 @@ async fn a_sealed_env_copied_onto_another_stack_does_not_open(backend: Backend) 
     assert_eq!(b["env"]["API_SECRET"], SENTINEL);
 }
 
+/// The stored form of `stacks.env`'s entry `key` (`part`: the whole object, or one field).
+async fn stored_entry(app: &TestApp, slug: &str, key: &str, part: Option<&str>) -> String {
+    let bytes = match (app.backend, part) {
+        (Backend::Sqlite, None) => format!("CAST(json_extract(env, '$.{key}') AS BLOB)"),
+        (Backend::Sqlite, Some(p)) => format!("CAST(json_extract(env, '$.{key}.{p}') AS BLOB)"),
+        (Backend::Postgres, None) => format!("convert_to((env->'{key}')::text, 'UTF8')"),
+        (Backend::Postgres, Some(p)) => format!("convert_to(env->'{key}'->>'{p}', 'UTF8')"),
+    };
+    let sql = format!("SELECT {bytes} FROM stacks WHERE slug = '{slug}'");
+    app.text(&sql).await
+}
+
+/// The ciphertext of a secret-looking value is replaced by junk: writes that leave it alone
+/// still find a no-op through its digest, count it against the 64 KiB rule through its
+/// recorded lengths to the exact byte, and write it back untouched, while anything that opens
+/// it fails. So the write path never decrypts it.
+async fn writes_compare_and_measure_secret_values_without_opening_them(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let t = app.admin_token.clone();
+    let (code, body) = app
+        .create_stack(Some(&t), two_service_form("digests"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let slug = body["stack_id"].as_str().unwrap().to_owned();
+    let env = format!("/stacks/{slug}/env");
+    // Quotes need escaping: the JSON length the rule counts is not the plaintext length.
+    let secret = "q\"".repeat(10_000);
+    let patch = |body: serde_json::Value| call(app.patch(&env, Some(&t)).json(&body));
+    let (code, b) = patch(json!({ "env": { "API_SECRET": secret, "GREETING": "hi" } })).await;
+    assert_eq!((code, b["version"].as_i64()), (200, Some(1)), "{b}");
+    let sealed = stored_entry(&app, &slug, "API_SECRET", None).await;
+    assert!(!sealed.contains("q\\\""), "{sealed}");
+
+    let junk = "AAAAAAAA";
+    let tamper = match backend {
+        Backend::Sqlite => format!(
+            "UPDATE stacks SET env = json_set(env, '$.API_SECRET.c', '{junk}') WHERE slug = '{slug}' RETURNING id"
+        ),
+        Backend::Postgres => format!(
+            "UPDATE stacks SET env = jsonb_set(env, '{{API_SECRET,c}}', '\"{junk}\"') WHERE slug = '{slug}' RETURNING id"
+        ),
+    };
+    assert!(app.scalar(&tamper).await > 0);
+
+    let (code, b) = patch(json!({ "env": { "API_SECRET": secret } })).await;
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(
+        (b["version"].as_i64(), &b["changed"]["set"]),
+        (Some(1), &json!([])),
+        "the same value is a no-op: {b}"
+    );
+
+    let base = serde_json::to_string(&json!({ "API_SECRET": secret, "GREETING": "hi" }))
+        .unwrap()
+        .len();
+    // `,"BIG":"…"` adds 9 bytes and the value.
+    let over = "x".repeat(65_537 - base - 9);
+    let (code, b) = patch(json!({ "env": { "BIG": over } })).await;
+    assert_error(code, &b, 413, "env_too_large");
+    assert!(b["message"].as_str().unwrap().contains("65537"), "{b}");
+    let exact = "x".repeat(65_536 - base - 9);
+    let (code, b) = patch(json!({ "env": { "BIG": exact } })).await;
+    assert_eq!((code, b["version"].as_i64()), (200, Some(2)), "{b}");
+    assert_eq!(
+        (
+            b["env"]["API_SECRET"].as_str(),
+            b["env"]["GREETING"].as_str()
+        ),
+        (Some("***"), Some("hi"))
+    );
+    assert_eq!(
+        stored_entry(&app, &slug, "API_SECRET", Some("c")).await,
+        junk,
+        "written back as read"
+    );
+
+    let res = app
+        .get(&format!("{env}?reveal=true"), Some(&t))
+        .send()
+        .await
+        .unwrap();
+    let code = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    assert_eq!(code, 500, "opening the junk fails: {text}");
+
+    let (code, b) = patch(json!({ "env": { "API_SECRET": "fresh", "BIG": null } })).await;
+    assert_eq!(
+        (code, &b["changed"]["set"]),
+        (200, &json!(["API_SECRET"])),
+        "{b}"
+    );
+    let (code, b) = call(app.get(&format!("{env}?reveal=true"), Some(&t))).await;
+    assert_eq!(
+        (code, b["env"]["API_SECRET"].as_str()),
+        (200, Some("fresh")),
+        "{b}"
+    );
+}
+
 both_backends!(
     env_vault_and_resource_url_are_never_stored_in_clear,
     a_sealed_env_copied_onto_another_stack_does_not_open,
+    writes_compare_and_measure_secret_values_without_opening_them,
 );

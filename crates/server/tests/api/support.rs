@@ -224,6 +224,12 @@ impl TestApp {
         self.db.scalar(sql).await
     }
 
+    /// The first column of the first row of `sql` (bytes: cast there), as text.
+    pub async fn text(&self, sql: &str) -> String {
+        let rows = self.db.rows_of_bytes(sql).await;
+        String::from_utf8(rows.into_iter().next().expect("a row")).expect("UTF-8")
+    }
+
     /// Rows in `table` (optionally filtered by a SQL condition) read straight from the database.
     pub async fn count(&self, table: &str, filter: &str) -> i64 {
         let sql = if filter.is_empty() {

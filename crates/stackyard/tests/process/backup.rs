@@ -10,7 +10,7 @@ use stackyard_core::crypto::Keyring;
 use stackyard_core::model::StackId;
 use stackyard_server::config::KeyArgs;
 use stackyard_server::masterkey;
-use stackyard_store_sql::seal::EnvCodec;
+use stackyard_store_sql::seal::{EnvCodec, Opening};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -73,7 +73,7 @@ async fn assert_consistent(
     let wrapped: Option<Vec<u8>> = stack.get(3);
     assert!(wrapped.is_some(), "a written stack's env is sealed");
     let codec = codec_of(data, id, wrapped.as_deref());
-    let current = plain(codec.open_map(&current, version).unwrap());
+    let current = plain(codec.open_map(&current, version, Opening::All).unwrap());
 
     let rows = sqlx::query(
         "SELECT version, set_keys, deleted_keys, changes, snapshot FROM env_versions \
@@ -117,7 +117,7 @@ async fn assert_consistent(
             }
         }
         if let Some(snapshot) = snapshot {
-            let snapshot = plain(codec.open_map(&snapshot, v).unwrap());
+            let snapshot = plain(codec.open_map(&snapshot, v, Opening::All).unwrap());
             if v == 0 {
                 replayed = snapshot;
             } else {
