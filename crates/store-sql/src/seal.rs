@@ -44,11 +44,43 @@ pub enum Opening {
 
 /// One value of a stored document: a `SealedValue`, or a string (a plain document's value, or
 /// the ciphertext of a document sealed before digests were stored).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum StoredValue {
     Text(String),
     Sealed(SealedValue),
+}
+
+/// Decided by the JSON type at hand: `#[serde(untagged)]` would buffer every value first, and
+/// this runs for each value of the map a write reads under the stack's lock.
+impl<'de> Deserialize<'de> for StoredValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StoredValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a sealed value")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<StoredValue, E> {
+                Ok(StoredValue::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<StoredValue, E> {
+                Ok(StoredValue::Text(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<StoredValue, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                SealedValue::deserialize(de).map(StoredValue::Sealed)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn undecryptable() -> Error {
