@@ -73,10 +73,10 @@ struct Entry {
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        let digest = |e: &Entry| {
+        fn digest(e: &Entry) -> Option<Option<&str>> {
             e.closed
-                .then(|| e.sealed.as_ref().map(|s| s.at_rest.d.clone()))
-        };
+                .then(|| e.sealed.as_ref().map(|s| s.at_rest.d.as_str()))
+        }
         self.value == other.value && self.secret == other.secret && digest(self) == digest(other)
     }
 }

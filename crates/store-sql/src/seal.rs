@@ -96,6 +96,40 @@ enum StoredOut<'a> {
     Sealed(Cow<'a, SealedValue>),
 }
 
+/// The sealed form a value read through `key` keeps while unchanged.
+fn kept(key: &Arc<DataKey>, at_rest: SealedValue) -> Sealed {
+    Sealed {
+        at_rest: Arc::new(at_rest),
+        key: key.clone(),
+    }
+}
+
+/// A map serialised as stored, entry by entry in the map's (key) order: no intermediate map
+/// on the write path.
+struct SealedDoc<'a> {
+    codec: &'a EnvCodec,
+    map: &'a EnvMap,
+    version: i64,
+}
+
+impl serde::Serialize for SealedDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap};
+        let mut out = s.serialize_map(None)?;
+        for (k, value, sealed) in self.map.stored_iter() {
+            match (self.codec, sealed, value) {
+                (EnvCodec::Sealed { key, .. }, Some(s), _) if Arc::ptr_eq(key, &s.key) => {
+                    out.serialize_entry(k, &StoredOut::Sealed(Cow::Borrowed(&*s.at_rest)))?;
+                }
+                (_, _, Some(v)) => out.serialize_entry(k, &self.codec.seal(k, self.version, v))?,
+                // Closed values only come from this codec's own reads.
+                (_, _, None) => return Err(S::Error::custom("a closed value under another key")),
+            }
+        }
+        out.end()
+    }
+}
+
 impl EnvCodec {
     /// The codec of a stack whose `data_key` column holds `wrapped`.
     pub fn of_stack(keyring: &Keyring, stack: StackId, wrapped: Option<&[u8]>) -> Result<Self> {
@@ -163,11 +197,7 @@ impl EnvCodec {
             }
             (EnvCodec::Sealed { key, .. }, StoredValue::Sealed(at_rest)) => {
                 let plain = self.open_bytes(name, at_rest.v, &at_rest.c)?;
-                let sealed = Sealed {
-                    at_rest: Arc::new(at_rest),
-                    key: key.clone(),
-                };
-                Ok((plain, Some(sealed)))
+                Ok((plain, Some(kept(key, at_rest))))
             }
             (EnvCodec::Plain, StoredValue::Sealed(_)) => Err(undecryptable()),
         }
@@ -176,23 +206,12 @@ impl EnvCodec {
     /// A map as stored for env version `version`, as JSON text. Values read from this stack's
     /// storage by this codec are written back as they were; the others are sealed now.
     pub fn seal_map(&self, map: &EnvMap, version: i64) -> Result<String> {
-        let mut out: BTreeMap<&str, StoredOut<'_>> = BTreeMap::new();
-        for (k, value, sealed) in map.stored_iter() {
-            let kept = match (self, sealed) {
-                (EnvCodec::Sealed { key, .. }, Some(s)) if Arc::ptr_eq(key, &s.key) => {
-                    Some(StoredOut::Sealed(Cow::Borrowed(&*s.at_rest)))
-                }
-                _ => None,
-            };
-            let stored = match (kept, value) {
-                (Some(kept), _) => kept,
-                (None, Some(v)) => self.seal(k, version, v),
-                // Closed values only come from this codec's own reads.
-                (None, None) => return Err(corrupt("a closed env value reached another data key")),
-            };
-            out.insert(k, stored);
-        }
-        serde_json::to_string(&out).map_err(|_| corrupt("an env map did not encode"))
+        serde_json::to_string(&SealedDoc {
+            codec: self,
+            map,
+            version,
+        })
+        .map_err(|e| corrupt(format!("an env map did not encode: {e}")))
     }
 
     /// A stored map of env version `version` (JSON text), opened as `opening` says.
@@ -204,11 +223,7 @@ impl EnvCodec {
                 (EnvCodec::Sealed { key, .. }, StoredValue::Sealed(at_rest))
                     if opening == Opening::Shown && key_looks_secret(k.as_bytes()) =>
                 {
-                    let sealed = Sealed {
-                        at_rest: Arc::new(at_rest),
-                        key: key.clone(),
-                    };
-                    out.insert_closed(k, sealed);
+                    out.insert_closed(k, kept(key, at_rest));
                 }
                 (_, v) => {
                     let (v, sealed) = self.open(&k, version, v)?;

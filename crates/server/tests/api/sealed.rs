@@ -252,14 +252,8 @@ async fn writes_compare_and_measure_secret_values_without_opening_them(backend: 
         "written back as read"
     );
 
-    let res = app
-        .get(&format!("{env}?reveal=true"), Some(&t))
-        .send()
-        .await
-        .unwrap();
-    let code = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    assert_eq!(code, 500, "opening the junk fails: {text}");
+    let (code, b) = call(app.get(&format!("{env}?reveal=true"), Some(&t))).await;
+    assert_eq!(code, 500, "opening the junk fails: {b}");
 
     let (code, b) = patch(json!({ "env": { "API_SECRET": "fresh", "BIG": null } })).await;
     assert_eq!(
